@@ -1,0 +1,15 @@
+"""The steps, in the order the wizard runs them (one registry line each)."""
+
+from __future__ import annotations
+
+from steps.base import Step
+from steps.services import ServicesStep
+
+REGISTRY: list[Step] = [
+    ServicesStep(),
+]
+
+
+def by_name() -> dict[str, Step]:
+    """The registered steps keyed by their answers-file name."""
+    return {s.name: s for s in REGISTRY}

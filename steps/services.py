@@ -1,0 +1,144 @@
+"""Step ``services``: the host's services over D-Bus (systemd, NetworkManager).
+
+Reports required units that are missing or inactive and, when answered so,
+starts them.  Its facts (which units run, what is on the bus) are read by
+later steps, e.g. whether Open vSwitch or libvirt is present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from backends.interfaces import BackendError
+from backends.interfaces.dbus import Unit
+from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+
+DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
+# What later steps care about: fact name -> units (any active) or bus names.
+KNOWN = {
+    "ovs": ("ovsdb-server.service", "ovs-vswitchd.service", "openvswitch-switch.service"),
+    "libvirt": ("libvirtd.service", "virtqemud.service", "org.libvirt"),
+    "network_manager": ("NetworkManager.service", "org.freedesktop.NetworkManager"),
+    "redis": ("redis-server.service",),
+}
+
+
+class ServicesAnswers(StepModel):
+    """Answers of the ``services`` step."""
+
+    bus: str = Field(
+        "system",
+        description="D-Bus to talk to: 'system', or an address such as unix:path=/run/dbus/x",
+    )
+    require: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_UNITS),
+        description="systemd units that must be present and active",
+    )
+    start: bool = Field(True, description="start required units that are inactive")
+    timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for each start job")
+
+    @field_validator("require")
+    @classmethod
+    def _unit_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if "." not in name or "/" in name or " " in name:
+                raise ValueError(f"'{name}' is not a systemd unit name (e.g. libvirtd.service)")
+        return names
+
+    @field_validator("bus")
+    @classmethod
+    def _bus(cls, bus: str) -> str:
+        if bus != "system" and ":" not in bus:
+            raise ValueError(f"'{bus}' is not 'system' nor a D-Bus address (unix:path=...)")
+        return bus
+
+
+def _address(bus: str) -> str | None:
+    return None if bus == "system" else bus
+
+
+class ServicesStep(Step[ServicesAnswers]):
+    """Detect the host's services and start the required ones."""
+
+    name = "services"
+    title = "Host services"
+    help = (
+        "Reads systemd and NetworkManager over D-Bus. Units listed as required must be\n"
+        "installed; inactive ones are started (StartUnit, mode 'replace') if you answer\n"
+        "so, and each start job is waited for. 'bus' is 'system' on a real host."
+    )
+    Answers = ServicesAnswers
+
+    def connect_questions(self) -> list[Question]:
+        return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
+
+    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        dbus = ctx.backends.dbus(_address(answers.get("bus", "system")))
+        units = dbus.list_units()
+        for name in answers.get("require", DEFAULT_UNITS):
+            if name not in units:  # not loaded yet: ask systemd to load it
+                unit = dbus.load_unit(name)
+                if unit is not None and unit.load != "not-found":
+                    units[name] = unit
+        bus_names = dbus.bus_services()
+        present = {
+            fact: any(
+                (n in units and units[n].active == "active") or n in bus_names for n in names
+            )
+            for fact, names in KNOWN.items()
+        }
+        return {"units": units, "network": dbus.network(), "bus": bus_names, **present}
+
+    def questions(self, facts: dict[str, Any]) -> list[Question]:
+        units: dict[str, Unit] = facts.get("units", {})
+        return [
+            Question(
+                "require", "Required units", kind="multi",
+                choices=tuple(sorted(units)) or tuple(DEFAULT_UNITS),
+                help="Units this host needs. Inactive ones are started if 'start' is yes.",
+            ),
+            Question("start", "Start inactive units", kind="yesno",
+                     help="Start required units that are not active (mode 'replace')."),
+            Question("timeout", "Start timeout (s)", kind="int",
+                     help="Seconds to wait for each start job."),
+        ]
+
+    def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:
+        units: dict[str, Unit] = facts["units"]
+        return [
+            Problem(("require", i), f"unit '{name}' is not installed on this host")
+            for i, name in enumerate(answers.require)
+            if name not in units
+        ]
+
+    def plan(self, answers: ServicesAnswers, ctx: Context) -> list[Change]:
+        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+        units: dict[str, Unit] = facts["units"]
+        changes = []
+        for name in answers.require:
+            unit = units.get(name)
+            if unit is not None and unit.active != "active" and answers.start:
+                changes.append(Change(
+                    target=f"unit {name}", action="start",
+                    before=f"{unit.active} ({unit.sub})", after="active",
+                ))
+        return changes
+
+    def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
+        dbus = ctx.backends.dbus(_address(answers.bus))
+        done: list[Change] = []
+        for i, change in enumerate(changes):
+            unit = change.target.removeprefix("unit ")
+            ctx.progress(i / max(len(changes), 1), f"starting {unit}")
+            try:
+                result = dbus.start_unit(unit, answers.timeout)
+            except BackendError as exc:
+                raise StepFailed(str(exc), done) from None
+            if result != "done":
+                raise StepFailed(f"start of {unit} ended with job result '{result}'", done)
+            done.append(change)
+            ctx.log(f"started {unit}")
+        # What later steps read must reflect the units just started.
+        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

@@ -1,0 +1,7 @@
+"""``python -m wizard`` is ``hostsetup``."""
+
+import sys
+
+from wizard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""Runs steps: check everything first, then apply, verify and report.
+
+Phase 1 (no side effects), for every selected step: discover the host,
+validate the answers against it, plan.  Any invalid answer stops the run
+before anything is changed (exit 3); an unreachable backend likewise (exit 5).
+Phase 2 (``apply`` only): each step applies its plan, then ``verify`` checks
+that planning again finds nothing left.  The first failing step stops the
+run; the steps after it are reported as not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel
+
+from backends.interfaces import BackendError, BackendUnreachable, Backends
+from steps.base import Change, Context, Step, StepFailed
+from wizard.answers import Answers, AnswersError, located
+
+log = logging.getLogger("hostsetup")
+
+# Exit codes: the contract documented in the README.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+
+Status = Literal["unchanged", "pending", "applied", "failed", "invalid", "unreachable", "not run"]
+
+
+@dataclass
+class StepResult:
+    """One step's outcome, as it appears in the JSON report."""
+
+    name: str
+    status: Status = "not run"
+    changes: list[Change] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "changes": [c.as_dict() for c in self.changes],
+            "errors": self.errors,
+            "notes": self.notes,
+            "durations": {k: round(v, 4) for k, v in self.durations.items()},
+        }
+
+
+@dataclass
+class Run:
+    """A whole run: per-step results and the exit code."""
+
+    mode: str
+    host: str = field(default_factory=socket.gethostname)
+    steps: list[StepResult] = field(default_factory=list)
+    exit_code: int = EXIT_OK
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "mode": self.mode,
+            "host": self.host,
+            "exit_code": self.exit_code,
+            "started": self.started,
+            "duration": round(self.finished - self.started, 4),
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+    def problems(self) -> list[str]:
+        return [e for s in self.steps for e in s.errors]
+
+
+class Timer:
+    """Records the duration of named phases into a result."""
+
+    def __init__(self, result: StepResult, phase: str) -> None:
+        self.result, self.phase = result, phase
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.result.durations[self.phase] = time.perf_counter() - self.t0
+
+
+@dataclass
+class Prepared:
+    """A step checked and planned in phase 1."""
+
+    step: Step[Any]
+    answers: BaseModel
+    result: StepResult
+
+
+def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
+    """Phase 1 for every selected step: discover, validate, plan (read-only)."""
+    prepared = []
+    for step in answers.selected():
+        result = StepResult(step.name)
+        run.steps.append(result)
+        section = answers.sections[step.name]
+        try:
+            with Timer(result, "discover"):
+                facts = step.discover(section.model_dump(), ctx)
+                ctx.facts[step.name] = facts
+            problems = step.validate(section, facts)
+            if problems:
+                result.status = "invalid"
+                result.errors = [str(p) for p in located(problems, step.name, answers.raw)]
+                continue
+            with Timer(result, "plan"):
+                result.changes = step.plan(section, ctx)
+        except BackendUnreachable as exc:
+            result.status, result.errors = "unreachable", [str(exc)]
+            continue
+        except (BackendError, StepFailed, ValueError) as exc:
+            result.status, result.errors = "failed", [str(exc)]
+            continue
+        result.status = "pending" if result.changes else "unchanged"
+        prepared.append(Prepared(step, section, result))
+    return prepared
+
+
+def phase1_exit(run: Run) -> int | None:
+    """The exit code if phase 1 found a reason to stop, else ``None``."""
+    statuses = {s.status for s in run.steps}
+    for status, code in (("invalid", EXIT_INVALID), ("unreachable", EXIT_UNREACHABLE),
+                         ("failed", EXIT_FAILED)):
+        if status in statuses:
+            return code
+    return None
+
+
+def apply_all(
+    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None]
+) -> int:
+    """Phase 2: apply each step's plan and verify it; stop at the first failure."""
+    for i, item in enumerate(prepared):
+        result = item.result
+        on_step(i, item.step)
+        if not result.changes:
+            continue
+        try:
+            with Timer(result, "apply"):
+                item.step.apply(item.answers, result.changes, ctx)
+            with Timer(result, "verify"):
+                left = item.step.verify(item.answers, ctx)
+        except (StepFailed, BackendError, ValueError) as exc:
+            result.status = "failed"
+            result.errors.append(str(exc))
+            done = getattr(exc, "done", None)
+            if done is not None:
+                result.notes.append(
+                    "remains changed: " + (", ".join(c.describe() for c in done) or "nothing")
+                )
+            log.error("%s failed: %s", item.step.name, exc)
+            return EXIT_FAILED
+        result.notes.extend(ctx.notes)
+        ctx.notes.clear()
+        if left:
+            result.status = "failed"
+            result.errors.extend(left)
+            return EXIT_FAILED
+        result.status = "applied"
+        log.info("%s applied %d change(s)", item.step.name, len(result.changes))
+    return EXIT_OK
+
+
+def execute(
+    answers: Answers,
+    mode: Literal["plan", "apply"],
+    backends: Backends,
+    progress: Callable[[float, str], None] = lambda _f, _t: None,
+) -> Run:
+    """Run ``plan`` or ``apply`` for the answered steps; never prompts."""
+    run = Run(mode)
+    ctx = Context(backends=backends, progress=progress, log=log.info)
+    try:
+        prepared = check(answers, ctx, run)
+        code = phase1_exit(run)
+        if code is None and mode == "plan":
+            code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
+        if code is None:
+            code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
+        run.exit_code = code
+    except KeyboardInterrupt:
+        run.exit_code = EXIT_INTERRUPTED
+        raise
+    finally:
+        run.finished = time.time()
+    return run
+
+
+__all__ = ["AnswersError", "Run", "StepResult", "execute", "check", "apply_all"]

@@ -1,0 +1,1 @@
+"""``hostsetup sandbox``: a local host of real services on private sockets."""

@@ -1,0 +1,1 @@
+"""python-dbusmock templates used by the sandbox's private bus."""

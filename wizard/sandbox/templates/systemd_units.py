@@ -1,0 +1,111 @@
+"""python-dbusmock's systemd template, completed with what hostsetup calls.
+
+The upstream template (dbusmock.templates.systemd) has StartUnit/StopUnit/
+GetUnit and AddMockUnit.  Real systemd also has ListUnits, LoadUnit and
+RestartUnit, units carry SubState, and a start can fail; this template adds
+those so the sandbox answers as a real systemd would.  Parameters (JSON):
+``{"units": {"name.service": {"active": "inactive", "description": "..."}},
+"failing": ["broken.service"]}``.
+"""
+
+import dbus
+from dbusmock import mockobject
+from dbusmock.templates import systemd as upstream
+from gi.repository import GLib
+
+BUS_NAME = upstream.BUS_NAME
+MAIN_OBJ = upstream.MAIN_OBJ
+MAIN_IFACE = upstream.MAIN_IFACE
+SYSTEM_BUS = True
+UNIT_IFACE = upstream.UNIT_IFACE
+SUB_STATE = {"active": "running", "inactive": "dead", "failed": "failed"}
+
+
+def load(mock, parameters):
+    upstream.load(mock, parameters)
+    mock.failing = set(parameters.get("failing", []))
+    for name, spec in parameters.get("units", {}).items():
+        upstream.AddMockUnit(mock, name)
+        unit = mockobject.objects[mock.units[name]]
+        unit.AddProperties(
+            UNIT_IFACE, {"SubState": "dead", "Description": spec.get("description", name)}
+        )
+        set_state(mock, name, spec.get("active", "inactive"))
+
+
+def set_state(mock, name, active):
+    unit = mockobject.objects[mock.units[name]]
+    unit.UpdateProperties(UNIT_IFACE, {"ActiveState": active, "SubState": SUB_STATE[active]})
+
+
+def _job(mock, name, result, active):
+    """Queue a job whose JobRemoved reports ``result``, as systemd does."""
+    job_id = mock.next_job_id
+    mock.next_job_id += 1
+    job_path = f"{upstream.PATH_PREFIX}/job/{job_id}"
+
+    def finish():
+        set_state(mock, name, active)
+        mock.EmitSignal(MAIN_IFACE, "JobNew", "uos", [job_id, job_path, name])
+        mock.EmitSignal(MAIN_IFACE, "JobRemoved", "uoss", [job_id, job_path, name, result])
+        return False
+
+    # Finish a little later, as a real start does: callers must wait for it.
+    GLib.timeout_add(50, finish)
+    return job_path
+
+
+def _start(mock, name):
+    if name not in mock.units:
+        raise dbus.exceptions.DBusException(
+            f"Unit {name} not found.", name="org.freedesktop.systemd1.NoSuchUnit"
+        )
+    if name in mock.failing:
+        return _job(mock, name, "failed", "failed")
+    return _job(mock, name, "done", "active")
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="ss", out_signature="o")
+def StartUnit(self, name, _mode):
+    return _start(self, str(name))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="ss", out_signature="o")
+def RestartUnit(self, name, _mode):
+    return _start(self, str(name))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="", out_signature="")
+def Subscribe(self):
+    """Real systemd sends job signals only to subscribers; the mock sends them to all."""
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="o")
+def LoadUnit(self, name):
+    if str(name) not in self.units:
+        raise dbus.exceptions.DBusException(
+            f"Unit {name} not found.", name="org.freedesktop.systemd1.NoSuchUnit"
+        )
+    return self.units[str(name)]
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="", out_signature="a(ssssssouso)")
+def ListUnits(self):
+    rows = []
+    for name, path in sorted(self.units.items()):
+        props = mockobject.objects[path].GetAll(UNIT_IFACE)
+        rows.append(
+            (
+                name,
+                props.get("Description", name),
+                props.get("LoadState", "loaded"),
+                props["ActiveState"],
+                props.get("SubState", "dead"),
+                "",
+                dbus.ObjectPath(path),
+                dbus.UInt32(0),
+                "",
+                dbus.ObjectPath("/"),
+            )
+        )
+    return rows

@@ -89,7 +89,8 @@ class DBusBackend:
         return found
 
     def _tree(self, service: str) -> list[str]:
-        paths, todo = [], ["/"]
+        paths: list[str] = []
+        todo = ["/"]
         while todo and len(paths) < TREE_LIMIT:
             path = todo.pop(0)
             try:
@@ -127,7 +128,8 @@ class DBusBackend:
             deadline = time.monotonic() + timeout
             while job not in results:
                 if time.monotonic() > deadline:
-                    raise BackendError(f"{method} {name}: job {job} not finished after {timeout:g}s")
+                    raise BackendError(
+                        f"{method} {name}: job {job} not finished after {timeout:g}s")
                 if not ctx.iteration(False):
                     time.sleep(0.01)
             return results[job]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from steps.base import Step
+from steps.ivshmem import IvshmemStep
+from steps.ovs_mirror import OvsMirrorStep
 from steps.services import ServicesStep
 
 REGISTRY: list[Step] = [
     ServicesStep(),
+    OvsMirrorStep(),
+    IvshmemStep(),
 ]
 
 

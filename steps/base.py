@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -83,7 +84,7 @@ class Question:
     help: str = ""
     choices: tuple[str, ...] = ()
     required: bool = False
-    fields: tuple["Question", ...] = ()
+    fields: tuple[Question, ...] = ()
     summary: str = ""
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from backends.interfaces import BackendError, BackendUnreachable, Backends
+from backends.interfaces import BackendError, Backends, BackendUnreachable
 from steps.base import Change, Context, Step, StepFailed
 from wizard.answers import Answers, AnswersError, located
 

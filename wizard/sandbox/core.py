@@ -15,9 +15,10 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class SandboxError(Exception):
@@ -105,7 +106,8 @@ class Sandbox:
             argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
         if res.returncode != 0:
-            raise SandboxError(f"{name} failed ({res.returncode}): {shlex.join(argv)}\n{res.stderr}")
+            raise SandboxError(
+                f"{name} failed ({res.returncode}): {shlex.join(argv)}\n{res.stderr}")
         return res.stdout
 
     def export(self, key: str, value: str) -> None:

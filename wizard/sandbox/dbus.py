@@ -55,8 +55,11 @@ def has_name(address: str, name: str) -> bool:
     return res.returncode == 0 and any(line.split()[0] == name for line in res.stdout.splitlines())
 
 
-def up(sb: Sandbox) -> None:
-    """Start the bus and the two mocks; export ``HOSTSETUP_DBUS_ADDRESS``."""
+def up(sb: Sandbox, failing: list[str] | None = None) -> None:
+    """Start the bus and the two mocks; export ``HOSTSETUP_DBUS_ADDRESS``.
+
+    Units named in ``failing`` fail to start (their job ends 'failed').
+    """
     socket = sb.path("dbus", "system_bus_socket")
     config = sb.path("dbus", "system.conf")
     config.write_text(BUS_CONFIG.format(socket=socket))
@@ -68,7 +71,7 @@ def up(sb: Sandbox) -> None:
     )
     env = {"DBUS_SYSTEM_BUS_ADDRESS": address}
     template = Path(__file__).parent / "templates" / "systemd_units.py"
-    params = {"units": {n: {"active": a} for n, a in UNITS.items()}}
+    params = {"units": {n: {"active": a} for n, a in UNITS.items()}, "failing": failing or []}
     mocks = [
         ("org.freedesktop.systemd1", str(template), params),
         ("org.freedesktop.NetworkManager", "networkmanager", {}),

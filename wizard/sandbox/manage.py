@@ -13,6 +13,8 @@ from wizard.sandbox.core import Sandbox, SandboxError, alive
 # Components in start order; each module has ``up(sb: Sandbox) -> None``.
 COMPONENTS = [
     "wizard.sandbox.dbus",
+    "wizard.sandbox.ovs",
+    "wizard.sandbox.libvirt",
 ]
 
 

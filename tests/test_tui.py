@@ -1,0 +1,154 @@
+"""The wizard in a real terminal: tmux at 80x24, keys by send-keys, screens by capture-pane."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, hostsetup
+from test_services import unit_state
+from tmux import Terminal
+
+from wizard.sandbox import dbus as dbus_component
+from wizard.sandbox.core import Sandbox
+
+
+def wizard(sb: Sandbox, tmp: Path, *extra: str) -> Terminal:
+    answers = tmp / "answers.yaml"
+    answers.write_text((sb.dir / "answers.yaml").read_text().replace(
+        "version: 1", "version: 1\ninteractive: [services]"))
+    return Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "
+                    f"--log {tmp}/wizard.log " + " ".join(extra), cwd=tmp)
+
+
+@pytest.fixture
+def term(dbus_host: Sandbox, tmp_path: Path) -> Iterator[Terminal]:
+    t = wizard(dbus_host, tmp_path, f"--report {tmp_path}/report.json")
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def to_questions(t: Terminal) -> None:
+    t.wait_for("[*] Host services")
+    t.send("F12")
+    t.wait_for("Host services: connection")
+    t.send("F12")
+    t.wait_for("Start timeout (s)")
+
+
+def set_timeout(t: Terminal, text: str) -> None:
+    t.send("Tab", "Tab", "C-e", *["BSpace"] * 8)
+    t.type(text)
+
+
+def restored(t: Terminal) -> bool:
+    """newt switches the terminal to raw mode; after exit it must be cooked again."""
+    settings = t.stty().split()
+    return "icanon" in settings and "isig" in settings and "echo" in settings
+
+
+def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Path) -> None:
+    to_questions(term)
+    screen = term.screen()
+    assert "NetworkManager.service" in screen  # choices come from the host
+    term.send("F12")
+    review = term.wait_for("Review")
+    assert "start unit libvirtd.service" in review
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # nothing before Apply
+    term.send("Enter")  # Apply has the focus
+    summary = term.wait_for("Report:")
+    assert "services: changed" in summary
+    assert "Log:" in summary and "wizard.log" in summary
+    assert "report.j" in summary
+    term.send("Enter")
+    assert term.exit_code() == 0
+    assert unit_state(dbus_host, "libvirtd.service") == "active"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"][0]["status"] == "applied"
+    assert restored(term)
+
+
+def test_back_from_review_keeps_answers(term: Terminal) -> None:
+    to_questions(term)
+    set_timeout(term, "45")
+    term.send("F12")
+    term.wait_for("Review")
+    term.send("Tab", "Enter")  # Back
+    screen = term.wait_for("Start timeout (s)")
+    assert "45____" in screen
+    term.send("Tab", "Tab", "Tab", "Tab", "Enter")  # Back again: the connection window
+    screen = term.wait_for("Host services: connection")
+    assert "system_bus_socket" in screen
+
+
+def test_bad_value_is_refused_with_reason(term: Terminal) -> None:
+    to_questions(term)
+    set_timeout(term, "abc")
+    term.send("F12")
+    screen = term.wait_for("Not accepted")
+    assert "services.timeout: Input should be a valid number" in screen
+    term.send("Enter")
+    screen = term.wait_for("Start timeout (s)")  # the same window, value kept
+    assert "abc___" in screen
+    set_timeout(term, "0")
+    term.send("F12")
+    assert "greater than 0" in term.wait_for("Not accepted")
+
+
+def test_f1_help(term: Terminal) -> None:
+    to_questions(term)
+    term.send("F1")
+    screen = term.wait_for("Help")
+    assert "StartUnit, mode 'replace'" in screen
+    term.send("Enter")
+    term.wait_for("Start timeout (s)")
+
+
+@pytest.mark.parametrize("how", ["cancel", "ctrl-c"])
+def test_cancel_and_ctrl_c_restore_terminal(term: Terminal, dbus_host: Sandbox, how: str) -> None:
+    to_questions(term)
+    if how == "cancel":
+        term.send("Tab", "Tab", "Tab", "Tab", "Tab", "Enter")
+    else:
+        term.send("C-c")
+    assert term.exit_code() == 130
+    assert restored(term)
+    assert "Host services" not in term.screen()  # the windows are gone
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"
+
+
+def test_record_then_replay_gives_identical_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
+    rec = tmp_path / "recorded.yaml"
+    t = wizard(dbus_host, tmp_path, f"--record {rec} --report {tmp_path}/wizard.json")
+    try:
+        to_questions(t)
+        set_timeout(t, "42")
+        t.send("F12")
+        t.wait_for("Review")
+        t.send("Enter")
+        t.wait_for("Summary")
+        t.send("Enter")
+        assert t.exit_code() == 0
+    finally:
+        t.close()
+    assert stat.S_IMODE(rec.stat().st_mode) == 0o600
+    assert "timeout: 42" in rec.read_text()
+    wizard_changes = json.loads((tmp_path / "wizard.json").read_text())["steps"][0]["changes"]
+
+    # A fresh host in the same state, at the same address: replay the record.
+    dbus_host.stop()
+    fresh = Sandbox(dir=dbus_host.dir)
+    dbus_component.up(fresh)
+    try:
+        res = hostsetup("plan", "--answers", str(rec), "--report", str(tmp_path / "p.json"))
+        assert res.returncode == 4, res.stderr
+        replayed = json.loads((tmp_path / "p.json").read_text())["steps"][0]["changes"]
+        assert replayed == wizard_changes
+        assert hostsetup("apply", "--answers", str(rec)).returncode == 0
+    finally:
+        fresh.stop()

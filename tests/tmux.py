@@ -1,0 +1,71 @@
+"""Drive a program in a real terminal: tmux at 80x24, send-keys, capture-pane."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+
+class Terminal:
+    """One tmux session running a command; its exit code is written to a file."""
+
+    def __init__(self, command: str, cwd: Path, width: int = 80, height: int = 24) -> None:
+        self.name = f"hs-{uuid.uuid4().hex[:8]}"
+        self.rc_file = cwd / f".{self.name}.rc"
+        self.rc_file.unlink(missing_ok=True)
+        # The wizard's stdout is the terminal itself (never redirected); only
+        # the exit code is kept, and the pane stays open to read the screen.
+        wrapped = f"{command}; echo $? > {shlex.quote(str(self.rc_file))}; sleep 600"
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
+             "-c", str(cwd), "bash", "-c", wrapped],
+            check=True,
+        )
+
+    def screen(self) -> str:
+        """The visible screen as text."""
+        return subprocess.run(["tmux", "capture-pane", "-t", self.name, "-p"],
+                              capture_output=True, text=True, check=True).stdout
+
+    def send(self, *keys: str) -> None:
+        """Send tmux key names (e.g. "Tab", "Enter", "F12", "C-c") or literal text."""
+        for key in keys:
+            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            time.sleep(0.05)
+
+    def type(self, text: str) -> None:
+        """Type text literally."""
+        subprocess.run(["tmux", "send-keys", "-t", self.name, "-l", text], check=True)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until ``text`` is on screen; fails with the screen shown."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
+            time.sleep(0.1)
+
+    def exit_code(self, timeout: float = 20.0) -> int:
+        """Wait for the program to end; its exit code."""
+        deadline = time.monotonic() + timeout
+        while not self.rc_file.exists() or not self.rc_file.read_text().strip():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"program still running after {timeout}s:\n{self.screen()}")
+            time.sleep(0.1)
+        return int(self.rc_file.read_text())
+
+    def stty(self) -> str:
+        """The terminal settings of the pane (to check it was restored)."""
+        tty = subprocess.run(["tmux", "display", "-p", "-t", self.name, "#{pane_tty}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["stty", "-a", "-F", tty], capture_output=True, text=True).stdout
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        self.rc_file.unlink(missing_ok=True)

@@ -177,7 +177,7 @@ def validate(raw: Any, path: Path | None = None) -> Answers:
     except ValidationError as exc:
         raise AnswersError([str(p) for p in errors_of(exc, raw)]) from None
     sections = {s.name: getattr(doc, s.name) for s in REGISTRY if getattr(doc, s.name) is not None}
-    return Answers(path, raw, sections, list(doc.interactive))
+    return Answers(path, raw, sections, list(doc.interactive))  # type: ignore[attr-defined]
 
 
 def load(path: Path) -> Answers:

@@ -1,0 +1,26 @@
+"""Start-up stays light: the CLI and the first screen import no heavy library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+HEAVY = ["pydantic", "pyVmomi", "libvirt", "celery", "redis", "gi", "pydbus", "ovs", "ruamel"]
+
+
+def test_cli_and_tui_modules_import_no_heavy_library() -> None:
+    code = (
+        "import sys, wizard.cli, wizard.tui\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_version() -> None:
+    out = subprocess.run([f"{ROOT}/.venv/bin/hostsetup", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("hostsetup ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -36,7 +37,9 @@ class DBusBackend:
     """A connection to one bus: the system bus, or a bus at ``address``."""
 
     def __init__(self, address: str | None) -> None:
-        self.address = address or "system"
+        system = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS",
+                                "unix:path=/run/dbus/system_bus_socket")
+        self.address = address or f"system bus ({system})"
         try:
             self.bus = connect(address) if address else SystemBus()
         except GLib.Error as exc:

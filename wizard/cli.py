@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug must still end with a clear line
+        if args.log:
+            logging.getLogger("hostsetup").exception("internal error")
+        print(f"hostsetup: internal error: {type(exc).__name__}: {exc} "
+              + (f"(traceback in {args.log})" if args.log else "(--log FILE keeps the traceback)"),
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -402,6 +402,8 @@ def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
     prepared = check(answers, ctx, plan_run)
     flow.ui.screen.popWindow()
     if phase1_exit(plan_run) is not None:
+        # Ask the steps that could not be planned, even if they were answered.
+        flow.ask_steps.update(r.name for r in plan_run.steps if r.errors)
         flow.ui.message("Cannot plan", "\n".join(plan_run.problems()))
         return "back", None, None
     lines = []

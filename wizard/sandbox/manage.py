@@ -42,6 +42,10 @@ def write_outputs(sb: Sandbox) -> None:
     env_lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(sb.env.items())]
     (sb.dir / "env").write_text("\n".join(env_lines) + "\n")
     write_yaml(sb.dir / "answers.yaml", {"version": 1, **sb.answers}, header=ANSWERS_HEADER)
+    # For `make demo`: the same answers, every section shown in the wizard.
+    write_yaml(sb.dir / "demo-answers.yaml",
+               {"version": 1, "interactive": list(sb.answers), **sb.answers},
+               header=ANSWERS_HEADER)
 
 
 ANSWERS_HEADER = "# Answers aimed at the hostsetup sandbox; written by 'hostsetup sandbox up'.\n"

@@ -1,0 +1,235 @@
+"""libvirt backend (libvirt-python): domains, their devices, definitions, hook files.
+
+Definitions are edited as XML trees (ElementTree): read with
+``VIR_DOMAIN_XML_INACTIVE``, changed, and defined again with ``defineXML``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from backends import hostfiles
+from backends.interfaces import BackendError, BackendUnreachable
+from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, PciAddress, Shmem
+
+# virDomainState -> the words virsh uses.
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "in shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+# libvirt's size units (domain XML "unit" attribute) in bytes.
+UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2,
+         "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+         "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
+NAMESPACES = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0"}
+
+
+def _quiet(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; ours are raised instead."""
+
+
+def _size_mib(el: ET.Element | None) -> int | None:
+    if el is None or not (el.text or "").strip():
+        return None
+    unit = el.get("unit", "KiB").lower()
+    return int(el.text or "0") * UNITS.get(unit, 1024) // 1024**2
+
+
+def _pci(el: ET.Element | None) -> PciAddress | None:
+    if el is None or el.get("type") != "pci":
+        return None
+    return PciAddress(*(int(el.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")))
+
+
+def shmem_of(el: ET.Element) -> Shmem:
+    """A ``<shmem>`` element as a :class:`Shmem`."""
+    server = el.find("server")
+    msi = el.find("msi")
+    model = el.find("model")
+    kind = model.get("type") if model is not None else None
+    return Shmem(
+        name=el.get("name", ""),
+        model=kind or ("ivshmem-doorbell" if server is not None else "ivshmem-plain"),  # type: ignore[arg-type]
+        size_mib=_size_mib(el.find("size")),
+        server=server.get("path") if server is not None else None,
+        vectors=(int(msi.get("vectors", "0")) or None) if msi is not None else None,
+        address=_pci(el.find("address")),
+        role=el.get("role"),  # type: ignore[arg-type]
+    )
+
+
+def shmem_element(shmem: Shmem) -> ET.Element:
+    """A :class:`Shmem` as a ``<shmem>`` element."""
+    el = ET.Element("shmem", name=shmem.name)
+    if shmem.role is not None:
+        el.set("role", shmem.role)
+    ET.SubElement(el, "model", type=shmem.model)
+    if shmem.size_mib is not None:
+        ET.SubElement(el, "size", unit="M").text = str(shmem.size_mib)
+    if shmem.server:
+        ET.SubElement(el, "server", path=shmem.server)
+    if shmem.vectors is not None:
+        ET.SubElement(el, "msi", vectors=str(shmem.vectors))
+    if shmem.address is not None:
+        a = shmem.address
+        ET.SubElement(el, "address", type="pci", domain=f"0x{a.domain:04x}",
+                      bus=f"0x{a.bus:02x}", slot=f"0x{a.slot:02x}", function=f"0x{a.function:x}")
+    return el
+
+
+def _label(dev: ET.Element) -> str:
+    # e.g. "controller usb 0", "shmem 'shm0'", "interface network"
+    name = dev.get("name")
+    parts = [dev.tag, dev.get("type") or dev.get("model") or "", dev.get("index") or ""]
+    text = " ".join(p for p in parts if p)
+    return f"{text} '{name}'" if name else text
+
+
+def pci_addresses(devices: ET.Element) -> tuple[tuple[str, PciAddress], ...]:
+    """(device label, address) of every device with a PCI address."""
+    found = []
+    for dev in devices:
+        addr = _pci(dev.find("address"))
+        if addr is not None:
+            found.append((_label(dev), addr))
+    return tuple(found)
+
+
+class LibvirtBackend:
+    """A connection to one libvirt URI."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        libvirt.registerErrorHandler(_quiet, None)
+        for prefix, ns in NAMESPACES.items():
+            ET.register_namespace(prefix, ns)
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise BackendUnreachable("libvirt", uri, exc.get_error_message()) from None
+
+    def close(self) -> None:
+        """Close the connection."""
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _fail(self, exc: libvirt.libvirtError, what: str, name: str = "") -> BackendError:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and name:
+            return DomainNotFound(name, self.uri)
+        if not self.conn.isAlive():
+            return BackendUnreachable("libvirt", self.uri, exc.get_error_message())
+        return BackendError(f"libvirt {what}: {exc.get_error_message()}")
+
+    def _lookup(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "lookup", name) from None
+
+    def version(self) -> tuple[int, int, int]:
+        """The daemon's libvirt version as (major, minor, micro)."""
+        try:
+            v = self.conn.getLibVersion()
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "version") from None
+        return v // 1_000_000, v // 1000 % 1000, v % 1000
+
+    def _domain(self, dom: libvirt.virDomain) -> Domain:
+        state, _reason = dom.state()
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        devices = root.find("devices")
+        if devices is None:
+            devices = ET.Element("devices")
+        return Domain(
+            name=dom.name(),
+            uuid=dom.UUIDString(),
+            state=STATES.get(state, str(state)),
+            active=bool(dom.isActive()),
+            persistent=bool(dom.isPersistent()),
+            emulator=devices.findtext("emulator", "").strip(),
+            shmems=tuple(shmem_of(el) for el in devices.iterfind("shmem")),
+            pci_addresses=pci_addresses(devices),
+        )
+
+    def domains(self) -> list[Domain]:
+        """Every domain, running or defined; one that vanishes while listed is left out."""
+        try:
+            doms = self.conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "list domains") from None
+        found = []
+        for dom in doms:
+            try:
+                found.append(self._domain(dom))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise self._fail(exc, "read domain") from None
+        return sorted(found, key=lambda d: d.name)
+
+    def domain(self, name: str) -> Domain:
+        """One domain by name; raises :class:`DomainNotFound`."""
+        dom = self._lookup(name)
+        try:
+            return self._domain(dom)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "read domain", name) from None
+
+    def _edit(self, name: str, change: Callable[[ET.Element], None]) -> None:
+        """Read the persistent definition, change its ``<devices>``, define it again."""
+        dom = self._lookup(name)
+        try:
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            devices = root.find("devices")
+            if devices is None:
+                devices = ET.SubElement(root, "devices")
+            change(devices)
+            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"define '{name}'", name) from None
+
+    def set_shmem(self, name: str, shmem: Shmem) -> None:
+        """Add or replace (same name) the ``<shmem>`` device of domain ``name``."""
+
+        def change(devices: ET.Element) -> None:
+            new = shmem_element(shmem)
+            for old in devices.findall("shmem"):
+                if old.get("name") == shmem.name:
+                    # Keep the guest's PCI layout: reuse the address libvirt gave it.
+                    if shmem.address is None and old.find("address") is not None:
+                        new.append(old.find("address"))  # type: ignore[arg-type]
+                    devices.remove(old)
+            devices.append(new)
+
+        self._edit(name, change)
+
+    def set_emulator(self, name: str, emulator: str) -> None:
+        """Set the ``<emulator>`` of domain ``name``."""
+
+        def change(devices: ET.Element) -> None:
+            el = devices.find("emulator")
+            if el is None:
+                el = ET.Element("emulator")
+                devices.insert(0, el)
+            el.text = emulator
+
+        self._edit(name, change)
+
+    def read_file(self, path: str) -> HostFile | None:
+        """A host file's content and mode (see :mod:`backends.hostfiles`)."""
+        return hostfiles.read_file(path)
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o755) -> str | None:
+        """Write a host file atomically, with a backup (see :mod:`backends.hostfiles`)."""
+        return hostfiles.write_file(path, content, mode)

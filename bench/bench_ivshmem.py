@@ -1,0 +1,82 @@
+"""Benchmark of the ivshmem step on a sandbox libvirtd: prints timings, asserts nothing.
+
+Starts its own sandbox (libvirtd in a private mount namespace), defines extra
+domains, then times plan / apply / plan-again, one hook call as libvirtd makes
+it, and a domain start through the hook.  Everything is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from steps.base import Context  # noqa: E402
+from steps.ivshmem import IvshmemAnswers, IvshmemStep  # noqa: E402
+from wizard.backends import RealBackends  # noqa: E402
+from wizard.sandbox import libvirt as sandbox_libvirt  # noqa: E402
+from wizard.sandbox.core import Sandbox  # noqa: E402
+
+T = TypeVar("T")
+EXTRA_DOMAINS = 20
+HOOK_CALLS = 20
+
+
+def timed(label: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` once and print its duration."""
+    t0 = time.perf_counter()
+    result = fn(*args)
+    print(f"{label:44} {time.perf_counter() - t0:8.3f} s")
+    return result
+
+
+def main() -> None:
+    """Run the benchmark in a temporary sandbox."""
+    with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
+        sb = Sandbox(dir=Path(tmp) / "sb", tag="hsb")
+        try:
+            timed("sandbox libvirt up (libvirtd + 2 domains)", sandbox_libvirt.up, sb)
+            for i in range(EXTRA_DOMAINS):
+                xml = sb.path("libvirt", "domains", f"b{i}.xml")
+                xml.write_text(sandbox_libvirt.DOMAIN_XML.format(
+                    name=f"b{i}", emulator=sandbox_libvirt.EMULATOR))
+                sandbox_libvirt.virsh(sb, "define", str(xml))
+            answers = IvshmemAnswers(**{**sb.answers["ivshmem"], "restart_libvirtd": False})
+            step, backends = IvshmemStep(), RealBackends()
+            ctx = Context(backends=backends)
+            try:
+                n = EXTRA_DOMAINS + len(sandbox_libvirt.DOMAINS)
+                changes = timed(f"discover + plan ({n} domains)", lambda: (
+                    step.discover(answers.model_dump(), ctx), step.plan(answers, ctx))[1])
+                timed(f"apply ({len(changes)} changes)", step.apply, answers, changes, ctx)
+                left = timed("plan again", step.plan, answers, ctx)
+                assert not left, left
+            finally:
+                backends.close()
+            hook = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"], "qemu.d", "hostsetup-ivshmem")
+            xml = sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "vm1").encode()
+            runs = []
+            for _ in range(HOOK_CALLS):
+                t0 = time.perf_counter()
+                subprocess.run([str(hook), "vm1", "restore", "begin", "-"], input=xml,
+                               capture_output=True, check=True)
+                runs.append(time.perf_counter() - t0)
+            label = f"hook call, restore (median of {HOOK_CALLS})"
+            print(f"{label:44} {statistics.median(runs):8.3f} s")
+            timed("libvirtd restart (reads the hook)", sandbox_libvirt.restart, sb)
+            timed("virsh start vm1 (prepare hook + QEMU)", sandbox_libvirt.virsh, sb,
+                  "start", "vm1")
+        finally:
+            sb.stop()
+            sandbox_libvirt.down(sb)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The ivshmem step against the sandbox: a real libvirtd (QEMU driver, TCG) and QEMU.
+
+One sandbox (the D-Bus and libvirt components) serves the module; each test
+starts what it needs and leaves the domains shut off.  libvirtd reads hooks
+when it starts: the step "restarts" it through the D-Bus mock, which does not
+touch the real sandbox libvirtd, so the tests restart that one themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.interfaces import BackendUnreachable
+from backends.interfaces.libvirt import DomainNotFound, Shmem
+from backends.libvirt import LibvirtBackend
+from steps.base import Context, StepFailed
+from steps.ivshmem import IvshmemAnswers, IvshmemStep
+from wizard.backends import RealBackends
+from wizard.sandbox import dbus as sandbox_dbus
+from wizard.sandbox import libvirt as sandbox_libvirt
+from wizard.sandbox.core import Sandbox
+from wizard.sandbox.manage import write_outputs, write_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
+
+
+@pytest.fixture(scope="module")
+def ivs_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A sandbox with a private bus (systemd mock) and libvirtd with two domains."""
+    sb = Sandbox(dir=tmp_path_factory.mktemp("ivshmem") / "sb", tag=f"iv{os.getpid() % 10000}")
+    try:
+        sandbox_dbus.up(sb)
+        sandbox_libvirt.up(sb)
+        write_outputs(sb)
+        yield sb
+    finally:
+        sb.stop()
+        sandbox_libvirt.down(sb)
+    assert not sandbox_libvirt.qemu_pids(sb), "QEMU processes leaked"
+
+
+@pytest.fixture
+def ivs_clean(ivs_sb: Sandbox) -> Iterator[Sandbox]:
+    """Leaves every domain shut off after the test."""
+    yield ivs_sb
+    for name, _pid in sandbox_libvirt.qemu_pids(ivs_sb).items():
+        sandbox_libvirt.virsh(ivs_sb, "destroy", name)
+
+
+def answers(sb: Sandbox, **overrides: Any) -> dict[str, Any]:
+    """The sandbox's ivshmem answers with ``overrides``."""
+    return {**sb.answers["ivshmem"], **overrides}
+
+
+def cli(sb: Sandbox, command: str, section: dict[str, Any],
+        *extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m wizard <command> --answers F`` with only the ivshmem section."""
+    path = sb.dir / f"answers-{command}.yaml"
+    write_yaml(path, {"version": 1, "ivshmem": section})
+    return subprocess.run([sys.executable, "-m", "wizard", command, "--answers", str(path),
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def start(sb: Sandbox, name: str) -> tuple[str, str]:
+    """Start a domain; returns (``info pci`` from the monitor, QEMU's command line)."""
+    sandbox_libvirt.virsh(sb, "start", name)
+    pci = sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
+    pid = sandbox_libvirt.qemu_pids(sb)[name]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return pci, cmdline
+
+
+def define(sb: Sandbox, name: str) -> None:
+    """Define one more small domain."""
+    xml = sb.path("libvirt", "domains", f"{name}.xml")
+    xml.write_text(sandbox_libvirt.DOMAIN_XML.format(name=name,
+                                                     emulator=sandbox_libvirt.EMULATOR))
+    sandbox_libvirt.virsh(sb, "define", str(xml))
+
+
+def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    section = answers(sb, enforce="refuse")
+    hooks = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"])
+    # A third-party hook that was there first: it must still run.
+    third = sb.dir / "third-party.log"
+    (hooks / "qemu").write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {third}\n')
+    (hooks / "qemu").chmod(0o755)
+
+    plan = cli(sb, "plan", section)
+    assert plan.returncode == 4, plan.stderr
+    assert "update domain vm1" in plan.stdout and "update domain vm2" in plan.stdout
+    assert "install hook" in plan.stdout and "restart unit libvirtd.service" in plan.stdout
+
+    report = sb.dir / "report.json"
+    applied = cli(sb, "apply", section, "--report", str(report))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    (result,) = json.loads(report.read_text())["steps"]
+    assert result["status"] == "applied"
+    assert {c["target"] for c in result["changes"]} >= {"domain vm1", "domain vm2"}
+    assert (hooks / "qemu").read_text().startswith("#!/bin/sh")  # not replaced
+
+    sandbox_libvirt.restart(sb)  # the mock's restart does not reach the real libvirtd
+    pci, cmdline = start(sb, "vm1")
+    assert IVSHMEM_PLAIN in pci
+    assert "ivshmem-plain" in cmdline and f"/dev/shm/{section['name']}" in cmdline
+    shm = os.stat(f"/dev/shm/{section['name']}")
+    assert shm.st_size == 4 * 1024 * 1024 and shm.st_mode & 0o777 == 0o660
+    log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
+    assert f"vm1 prepare begin: prepared /dev/shm/{section['name']}" in log
+    assert "vm1 prepare begin" in third.read_text()
+
+    again = cli(sb, "plan", section)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "ivshmem: nothing to change" in again.stdout
+
+
+def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    section = answers(sb, enforce="refuse")
+    assert cli(sb, "apply", section).returncode == 0
+    sandbox_libvirt.restart(sb)
+    define(sb, "bare")  # defined after apply: 'all' covers it, but it lacks the device
+    try:
+        res = subprocess.run(["virsh", "-c", sandbox_libvirt.uri(sb), "start", "bare"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0
+        assert "domain 'bare' lacks the ivshmem device" in res.stderr
+        assert "bare" not in sandbox_libvirt.qemu_pids(sb)
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4 and "update domain bare" in plan.stdout
+    finally:
+        sandbox_libvirt.virsh(sb, "undefine", "bare")
+
+
+def save(sb: Sandbox, name: str) -> str:
+    """Save a running domain to a file (it stops); returns the file."""
+    image = str(sb.dir / f"{name}.save")
+    sandbox_libvirt.virsh(sb, "save", name, image)
+    return image
+
+
+def restore(sb: Sandbox, name: str, image: str, xml: ET.Element) -> str:
+    """Restore a saved domain with an alternative XML; returns ``info pci``."""
+    alt = sb.dir / f"{name}.alt.xml"
+    alt.write_text(ET.tostring(xml, encoding="unicode"))
+    sandbox_libvirt.virsh(sb, "restore", image, "--xml", str(alt))
+    return sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
+
+
+def test_restore_with_regenerated_xml_keeps_the_device(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    define(sb, "saved")
+    try:
+        # role master: QEMU blocks saving (and migrating) a guest with a peer device.
+        section = answers(sb, domains=["saved"], role="master")
+        assert cli(sb, "apply", section).returncode == 0
+        sandbox_libvirt.restart(sb)
+        pci, _cmdline = start(sb, "saved")
+        assert IVSHMEM_PLAIN in pci
+        image = save(sb, "saved")
+        regenerated = ET.fromstring(sandbox_libvirt.virsh(sb, "save-image-dumpxml", image))
+        devices = regenerated.find("devices")
+        assert devices is not None
+        for shmem in devices.findall("shmem"):
+            devices.remove(shmem)
+        assert IVSHMEM_PLAIN in restore(sb, "saved", image, regenerated)
+        log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
+        assert f"saved restore begin: added the device '{section['name']}'" in log
+    finally:
+        if "saved" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "saved")
+        sandbox_libvirt.virsh(sb, "undefine", "saved")
+
+
+def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    define(sb, "wrapped")
+    name = f"{sb.answers['ivshmem']['name']}-w"
+    try:
+        section = answers(sb, method="qemu-wrapper", domains=["wrapped"], name=name, size=2,
+                          enforce="refuse", role="master")
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4, plan.stderr
+        assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in plan.stdout
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        dumped = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "wrapped"))
+        wrapper = dumped.findtext("devices/emulator") or ""
+        assert wrapper.startswith(str(sb.dir))
+        assert dumped.find("devices/shmem") is None  # the device is on the command line
+        pci, cmdline = start(sb, "wrapped")
+        assert IVSHMEM_PLAIN in pci
+        assert f"mem-path=/dev/shm/{name},size=2M,share=on" in cmdline
+        assert os.stat(f"/dev/shm/{name}").st_size == 2 * 1024 * 1024
+        assert cli(sb, "plan", section).returncode == 0
+        # A manager restores the guest with a regenerated XML naming the real
+        # emulator: the hook points it back at the wrapper, so the device is there.
+        image = save(sb, "wrapped")
+        regenerated = ET.fromstring(sandbox_libvirt.virsh(sb, "save-image-dumpxml", image))
+        regenerated.find("devices/emulator").text = sandbox_libvirt.EMULATOR  # type: ignore[union-attr]
+        pci = restore(sb, "wrapped", image, regenerated)
+        assert IVSHMEM_PLAIN in pci
+        live = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "wrapped"))
+        assert live.findtext("devices/emulator") == wrapper
+        log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
+        assert f"wrapped restore begin: pointed the incoming XML at the wrapper emulator " \
+            f"{wrapper}" in log
+    finally:
+        if "wrapped" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "wrapped")
+        sandbox_libvirt.virsh(sb, "undefine", "wrapped")
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def test_bad_answers_are_all_reported(ivs_sb: Sandbox) -> None:
+    res = cli(ivs_sb, "plan", answers(ivs_sb, size=3, name="bad/name", mode="999"))
+    assert res.returncode == 3
+    assert "ivshmem.size" in res.stderr and "3 MiB is not a power of two" in res.stderr
+    assert "ivshmem.name" in res.stderr and "'bad/name' is not a valid" in res.stderr
+    assert "ivshmem.mode" in res.stderr
+
+
+def test_taken_pci_address_and_unknown_domain(ivs_sb: Sandbox) -> None:
+    lv = LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+    try:
+        device, taken = lv.domain("vm1").pci_addresses[0]
+    finally:
+        lv.close()
+    res = cli(ivs_sb, "plan", answers(ivs_sb, address=str(taken), domains=["vm1", "nosuch"]))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"PCI address {taken} is already used by {device} in domain 'vm1'" in res.stderr
+    assert "ivshmem.domains[1]" in res.stderr and "no domain 'nosuch'" in res.stderr
+
+
+def test_libvirtd_down_is_unreachable(ivs_sb: Sandbox) -> None:
+    sandbox_libvirt.stop(ivs_sb)
+    try:
+        res = cli(ivs_sb, "plan", answers(ivs_sb))
+        assert res.returncode == 5, res.stdout + res.stderr
+        assert f"libvirt unreachable at {sandbox_libvirt.uri(ivs_sb)}" in res.stderr
+        with pytest.raises(BackendUnreachable):
+            LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+    finally:
+        sandbox_libvirt.start(ivs_sb)
+
+
+def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
+    sb = ivs_sb
+    for name in ("gone", "stays"):
+        define(sb, name)
+    section = IvshmemAnswers(**answers(sb, domains=["gone", "stays"], restart_libvirtd=False))
+    backends = RealBackends()
+    try:
+        ctx = Context(backends=backends)
+        changes = IvshmemStep().plan(section, ctx)
+        assert {"domain gone", "domain stays"} <= {c.target for c in changes}
+        sandbox_libvirt.virsh(sb, "undefine", "gone")
+        with pytest.raises(StepFailed) as failed:
+            IvshmemStep().apply(section, changes, ctx)
+        assert "domain 'gone' not found" in str(failed.value)
+        assert failed.value.done == [c for c in changes if c.target != "domain gone"]
+        stays = backends.libvirt(section.uri).domain("stays")
+        assert stays.shmem(section.name) is not None
+        assert IvshmemStep().plan(section, ctx) == []  # 'gone' is gone: nothing left to do
+    finally:
+        backends.close()
+        sandbox_libvirt.virsh(sb, "undefine", "stays")
+
+
+def test_backend_keeps_address_and_defines_doorbell(ivs_sb: Sandbox) -> None:
+    define(ivs_sb, "devices")
+    lv = LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+    try:
+        lv.set_shmem("devices", Shmem("db0", "ivshmem-doorbell", None, "/tmp/ivs.sock", 4))
+        lv.set_shmem("devices", Shmem("pl0", "ivshmem-plain", 2))
+        first = lv.domain("devices").shmem("pl0")
+        assert first is not None and first.address is not None
+        lv.set_shmem("devices", Shmem("pl0", "ivshmem-plain", 8))  # resized, same slot
+        dom = lv.domain("devices")
+        assert dom.shmem("pl0") == Shmem("pl0", "ivshmem-plain", 8, address=first.address)
+        door = dom.shmem("db0")
+        assert door is not None and (door.server, door.vectors) == ("/tmp/ivs.sock", 4)
+        assert lv.version() >= (6, 5, 0)
+        with pytest.raises(DomainNotFound):
+            lv.set_shmem("nosuch", Shmem("x", "ivshmem-plain", 1))
+    finally:
+        lv.close()
+        sandbox_libvirt.virsh(ivs_sb, "undefine", "devices")
+
+
+def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    seen = tmp_path / "third-party.log"
+    third_party = f'#!/bin/sh\necho "$1 $2" >> {seen}\n'
+    (hooks / "qemu").write_text(third_party)
+    (hooks / "qemu").chmod(0o750)
+    section = answers(ivs_sb, hooks_dir=str(hooks), hook_layout="chain", restart_libvirtd=False,
+                      hook_log=str(tmp_path / "hook.log"))
+    assert cli(ivs_sb, "plan", section).returncode == 4
+    applied = cli(ivs_sb, "apply", section)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "restart libvirtd.service so that it loads the new hook" in applied.stdout
+    chained = hooks / "qemu.hostsetup-chained"
+    assert chained.read_text() == third_party and chained.stat().st_mode & 0o777 == 0o750
+    assert b"hostsetup-ivshmem-hook" in (hooks / "qemu").read_bytes()
+    backups = list(hooks.glob("qemu.hostsetup-bak.*"))
+    assert len(backups) == 1 and backups[0].read_text() == third_party
+    # libvirt would now run our 'qemu'; the third-party hook still runs, first.
+    xml = sandbox_libvirt.virsh(ivs_sb, "dumpxml", "--inactive", "vm1")
+    res = subprocess.run([str(hooks / "qemu"), "vm1", "restore", "begin", "-"],
+                         input=xml.encode(), capture_output=True, timeout=30)
+    assert res.returncode == 0 and seen.read_text() == "vm1 restore\n"
+    assert "vm1 restore begin" in (tmp_path / "hook.log").read_text()
+    assert cli(ivs_sb, "plan", section).returncode == 0

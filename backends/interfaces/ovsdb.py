@@ -1,0 +1,119 @@
+"""Interface of the OVSDB backend: bridges, ports and port mirrors of Open vSwitch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from backends.interfaces import BackendError
+
+
+@dataclass(frozen=True)
+class OvsdbTLS:
+    """Paths of the client key, its certificate and the CA certificate for ``ssl:``."""
+
+    key: str
+    cert: str
+    ca: str
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port of a bridge (``Port`` table)."""
+
+    name: str
+    bridge: str
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A bridge with its port names and the VLANs it floods without learning."""
+
+    name: str
+    ports: tuple[str, ...] = ()
+    flood_vlans: tuple[int, ...] = ()
+    datapath_type: str = ""
+    external_ids: Mapping[str, str] = field(default_factory=dict)
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A port mirror (``Mirror`` table), ports given by name.
+
+    Used both for what the switch has (``uuid`` and ``statistics`` filled in)
+    and for what it should have (``uuid`` empty for a mirror to create).
+    """
+
+    name: str
+    bridge: str
+    select_all: bool = False
+    select_src_port: tuple[str, ...] = ()
+    select_dst_port: tuple[str, ...] = ()
+    select_vlan: tuple[int, ...] = ()
+    output_port: str | None = None
+    output_vlan: int | None = None
+    snaplen: int | None = None
+    external_ids: Mapping[str, str] = field(default_factory=dict)
+    statistics: Mapping[str, int] = field(default_factory=dict)
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class MirrorEdit:
+    """Everything one step changes, applied as one OVSDB transaction.
+
+    ``put``: mirrors to create (no ``uuid``) or to rewrite in place (``uuid``
+    of the existing row).  ``delete``: mirrors to remove (by ``uuid``).
+    ``flood_add`` / ``flood_remove``: per bridge name, VLANs to add to or
+    remove from the bridge's ``flood_vlans`` (RSPAN); ``bridge_ids``: per
+    bridge name, ``external_ids`` keys to set (``None``: remove the key).
+    """
+
+    put: Sequence[Mirror] = ()
+    delete: Sequence[Mirror] = ()
+    flood_add: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    flood_remove: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    bridge_ids: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+
+
+class VswitchdTimeout(BackendError):
+    """The transaction committed, but ovs-vswitchd did not take it in time."""
+
+
+class OvsdbAPI(Protocol):
+    """What the ovs_mirror step needs from an Open vSwitch database."""
+
+    remote: str
+    # Transactions sent to the server by this connection (benchmarks check it).
+    transactions: int
+
+    def has_column(self, table: str, column: str) -> bool:
+        """True if the server's schema has ``table.column`` (e.g. ``Mirror.snaplen``)."""
+        ...
+
+    def bridges(self) -> dict[str, Bridge]:
+        """The bridges, by name."""
+        ...
+
+    def ports(self) -> dict[str, Port]:
+        """All ports of all bridges, by name (port names are unique in a switch)."""
+        ...
+
+    def mirrors(self) -> list[Mirror]:
+        """Every mirror of every bridge, with its statistics."""
+        ...
+
+    def apply(self, edit: MirrorEdit, timeout: float) -> int:
+        """Apply ``edit`` in ONE transaction, all or nothing, then wait (at most
+        ``timeout`` seconds) for ovs-vswitchd to take the new configuration.
+
+        Returns the configuration number ovs-vswitchd reached.  Raises
+        ``BackendError`` naming the cause when the transaction fails (e.g. a
+        referenced port no longer exists): then nothing was changed;
+        :class:`VswitchdTimeout` when the database took the change but
+        ovs-vswitchd did not apply it in time.
+        """
+        ...

@@ -55,8 +55,18 @@ class Ui:
         return g
 
     def show_help(self, _screen: Any, tag: Any) -> None:
-        text = self.helps.get(str(tag)) or "No help for this screen."
-        snack.ButtonChoiceWindow(self.screen, "Help", text, ["OK"], width=WIDTH)
+        """F1: the window's help, scrollable.  Runs inside newt's form loop, so
+        it must not raise: any key that closes it (Ctrl-C too) just closes it."""
+        text = paragraphs(self.helps.get(str(tag)) or "No help for this screen.")
+        g = snack.GridForm(self.screen, "Help", 1, 2)
+        g.add(snack.Textbox(WIDTH, TEXT_ROWS, text, scroll=1, wrap=1), 0, 0)
+        bar = snack.ButtonBar(self.screen, ["OK"])
+        g.add(bar, 0, 1, (0, 1, 0, 0))
+        g.addHotKey("CTRL-C")
+        g.addHotKey("ESC")
+        g.create()
+        g.setCurrent(bar.list[0][0])
+        g.runOnce()
 
     def message(self, title: str, text: str) -> None:
         """A modal message with OK (Ctrl-C still quits)."""
@@ -71,6 +81,19 @@ class Ui:
         g.add(snack.Label(text[: WIDTH - 4]), 0, 0)
         g.draw()
         self.screen.refresh()
+
+
+def paragraphs(text: str) -> str:
+    """Join hard-wrapped lines so the window can wrap them; keep blank lines and
+    lines that start a list item."""
+    out: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if out and out[-1] and line and not line.startswith(("-", "*")):
+            out[-1] += " " + line
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def run(g: snack.GridFormHelp) -> Any:
@@ -195,6 +218,7 @@ def ask(ui: Ui, title: str, help_text: str, questions: list[Any], values: dict[s
     """A window of one-row questions; returns the button and the entered values."""
     rows = [Row(ui, q, values.get(q.key), model) for q in questions]
     full_help = help_text + "".join(f"\n\n{q.label}: {q.help}" for q in questions if q.help)
+    hit: Row | None = None
     while True:
         g = ui.form(title, full_help, 1, 2)
         grid = snack.Grid(2, len(rows))
@@ -205,6 +229,9 @@ def ask(ui: Ui, title: str, help_text: str, questions: list[Any], values: dict[s
         g.add(grid, 0, 0)
         bar = snack.ButtonBar(ui.screen, buttons)
         g.add(bar, 0, 1, (0, 1, 0, 0), growx=1)
+        if hit is not None:  # back from a picker: focus the row it came from
+            g.create()
+            g.setCurrent(hit.widget)
         result = run(g)
         for row in rows:
             row.capture()
@@ -254,10 +281,14 @@ def pick_many(ui: Ui, q: Any, current: list[Any]) -> list[Any]:
 
 
 def edit_records(ui: Ui, q: Any, records: list[dict[str, Any]], model: Any) -> list[Any]:
-    """The list of records (e.g. several mirrors): Add / Edit / Delete / Done."""
+    """The list of records (e.g. several mirrors): Add / Edit / Delete / Done.
+
+    Enter on a record edits it.  A record is checked with the whole step on Next.
+    """
+    keys = {f.key for f in q.fields}
     while True:
         g = ui.form(q.label, q.help or "Add, edit or delete entries.", 1, 2)
-        box = snack.Listbox(height=8, scroll=1, width=60, returnExit=0)
+        box = snack.Listbox(height=8, scroll=1, width=60, returnExit=1)
         for i, rec in enumerate(records):
             box.append(_record_label(q, rec, i), i)
         if not records:
@@ -265,20 +296,24 @@ def edit_records(ui: Ui, q: Any, records: list[dict[str, Any]], model: Any) -> l
         g.add(box, 0, 0)
         bar = snack.ButtonBar(ui.screen, ["Add", "Edit", "Delete", "Done"])
         g.add(bar, 0, 1, (0, 1, 0, 0))
-        choice = pressed(bar, run(g)) or "done"
+        result = run(g)
+        choice = "edit" if result is box else pressed(bar, result) or "done"
         current = box.current() if records else -1
         if choice in ("done", "next"):
             return records
         if choice == "delete" and current >= 0:
             records.pop(current)
-        elif choice in ("add", "edit"):
-            start = records[current] if choice == "edit" and current >= 0 else {}
-            button, rec = ask(ui, q.label, q.help, list(q.fields), start, model, ["OK", "Cancel"])
-            if button != "cancel":
-                if choice == "edit" and current >= 0:
-                    records[current] = rec
-                else:
-                    records.append(rec)
+        elif choice == "add" or (choice == "edit" and current >= 0):
+            start = records[current] if choice == "edit" else defaults(model)
+            button, got = ask(ui, q.label, q.help, list(q.fields), start, model, ["OK", "Cancel"])
+            if button == "cancel":
+                continue
+            # Keys this window does not show are kept as they were.
+            rec = {**{k: v for k, v in start.items() if k not in keys}, **got}
+            if choice == "edit":
+                records[current] = rec
+            else:
+                records.append(rec)
 
 
 def _record_label(q: Any, rec: dict[str, Any], i: int) -> str:

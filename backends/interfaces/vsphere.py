@@ -1,0 +1,196 @@
+"""What the ``vsphere_network`` step may know of vSphere: the protocol and value types.
+
+No pyVmomi here: the values are plain frozen dataclasses read from one bulk
+inventory (hosts with their standard vSwitches, port groups and physical NICs;
+VMs with their network adapters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class VSphereConn:
+    """Where and how to log in.  ``password`` is the resolved secret: never in repr."""
+
+    server: str
+    port: int = 443
+    user: str = "root"
+    password: str = field(default="", repr=False)
+    # SHA-256 of the server's certificate (hex, colons allowed): pins it.
+    thumbprint: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+
+    @property
+    def address(self) -> str:
+        """``server:port``, for messages."""
+        return f"{self.server}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Security:
+    """A port group's security policy; ``None`` = not set (inherited from the vSwitch)."""
+
+    allow_promiscuous: bool | None = None
+    forged_transmits: bool | None = None
+    mac_changes: bool | None = None
+
+
+@dataclass(frozen=True)
+class PhysicalNic:
+    """A host's physical NIC (``vmnic0``) and the vSwitch using it, if any."""
+
+    device: str
+    vswitch: str | None = None
+
+
+@dataclass(frozen=True)
+class VSwitch:
+    """A standard vSwitch as configured: ports, MTU, uplink NICs, its port groups."""
+
+    name: str
+    num_ports: int
+    mtu: int
+    nics: tuple[str, ...] = ()
+    portgroups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortGroup:
+    """A standard port group; ``security`` is the effective (computed) policy."""
+
+    name: str
+    vswitch: str
+    vlan: int
+    security: Security = Security()
+
+
+@dataclass(frozen=True)
+class Host:
+    """An ESXi host with its standard networking."""
+
+    name: str
+    cluster: str | None
+    vswitches: tuple[VSwitch, ...] = ()
+    portgroups: tuple[PortGroup, ...] = ()
+    pnics: tuple[PhysicalNic, ...] = ()
+
+    def vswitch(self, name: str) -> VSwitch | None:
+        """The vSwitch called ``name``, if the host has it."""
+        return next((v for v in self.vswitches if v.name == name), None)
+
+    def portgroup(self, name: str) -> PortGroup | None:
+        """The port group called ``name``, if the host has it."""
+        return next((p for p in self.portgroups if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A VM network adapter: its label ("Network adapter 1") and network name."""
+
+    label: str
+    key: int
+    network: str | None
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class VM:
+    """A virtual machine, the host it runs on and its network adapters."""
+
+    name: str
+    host: str | None
+    adapters: tuple[Adapter, ...] = ()
+
+    def adapter(self, label: str) -> Adapter | None:
+        """The adapter labelled ``label``, if the VM has it."""
+        return next((a for a in self.adapters if a.label == label), None)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything the step reads, fetched in one bulk retrieval."""
+
+    kind: str  # "esx" (a host agent) or "vcenter"
+    hosts: tuple[Host, ...] = ()
+    vms: tuple[VM, ...] = ()
+
+    def host(self, name: str) -> Host | None:
+        """The host called ``name``, if any."""
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def vm(self, name: str) -> VM | None:
+        """The VM called ``name``, if any."""
+        return next((v for v in self.vms if v.name == name), None)
+
+
+@dataclass(frozen=True)
+class VSwitchSpec:
+    """What a vSwitch should be."""
+
+    name: str
+    num_ports: int
+    mtu: int
+    nics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortGroupSpec:
+    """What a port group should be; unset security fields are inherited."""
+
+    name: str
+    vswitch: str
+    vlan: int = 0
+    security: Security = Security()
+
+
+class VSphereAPI(Protocol):
+    """A logged-in vSphere session (ESXi or vCenter)."""
+
+    @property
+    def round_trips(self) -> int:
+        """SOAP requests sent since login (for benchmarks and tests)."""
+        ...
+
+    def inventory(self) -> Inventory:
+        """Hosts, vSwitches, port groups, NICs, VMs and adapters, in bulk."""
+        ...
+
+    def add_vswitch(self, host: str, spec: VSwitchSpec) -> None:
+        """Create a standard vSwitch on ``host``."""
+        ...
+
+    def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
+        """Change a vSwitch's ports, MTU and uplinks in place."""
+        ...
+
+    def remove_vswitch(self, host: str, name: str) -> None:
+        """Remove a vSwitch (and the port groups on it)."""
+        ...
+
+    def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
+        """Create a port group on ``host``."""
+        ...
+
+    def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
+        """Change a port group's vSwitch, VLAN or security policy in place."""
+        ...
+
+    def remove_portgroup(self, host: str, name: str) -> None:
+        """Remove a port group from ``host``."""
+        ...
+
+    def move_adapter(
+        self, vm: str, adapter: str, portgroup: str,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """Attach a VM's adapter to a port group (a reconfigure task, waited on)."""
+        ...
+
+    def close(self) -> None:
+        """Log out; safe to call twice."""
+        ...

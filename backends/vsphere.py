@@ -1,0 +1,405 @@
+"""The vSphere backend: pyVmomi against ESXi or vCenter.
+
+TLS is verified by default (system CAs, or ``ca_file``).  A pinned SHA-256
+``thumbprint`` is checked against the certificate the server presents and
+then that certificate, and only it, is trusted for the session.  (pyVmomi's
+own ``thumbprint=`` is not used: SmartConnect's version probe fails on an
+untrusted certificate before pyVmomi looks at the thumbprint, and on a match
+pyVmomi turns verification off in the shared SSL context.)  ``insecure`` turns
+verification off and is logged as a warning.
+
+The inventory is one PropertyCollector retrieval over a ContainerView, so the
+number of SOAP round trips does not grow with the number of hosts or VMs;
+:attr:`VSphereBackend.round_trips` counts them.  Neither SOAP traffic nor the
+password is ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyVim.connect import SmartConnect
+from pyVim.task import WaitForTask
+from pyVmomi import vim, vmodl
+
+from backends.interfaces import BackendError, BackendUnreachable
+from backends.interfaces.vsphere import (
+    VM,
+    Adapter,
+    Host,
+    Inventory,
+    PhysicalNic,
+    PortGroup,
+    PortGroupSpec,
+    Security,
+    VSphereConn,
+    VSwitch,
+    VSwitchSpec,
+)
+
+log = logging.getLogger("hostsetup.vsphere")
+
+WHAT = "vSphere"
+PC = vmodl.query.PropertyCollector
+HOST_PROPS = [
+    "name", "parent", "network", "configManager.networkSystem",
+    "config.network.vswitch", "config.network.portgroup", "config.network.pnic",
+]
+VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
+NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network]
+DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
+TIMEOUT = 30  # seconds for a TCP connect / an HTTP response
+
+
+def normalize_thumbprint(value: str) -> str:
+    """``AA:BB:..`` or ``aabb..`` -> lowercase hex without colons."""
+    return value.replace(":", "").strip().lower()
+
+
+def peer_certificate(server: str, port: int) -> bytes:
+    """The DER certificate the server presents (no verification: it is compared next)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((server, port), timeout=TIMEOUT) as sock:
+        with ctx.wrap_socket(sock, server_hostname=server) as tls:
+            der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise ssl.SSLError("the server presented no certificate")
+    return der
+
+
+def ssl_context(conn: VSphereConn) -> ssl.SSLContext:
+    """The TLS context for ``conn``: verified, pinned, or (explicitly) insecure."""
+    if conn.insecure:
+        log.warning(
+            "TLS certificate of %s is NOT verified (insecure: true); "
+            "pin its thumbprint or give a ca_file instead", conn.address,
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if conn.thumbprint:
+        expected = normalize_thumbprint(conn.thumbprint)
+        der = peer_certificate(conn.server, conn.port)
+        actual = hashlib.sha256(der).hexdigest()
+        if not hmac.compare_digest(actual, expected):
+            raise BackendUnreachable(
+                WHAT, conn.address,
+                f"TLS certificate thumbprint mismatch: expected SHA-256 {expected}, "
+                f"the server presents {actual}; refusing to connect",
+            )
+        # Trust exactly the pinned certificate (also when it is not self-signed).
+        ctx = ssl.create_default_context(cadata=ssl.DER_cert_to_PEM_cert(der))
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        ctx.check_hostname = False  # identity is the pinned certificate, not a name
+        return ctx
+    return ssl.create_default_context(cafile=conn.ca_file)
+
+
+def fault_text(exc: BaseException) -> str:
+    """A vSphere fault as one line: its message or its type."""
+    msg = getattr(exc, "msg", None) or str(exc)
+    return f"{type(exc).__name__.rsplit('.', 1)[-1]}: {msg}" if msg else type(exc).__name__
+
+
+class VSphereBackend:
+    """A logged-in session; :meth:`close` logs out."""
+
+    def __init__(self, conn: VSphereConn) -> None:
+        self._conn = conn
+        self._si: Any = None
+        self._calls = 0
+        self._hosts: dict[str, Any] = {}  # host name -> HostSystem
+        self._netsys: dict[str, Any] = {}  # host name -> HostNetworkSystem
+        self._vms: dict[str, Any] = {}  # VM name -> VirtualMachine
+        with self._guard("login"):
+            try:
+                self._si = SmartConnect(
+                    host=conn.server, port=conn.port, user=conn.user, pwd=conn.password,
+                    sslContext=ssl_context(conn), httpConnectionTimeout=TIMEOUT,
+                )
+            except vim.fault.InvalidLogin:
+                raise BackendUnreachable(
+                    WHAT, conn.address,
+                    f"login refused for user '{conn.user}': incorrect user name or password",
+                ) from None
+            self._count_round_trips()
+            self._content = self._si.RetrieveContent()
+            log.info("logged in to %s as %s (%s)", conn.address, conn.user,
+                     self._content.about.fullName)
+
+    def _count_round_trips(self) -> None:
+        """Count every SOAP request of this session (property reads go through it too)."""
+        stub = self._si._stub
+        invoke = stub.InvokeMethod
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._calls += 1
+            return invoke(*args, **kwargs)
+
+        stub.InvokeMethod = counted
+
+    @property
+    def round_trips(self) -> int:
+        """SOAP requests sent since login."""
+        return self._calls
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn library errors into BackendUnreachable / BackendError for the operator."""
+        address = self._conn.address
+        try:
+            yield
+        except BackendError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise BackendUnreachable(
+                WHAT, address,
+                f"TLS certificate not trusted ({exc.verify_message}); give its ca_file, "
+                "pin its SHA-256 thumbprint, or (lab only) set insecure: true",
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise BackendUnreachable(WHAT, address, str(exc) or type(exc).__name__) from None
+        except vmodl.MethodFault as exc:
+            raise BackendError(f"vSphere {action} failed: {fault_text(exc)}") from None
+
+    def close(self) -> None:
+        """Log out (always; errors while logging out are logged, not raised)."""
+        si, self._si = self._si, None
+        if si is None:
+            return
+        try:
+            self._content.sessionManager.Logout()
+            log.info("logged out of %s", self._conn.address)
+        except Exception as exc:  # noqa: BLE001 - the session dies with the server anyway
+            log.warning("logout from %s failed: %s", self._conn.address, type(exc).__name__)
+        finally:
+            si._stub.DropConnections()
+
+    # -- reading ---------------------------------------------------------
+
+    def _retrieve(self, specs: list[Any]) -> list[Any]:
+        """RetrievePropertiesEx (+ continuations) for the given filter specs."""
+        pc = self._content.propertyCollector
+        result = pc.RetrievePropertiesEx(specSet=specs, options=PC.RetrieveOptions())
+        objects = list(result.objects) if result else []
+        while result is not None and result.token:
+            result = pc.ContinueRetrievePropertiesEx(token=result.token)
+            objects.extend(result.objects)
+        return objects
+
+    def inventory(self) -> Inventory:
+        """Hosts, their networking, VMs and adapters: one bulk retrieval."""
+        with self._guard("inventory"):
+            content = self._content
+            view = content.viewManager.CreateContainerView(
+                content.rootFolder, [vim.HostSystem, vim.VirtualMachine, *NAMED], True
+            )
+            try:
+                spec = PC.FilterSpec(
+                    objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
+                        PC.TraversalSpec(name="view", path="view", skip=False,
+                                         type=vim.view.ContainerView)])],
+                    propSet=[
+                        PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
+                        PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS),
+                        *(PC.PropertySpec(type=t, pathSet=["name"]) for t in NAMED),
+                    ],
+                )
+                objects = self._retrieve([spec])
+            finally:
+                view.Destroy()
+            return self._build(objects, content.about.apiType)
+
+    def _build(self, objects: list[Any], api_type: str) -> Inventory:
+        props = {o.obj._moId: (o.obj, {p.name: p.val for p in o.propSet}) for o in objects}
+        names = {moid: p.get("name") for moid, (_obj, p) in props.items()}
+        hosts, vms = [], []
+        self._hosts, self._netsys, self._vms = {}, {}, {}
+        for obj, p in props.values():
+            if isinstance(obj, vim.HostSystem):
+                self._hosts[p["name"]] = obj
+                self._netsys[p["name"]] = p.get("configManager.networkSystem")
+                parent = p.get("parent")
+                cluster = (names.get(parent._moId)
+                           if isinstance(parent, vim.ClusterComputeResource) else None)
+                hosts.append(host_value(p, cluster))
+            elif isinstance(obj, vim.VirtualMachine):
+                self._vms[p["name"]] = obj
+                host = p.get("runtime.host")
+                vms.append(VM(
+                    name=p["name"],
+                    host=names.get(host._moId) if host is not None else None,
+                    adapters=adapters(p.get("config.hardware.device") or [], names),
+                ))
+        kind = "vcenter" if api_type == "VirtualCenter" else "esx"
+        return Inventory(kind, tuple(sorted(hosts, key=lambda h: h.name)),
+                         tuple(sorted(vms, key=lambda v: v.name)))
+
+    # -- changing --------------------------------------------------------
+
+    def _network_system(self, host: str) -> Any:
+        if not self._netsys:
+            self.inventory()
+        if host not in self._netsys:
+            raise BackendError(f"vSphere host '{host}' not found")
+        return self._netsys[host]
+
+    def add_vswitch(self, host: str, spec: VSwitchSpec) -> None:
+        """AddVirtualSwitch with ports, MTU and a bond bridge of the uplinks."""
+        with self._guard(f"create vSwitch '{spec.name}' on {host}"):
+            self._network_system(host).AddVirtualSwitch(
+                vswitchName=spec.name, spec=vswitch_spec(spec))
+
+    def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
+        """UpdateVirtualSwitch, keeping the vSwitch's current policy."""
+        with self._guard(f"update vSwitch '{name}' on {host}"):
+            ns = self._network_system(host)
+            current = next((v for v in ns.networkInfo.vswitch if v.name == name), None)
+            new = vswitch_spec(spec)
+            if current is not None:
+                new.policy = current.spec.policy
+            ns.UpdateVirtualSwitch(vswitchName=name, spec=new)
+
+    def remove_vswitch(self, host: str, name: str) -> None:
+        """RemoveVirtualSwitch."""
+        with self._guard(f"remove vSwitch '{name}' on {host}"):
+            self._network_system(host).RemoveVirtualSwitch(vswitchName=name)
+
+    def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
+        """AddPortGroup with VLAN and security policy."""
+        with self._guard(f"create port group '{spec.name}' on {host}"):
+            self._network_system(host).AddPortGroup(portgrp=portgroup_spec(spec))
+
+    def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
+        """UpdatePortGroup in place."""
+        with self._guard(f"update port group '{name}' on {host}"):
+            self._network_system(host).UpdatePortGroup(pgName=name, portgrp=portgroup_spec(spec))
+
+    def remove_portgroup(self, host: str, name: str) -> None:
+        """RemovePortGroup."""
+        with self._guard(f"remove port group '{name}' on {host}"):
+            self._network_system(host).RemovePortGroup(pgName=name)
+
+    def move_adapter(
+        self, vm: str, adapter: str, portgroup: str,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """ReconfigVM_Task editing the adapter's backing; waits for the task."""
+        with self._guard(f"move '{adapter}' of VM '{vm}' to '{portgroup}'"):
+            if not self._vms:
+                self.inventory()
+            obj = self._vms.get(vm)
+            if obj is None:
+                raise BackendError(f"vSphere VM '{vm}' not found")
+            device, network = self._adapter_and_network(obj, vm, adapter, portgroup)
+            device.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+                deviceName=portgroup, network=network)
+            change = vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(
+                operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=device)])
+            task = obj.ReconfigVM_Task(spec=change)
+
+            def update(_task: Any, pct: Any) -> None:
+                # pyVim passes the percentage, or a state name ("queued", "done").
+                if progress is not None and isinstance(pct, int | float):
+                    progress(pct / 100)
+
+            WaitForTask(task, si=self._si, onProgressUpdate=update)
+
+    def _adapter_and_network(self, vm_obj: Any, vm: str, label: str, portgroup: str) -> Any:
+        """The adapter device (read fresh) and the Network called ``portgroup`` on the VM's host."""
+        [vm_props] = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=vm_obj)],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine,
+                                     pathSet=["config.hardware.device", "runtime.host"])],
+        )])
+        p = {x.name: x.val for x in vm_props.propSet}
+        device = next((d for d in p.get("config.hardware.device") or []
+                       if isinstance(d, vim.vm.device.VirtualEthernetCard)
+                       and d.deviceInfo is not None and d.deviceInfo.label == label), None)
+        if device is None:
+            raise BackendError(f"VM '{vm}' has no network adapter '{label}'")
+        networks = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=p["runtime.host"], skip=True, selectSet=[
+                PC.TraversalSpec(path="network", skip=False, type=vim.HostSystem)])],
+            propSet=[PC.PropertySpec(type=vim.Network, pathSet=["name"])],
+        )])
+        network = next((o.obj for o in networks if o.propSet[0].val == portgroup), None)
+        if network is None:
+            raise BackendError(f"the host of VM '{vm}' has no port group '{portgroup}'")
+        return device, network
+
+
+def host_value(p: dict[str, Any], cluster: str | None) -> Host:
+    """A :class:`Host` from its retrieved properties."""
+    vswitches = [
+        VSwitch(
+            name=v.name, num_ports=v.spec.numPorts, mtu=v.mtu or 1500,
+            nics=tuple(getattr(v.spec.bridge, "nicDevice", None) or ()),
+            portgroups=tuple(k.removeprefix("key-vim.host.PortGroup-") for k in v.portgroup or ()),
+        )
+        for v in p.get("config.network.vswitch") or []
+    ]
+    used = {nic: v.name for v in vswitches for nic in v.nics}
+    portgroups = [
+        PortGroup(
+            name=pg.spec.name, vswitch=pg.spec.vswitchName, vlan=pg.spec.vlanId,
+            security=security_value(pg.computedPolicy.security if pg.computedPolicy else None),
+        )
+        for pg in p.get("config.network.portgroup") or []
+    ]
+    pnics = [PhysicalNic(n.device, used.get(n.device)) for n in p.get("config.network.pnic") or []]
+    return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics))
+
+
+def security_value(sec: Any) -> Security:
+    """A pyVmomi security policy as :class:`Security`."""
+    if sec is None:
+        return Security()
+    return Security(sec.allowPromiscuous, sec.forgedTransmits, sec.macChanges)
+
+
+def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
+    """A VM's network adapters with the name of the network each is on."""
+    found = []
+    for d in devices:
+        if not isinstance(d, vim.vm.device.VirtualEthernetCard):
+            continue
+        backing, network = d.backing, None
+        if isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
+            network = backing.deviceName
+        elif isinstance(backing, DV_BACKING):
+            key = str(backing.port.portgroupKey)
+            network = names.get(key) or key
+        label = d.deviceInfo.label if d.deviceInfo else f"device {d.key}"
+        found.append(Adapter(label, d.key, network, d.macAddress or ""))
+    return tuple(found)
+
+
+def vswitch_spec(spec: VSwitchSpec) -> Any:
+    """A HostVirtualSwitchSpec: ports, MTU, uplinks as a bond bridge."""
+    bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(spec.nics)) if spec.nics else None
+    return vim.host.VirtualSwitch.Specification(numPorts=spec.num_ports, mtu=spec.mtu,
+                                                bridge=bridge)
+
+
+def portgroup_spec(spec: PortGroupSpec) -> Any:
+    """A HostPortGroupSpec; security fields left unset are inherited from the vSwitch."""
+    sec = spec.security
+    policy = vim.host.NetworkPolicy()
+    if sec != Security():
+        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
+            allowPromiscuous=sec.allow_promiscuous, forgedTransmits=sec.forged_transmits,
+            macChanges=sec.mac_changes)
+    return vim.host.PortGroup.Specification(
+        name=spec.name, vswitchName=spec.vswitch, vlanId=spec.vlan, policy=policy)

@@ -1,0 +1,79 @@
+"""Benchmark: vsphere_network plan against 10 and 1,000 VMs on a 4-host vCenter simulator.
+
+Starts the simulator itself (wizard.sandbox.vcsim), runs discover + validate +
+plan as the runner does, and prints SOAP round trips and wall time.  The round
+trips must be the same for both inventories (bulk PropertyCollector retrieval);
+the script exits 1 if they are not.
+
+    .venv/bin/python bench/bench_vsphere_plan.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from steps.base import Context  # noqa: E402
+from steps.vsphere_network import (  # noqa: E402
+    VSphereNetworkAnswers,
+    VSphereNetworkStep,
+    connection,
+)
+from wizard.backends import RealBackends  # noqa: E402
+from wizard.sandbox import vcsim  # noqa: E402
+from wizard.sandbox.core import Sandbox  # noqa: E402
+
+HOSTS = 4
+SIZES = (10, 1000)
+REPEAT = 3
+
+
+def measure(sb: Sandbox, vms: int) -> tuple[int, float, int]:
+    """Round trips of one plan, best wall time of REPEAT plans, number of changes."""
+    sim = vcsim.start(sb, model="vcenter", hosts=HOSTS, vms=vms, name=f"vcsim{vms}")
+    section = vcsim.answers(sim)
+    answers = VSphereNetworkAnswers.model_validate(section)
+    step = VSphereNetworkStep()
+    backends = RealBackends()
+    try:
+        api = backends.vsphere(connection(section))  # login is not part of a plan
+        best, trips, changes = float("inf"), 0, 0
+        for _ in range(REPEAT):
+            ctx = Context(backends=backends)
+            start_trips, start = api.round_trips, time.perf_counter()
+            facts = ctx.facts[step.name] = step.discover(section, ctx)
+            assert not step.validate(answers, facts)
+            changes = len(step.plan(answers, ctx))
+            best = min(best, time.perf_counter() - start)
+            trips = api.round_trips - start_trips
+        return trips, best, changes
+    finally:
+        backends.close()
+
+
+def main() -> int:
+    """Print one line per inventory size; fail if round trips differ."""
+    with tempfile.TemporaryDirectory(prefix="bench-vsphere-") as tmp:
+        sb = Sandbox(dir=Path(tmp))
+        try:
+            print(f"vsphere_network plan, vCenter simulator with {HOSTS} hosts (best of {REPEAT})")
+            print(f"{'VMs':>6} {'round trips':>12} {'wall s':>8} {'changes':>8}")
+            results = {}
+            for vms in SIZES:
+                trips, wall, changes = measure(sb, vms)
+                results[vms] = trips
+                print(f"{vms:>6} {trips:>12} {wall:>8.3f} {changes:>8}")
+        finally:
+            sb.stop()
+    same = len(set(results.values())) == 1
+    print("round trips equal:", "yes" if same else "NO")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

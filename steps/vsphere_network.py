@@ -1,0 +1,531 @@
+"""Step ``vsphere_network``: standard vSwitches, port groups and VM adapters.
+
+On every selected ESXi host (all, those of a cluster, or named ones) the
+answered vSwitches (ports, MTU, uplink NICs) and port groups (vSwitch, VLAN,
+security policy) are created or updated in place, or removed when marked
+``state: absent``; then VM network adapters are moved onto port groups
+(ReconfigVM_Task, waited on).  Only what the answers name is touched.
+
+If a change fails, what this run did is undone in reverse order (created
+objects removed, updated ones restored, adapters moved back) and the failure
+lists exactly what remains changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from backends.interfaces import BackendError
+from backends.interfaces.vsphere import (
+    Host,
+    Inventory,
+    PortGroupSpec,
+    Security,
+    VSphereAPI,
+    VSphereConn,
+    VSwitchSpec,
+)
+from steps.base import (
+    Change,
+    Context,
+    Problem,
+    Question,
+    SecretRef,
+    Step,
+    StepFailed,
+    StepModel,
+    resolve_secret,
+)
+
+State = Literal["present", "absent"]
+THUMBPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
+SECURITY_KEYS = ("allow_promiscuous", "forged_transmits", "mac_changes")
+Settings = dict[str, Any]  # an object's managed settings, as in Change.before/after
+
+
+class ClusterHosts(StepModel):
+    """All hosts of one cluster."""
+
+    cluster: str = Field(min_length=1, description="cluster name (vCenter)")
+
+
+class VSwitchAnswer(StepModel):
+    """One standard vSwitch."""
+
+    name: str = Field(min_length=1, max_length=32, description="vSwitch name, e.g. vSwitch1")
+    num_ports: int = Field(128, ge=8, le=4088, description="number of ports (8-4088)")
+    mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
+    nics: list[str] = Field(default_factory=list,
+                            description="uplink physical NICs (free ones), e.g. [vmnic1]")
+    state: State = Field("present", description="present, or absent to remove it")
+
+
+class PortGroupAnswer(StepModel):
+    """One standard port group; unset security fields inherit the vSwitch's."""
+
+    name: str = Field(min_length=1, max_length=59, description="port group name")
+    vswitch: str | None = Field(None, description="vSwitch it is on (required when present)")
+    vlan: int = Field(0, ge=0, le=4095, description="VLAN ID 0-4095; 0 = none, 4095 = trunk")
+    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
+    forged_transmits: bool | None = Field(None, description="allow forged transmits")
+    mac_changes: bool | None = Field(None, description="allow MAC address changes")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _vswitch_when_present(self) -> PortGroupAnswer:
+        if self.state == "present" and not self.vswitch:
+            raise ValueError(f"port group '{self.name}': 'vswitch' is required when present")
+        return self
+
+    def security(self) -> Security:
+        """The answered security policy (unset fields stay unset)."""
+        return Security(self.allow_promiscuous, self.forged_transmits, self.mac_changes)
+
+
+class AdapterAnswer(StepModel):
+    """Move one VM network adapter onto a port group."""
+
+    vm: str = Field(min_length=1, max_length=80, description="VM name")
+    adapter: str = Field(pattern=r"^Network adapter \d+$",
+                         description="adapter label, e.g. 'Network adapter 1'")
+    portgroup: str = Field(min_length=1, max_length=59, description="target port group")
+
+
+class VSphereNetworkAnswers(StepModel):
+    """Answers of the ``vsphere_network`` step."""
+
+    server: str = Field(min_length=1, description="vCenter or ESXi host name or address")
+    port: int = Field(443, ge=1, le=65535, description="HTTPS port")
+    user: str = Field("root", min_length=1, description="login user")
+    password: SecretRef = Field(description="password reference: env:NAME or file:PATH")
+    thumbprint: str | None = Field(
+        None, pattern=THUMBPRINT,
+        description="pin the server certificate by its SHA-256 thumbprint (hex, colons allowed)")
+    ca_file: str | None = Field(None, description="CA bundle (PEM) to verify the server with")
+    insecure: bool = Field(False, description="do not verify TLS at all (lab only; warned)")
+    hosts: Literal["all"] | ClusterHosts | list[str] = Field(
+        "all", description="'all', {cluster: NAME} or a list of host names")
+    vswitches: list[VSwitchAnswer] = Field(default_factory=list, description="standard vSwitches")
+    portgroups: list[PortGroupAnswer] = Field(default_factory=list, description="port groups")
+    vm_adapters: list[AdapterAnswer] = Field(default_factory=list,
+                                             description="VM adapters to move to a port group")
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        # The wizard's multi-choice offers "all" next to the host names.
+        if isinstance(value, list) and "all" in value:
+            return "all"
+        if value == []:
+            raise ValueError("list at least one host, or give 'all'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VSphereNetworkAnswers:
+        if self.insecure and (self.thumbprint or self.ca_file):
+            raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
+        for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
+                            ("port group", [p.name for p in self.portgroups])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} {', '.join(dupes)} listed more than once")
+        nics = [n for v in self.vswitches if v.state == "present" for n in v.nics]
+        if len(nics) != len(set(nics)):
+            raise ValueError("a NIC is an uplink of more than one vSwitch in the answers")
+        absent_vs = {v.name for v in self.vswitches if v.state == "absent"}
+        for pg in self.portgroups:
+            if pg.state == "present" and pg.vswitch in absent_vs:
+                raise ValueError(f"port group '{pg.name}' is on vSwitch '{pg.vswitch}', "
+                                 "which the answers remove")
+        absent_pg = {p.name for p in self.portgroups if p.state == "absent"}
+        for a in self.vm_adapters:
+            if a.portgroup in absent_pg:
+                raise ValueError(f"'{a.adapter}' of VM '{a.vm}' moves to port group "
+                                 f"'{a.portgroup}', which the answers remove")
+        return self
+
+
+def connection(section: dict[str, Any]) -> VSphereConn:
+    """The connection from an answers section (the password reference is resolved)."""
+    return VSphereConn(
+        server=section["server"], port=int(section.get("port") or 443),
+        user=section.get("user") or "root", password=resolve_secret(section["password"]),
+        thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
+        insecure=bool(section.get("insecure")),
+    )
+
+
+def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]:
+    """The hosts the answers select (unknown names are left to validate())."""
+    if answers.hosts == "all":
+        return list(inv.hosts)
+    if isinstance(answers.hosts, ClusterHosts):
+        return [h for h in inv.hosts if h.cluster == answers.hosts.cluster]
+    return [h for h in inv.hosts if h.name in answers.hosts]
+
+
+# A backend call: a VSphereAPI method name and its arguments.
+Call = tuple[str, tuple[Any, ...]]
+
+
+@dataclass
+class Op:
+    """A planned change with the backend calls that make and undo it."""
+
+    change: Change
+    do: Call
+    undo: Call | None
+
+
+def part_progress(ctx: Context, start: float, count: int, text: str, frac: float) -> None:
+    """Report progress inside one of ``count`` changes that begins at ``start``."""
+    ctx.progress(start + frac / count, text)
+
+
+def invoke(api: VSphereAPI, call: Call, progress: Callable[[float], None] | None = None) -> None:
+    """Make a backend call; a VM reconfigure reports its task's progress."""
+    method, args = call
+    if method == "move_adapter":
+        vm, adapter, portgroup = args
+        api.move_adapter(vm, adapter, portgroup, progress)
+    else:
+        getattr(api, method)(*args)
+
+
+def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """A vSwitch's managed settings, for Change before/after."""
+    return {"num_ports": num_ports, "mtu": mtu, "nics": sorted(nics)}
+
+
+def portgroup_dict(vswitch: str, vlan: int, sec: Security) -> dict[str, Any]:
+    """A port group's managed settings, for Change before/after."""
+    return {"vswitch": vswitch, "vlan": vlan,
+            **{k: getattr(sec, k) for k in SECURITY_KEYS}}
+
+
+def settings(after: dict[str, Any]) -> str:
+    """``key value, ...``: the settings of a new object, for its Change's detail."""
+    return ", ".join(f"{k} {v}" for k, v in after.items())
+
+
+def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
+    """Only the settings that differ, before and after (what `plan` shows)."""
+    keys = [k for k in after if before.get(k) != after[k]]
+    return {k: before.get(k) for k in keys}, {k: after[k] for k in keys}
+
+
+def wanted_portgroup(pg: PortGroupAnswer, current: Security | None) -> dict[str, Any]:
+    """The port group settings to reach: unanswered security fields keep their value."""
+    keep = current or Security()
+    sec = Security(*(getattr(pg, k) if getattr(pg, k) is not None else getattr(keep, k)
+                     for k in SECURITY_KEYS))
+    return portgroup_dict(pg.vswitch or "", pg.vlan, sec)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to plan one kind of host object (vSwitch or port group)."""
+
+    label: str  # for Change targets
+    api: str  # VSphereAPI methods add_<api>, update_<api>, remove_<api>
+    find: Callable[[Host, str], Any]
+    current: Callable[[Any], Settings]  # the object's settings
+    wanted: Callable[[Any, Any], Settings]  # (answer, object or None) -> settings
+    spec: Callable[[Any], Any]  # answer -> spec
+    spec_of: Callable[[Any], Any]  # object -> spec (to restore it)
+
+
+VSWITCH = Kind(
+    "vSwitch", "vswitch", Host.vswitch,
+    current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics),
+    wanted=lambda a, _have: vswitch_dict(a.num_ports, a.mtu, a.nics),
+    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics)),
+    spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics),
+)
+PORTGROUP = Kind(
+    "port group", "portgroup", Host.portgroup,
+    current=lambda p: portgroup_dict(p.vswitch, p.vlan, p.security),
+    wanted=lambda a, have: wanted_portgroup(a, have.security if have else None),
+    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security()),
+    spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security),
+)
+
+
+def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[Op]:
+    """Create/update (or, with ``absent``, remove) the answered objects on ``host``."""
+    ops = []
+    h = host.name
+    for item in items:
+        have = kind.find(host, item.name)
+        target = f"{h}: {kind.label} {item.name}"
+        remove: Call = (f"remove_{kind.api}", (h, item.name))
+        if absent:
+            if item.state == "absent" and have is not None:
+                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None))
+        elif item.state == "present":
+            after = kind.wanted(item, have)
+            if have is None:
+                ops.append(Op(Change(target, "create", after=after, detail=settings(after)),
+                              (f"add_{kind.api}", (h, kind.spec(item))), remove))
+            elif kind.current(have) != after:
+                update = f"update_{kind.api}"
+                ops.append(Op(Change(target, "update", *changed(kind.current(have), after)),
+                              (update, (h, item.name, kind.spec(item))),
+                              (update, (h, item.name, kind.spec_of(have)))))
+    return ops
+
+
+def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
+    """Move the answered VM adapters that are not on their port group yet."""
+    ops = []
+    for a in answers.vm_adapters:
+        vm = inv.vm(a.vm)
+        adapter = vm.adapter(a.adapter) if vm else None
+        if adapter is None or adapter.network == a.portgroup:
+            continue
+        old = adapter.network
+        ops.append(Op(
+            Change(f"VM {a.vm}: {a.adapter}", "update", before=old, after=a.portgroup),
+            ("move_adapter", (a.vm, a.adapter, a.portgroup)),
+            ("move_adapter", (a.vm, a.adapter, old)) if old else None,
+        ))
+    return ops
+
+
+def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
+    """Every change, in a safe order: vSwitches, port groups, adapter moves, removals."""
+    hosts = selected_hosts(answers, inv)
+    ops: list[Op] = []
+    for absent in (False, True):
+        if absent:
+            ops += adapter_ops(answers, inv)
+        # Port groups are removed before their vSwitch, created after it.
+        for host in hosts:
+            kinds: list[tuple[Kind, list[Any]]] = [
+                (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
+            for kind, items in reversed(kinds) if absent else kinds:
+                ops += object_ops(host, kind, items, absent)
+    return ops
+
+
+class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
+    """vSphere standard vSwitches, port groups and VM adapter placement."""
+
+    name = "vsphere_network"
+    title = "vSphere networking"
+    help = (
+        "Standard vSwitches and port groups on ESXi hosts (directly or through vCenter),\n"
+        "and which port group VM network adapters are on. VLAN 4095 = trunk (all VLANs).\n"
+        "TLS is verified: give a CA file or pin the SHA-256 thumbprint; 'insecure' is for\n"
+        "labs only. Only what is listed is changed; state: absent removes an item.\n"
+        "If a change fails, what this run did is undone and the report says what remains."
+    )
+    Answers = VSphereNetworkAnswers
+
+    def example(self) -> dict[str, Any]:
+        """A monitoring port group (promiscuous, trunk), a VLAN port group, one VM moved."""
+        return VSphereNetworkAnswers.model_validate({
+            "server": "vcenter.example.net", "user": "administrator@vsphere.local",
+            "password": "env:VSPHERE_PASSWORD", "thumbprint": "AB:" * 31 + "CD",
+            "hosts": {"cluster": "Cluster1"},
+            "vswitches": [{"name": "vSwitch1", "mtu": 9000, "nics": ["vmnic1"]}],
+            "portgroups": [
+                {"name": "Monitoring", "vswitch": "vSwitch1", "vlan": 4095,
+                 "allow_promiscuous": True, "forged_transmits": True, "mac_changes": False},
+                {"name": "EastWest-20", "vswitch": "vSwitch1", "vlan": 20},
+            ],
+            "vm_adapters": [{"vm": "sensor01", "adapter": "Network adapter 2",
+                             "portgroup": "Monitoring"}],
+        }).model_dump(mode="json", exclude_none=True)
+
+    def connect_questions(self) -> list[Question]:
+        """Server, credentials (a reference) and how to trust its certificate."""
+        return [
+            Question("server", "vCenter / ESXi server", required=True),
+            Question("port", "HTTPS port", kind="int"),
+            Question("user", "User", required=True),
+            Question("password", "Password reference", kind="secret", required=True,
+                     help="env:NAME or file:PATH; the password itself is never stored"),
+            Question("thumbprint", "Certificate SHA-256 thumbprint",
+                     help="pins the server certificate (AA:BB:... or hex)"),
+            Question("ca_file", "CA file (PEM)", help="to verify the server certificate"),
+            Question("insecure", "Skip TLS verification (lab only)", kind="yesno"),
+        ]
+
+    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """The inventory (hosts, switches, port groups, NICs, VMs), read in bulk."""
+        api = ctx.backends.vsphere(connection(answers))
+        inv = api.inventory()
+        return {"inventory": inv}
+
+    def questions(self, facts: dict[str, Any]) -> list[Question]:
+        """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
+        inv: Inventory = facts.get("inventory") or Inventory("esx")
+        nics = sorted({n.device for h in inv.hosts for n in h.pnics if n.vswitch is None})
+        vswitches = sorted({v.name for h in inv.hosts for v in h.vswitches})
+        pgs = sorted({p.name for h in inv.hosts for p in h.portgroups})
+        labels = sorted({a.label for v in inv.vms for a in v.adapters})
+        state = Question("state", "State", kind="choice", choices=("present", "absent"))
+        yes = {k: Question(k, k.replace("_", " ").capitalize(), kind="yesno")
+               for k in SECURITY_KEYS}
+        return [
+            Question("hosts", "Hosts", kind="multi",
+                     choices=("all", *(h.name for h in inv.hosts)),
+                     help="the ESXi hosts to configure, or 'all' ({cluster: NAME} in a file)"),
+            Question("vswitches", "vSwitches", kind="records", summary="name", fields=(
+                Question("name", "Name", required=True),
+                Question("num_ports", "Ports", kind="int"),
+                Question("mtu", "MTU", kind="int", help="1280-9000"),
+                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics)),
+                state,
+            )),
+            Question("portgroups", "Port groups", kind="records", summary="name", fields=(
+                Question("name", "Name", required=True),
+                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches)),
+                Question("vlan", "VLAN", kind="int", help="0-4095; 4095 = trunk"),
+                *yes.values(),
+                state,
+            )),
+            Question("vm_adapters", "VM adapters", kind="records", summary="vm", fields=(
+                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms)),
+                Question("adapter", "Adapter", kind="choice", choices=tuple(labels)),
+                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs)),
+            )),
+        ]
+
+    def validate(self, answers: VSphereNetworkAnswers, facts: dict[str, Any]) -> list[Problem]:
+        """Hosts, NICs, vSwitches, VMs and adapters named in the answers exist and fit."""
+        inv: Inventory = facts["inventory"]
+        problems = self._host_problems(answers, inv)
+        hosts = selected_hosts(answers, inv)
+        for host in hosts:
+            problems += self._switch_problems(answers, host)
+        problems += self._adapter_problems(answers, inv, hosts)
+        return problems
+
+    def _host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory) -> list[Problem]:
+        known = ", ".join(h.name for h in inv.hosts) or "none"
+        if isinstance(answers.hosts, ClusterHosts):
+            clusters = sorted({h.cluster for h in inv.hosts if h.cluster})
+            if answers.hosts.cluster not in clusters:
+                return [Problem(("hosts", "cluster"), f"no cluster '{answers.hosts.cluster}' "
+                                f"(clusters: {', '.join(clusters) or 'none'})")]
+        elif isinstance(answers.hosts, list):
+            return [Problem(("hosts", i), f"no host '{name}' (hosts: {known})")
+                    for i, name in enumerate(answers.hosts) if inv.host(name) is None]
+        return []
+
+    def _switch_problems(self, answers: VSphereNetworkAnswers, host: Host) -> list[Problem]:
+        problems = []
+        present = {v.name for v in answers.vswitches if v.state == "present"}
+        for i, vs in enumerate(answers.vswitches):
+            if vs.state == "absent":
+                have = host.vswitch(vs.name)
+                named = {p.name for p in answers.portgroups if p.state == "absent"}
+                left = sorted(set(have.portgroups) - named) if have else []
+                if left:
+                    problems.append(Problem(("vswitches", i, "state"), (
+                        f"vSwitch '{vs.name}' on host '{host.name}' still carries port "
+                        f"group(s) {', '.join(left)}; mark them absent too")))
+                continue
+            pnics = {n.device: n for n in host.pnics}
+            for j, nic in enumerate(vs.nics):
+                if nic not in pnics:
+                    problems.append(Problem(("vswitches", i, "nics", j), (
+                        f"'{nic}' is not a physical NIC of host '{host.name}' "
+                        f"(has: {', '.join(sorted(pnics)) or 'none'})")))
+                elif pnics[nic].vswitch not in (None, vs.name):
+                    problems.append(Problem(("vswitches", i, "nics", j), (
+                        f"'{nic}' on host '{host.name}' is already an uplink of vSwitch "
+                        f"'{pnics[nic].vswitch}'")))
+        for i, pg in enumerate(answers.portgroups):
+            if pg.state == "present" and pg.vswitch not in present and not host.vswitch(
+                    pg.vswitch or ""):
+                problems.append(Problem(("portgroups", i, "vswitch"), (
+                    f"vSwitch '{pg.vswitch}' is neither on host '{host.name}' nor in "
+                    "the answers' vswitches")))
+        return problems
+
+    def _adapter_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
+                          hosts: list[Host]) -> list[Problem]:
+        problems = []
+        selected = {h.name for h in hosts}
+        answered = {p.name for p in answers.portgroups if p.state == "present"}
+        for i, a in enumerate(answers.vm_adapters):
+            vm = inv.vm(a.vm)
+            if vm is None:
+                problems.append(Problem(("vm_adapters", i, "vm"), f"no VM '{a.vm}'"))
+                continue
+            if vm.adapter(a.adapter) is None:
+                labels = ", ".join(x.label for x in vm.adapters) or "none"
+                problems.append(Problem(("vm_adapters", i, "adapter"), (
+                    f"VM '{a.vm}' has no '{a.adapter}' (has: {labels})")))
+            host = inv.host(vm.host or "")
+            on_host = host is not None and host.portgroup(a.portgroup) is not None
+            if not on_host and not (a.portgroup in answered and vm.host in selected):
+                problems.append(Problem(("vm_adapters", i, "portgroup"), (
+                    f"port group '{a.portgroup}' is not on host '{vm.host}' of VM '{a.vm}' "
+                    "and the answers do not create it there")))
+        return problems
+
+    def plan(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Change]:
+        """Creations and updates per host, adapter moves, then removals."""
+        return [op.change for op in operations(answers, self._inventory(answers, ctx))]
+
+    def _inventory(self, answers: VSphereNetworkAnswers, ctx: Context) -> Inventory:
+        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+        inv: Inventory = facts["inventory"]
+        return inv
+
+    def apply(self, answers: VSphereNetworkAnswers, changes: list[Change], ctx: Context) -> None:
+        """Make the planned changes; on failure undo this run's and raise StepFailed."""
+        api = ctx.backends.vsphere(connection(answers.model_dump()))
+        wanted = {(c.target, c.action) for c in changes}
+        ops = [op for op in operations(answers, api.inventory())
+               if (op.change.target, op.change.action) in wanted]
+        done: list[Op] = []
+        try:
+            for i, op in enumerate(ops):
+                text = op.change.describe()
+                ctx.progress(i / len(ops), text)
+                invoke(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
+                done.append(op)
+                ctx.log(f"vsphere_network: {text}")
+        except BackendError as exc:
+            remains = self._compensate(api, done, ctx)
+            self._refresh(answers, ctx)
+            undone = len(done) - len(remains)
+            failed = ops[len(done)].change
+            raise StepFailed(
+                f"{failed.action} {failed.target} failed: {exc}; "
+                f"undid {undone} change(s) made by this run", remains) from None
+        ctx.progress(1.0, "vSphere networking done")
+        ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
+        self._refresh(answers, ctx)
+
+    def _compensate(self, api: VSphereAPI, done: list[Op], ctx: Context) -> list[Change]:
+        """Undo ``done`` in reverse; returns the changes that remain in effect."""
+        remains = []
+        for op in reversed(done):
+            if op.undo is None:
+                remains.append(op.change)
+                continue
+            try:
+                invoke(api, op.undo)
+                ctx.log(f"vsphere_network: undid {op.change.describe()}")
+            except BackendError as exc:
+                ctx.log(f"vsphere_network: could not undo {op.change.describe()}: {exc}")
+                remains.append(op.change)
+        return list(reversed(remains))
+
+    def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
+        """Re-read the inventory so verify() and later steps see the new state."""
+        try:
+            ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)
+        except BackendError:
+            ctx.facts.pop(self.name, None)

@@ -1,0 +1,88 @@
+"""The wizard's editable list of records (several OVS mirrors), in tmux at 80x24."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from tmux import Terminal
+
+from wizard.sandbox import ovs as ovs_component
+from wizard.sandbox.core import Sandbox
+from wizard.sandbox.manage import write_yaml
+
+
+@pytest.fixture
+def ovs_wizard(tmp_path: Path) -> Iterator[Terminal]:
+    """A sandbox host with OVS, and the wizard asking the ovs_mirror step."""
+    sb = Sandbox(dir=tmp_path / "host", tag="tuirec")
+    t = None
+    try:
+        ovs_component.up(sb)
+        answers = tmp_path / "answers.yaml"
+        write_yaml(answers, {"version": 1, "interactive": ["ovs_mirror"],
+                             "ovs_mirror": sb.answers["ovs_mirror"]})
+        t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "
+                     f"--log {tmp_path}/w.log", cwd=tmp_path)
+        t.wait_for("[*] Open vSwitch port mirrors")
+        t.send("F12")
+        t.wait_for("OVSDB remote")
+        t.send("F12")
+        t.wait_for("1 entries: edit...")
+        yield t
+    finally:
+        if t is not None:
+            t.close()
+        sb.stop()
+        ovs_component.down(sb)
+
+
+def add_mirror(t: Terminal, name: str, src_downs: int, out_downs: int) -> None:
+    """Add a mirror through the record list: name, bridge, one source port, output port.
+
+    The pickers list the bridge's ports sorted: br0, mon0, vm1, vm2.
+    """
+    t.send("Enter")  # the "entries" button opens the list
+    t.wait_for("Done")
+    t.send("Tab", "Enter")  # Add
+    t.wait_for("Mirror name")
+    t.type(name)
+    t.send("Tab", "Enter")  # Bridge picker
+    t.wait_for("The bridge whose")
+    t.send("Enter")  # br0
+    t.wait_for("<br0 ...>")
+    t.send("Tab", "Tab", "Tab", "Enter")  # Traffic sent by (src)
+    t.wait_for("[ ] vm2")
+    t.send(*["Down"] * src_downs, "Space", "Tab", "Enter")
+    t.wait_for("Mirror name")
+    t.send("Tab", "Tab", "Tab", "Enter")  # Output port (SPAN)
+    t.wait_for("The port that receives")
+    t.send(*["Down"] * out_downs, "Enter")
+    t.wait_for("Mirror name")
+    t.send("Tab", "Tab", "Tab", "Enter")  # OK
+    t.wait_for(f"{name}: bridge=br0")
+
+
+def test_add_a_second_mirror(ovs_wizard: Terminal) -> None:
+    t = ovs_wizard
+    add_mirror(t, "span-vm2", src_downs=3, out_downs=2)  # src vm2, output mon0
+    assert "span-vm1: bridge=br0" in t.wait_for("span-vm2: bridge=br0")
+    t.send("Tab", "Tab", "Tab", "Tab", "Enter")  # Done
+    t.wait_for("2 entries: edit...")
+    t.send("F12")
+    review = t.wait_for("create mirror br0/span-vm2: traffic sent by vm2")
+    assert "create mirror br0/span-vm1" in review
+
+
+def test_bad_record_is_refused_with_its_path(ovs_wizard: Terminal) -> None:
+    t = ovs_wizard
+    add_mirror(t, "loop", src_downs=1, out_downs=2)  # src mon0 and output mon0
+    t.send("Tab", "Tab", "Tab", "Tab", "Enter")  # Done
+    t.wait_for("2 entries: edit...")
+    t.send("F12")
+    screen = t.wait_for("ovs_mirror.mirrors[1]")
+    assert "Not accepted" in screen and "mon0" in screen
+    t.send("Enter")
+    t.wait_for("2 entries: edit...")  # the window stays, with both records

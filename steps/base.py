@@ -47,19 +47,24 @@ SecretRef = Annotated[
 ]
 
 
+class SecretUnavailable(ValueError):
+    """A secret reference cannot be resolved: an answer is missing (exit 3)."""
+
+
 def resolve_secret(ref: str) -> str:
-    """Read the secret a reference points to; raises ValueError naming the reference."""
+    """Read the secret a reference points to; raises :class:`SecretUnavailable`."""
     kind, _, where = ref.partition(":")
     if kind == "env":
         if where not in os.environ:
-            raise ValueError(f"secret {ref}: environment variable {where} is not set")
+            raise SecretUnavailable(f"secret {ref}: environment variable {where} is not set")
         return os.environ[where]
     if kind == "file":
         try:
             return Path(where).read_text().rstrip("\n")
         except OSError as exc:
-            raise ValueError(f"secret {ref}: cannot read {where}: {exc.strerror}") from None
-    raise ValueError(f"secret {ref!r} is not a reference (expected env:NAME or file:PATH)")
+            raise SecretUnavailable(
+                f"secret {ref}: cannot read {where}: {exc.strerror}") from None
+    raise SecretUnavailable(f"secret {ref!r} is not a reference (env:NAME or file:PATH)")
 
 
 class StepModel(BaseModel):

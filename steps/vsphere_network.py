@@ -349,8 +349,10 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
             Question("server", "vCenter / ESXi server", required=True),
             Question("port", "HTTPS port", kind="int"),
             Question("user", "User", required=True),
-            Question("password", "Password reference", kind="secret", required=True,
-                     help="env:NAME or file:PATH; the password itself is never stored"),
+            Question("password", "Password", kind="secret", required=True,
+                     help="a reference env:NAME or file:PATH, or the password itself: the "
+                     "wizard keeps a typed password in memory only and records it as a "
+                     "reference (env:HOSTSETUP_SECRET_PASSWORD)"),
             Question("thumbprint", "Certificate SHA-256 thumbprint",
                      help="pins the server certificate (AA:BB:... or hex)"),
             Question("ca_file", "CA file (PEM)", help="to verify the server certificate"),

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from backends.interfaces import BackendError, Backends, BackendUnreachable
-from steps.base import Change, Context, Step, StepFailed
+from steps.base import Change, Context, SecretUnavailable, Step, StepFailed
 from wizard.answers import Answers, AnswersError, located
 
 log = logging.getLogger("hostsetup")
@@ -122,6 +122,9 @@ def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
                 result.changes = step.plan(section, ctx)
         except BackendUnreachable as exc:
             result.status, result.errors = "unreachable", [str(exc)]
+            continue
+        except SecretUnavailable as exc:
+            result.status, result.errors = "invalid", [f"{step.name}: {exc}"]
             continue
         except (BackendError, StepFailed, ValueError) as exc:
             result.status, result.errors = "failed", [str(exc)]

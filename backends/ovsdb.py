@@ -262,6 +262,25 @@ class OvsdbBackend:
             "nothing was changed, try again"
         )
 
+    def revalidate(self, target: str) -> None:
+        """``ovs-appctl -t TARGET revalidator/purge`` over OVS's unixctl protocol."""
+        import ovs.unixctl
+        import ovs.unixctl.client
+
+        error, path = ovs.unixctl.socket_name_from_target(target)
+        if error:
+            raise BackendError(f"ovs-vswitchd control socket: {path}")
+        error, client = ovs.unixctl.client.UnixctlClient.create(path)
+        if error:
+            raise BackendError(f"ovs-vswitchd control socket {path}: {os.strerror(error)}")
+        try:
+            error, err, _out = client.transact("revalidator/purge", [])
+        finally:
+            client.close()
+        if error or err:
+            raise BackendError(
+                f"revalidator/purge via {path}: {os.strerror(error) if error else err.strip()}")
+
     def _commit(self, txn: Any, deadline: float) -> str:
         """Commit ``txn``, waiting for the server's reply until ``deadline``."""
         status = txn.commit()

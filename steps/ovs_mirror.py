@@ -46,10 +46,11 @@ RSPAN_HELP = (
     "again when no mirror of this tool uses it. Use a VLAN reserved for mirroring only.")
 
 # Seen with OVS 3.1's userspace datapath: a mirror change does not always
-# revalidate flows already cached in the datapath.
+# revalidate flows already cached in the datapath, so apply asks ovs-vswitchd
+# to (revalidator/purge) when its control socket is reachable.
 CACHED_FLOWS = (
-    "Note: ovs-vswitchd may keep flows it has already cached without the new mirror until\n"
-    "they are revalidated; 'ovs-appctl revalidator/purge' on the host applies it at once.")
+    "ovs-vswitchd may keep flows it has already cached without the new mirror until they\n"
+    "are revalidated; 'ovs-appctl revalidator/purge' on the host applies it at once.")
 
 VlanId = Annotated[int, Field(ge=0, le=4095)]
 
@@ -145,7 +146,18 @@ class OvsMirrorAnswers(StepModel):
         description="delete hostsetup's mirrors (any bridge) that this file no longer lists")
     timeout: float = Field(
         10.0, gt=0, le=300, description="seconds to wait for ovs-vswitchd to take the change")
+    vswitchd_ctl: str | None = Field(
+        None, description="ovs-vswitchd's control socket, as for 'ovs-appctl -t' (a path, "
+        "or a daemon name such as ovs-vswitchd): after a change, cached flows are "
+        "revalidated so the mirror applies at once. Default: ovs-vswitchd for a unix: db, "
+        "none for tcp:/ssl: (the switch is on another host)")
     mirrors: list[MirrorAnswers] = Field(default_factory=list, description="the port mirrors")
+
+    def control_target(self) -> str | None:
+        """Where to reach ovs-vswitchd's unixctl, if it runs on this host."""
+        if self.vswitchd_ctl:
+            return self.vswitchd_ctl
+        return "ovs-vswitchd" if self.db.startswith("unix:") else None
 
     @model_validator(mode="after")
     def _ssl(self) -> OvsMirrorAnswers:
@@ -407,6 +419,18 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             ))
         return changes, add, remove, ids
 
+    def _revalidate(self, answers: OvsMirrorAnswers, ovsdb: OvsdbAPI, ctx: Context) -> None:
+        """Make the change apply to traffic already flowing, or say how to."""
+        target = answers.control_target()
+        try:
+            if target is None:
+                raise BackendError("the switch is not on this host")
+            ovsdb.revalidate(target)
+        except BackendError as exc:
+            ctx.notes.append(f"Note: {exc}: " + CACHED_FLOWS.replace("\n", " "))
+        else:
+            ctx.log(f"ovs_mirror: cached flows revalidated through {target}")
+
     def plan(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Change]:
         return self._diff(answers, _backend(ctx, answers.model_dump()))[0]
 
@@ -423,8 +447,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 # One transaction: when it fails, none of it took effect.
                 raise StepFailed(f"{exc}", done=[]) from None
             ctx.log(f"ovs_mirror: {len(now)} change(s) committed, ovs-vswitchd at cfg {cfg}")
-            if edit.put:
-                ctx.notes.append(CACHED_FLOWS.replace("\n", " "))
+            self._revalidate(answers, ovsdb, ctx)
         ctx.progress(0.9, "reading mirror statistics")
         mirrors = {(m.bridge, m.name): m for m in ovsdb.mirrors()}
         for m in answers.mirrors:

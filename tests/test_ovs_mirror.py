@@ -89,8 +89,8 @@ def mirror_names(sb: Sandbox) -> set[str]:
 
 def answers_file(sb: Sandbox, path: Path, mirrors: list[dict[str, Any]], **extra: Any) -> str:
     """An answers file aimed at the sandbox with these mirrors."""
-    write(path, {"version": 1, "ovs_mirror": {"db": sb.env["HOSTSETUP_OVSDB"], **extra,
-                                              "mirrors": mirrors}})
+    section = {"db": sb.env["HOSTSETUP_OVSDB"], "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"]}
+    write(path, {"version": 1, "ovs_mirror": {**section, **extra, "mirrors": mirrors}})
     return str(path)
 
 
@@ -122,6 +122,21 @@ def test_sandbox_answers_plan_apply_plan(ovs_clean: Sandbox, tmp_path: Path) -> 
     res = hostsetup("plan", "--answers", answers)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "nothing to change" in res.stdout
+
+
+def test_flow_revalidation_or_a_note_saying_how(ovs_clean: Sandbox, tmp_path: Path) -> None:
+    log = tmp_path / "apply.log"
+    res = hostsetup("apply", "--log", str(log), "--answers",
+                    answers_file(ovs_clean, tmp_path / "a.yaml", [SPAN]))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"revalidated through {ovs_clean.env['HOSTSETUP_OVS_CTL']}" in log.read_text()
+    # Without a reachable ovs-vswitchd control socket, the summary says what to run.
+    res = hostsetup("apply", "--answers", answers_file(
+        ovs_clean, tmp_path / "b.yaml", [{**SPAN, "snaplen": 200}],
+        vswitchd_ctl=str(tmp_path / "none.ctl")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Note: ovs-vswitchd control socket" in res.stdout
+    assert "ovs-appctl revalidator/purge" in res.stdout
 
 
 def test_update_in_place_keeps_the_row(ovs_clean: Sandbox, tmp_path: Path) -> None:
@@ -349,6 +364,7 @@ def test_mirrored_packets_reach_the_monitor_port(ovs_fresh: Sandbox, tmp_path: P
         res = hostsetup("apply", "--answers", answers_file(ovs_fresh, tmp_path / "a.yaml",
                                                             src_only))
         assert res.returncode == 0, res.stdout + res.stderr
+        assert "cached" not in res.stdout  # the step had ovs-vswitchd revalidate its flows
         traffic(ovs_fresh, cap, "b", lambda: cap.count("mon0c", "FROMVM1b") >= 3
                 and cap.count("vm1", "TOVM1b") >= 6)
         # Traffic delivered TO vm1 crossed the switch but is not selected by src.

@@ -117,3 +117,9 @@ class OvsdbAPI(Protocol):
         ovs-vswitchd did not apply it in time.
         """
         ...
+
+    def revalidate(self, target: str) -> None:
+        """Ask ovs-vswitchd (``target`` as for ``ovs-appctl -t``: a daemon name or a
+        control socket path) to revalidate its cached datapath flows, so that a
+        mirror change applies to traffic already flowing.  Raises ``BackendError``."""
+        ...

@@ -154,6 +154,7 @@ def up(sb: Sandbox) -> None:
     sb.export("HOSTSETUP_OVS_NETNS", sw)
     sb.set_answers("ovs_mirror", {
         "db": lay.remote,
+        "vswitchd_ctl": str(lay.vswitchd_ctl),
         "prune": True,
         "mirrors": [{
             "name": "span-vm1",

@@ -46,6 +46,16 @@ def set_timeout(t: Terminal, text: str) -> None:
     t.type(text)
 
 
+def apply_and_finish(t: Terminal) -> int:
+    """From the questions of the last step: Next, Apply on the review, OK on the summary."""
+    t.send("F12")
+    t.wait_for("Review")
+    t.send("Enter")
+    t.wait_for("Summary")
+    t.send("Enter")
+    return t.exit_code()
+
+
 def restored(t: Terminal) -> bool:
     """newt switches the terminal to raw mode; after exit it must be cooked again."""
     settings = t.stty().split()
@@ -128,12 +138,7 @@ def test_record_then_replay_gives_identical_plan(dbus_host: Sandbox, tmp_path: P
     try:
         to_questions(t)
         set_timeout(t, "42")
-        t.send("F12")
-        t.wait_for("Review")
-        t.send("Enter")
-        t.wait_for("Summary")
-        t.send("Enter")
-        assert t.exit_code() == 0
+        assert apply_and_finish(t) == 0
     finally:
         t.close()
     assert stat.S_IMODE(rec.stat().st_mode) == 0o600

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, hostsetup
+from test_tui import apply_and_finish
 from tmux import Terminal
 
 from wizard.sandbox import vcsim
@@ -43,12 +44,7 @@ def test_typed_password_is_recorded_as_reference(vsphere_host: Sandbox, tmp_path
         assert password not in screen  # typed as stars
         t.send("F12")
         t.wait_for("vSwitches")
-        t.send("F12")
-        t.wait_for("Review")
-        t.send("Enter")
-        t.wait_for("Summary")
-        t.send("Enter")
-        assert t.exit_code() == 0
+        assert apply_and_finish(t) == 0
     finally:
         t.close()
     assert stat.S_IMODE(rec.stat().st_mode) == 0o600

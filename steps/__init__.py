@@ -6,10 +6,12 @@ from steps.base import Step
 from steps.ivshmem import IvshmemStep
 from steps.ovs_mirror import OvsMirrorStep
 from steps.services import ServicesStep
+from steps.vsphere_network import VSphereNetworkStep
 
 REGISTRY: list[Step] = [
     ServicesStep(),
     OvsMirrorStep(),
+    VSphereNetworkStep(),
     IvshmemStep(),
 ]
 

@@ -4,16 +4,29 @@ The model is built from the step registry (one optional section per step),
 so ``hostsetup schema`` and validation share one source of truth.  Every
 problem is reported with its key path and line, e.g.
 ``ovs_mirror.mirrors[0].output_port (line 12): 'tap9' is not a port ...``.
+
+For a fleet, ``hosts:`` lists the hosts, each a ``name`` plus optional
+overrides of the base sections, deep-merged onto the base (mappings merged,
+lists replaced, ``null`` removes a key or a whole section).  Each host's
+merged answers are validated by the same model; a problem in an override is
+named with its host, e.g. ``hosts[1] (hv2).ovs_mirror.db (line 30): ...``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -70,6 +83,29 @@ def step_names() -> list[str]:
     return [s.name for s in REGISTRY]
 
 
+HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+def _host_model() -> type[BaseModel]:
+    """One entry of ``hosts:``: a name and partial sections (checked once merged)."""
+    overlays: dict[str, Any] = {
+        s.name: (dict[str, Any] | None, Field(
+            None, description=f"this host's overrides of the base '{s.name}' section "
+            "(deep-merged: mappings merged, lists replaced, null removes)"))
+        for s in REGISTRY
+    }
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "FleetHost",
+        __config__=ConfigDict(extra="forbid"),
+        name=(str, Field(pattern=HOST_NAME, description="the host's name, as its agent's --name")),
+        **overlays,
+    )
+
+
+def _hosts_type() -> Any:
+    return list[_host_model()]  # type: ignore[misc]
+
+
 def _top_model() -> type[BaseModel]:
     names = tuple(step_names())
     sections: dict[str, Any] = {
@@ -83,6 +119,9 @@ def _top_model() -> type[BaseModel]:
             list[Literal[names]],  # type: ignore[valid-type]
             Field(default_factory=list, description="sections to ask even though answered"),
         ),
+        hosts=(_hosts_type() | None, Field(
+            None, description="fleet runs: the hosts, each with optional per-host overrides "
+            "of the sections above")),
         **sections,
     )
 
@@ -117,14 +156,16 @@ def _message(err: Any) -> str:
     return msg
 
 
+def _errors(exc: ValidationError) -> list[tuple[Loc, str]]:
+    # pydantic adds union/function tags to loc; keep only real keys.
+    return [(tuple(p for p in err["loc"] if not _is_tag(p)), _message(err))
+            for err in exc.errors()]
+
+
 def errors_of(exc: ValidationError, raw: Any, prefix: Loc = ()) -> list[Located]:
     """Pydantic errors as located problems."""
-    out = []
-    for err in exc.errors():
-        # pydantic adds union/function tags to loc; keep only real keys.
-        loc = prefix + tuple(p for p in err["loc"] if not _is_tag(p))
-        out.append(Located(dotted(loc), line_of(raw, loc), _message(err)))
-    return out
+    return [Located(dotted(prefix + loc), line_of(raw, prefix + loc), msg)
+            for loc, msg in _errors(exc)]
 
 
 def _is_tag(part: Any) -> bool:
@@ -157,13 +198,26 @@ def read_yaml(path: Path) -> Any:
 
 
 @dataclass
+class HostAnswers:
+    """One host of a fleet: its merged answers, validated, and as plain data."""
+
+    name: str
+    answers: Answers
+    data: dict[str, Any]
+
+
+@dataclass
 class Answers:
-    """A validated answers file: the sections present, and the raw YAML for lines."""
+    """A validated answers file: the sections present, and the raw YAML for lines.
+
+    A fleet file (with ``hosts:``) has its per-host answers in ``hosts``.
+    """
 
     path: Path | None
     raw: Any
     sections: dict[str, BaseModel]
     interactive: list[str]
+    hosts: list[HostAnswers] = field(default_factory=list)
 
     def selected(self) -> list[Step]:
         """The registered steps that have a section, in registry order."""
@@ -172,12 +226,99 @@ class Answers:
 
 def validate(raw: Any, path: Path | None = None) -> Answers:
     """Validate a parsed answers file; raises :class:`AnswersError` with every problem."""
+    plain = _plain(raw)
+    if isinstance(plain, dict) and plain.get("hosts") is not None:
+        return _validate_fleet(raw, plain, path)
     try:
-        doc = model().model_validate(_plain(raw))
+        doc = model().model_validate(plain)
     except ValidationError as exc:
         raise AnswersError([str(p) for p in errors_of(exc, raw)]) from None
+    return _answers(doc, path, raw)
+
+
+def _answers(doc: Any, path: Path | None, raw: Any) -> Answers:
     sections = {s.name: getattr(doc, s.name) for s in REGISTRY if getattr(doc, s.name) is not None}
-    return Answers(path, raw, sections, list(doc.interactive))  # type: ignore[attr-defined]
+    return Answers(path, raw, sections, list(doc.interactive))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` onto ``base``: mappings merged, anything else replaced, ``None`` removes."""
+    out = dict(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _found(node: Any, loc: Loc) -> bool:
+    """True if every key of ``loc`` is present in the plain tree ``node``."""
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _host_entries(raw: Any, entries: Any) -> list[Located]:
+    """Shape of ``hosts:`` (names, known sections, no duplicates)."""
+    if not isinstance(entries, list) or not entries:
+        return [Located("hosts", line_of(raw, ("hosts",)), "expected a list of hosts, "
+                        "each with a 'name' (and optional per-host overrides)")]
+    try:
+        TypeAdapter(_hosts_type()).validate_python(entries)
+    except ValidationError as exc:
+        return errors_of(exc, raw, ("hosts",))
+    seen: dict[str, int] = {}
+    problems = []
+    for i, entry in enumerate(entries):
+        name = entry["name"]
+        if name in seen:
+            problems.append(Located(f"hosts[{i}].name", line_of(raw, ("hosts", i, "name")),
+                                    f"'{name}' is listed twice (also hosts[{seen[name]}])"))
+        seen.setdefault(name, i)
+    return problems
+
+
+def _validate_fleet(raw: Any, plain: dict[str, Any], path: Path | None) -> Answers:
+    """Validate each host's base + overrides; a problem names its host when it is theirs."""
+    entries = plain["hosts"]
+    problems = _host_entries(raw, entries)
+    if problems:
+        raise AnswersError([str(p) for p in problems])
+    base = {k: v for k, v in plain.items() if k != "hosts"}
+    # Problems in the base are listed once, with the hosts they affect.
+    from_base: dict[Located, list[str]] = {}
+    hosts = []
+    for i, entry in enumerate(entries):
+        name, overlay = entry["name"], {k: v for k, v in entry.items() if k != "name"}
+        data = deep_merge(base, overlay)
+        try:
+            hosts.append(HostAnswers(name, _answers(model().model_validate(data), path, data),
+                                     data))
+            continue
+        except ValidationError as exc:
+            errors = _errors(exc)
+        for loc, msg in errors:
+            # The host's own problem: a key it overrides, or one missing from a section
+            # it overrides; anything else comes from the base.
+            if _found(overlay, loc) or (_found(overlay, loc[:1]) and not _found(base, loc)):
+                problems.append(Located(f"hosts[{i}] ({name}).{dotted(loc)}",
+                                        line_of(raw, ("hosts", i, *loc)), msg))
+            else:
+                from_base.setdefault(Located(dotted(loc), line_of(raw, loc), msg), []).append(name)
+    for where, names in from_base.items():
+        suffix = "" if len(names) == len(entries) else f" (hosts {', '.join(names)})"
+        problems.append(Located(where.path, where.line, where.message + suffix))
+    if problems:
+        raise AnswersError([str(p) for p in problems])
+    return Answers(path, raw, {}, list(base.get("interactive", [])), hosts)
 
 
 def load(path: Path) -> Answers:

@@ -55,7 +55,49 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", help="local host of real services for trying and testing")
     sb.add_argument("action", choices=["up", "down", "status"])
     sb.add_argument("--dir", type=Path, required=True, metavar="DIR")
+    sb.add_argument("--hosts", type=int, default=0, metavar="N",
+                    help="up: N sandbox hosts with an agent each, one Redis, "
+                    "and DIR/fleet-answers.yaml")
+    add_fleet_parsers(sub, common)
     return p
+
+
+def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``agent`` and ``fleet plan|apply|status``."""
+    broker = argparse.ArgumentParser(add_help=False)
+    broker.add_argument("--broker", metavar="URL", help="redis:// or rediss:// URL, no password "
+                        "(default: $HOSTSETUP_REDIS_URL, else 'broker' in --config)")
+    broker.add_argument("--password", metavar="REF", help="Redis password as env:NAME or "
+                        "file:PATH (default: $HOSTSETUP_REDIS_PASSWORD, else --config)")
+    broker.add_argument("--config", type=Path, default=Path("/etc/hostsetup/agent.conf"),
+                        metavar="FILE", help="agent.conf (default: %(default)s)")
+    ag = sub.add_parser("agent", parents=[broker], help="this host's fleet agent (Celery worker)")
+    ag.add_argument("--name", help="this host's name in answers files "
+                    "(default: 'name' in --config, else the short hostname)")
+    ag.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    fl = sub.add_parser("fleet", help="run plan/apply on the hosts of an answers file")
+    fsub = fl.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    for name, text in (("plan", "plan on every host (exit 4 if any has changes pending)"),
+                       ("apply", "plan everywhere, then apply in batches: canary first")):
+        sp = fsub.add_parser(name, help=text, description=text, parents=[common, broker])
+        sp.add_argument("--answers", type=Path, metavar="FILE", required=True)
+        sp.add_argument("--canary", type=int, default=1, metavar="N",
+                        help="hosts in the first batch (default 1)")
+        sp.add_argument("--batch-size", type=int, default=0, metavar="N",
+                        help="hosts per later batch (default 0: all the rest at once)")
+        sp.add_argument("--max-fail", default="0", metavar="N|P%",
+                        help="failed hosts tolerated before later batches are not run: "
+                        "a count or a percentage of the hosts (default 0)")
+        sp.add_argument("--timeout", type=float, default=3600, metavar="S",
+                        help="per host: no result after S seconds -> 'unknown' (default 3600)")
+        sp.add_argument("--agent-wait", type=float, default=2.0, metavar="S",
+                        help="how long agents get to say they listen (default 2)")
+        sp.add_argument("--detach", action="store_true",
+                        help="run in the background; print the run id for 'fleet status'")
+        sp.add_argument("--run-id", help=argparse.SUPPRESS)
+    st = fsub.add_parser("status", help="state of a (detached) run", parents=[common, broker])
+    st.add_argument("run", metavar="RUN", help="the run id printed by --detach")
 
 
 def setup_logging(path: Path | None) -> None:
@@ -109,6 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    "exit_code": EXIT_INVALID, "errors": exc.problems,
                                    "steps": []})
         return EXIT_INVALID
+    if answers.hosts:
+        print(f"hostsetup: {args.answers} lists hosts: run it with "
+              f"'hostsetup fleet {args.command}'", file=sys.stderr)
+        return EXIT_USAGE
     backends = RealBackends()
     try:
         run = execute(answers, args.command, backends)
@@ -127,9 +173,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             t0 = time.monotonic()
-            sb = manage.up(args.dir)
+            sb = manage.up_fleet(args.dir, args.hosts) if args.hosts else manage.up(args.dir)
             print(f"sandbox up in {time.monotonic() - t0:.1f}s: {sb.dir}")
-            print(f"  answers: {sb.dir / 'answers.yaml'}\n  env:     {sb.dir / 'env'}")
+            answers = "fleet-answers.yaml" if args.hosts else "answers.yaml"
+            print(f"  answers: {sb.dir / answers}\n  env:     {sb.dir / 'env'}")
         elif args.action == "down":
             for name in manage.down(args.dir):
                 print(f"stopped {name}")
@@ -142,6 +189,123 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         print(f"hostsetup: sandbox {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """``agent``: this host's Celery worker, in the foreground (systemd runs it)."""
+    import socket
+
+    from wizard import fleet
+
+    try:
+        conf = fleet.load_config(args.config)
+        cfg = fleet.broker_config(args.broker, args.password, conf, dict(os.environ))
+        name = args.name or conf.get("name") or socket.gethostname().split(".")[0]
+        return fleet.run_agent(cfg, [name], args.loglevel)
+    except fleet.FleetError as exc:
+        print(f"hostsetup: agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """``fleet plan|apply|status``."""
+    from wizard import answers as answers_mod
+    from wizard import fleet
+
+    try:
+        cfg = fleet.broker_config(args.broker, args.password, fleet.load_config(args.config),
+                                  dict(os.environ))
+        if args.fleet_command != "status":
+            fleet.parse_max_fail(args.max_fail)
+            answers = answers_mod.load(args.answers)
+        app = fleet.connect(cfg)
+    except answers_mod.AnswersError as exc:
+        print(f"hostsetup: {args.answers}: answers invalid "
+              f"({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        write_report(args.report, {"version": 1, "kind": "fleet", "mode": args.fleet_command,
+                                   "exit_code": EXIT_INVALID, "errors": exc.problems,
+                                   "hosts": []})
+        return EXIT_INVALID
+    except (fleet.FleetError, ValueError) as exc:
+        print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if isinstance(exc, fleet.BrokerUnreachable) else EXIT_USAGE
+    if args.fleet_command == "status":
+        return fleet_status(app, args)
+    if not answers.hosts:
+        print(f"hostsetup: {args.answers}: no 'hosts:' list, nothing to fan out to",
+              file=sys.stderr)
+        return EXIT_INVALID
+    options = fleet.Options(canary=args.canary, batch_size=args.batch_size,
+                            max_fail=args.max_fail, timeout=args.timeout,
+                            agent_wait=args.agent_wait)
+    run = fleet.FleetRun(app, args.fleet_command, fleet.host_payloads(answers), options,
+                         args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
+                                                                         flush=True))
+    if args.detach:
+        run.runner_pid = fleet_detach(args, run.run_id)
+        run.save(initial=True)  # so that 'fleet status' knows the run at once
+        return 0
+    print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)
+    code = run.run()
+    report = run.report()
+    print_fleet(report)
+    write_report(args.report, report)
+    return code
+
+
+def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
+    """Start the same run in the background; print its id; returns its pid."""
+    import subprocess
+    import tempfile
+
+    argv = [sys.executable, "-m", "wizard", "fleet", args.fleet_command,
+            "--answers", str(args.answers.resolve()), "--run-id", run_id,
+            "--canary", str(args.canary), "--batch-size", str(args.batch_size),
+            "--max-fail", args.max_fail, "--timeout", str(args.timeout),
+            "--agent-wait", str(args.agent_wait), "--config", str(args.config)]
+    for flag, value in (("--broker", args.broker), ("--password", args.password),
+                        ("--report", args.report and args.report.resolve())):
+        if value:
+            argv += [flag, str(value)]
+    log_path = args.log or Path(tempfile.gettempdir()) / f"hostsetup-fleet-{run_id}.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+    print(run_id)
+    print(f"fleet {args.fleet_command} running in the background; log: {log_path}\n"
+          f"  hostsetup fleet status {run_id}", file=sys.stderr)
+    return proc.pid
+
+
+def print_fleet(report: dict[str, Any]) -> None:
+    """Per host: status and per-step results; then the totals."""
+    print(f"run {report['run_id']} ({report['mode']}): {report['state']}"
+          + (f", exit {report['exit_code']}" if report["exit_code"] is not None else ""))
+    for host in report["hosts"]:
+        steps = " ".join(f"{k}={v}" for k, v in host["steps"].items())
+        print(f"  {host['name']:20} {host['status']:12} {steps}")
+        for err in host["errors"]:
+            print(f"    ! {err}")
+    if report["stopped"]:
+        print(f"  stopped: {report['stopped']}")
+    print("  " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
+
+
+def fleet_status(app: Any, args: argparse.Namespace) -> int:
+    """``fleet status RUN``: exit 0 while running, then the run's exit code (1 if abandoned)."""
+    from wizard.fleet import load_run
+
+    report = load_run(app, args.run)
+    if report is None:
+        print(f"hostsetup: fleet status: no run '{args.run}' (unknown or expired)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print_fleet(report)
+    write_report(args.report, report)
+    return 0 if report["state"] == "running" else int(report["exit_code"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sandbox":
             return cmd_sandbox(args)
+        if args.command == "agent":
+            return cmd_agent(args)
+        if args.command == "fleet":
+            return cmd_fleet(args)
         from wizard.tui import run_wizard
 
         return run_wizard(args)

@@ -1,40 +1,155 @@
-"""``sandbox up|down|status``: start the components, write ``answers.yaml`` and ``env``."""
+"""``sandbox up|down|status``: start the components, write ``answers.yaml`` and ``env``.
+
+``up_fleet`` starts N independent hosts under ``DIR/<name>`` (each with every
+component but Redis, and its own tag), one Redis for the fleet and one agent
+per host, and writes ``DIR/fleet-answers.yaml``.
+"""
 
 from __future__ import annotations
 
 import importlib
 import io
 import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from wizard.sandbox.core import Sandbox, SandboxError, alive
+from wizard.sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 
 # Components in start order; each module has ``up(sb: Sandbox) -> None``.
 COMPONENTS = [
     "wizard.sandbox.dbus",
     "wizard.sandbox.ovs",
+    "wizard.sandbox.vcsim",
     "wizard.sandbox.libvirt",
+    "wizard.sandbox.redis",
 ]
+FLEET_ONLY = "wizard.sandbox.redis"  # one for the whole fleet, not one per host
+FLEET = "fleet"  # the name of the fleet-level sandbox (Redis and the agents)
 
 
-def up(directory: Path, name: str = "sandbox", tag: str = "hs0") -> Sandbox:
-    """Start every component under ``directory``; on failure stop what started."""
-    directory = directory.resolve()
+def _check_free(directory: Path) -> None:
     if (directory / "state.json").exists() and any(
         alive(p.pid) for p in Sandbox.load(directory).procs
     ):
         raise SandboxError(f"a sandbox is already running in {directory}; run 'sandbox down' first")
+
+
+def up(directory: Path, name: str = "sandbox", tag: str = "hs0",
+       components: list[str] | None = None) -> Sandbox:
+    """Start every component (or ``components``) under ``directory``; on failure stop them."""
+    directory = directory.resolve()
+    _check_free(directory)
     sb = Sandbox(dir=directory, name=name, tag=tag)
     sb.save()
     try:
-        for module in COMPONENTS:
+        for module in COMPONENTS if components is None else components:
             importlib.import_module(module).up(sb)
     except BaseException:
-        sb.stop()
+        down(directory)
         raise
     write_outputs(sb)
     return sb
+
+
+def up_fleet(directory: Path, hosts: int, components: list[str] | None = None) -> Sandbox:
+    """N sandbox hosts ``hv1..hvN`` with an agent each, and one Redis; returns the fleet's.
+
+    ``components`` (default: every one but Redis) lets tests start lighter hosts.
+    """
+    from wizard.sandbox import redis
+
+    if hosts < 1:
+        raise SandboxError(f"--hosts {hosts}: expected at least 1")
+    directory = directory.resolve()
+    _check_free(directory)
+    fleet = Sandbox(dir=directory, name=FLEET, tag="hsf")
+    fleet.save()
+    names = [f"hv{i}" for i in range(1, hosts + 1)]
+    mods = [m for m in COMPONENTS if m != FLEET_ONLY] if components is None else components
+    try:
+        redis.up(fleet)
+        conf = fleet.path("agent.conf")
+        conf.write_text(f"[agent]\nbroker = {fleet.env['HOSTSETUP_REDIS_URL']}\n"
+                        f"password = {fleet.env['HOSTSETUP_REDIS_PASSWORD']}\n")
+        # Hosts start side by side: each is independent (own dir, tag, sockets).
+        with ThreadPoolExecutor(max_workers=min(hosts, 8)) as pool:
+            members = list(pool.map(
+                lambda i: up(directory / names[i], names[i], f"hs{i + 1}", mods), range(hosts)))
+        start_agents(fleet, members, conf)
+    except BaseException:
+        down(directory)
+        raise
+    write_outputs(fleet)
+    write_yaml(directory / "fleet-answers.yaml", fleet_answers(members), header=FLEET_HEADER)
+    return fleet
+
+
+def start_agents(fleet: Sandbox, members: list[Sandbox], conf: Path) -> None:
+    """One ``hostsetup agent`` per host, with that host's env; wait until all listen."""
+    from wizard import fleet as fleet_mod
+
+    pids = {sb.name: fleet.spawn(f"agent-{sb.name}",
+                                 [sys.executable, "-m", "wizard", "agent", "--config", str(conf),
+                                  "--name", sb.name],
+                                 env={**sb.env, **fleet.env})
+            for sb in members}
+    cfg = fleet_mod.broker_config(None, None, fleet_mod.load_config(conf), {})
+    run = fleet_mod.FleetRun(fleet_mod.make_app(cfg), "plan", {}, fleet_mod.Options(agent_wait=1))
+    want = {sb.name for sb in members}
+
+    def all_listening() -> bool:
+        for name, pid in pids.items():
+            if not alive(pid):
+                log = tail(fleet.logs / f"agent-{name}.log")
+                raise SandboxError(f"agent-{name} exited\n{log}")
+        return want <= run.listening(sorted(want))
+
+    wait_for(all_listening, 90, f"agents of {', '.join(sorted(want))}")
+
+
+FLEET_HEADER = (
+    "# Fleet answers for the hostsetup sandbox; written by 'hostsetup sandbox up --hosts N'.\n"
+    "# The base is hv1's answers; each host overrides its own service addresses and a few\n"
+    "# values, so that every host ends with a configuration of its own.\n"
+)
+
+# Per-host differences of the demo fleet (host number -> section overrides).
+VARIANTS: dict[str, Any] = {
+    "services": lambda n, sec: {"require": [u for u in sec["require"]
+                                            if n % 2 or u != "openvswitch-switch.service"]},
+    "ovs_mirror": lambda n, sec: {"mirrors": [
+        {**m, "name": f"span-hv{n}",
+         "select_src_port": ["vm1" if n % 2 else "vm2"],
+         "select_dst_port": ["vm1" if n % 2 else "vm2"]} for m in sec["mirrors"]]},
+}
+
+
+def overlay(base: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
+    """What ``host`` overrides of ``base`` (the inverse of answers.deep_merge)."""
+    out: dict[str, Any] = {k: None for k in base if k not in host}
+    for key, value in host.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if sub := overlay(base[key], value):
+                out[key] = sub
+        elif key not in base or value != base[key]:
+            out[key] = value
+    return out
+
+
+def fleet_answers(members: list[Sandbox]) -> dict[str, Any]:
+    """The fleet answers file: hv1's answers as the base, one override set per host."""
+    per_host = []
+    for n, sb in enumerate(members, start=1):
+        answers = {k: dict(v) for k, v in sb.answers.items()}
+        for section, variant in VARIANTS.items():
+            if section in answers:
+                answers[section].update(variant(n, answers[section]))
+        per_host.append(answers)
+    base = per_host[0]
+    hosts = [{"name": sb.name, **overlay(base, a)} for sb, a in zip(members, per_host, strict=True)]
+    return {"version": 1, **base, "hosts": hosts}
 
 
 def write_outputs(sb: Sandbox) -> None:
@@ -63,21 +178,28 @@ def write_yaml(path: Path, data: dict[str, Any], header: str = "") -> None:
 
 
 def down(directory: Path) -> list[str]:
-    """Stop everything ``up`` started in ``directory``, by pid."""
+    """Stop everything ``up`` (or ``up_fleet``) started in ``directory``, by pid."""
     directory = directory.resolve()
     if not (directory / "state.json").exists():
         return []
-    stopped = Sandbox.load(directory).stop()
-    for module in COMPONENTS:
-        cleanup = getattr(importlib.import_module(module), "down", None)
-        if cleanup is not None:
-            cleanup(Sandbox.load(directory))
+    sb = Sandbox.load(directory)
+    stopped = sb.stop()
+    if sb.name != FLEET:
+        for module in COMPONENTS:
+            cleanup = getattr(importlib.import_module(module), "down", None)
+            if cleanup is not None:
+                cleanup(Sandbox.load(directory))
+    for host in sorted(directory.glob("*/state.json")):
+        stopped += [f"{host.parent.name}: {p}" for p in down(host.parent)]
     return stopped
 
 
 def status(directory: Path) -> list[tuple[str, int, bool]]:
-    """Each recorded process: name, pid, running."""
+    """Each recorded process (a fleet's hosts' too): name, pid, running."""
     directory = directory.resolve()
     if not (directory / "state.json").exists():
         return []
-    return [(p.name, p.pid, alive(p.pid)) for p in Sandbox.load(directory).procs]
+    procs = [(p.name, p.pid, alive(p.pid)) for p in Sandbox.load(directory).procs]
+    for host in sorted(directory.glob("*/state.json")):
+        procs += [(f"{host.parent.name}/{n}", pid, r) for n, pid, r in status(host.parent)]
+    return procs

@@ -5,11 +5,15 @@ GetUnit and AddMockUnit.  Real systemd also has ListUnits, LoadUnit and
 RestartUnit, units carry SubState, and a start can fail; this template adds
 those so the sandbox answers as a real systemd would.  Parameters (JSON):
 ``{"units": {"name.service": {"active": "inactive", "description": "..."}},
-"failing": ["broken.service"]}``.
+"failing": ["broken.service"], "slow": {"slow.service": 3.0}}`` (a slow unit's
+start job takes that many seconds).  Tests can change a unit at run time
+through the mock interface: ``SetUnitState(name, active)`` and
+``SetStartBehaviour(name, result, delay)`` (``busctl call ... SetStartBehaviour
+ssd unit.service failed 0``).
 """
 
 import dbus
-from dbusmock import mockobject
+from dbusmock import MOCK_IFACE, mockobject
 from dbusmock.templates import systemd as upstream
 from gi.repository import GLib
 
@@ -24,6 +28,7 @@ SUB_STATE = {"active": "running", "inactive": "dead", "failed": "failed"}
 def load(mock, parameters):
     upstream.load(mock, parameters)
     mock.failing = set(parameters.get("failing", []))
+    mock.slow = {str(k): float(v) for k, v in parameters.get("slow", {}).items()}
     for name, spec in parameters.get("units", {}).items():
         upstream.AddMockUnit(mock, name)
         unit = mockobject.objects[mock.units[name]]
@@ -51,7 +56,7 @@ def _job(mock, name, result, active):
         return False
 
     # Finish a little later, as a real start does: callers must wait for it.
-    GLib.timeout_add(50, finish)
+    GLib.timeout_add(int(mock.slow.get(name, 0.05) * 1000), finish)
     return job_path
 
 
@@ -109,3 +114,18 @@ def ListUnits(self):
             )
         )
     return rows
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="")
+def SetUnitState(self, name, active):
+    """Put a unit back in a state (e.g. 'inactive'), as if stopped outside hostsetup."""
+    set_state(self, str(name), str(active))
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="ssd", out_signature="")
+def SetStartBehaviour(self, name, result, delay):
+    """How the next starts of a unit end: job result 'done' or 'failed', after ``delay`` s."""
+    self.failing.discard(str(name))
+    if str(result) == "failed":
+        self.failing.add(str(name))
+    self.slow[str(name)] = float(delay)

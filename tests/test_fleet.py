@@ -473,3 +473,35 @@ def test_fleet_over_tls_with_password_reference(fleet: Sandbox, tmp_path: Path) 
         assert res.returncode == 5 and "certificate verify failed" in res.stderr
     finally:
         sb.stop()
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["to-the-end", "ctrl-c"])
+def test_progress_window_on_a_terminal(fleet: Sandbox, tmp_path: Path, interrupt: bool) -> None:
+    """On a terminal, `fleet apply` shows each host's progress in a snack window,
+    then restores the terminal and prints the per-host result; Ctrl-C stops waiting."""
+    from tmux import Terminal
+
+    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    exports = " ".join(f"{k}={v}" for k, v in env(fleet).items() if k.startswith("HOSTSETUP_"))
+    t = Terminal(f"env {exports} {ROOT}/.venv/bin/python -m wizard fleet apply "
+                 f"--answers {answers(fleet)}", cwd=tmp_path)
+    try:
+        screen = t.wait_for(f"apply: running - starting {SLOW_UNIT}")
+        assert "fleet apply: run" in screen and "hv2" in screen and "hv3" in screen
+        assert "Fleet run in progress" in screen
+        if interrupt:
+            t.send("C-c")
+            assert t.exit_code(30) == 130
+            assert "interrupted" in t.screen()
+            settings = t.stty().split()
+            assert "icanon" in settings and "echo" in settings
+            return
+        assert t.exit_code(60) == 0
+        done = t.wait_for("3 applied")
+        assert "Fleet run in progress" not in done  # the window is gone
+        assert "hv1" in done and "applied" in done
+        settings = t.stty().split()
+        assert "icanon" in settings and "echo" in settings
+    finally:
+        t.close()
+    assert mirrors(member(fleet, "hv3")) == {"span-hv3": "vm1"}

@@ -96,6 +96,8 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         sp.add_argument("--detach", action="store_true",
                         help="run in the background; print the run id for 'fleet status'")
         sp.add_argument("--run-id", help=argparse.SUPPRESS)
+        sp.add_argument("--lines", action="store_true",
+                        help="progress as lines even on a terminal (default there: a window)")
     st = fsub.add_parser("status", help="state of a (detached) run", parents=[common, broker])
     st.add_argument("run", metavar="RUN", help="the run id printed by --detach")
 
@@ -248,7 +250,17 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         run.save(initial=True)  # so that 'fleet status' knows the run at once
         return 0
     print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)
-    code = run.run()
+    if sys.stdin.isatty() and sys.stdout.isatty() and not args.lines:
+        from wizard.tui import FleetProgress
+
+        window = FleetProgress(f"fleet {args.fleet_command}: run {run.run_id}", list(run.hosts))
+        run.on_event = window
+        try:
+            code = run.run()
+        finally:
+            window.close()
+    else:
+        code = run.run()
     report = run.report()
     print_fleet(report)
     write_report(args.report, report)

@@ -102,3 +102,14 @@ def test_examples_are_valid(example: Path) -> None:
 def test_usage_error_exits_2() -> None:
     assert hostsetup("plan").returncode == 2  # --answers missing
     assert hostsetup("frobnicate").returncode == 2
+
+
+def test_template_hosts_example_validates(tmp_path: Path) -> None:
+    text = hostsetup("answers-template").stdout
+    start = text.index("# hosts:")
+    uncommented = text[:start] + "\n".join(
+        line.removeprefix("# ") for line in text[start:].splitlines())
+    f = tmp_path / "fleet.yaml"
+    f.write_text(uncommented)
+    loaded = answers.load(f)
+    assert [h.name for h in loaded.hosts] == ["hv1", "hv2", "hv3"]

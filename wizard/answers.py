@@ -374,4 +374,16 @@ def template() -> str:
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
     buf = io.StringIO()
     yaml.dump(body, buf)
-    return TEMPLATE_HEADER + buf.getvalue()
+    return TEMPLATE_HEADER + buf.getvalue() + TEMPLATE_HOSTS
+
+
+TEMPLATE_HOSTS = """
+# Fleet runs (hostsetup fleet plan|apply): the sections above are the base; each
+# host may override parts of them (mappings merged, lists replaced, null removes).
+# hosts:
+# - name: hv1
+# - name: hv2
+#   services: {require: [libvirtd.service]}
+# - name: hv3
+#   ovs_mirror: null
+"""

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from backends.interfaces.vsphere import VSphereAPI, VSphereConn
-
     from backends.interfaces.dbus import DBusAPI
     from backends.interfaces.libvirt import LibvirtAPI
     from backends.interfaces.ovsdb import OvsdbAPI, OvsdbTLS
+    from backends.interfaces.vsphere import VSphereAPI, VSphereConn
 
 
 class RealBackends:

@@ -136,6 +136,17 @@ def print_run(run: Run) -> None:
             print(f"  ! {err}", file=sys.stderr)
 
 
+def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[str, Any]) -> int:
+    """Every problem of the answers file on stderr (and in the report): exit 3."""
+    print(f"hostsetup: {args.answers}: answers invalid ({len(problems)} problem(s)):",
+          file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    write_report(args.report, {"version": 1, **report, "exit_code": EXIT_INVALID,
+                               "errors": problems})
+    return EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``plan`` / ``apply``."""
     from wizard import answers as answers_mod
@@ -145,14 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         answers = answers_mod.load(args.answers)
     except answers_mod.AnswersError as exc:
-        print(f"hostsetup: {args.answers}: answers invalid "
-              f"({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        write_report(args.report, {"version": 1, "mode": args.command,
-                                   "exit_code": EXIT_INVALID, "errors": exc.problems,
-                                   "steps": []})
-        return EXIT_INVALID
+        return answers_invalid(args, exc.problems, {"mode": args.command, "steps": []})
     if answers.hosts:
         print(f"hostsetup: {args.answers} lists hosts: run it with "
               f"'hostsetup fleet {args.command}'", file=sys.stderr)
@@ -222,14 +226,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             answers = answers_mod.load(args.answers)
         app = fleet.connect(cfg)
     except answers_mod.AnswersError as exc:
-        print(f"hostsetup: {args.answers}: answers invalid "
-              f"({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        write_report(args.report, {"version": 1, "kind": "fleet", "mode": args.fleet_command,
-                                   "exit_code": EXIT_INVALID, "errors": exc.problems,
-                                   "hosts": []})
-        return EXIT_INVALID
+        return answers_invalid(args, exc.problems,
+                               {"kind": "fleet", "mode": args.fleet_command, "hosts": []})
     except (fleet.FleetError, ValueError) as exc:
         print(f"hostsetup: fleet: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, fleet.BrokerUnreachable) else EXIT_USAGE

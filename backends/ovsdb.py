@@ -264,6 +264,7 @@ class OvsdbBackend:
 
     def revalidate(self, target: str) -> None:
         """``ovs-appctl -t TARGET revalidator/purge`` over OVS's unixctl protocol."""
+        import ovs.daemon  # noqa: F401 - socket_name_from_target reads pidfiles with it
         import ovs.unixctl
         import ovs.unixctl.client
 

@@ -46,6 +46,7 @@ def with_step(sb: Sandbox, n: int) -> tuple[float, int, int]:
     """Seconds for plan+apply through the step, transactions used, changes."""
     step = OvsMirrorStep()
     answers = step.Answers.model_validate({"db": sb.env["HOSTSETUP_OVSDB"], "timeout": 120,
+                                           "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"],
                                            "mirrors": mirrors(n)})
     backends = RealBackends()
     try:

@@ -137,6 +137,13 @@ def test_flow_revalidation_or_a_note_saying_how(ovs_clean: Sandbox, tmp_path: Pa
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Note: ovs-vswitchd control socket" in res.stdout
     assert "ovs-appctl revalidator/purge" in res.stdout
+    # The default for a unix: db is the local daemon, found by its pidfile as
+    # ovs-appctl finds it: in OVS_RUNDIR, here an empty directory.
+    res = hostsetup("apply", "--answers", answers_file(
+        ovs_clean, tmp_path / "c.yaml", [{**SPAN, "snaplen": 300}], vswitchd_ctl=None),
+        env={"OVS_RUNDIR": str(tmp_path)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"cannot read pidfile \"{tmp_path}/ovs-vswitchd.pid\"" in res.stdout
 
 
 def test_update_in_place_keeps_the_row(ovs_clean: Sandbox, tmp_path: Path) -> None:

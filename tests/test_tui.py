@@ -157,3 +157,33 @@ def test_record_then_replay_gives_identical_plan(dbus_host: Sandbox, tmp_path: P
         assert hostsetup("apply", "--answers", str(rec)).returncode == 0
     finally:
         fresh.stop()
+
+
+def test_answered_sections_are_not_asked(dbus_host: Sandbox, tmp_path: Path) -> None:
+    """With a complete answers file and no `interactive:`, welcome leads to the review."""
+    t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {dbus_host.dir}/answers.yaml "
+                 f"--log {tmp_path}/w.log", cwd=tmp_path)
+    try:
+        t.wait_for("[*] Host services")
+        t.send("F12")
+        screen = t.wait_for("start unit libvirtd.service")
+        assert "Review" in screen and "Start timeout" not in screen
+        t.send("Tab", "Tab", "Enter")  # Cancel
+        assert t.exit_code() == 130
+    finally:
+        t.close()
+
+
+def test_unusable_answers_file_is_explained_and_terminal_restored(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nservices:\n  bus: [system\n")
+    t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {bad} --log {tmp_path}/w.log",
+                 cwd=tmp_path)
+    try:
+        screen = t.wait_for("not valid YAML")
+        assert "Answers file not usable" in screen
+        t.send("Enter")
+        assert t.exit_code() == 3
+        assert restored(t)
+    finally:
+        t.close()

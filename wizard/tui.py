@@ -530,6 +530,7 @@ def _wizard(ui: Ui, args: argparse.Namespace) -> int:
     import logging
 
     from steps import REGISTRY
+    from steps.base import Context
     from wizard.backends import RealBackends
     from wizard.cli import setup_logging, write_report
 
@@ -545,8 +546,6 @@ def _wizard(ui: Ui, args: argparse.Namespace) -> int:
             ui.message("Answers file not usable", error)
             return 3
     backends = RealBackends()
-    from steps.base import Context
-
     ctx = Context(backends=backends, log=logging.getLogger("hostsetup").info)
     try:
         page, came_back = 0, False
@@ -563,8 +562,6 @@ def _wizard(ui: Ui, args: argparse.Namespace) -> int:
             else:
                 step = next(s for s in REGISTRY if s.name == name)
                 choice = step_pages(flow, step, ctx, backwards=came_back)
-            if choice in ("cancel", None) and name != "review":
-                raise Cancelled
             if choice == "cancel":
                 raise Cancelled
             came_back = choice == "back"

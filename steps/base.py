@@ -167,6 +167,14 @@ class Step(Generic[A]):
     title: ClassVar[str]
     help: ClassVar[str] = ""
     Answers: ClassVar[type[StepModel]]
+    # A fact an earlier step can make true that this step's backend needs (e.g.
+    # "ovs": Open vSwitch runs).  If the backend is unreachable while an earlier
+    # step's plan provides it, the runner checks this step after applying those.
+    requires: ClassVar[str | None] = None
+
+    def provides(self, changes: list[Change]) -> set[str]:
+        """The facts that carrying out ``changes`` makes true (see ``requires``)."""
+        return set()
 
     def example(self) -> dict[str, Any]:
         """A valid example section for ``answers-template`` (defaults by default)."""

@@ -270,6 +270,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         "libvirtd reads new hooks only when it starts."
     )
     Answers = IvshmemAnswers
+    requires = "libvirt"
 
     def connect_questions(self) -> list[Question]:
         return [

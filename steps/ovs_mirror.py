@@ -246,6 +246,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         f"{CACHED_FLOWS}"
     )
     Answers = OvsMirrorAnswers
+    requires = "ovs"
 
     def example(self) -> dict[str, Any]:
         """A SPAN mirror of one VM's traffic to a monitoring port."""

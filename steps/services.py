@@ -71,6 +71,11 @@ class ServicesStep(Step[ServicesAnswers]):
     )
     Answers = ServicesAnswers
 
+    def provides(self, changes: list[Change]) -> set[str]:
+        """Starting e.g. ovs-vswitchd makes the 'ovs' fact true for later steps."""
+        started = {c.target.removeprefix("unit ") for c in changes if c.action == "start"}
+        return {fact for fact, names in KNOWN.items() if started.intersection(names)}
+
     def connect_questions(self) -> list[Question]:
         return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
 

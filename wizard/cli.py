@@ -123,7 +123,8 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def print_run(run: Run) -> None:
     """The plan/apply result for a terminal or a log: one block per step."""
-    verbs = {"pending": "would change", "applied": "changed", "unchanged": "nothing to change"}
+    verbs = {"pending": "would change", "applied": "changed", "unchanged": "nothing to change",
+             "deferred": "to be checked during apply"}
     for result in run.steps:
         verb = verbs.get(result.status, result.status)
         print(f"{result.name}: {verb}" + (f" ({len(result.changes)})" if result.changes else ""))

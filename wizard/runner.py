@@ -29,7 +29,10 @@ log = logging.getLogger("hostsetup")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 
-Status = Literal["unchanged", "pending", "applied", "failed", "invalid", "unreachable", "not run"]
+Status = Literal["unchanged", "pending", "deferred", "applied", "failed", "invalid",
+                 "unreachable", "not run"]
+# How long a deferred step waits for the system an earlier step started.
+DEFER_WAIT = 30.0
 
 
 @dataclass
@@ -95,42 +98,63 @@ class Timer:
 
 @dataclass
 class Prepared:
-    """A step checked and planned in phase 1."""
+    """A step checked and planned in phase 1 (or deferred to phase 2)."""
 
     step: Step[Any]
     answers: BaseModel
     result: StepResult
+    raw: Any = None
+    deferred: bool = False
+
+
+def prepare(item: Prepared, ctx: Context) -> None:
+    """Discover, validate and plan one step (read-only); the outcome goes in its result."""
+    step, section, result = item.step, item.answers, item.result
+    result.errors = []
+    try:
+        with Timer(result, "discover"):
+            facts = step.discover(section.model_dump(), ctx)
+            ctx.facts[step.name] = facts
+        problems = step.validate(section, facts)
+        if problems:
+            result.status = "invalid"
+            result.errors = [str(p) for p in located(problems, step.name, item.raw)]
+            return
+        with Timer(result, "plan"):
+            result.changes = step.plan(section, ctx)
+    except BackendUnreachable as exc:
+        result.status, result.errors = "unreachable", [str(exc)]
+    except SecretUnavailable as exc:
+        result.status, result.errors = "invalid", [f"{step.name}: {exc}"]
+    except (BackendError, StepFailed, ValueError) as exc:
+        result.status, result.errors = "failed", [str(exc)]
+    else:
+        result.status = "pending" if result.changes else "unchanged"
 
 
 def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
-    """Phase 1 for every selected step: discover, validate, plan (read-only)."""
+    """Phase 1 for every selected step: discover, validate, plan (read-only).
+
+    A step whose system is unreachable but will be started by an earlier step
+    (e.g. the services step starts Open vSwitch) is deferred: it is checked in
+    phase 2, right after the steps before it are applied.
+    """
     prepared = []
+    coming: set[str] = set()  # facts the plans so far will make true
     for step in answers.selected():
-        result = StepResult(step.name)
-        run.steps.append(result)
-        section = answers.sections[step.name]
-        try:
-            with Timer(result, "discover"):
-                facts = step.discover(section.model_dump(), ctx)
-                ctx.facts[step.name] = facts
-            problems = step.validate(section, facts)
-            if problems:
-                result.status = "invalid"
-                result.errors = [str(p) for p in located(problems, step.name, answers.raw)]
-                continue
-            with Timer(result, "plan"):
-                result.changes = step.plan(section, ctx)
-        except BackendUnreachable as exc:
-            result.status, result.errors = "unreachable", [str(exc)]
-            continue
-        except SecretUnavailable as exc:
-            result.status, result.errors = "invalid", [f"{step.name}: {exc}"]
-            continue
-        except (BackendError, StepFailed, ValueError) as exc:
-            result.status, result.errors = "failed", [str(exc)]
-            continue
-        result.status = "pending" if result.changes else "unchanged"
-        prepared.append(Prepared(step, section, result))
+        item = Prepared(step, answers.sections[step.name], StepResult(step.name), answers.raw)
+        run.steps.append(item.result)
+        prepare(item, ctx)
+        if item.result.status == "unreachable" and step.requires in coming:
+            item.deferred = True
+            item.result.status = "deferred"
+            item.result.notes.append(
+                f"checked after the steps before it start what it needs ({step.requires}): "
+                f"now {item.result.errors[0]}")
+            item.result.errors = []
+        if item.result.status in ("pending", "unchanged", "deferred"):
+            prepared.append(item)
+            coming |= step.provides(item.result.changes)
     return prepared
 
 
@@ -151,6 +175,10 @@ def apply_all(
     for i, item in enumerate(prepared):
         result = item.result
         on_step(i, item.step)
+        if item.deferred:
+            code = prepare_deferred(item, ctx)
+            if code is not None:
+                return code
         if not result.changes:
             continue
         try:
@@ -177,6 +205,19 @@ def apply_all(
         result.status = "applied"
         log.info("%s applied %d change(s)", item.step.name, len(result.changes))
     return EXIT_OK
+
+
+def prepare_deferred(item: Prepared, ctx: Context) -> int | None:
+    """Check a deferred step now; a daemon just started may need a moment to listen,
+    so an unreachable backend is retried (bounded).  Returns an exit code to stop."""
+    deadline = time.monotonic() + DEFER_WAIT
+    while True:
+        prepare(item, ctx)
+        if item.result.status != "unreachable" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    codes = {"invalid": EXIT_INVALID, "unreachable": EXIT_UNREACHABLE, "failed": EXIT_FAILED}
+    return codes.get(item.result.status)
 
 
 def execute(

@@ -445,8 +445,9 @@ def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
     lines = []
     for res in plan_run.steps:
         lines.append(f"{res.name}: " + (f"{len(res.changes)} change(s)" if res.changes
-                                         else "nothing to change"))
-        lines += [f"  {c.describe()}" for c in res.changes]
+                                         else "nothing to change" if res.status != "deferred"
+                                         else "to be checked during apply"))
+        lines += [f"  {c.describe()}" for c in res.changes] + [f"  {n}" for n in res.notes]
     pending = any(r.changes for r in plan_run.steps)
     choice = text_window(flow.ui, "Review", "Every change that Apply will make, per step. "
                          "Nothing has been changed yet.", lines,

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   dbus-daemon openvswitch-switch openvswitch-common
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   golang-go golang-github-vmware-govmomi-dev
-  redis-server tmux iproute2 tcpdump procps util-linux
+  redis-server tmux iproute2 tcpdump procps util-linux systemd openssl coreutils
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

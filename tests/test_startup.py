@@ -24,3 +24,10 @@ def test_version() -> None:
     out = subprocess.run([f"{ROOT}/.venv/bin/hostsetup", "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert out.startswith("hostsetup ")
+
+
+def test_wizard_without_a_terminal_refuses_at_once() -> None:
+    res = subprocess.run([sys.executable, "-m", "wizard"], cwd=ROOT, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL, timeout=10)
+    assert res.returncode == 2
+    assert "the wizard needs a terminal" in res.stderr

@@ -342,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_agent(args)
         if args.command == "fleet":
             return cmd_fleet(args)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            # Never wait for a person who is not there: scripts use plan/apply.
+            print("hostsetup: the wizard needs a terminal; without one use "
+                  "'hostsetup plan|apply --answers FILE'", file=sys.stderr)
+            return EXIT_USAGE
         from wizard.tui import run_wizard
 
         return run_wizard(args)

@@ -107,3 +107,30 @@ def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
         "eth0", "eth1"}
     assert "/org/freedesktop/NetworkManager/Devices/mock_eth0" in facts["bus"][
         "org.freedesktop.NetworkManager"]
+
+
+def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    subprocess.run(["busctl", "--address", dbus_host.env["HOSTSETUP_DBUS_ADDRESS"], "call",
+                    "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                    "org.freedesktop.DBus.Mock", "SetStartBehaviour", "ssd",
+                    "ovs-vswitchd.service", "done", "20"], check=True)
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "wizard", "apply", "--answers",
+                             str(dbus_host.dir / "answers.yaml"), "--report", str(report)],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2)  # the first start job takes 20 s
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    step = json.loads(report.read_text())["steps"][0]
+    assert step["status"] == "interrupted"
+    assert "run 'plan' to see what took effect" in step["errors"][0]
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # never reached

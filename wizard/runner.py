@@ -30,7 +30,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_PENDING, EXIT_UNREACHABLE =
 EXIT_INTERRUPTED = 130
 
 Status = Literal["unchanged", "pending", "deferred", "applied", "failed", "invalid",
-                 "unreachable", "not run"]
+                 "unreachable", "interrupted", "not run"]
 # How long a deferred step waits for the system an earlier step started.
 DEFER_WAIT = 30.0
 
@@ -238,8 +238,13 @@ def execute(
             code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
         run.exit_code = code
     except KeyboardInterrupt:
+        # Report what is known: the step that was running may be half done.
         run.exit_code = EXIT_INTERRUPTED
-        raise
+        for result in run.steps:
+            if result.status in ("pending", "deferred"):
+                result.status = "interrupted"
+                result.errors.append("interrupted: run 'plan' to see what took effect")
+                break
     finally:
         run.finished = time.time()
     return run

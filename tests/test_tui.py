@@ -174,13 +174,18 @@ def test_answered_sections_are_not_asked(dbus_host: Sandbox, tmp_path: Path) -> 
         t.close()
 
 
-def test_unusable_answers_file_is_explained_and_terminal_restored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text,reason", [
+    ("version: 1\nservices:\n  bus: [system\n", "not valid YAML"),
+    ("version: 1\nservices: {}\nhosts:\n- name: hv1\n", "it is for a fleet run"),
+], ids=["broken-yaml", "fleet-file"])
+def test_unusable_answers_file_is_explained_and_terminal_restored(
+        tmp_path: Path, text: str, reason: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nservices:\n  bus: [system\n")
+    bad.write_text(text)
     t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {bad} --log {tmp_path}/w.log",
                  cwd=tmp_path)
     try:
-        screen = t.wait_for("not valid YAML")
+        screen = t.wait_for(reason)
         assert "Answers file not usable" in screen
         t.send("Enter")
         assert t.exit_code() == 3

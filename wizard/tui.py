@@ -593,6 +593,9 @@ def load_answers(flow: Flow, path: Path) -> str | None:
         return "\n".join(exc.problems)
     flow.raw = raw
     plain = _plain(raw)
+    if plain.get("hosts") is not None:
+        return (f"{path} lists hosts: it is for a fleet run.\n\n"
+                "Use 'hostsetup fleet plan|apply --answers FILE'.")
     interactive = plain.get("interactive") or []
     flow.selected = [s.name for s in REGISTRY if s.name in plain]
     for step in REGISTRY:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
+from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
 
 if TYPE_CHECKING:
     from wizard.runner import Run
 
-EXIT_USAGE, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 2, 3, 5, 130
 
 
 def build_parser() -> argparse.ArgumentParser:

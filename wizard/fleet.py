@@ -39,6 +39,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from steps.base import SECRET_PATTERN, resolve_secret
+from wizard.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -62,14 +71,13 @@ RUN_KEY = "hostsetup:fleet:run:"
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # Per-host outcome -> its weight for the fleet's exit code (highest wins).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
 STATUS_EXIT = {"unchanged": EXIT_OK, "applied": EXIT_OK, "pending": EXIT_PENDING,
                "failed": EXIT_FAILED, "unknown": EXIT_FAILED, "skipped": EXIT_FAILED,
                "invalid": EXIT_INVALID, "unreachable": EXIT_UNREACHABLE,
                "no agent": EXIT_UNREACHABLE}
 EXIT_PRIORITY = [EXIT_INVALID, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_PENDING, EXIT_OK]
 RUN_STATUS = {EXIT_OK: "unchanged", EXIT_PENDING: "pending", EXIT_INVALID: "invalid",
-              EXIT_UNREACHABLE: "unreachable", EXIT_FAILED: "failed", 130: "failed"}
+              EXIT_UNREACHABLE: "unreachable", EXIT_FAILED: "failed", EXIT_INTERRUPTED: "failed"}
 
 
 class FleetError(Exception):
@@ -545,7 +553,7 @@ class FleetRun:
                 self.event("*", self.stopped_reason)
         except KeyboardInterrupt:
             self.stopped_reason = "interrupted"
-            code = 130
+            code = EXIT_INTERRUPTED
         self.exit_code, self.state, self.finished = code, "done", time.time()
         self.save()
         return code

@@ -22,12 +22,17 @@ from pydantic import BaseModel
 from backends.interfaces import BackendError, Backends, BackendUnreachable
 from steps.base import Change, Context, SecretUnavailable, Step, StepFailed
 from wizard.answers import Answers, AnswersError, located
+from wizard.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+)
 
 log = logging.getLogger("hostsetup")
 
-# Exit codes: the contract documented in the README.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
 
 Status = Literal["unchanged", "pending", "deferred", "applied", "failed", "invalid",
                  "unreachable", "interrupted", "not run"]

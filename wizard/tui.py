@@ -20,6 +20,8 @@ from typing import Any
 
 import snack
 
+from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID
+
 # newt keeps the terminal in raw mode, so Ctrl-C arrives as a key, not SIGINT.
 snack.hotkeys["CTRL-C"] = 3
 snack.hotkeys[3] = "CTRL-C"
@@ -522,7 +524,7 @@ def run_wizard(args: argparse.Namespace) -> int:
     try:
         return _wizard(ui, args)
     except Cancelled:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         screen.finish()
 
@@ -545,7 +547,7 @@ def _wizard(ui: Ui, args: argparse.Namespace) -> int:
         error = load_answers(flow, args.answers)
         if error:
             ui.message("Answers file not usable", error)
-            return 3
+            return EXIT_INVALID
     backends = RealBackends()
     ctx = Context(backends=backends, log=logging.getLogger("hostsetup").info)
     try:

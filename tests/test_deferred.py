@@ -9,6 +9,7 @@ starts the real ovsdb-server again when the mock unit turns active.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -89,3 +90,17 @@ def test_not_deferred_when_nothing_will_start_it(dbus_host: Sandbox, stopped_swi
                     answers(dbus_host, stopped_switch, tmp_path / "a.yaml", start=False))
     assert res.returncode == 5
     assert "OVSDB unreachable" in res.stderr
+
+
+def test_steps_after_a_failure_are_not_run(dbus_host: Sandbox, stopped_switch: Sandbox,
+                                           tmp_path: Path) -> None:
+    subprocess.run(["busctl", "--address", dbus_host.env["HOSTSETUP_DBUS_ADDRESS"], "call",
+                    "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                    "org.freedesktop.DBus.Mock", "SetStartBehaviour", "ssd", UNIT, "failed",
+                    "0"], check=True)
+    report = tmp_path / "r.json"
+    res = hostsetup("apply", "--answers", answers(dbus_host, stopped_switch, tmp_path / "a.yaml",
+                                                  start=True), "--report", str(report))
+    assert res.returncode == 1, res.stdout + res.stderr
+    steps = {s["name"]: s["status"] for s in json.loads(report.read_text())["steps"]}
+    assert steps == {"services": "failed", "ovs_mirror": "not run"}

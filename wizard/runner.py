@@ -176,40 +176,53 @@ def phase1_exit(run: Run) -> int | None:
 def apply_all(
     prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None]
 ) -> int:
-    """Phase 2: apply each step's plan and verify it; stop at the first failure."""
+    """Phase 2: apply each step's plan and verify it; stop at the first failure.
+
+    The steps after a failure are reported as "not run".
+    """
     for i, item in enumerate(prepared):
-        result = item.result
         on_step(i, item.step)
-        if item.deferred:
-            code = prepare_deferred(item, ctx)
-            if code is not None:
-                return code
-        if not result.changes:
-            continue
-        try:
-            with Timer(result, "apply"):
-                item.step.apply(item.answers, result.changes, ctx)
-            with Timer(result, "verify"):
-                left = item.step.verify(item.answers, ctx)
-        except (StepFailed, BackendError, ValueError) as exc:
-            result.status = "failed"
-            result.errors.append(str(exc))
-            done = getattr(exc, "done", None)
-            if done is not None:
-                result.notes.append(
-                    "remains changed: " + (", ".join(c.describe() for c in done) or "nothing")
-                )
-            log.error("%s failed: %s", item.step.name, exc)
-            return EXIT_FAILED
-        result.notes.extend(ctx.notes)
-        ctx.notes.clear()
-        if left:
-            result.status = "failed"
-            result.errors.extend(left)
-            return EXIT_FAILED
-        result.status = "applied"
-        log.info("%s applied %d change(s)", item.step.name, len(result.changes))
+        code = apply_one(item, ctx)
+        if code is not None:
+            for later in prepared[i + 1:]:
+                later.result.status = "not run"
+            return code
     return EXIT_OK
+
+
+def apply_one(item: Prepared, ctx: Context) -> int | None:
+    """Apply and verify one step; returns an exit code when the run must stop."""
+    result = item.result
+    if item.deferred:
+        code = prepare_deferred(item, ctx)
+        if code is not None:
+            return code
+    if not result.changes:
+        return None
+    try:
+        with Timer(result, "apply"):
+            item.step.apply(item.answers, result.changes, ctx)
+        with Timer(result, "verify"):
+            left = item.step.verify(item.answers, ctx)
+    except (StepFailed, BackendError, ValueError) as exc:
+        result.status = "failed"
+        result.errors.append(str(exc))
+        done = getattr(exc, "done", None)
+        if done is not None:
+            result.notes.append(
+                "remains changed: " + (", ".join(c.describe() for c in done) or "nothing")
+            )
+        log.error("%s failed: %s", item.step.name, exc)
+        return EXIT_FAILED
+    result.notes.extend(ctx.notes)
+    ctx.notes.clear()
+    if left:
+        result.status = "failed"
+        result.errors.extend(left)
+        return EXIT_FAILED
+    result.status = "applied"
+    log.info("%s applied %d change(s)", item.step.name, len(result.changes))
+    return None
 
 
 def prepare_deferred(item: Prepared, ctx: Context) -> int | None:

@@ -123,10 +123,10 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def print_run(run: Run) -> None:
     """The plan/apply result for a terminal or a log: one block per step."""
-    verbs = {"pending": "would change", "applied": "changed", "unchanged": "nothing to change",
-             "deferred": "to be checked during apply"}
+    from wizard.runner import STATUS_TEXT
+
     for result in run.steps:
-        verb = verbs.get(result.status, result.status)
+        verb = STATUS_TEXT.get(result.status, result.status)
         print(f"{result.name}: {verb}" + (f" ({len(result.changes)})" if result.changes else ""))
         for change in result.changes:
             before = "" if change.before is None else f"  [{change.before} -> {change.after}]"

@@ -36,6 +36,9 @@ log = logging.getLogger("hostsetup")
 
 Status = Literal["unchanged", "pending", "deferred", "applied", "failed", "invalid",
                  "unreachable", "interrupted", "not run"]
+# How a status reads in the CLI's output and on the wizard's screens.
+STATUS_TEXT = {"pending": "would change", "applied": "changed", "unchanged": "nothing to change",
+               "deferred": "to be checked during apply"}
 # How long a deferred step waits for the system an earlier step started.
 DEFER_WAIT = 30.0
 

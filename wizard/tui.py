@@ -426,7 +426,7 @@ def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
 def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
     """Check and plan every selected step; show every planned change."""
     from wizard.answers import AnswersError, validate
-    from wizard.runner import Run, check, phase1_exit
+    from wizard.runner import STATUS_TEXT, Run, check, phase1_exit
 
     doc = {"version": 1, **{n: flow.data[n] for n in flow.selected}}
     try:
@@ -447,8 +447,7 @@ def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
     lines = []
     for res in plan_run.steps:
         lines.append(f"{res.name}: " + (f"{len(res.changes)} change(s)" if res.changes
-                                         else "nothing to change" if res.status != "deferred"
-                                         else "to be checked during apply"))
+                                         else STATUS_TEXT.get(res.status, res.status)))
         lines += [f"  {c.describe()}" for c in res.changes] + [f"  {n}" for n in res.notes]
     pending = any(r.changes for r in plan_run.steps)
     choice = text_window(flow.ui, "Review", "Every change that Apply will make, per step. "
@@ -492,10 +491,11 @@ def apply_with_progress(flow: Flow, ctx: Any, prepared: list[Any]) -> int:
 
 
 def summary(flow: Flow, run_: Any, log_path: Path, report: Path | None) -> None:
-    marks = {"applied": "changed", "unchanged": "nothing to change", "pending": "not applied"}
+    from wizard.runner import STATUS_TEXT
+
     lines = []
     for res in run_.steps:
-        lines.append(f"{res.name}: {marks.get(res.status, res.status)}")
+        lines.append(f"{res.name}: {STATUS_TEXT.get(res.status, res.status)}")
         lines += [f"  {n}" for n in res.notes] + [f"  ! {e}" for e in res.errors]
     lines += ["", "Log:", f"  {log_path}", "Report:", f"  {report or '(none: use --report FILE)'}"]
     text_window(flow.ui, "Summary", "What was done, per step.", lines, ["OK"])

@@ -102,6 +102,11 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     st.add_argument("run", metavar="RUN", help="the run id printed by --detach")
 
 
+def on_terminal() -> bool:
+    """True when a person can be at the keyboard: stdin and stdout are a terminal."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def setup_logging(path: Path | None) -> None:
     """Log to ``path`` (INFO) if given; warnings always go to stderr."""
     root = logging.getLogger("hostsetup")
@@ -249,7 +254,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         run.save(initial=True)  # so that 'fleet status' knows the run at once
         return 0
     print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)
-    if sys.stdin.isatty() and sys.stdout.isatty() and not args.lines:
+    if on_terminal() and not args.lines:
         from wizard.tui import FleetProgress
 
         window = FleetProgress(f"fleet {args.fleet_command}: run {run.run_id}", list(run.hosts))
@@ -342,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_agent(args)
         if args.command == "fleet":
             return cmd_fleet(args)
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if not on_terminal():
             # Never wait for a person who is not there: scripts use plan/apply.
             print("hostsetup: the wizard needs a terminal; without one use "
                   "'hostsetup plan|apply --answers FILE'", file=sys.stderr)

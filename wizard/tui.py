@@ -62,13 +62,9 @@ class Ui:
         it must not raise: any key that closes it (Ctrl-C too) just closes it."""
         text = paragraphs(self.helps.get(str(tag)) or "No help for this screen.")
         g = snack.GridForm(self.screen, "Help", 1, 2)
-        g.add(snack.Textbox(WIDTH, TEXT_ROWS, text, scroll=1, wrap=1), 0, 0)
-        bar = snack.ButtonBar(self.screen, ["OK"])
-        g.add(bar, 0, 1, (0, 1, 0, 0))
         g.addHotKey("CTRL-C")
         g.addHotKey("ESC")
-        g.create()
-        g.setCurrent(bar.list[0][0])
+        text_and_buttons(g, self.screen, text, ["OK"])
         g.runOnce()
 
     def message(self, title: str, text: str) -> None:
@@ -154,11 +150,8 @@ class Row:
         elif self.picker:
             self.widget = snack.CompactButton(self._caption())
         else:
-            self.widget = snack.Entry(36, self._text(), password=int(self.q.kind == "secret"))
+            self.widget = snack.Entry(36, _show(self.value), password=int(self.q.kind == "secret"))
         return snack.Label(self.q.label[:26]), self.widget
-
-    def _text(self) -> str:
-        return _show(self.value)
 
     def _caption(self) -> str:
         if self.q.kind == "records":
@@ -246,14 +239,21 @@ def ask(ui: Ui, title: str, help_text: str, questions: list[Any], values: dict[s
         return choice, {r.q.key: r.value for r in rows if r.value is not None}
 
 
-def text_window(ui: Ui, title: str, help_text: str, lines: list[str], buttons: list[str]) -> str:
-    """A scrolling text with a button bar, focus on the first button."""
-    g = ui.form(title, help_text, 1, 2)
-    g.add(snack.Textbox(WIDTH, TEXT_ROWS, "\n".join(lines), scroll=1, wrap=1), 0, 0)
-    bar = snack.ButtonBar(ui.screen, buttons)
+def text_and_buttons(g: snack.GridFormHelp, screen: snack.SnackScreen, text: str,
+                     buttons: list[str]) -> snack.ButtonBar:
+    """Fill a 1x2 form: a scrolling text, then a button bar with the focus on its first."""
+    g.add(snack.Textbox(WIDTH, TEXT_ROWS, text, scroll=1, wrap=1), 0, 0)
+    bar = snack.ButtonBar(screen, buttons)
     g.add(bar, 0, 1, (0, 1, 0, 0))
     g.create()  # newt can focus only a widget already in the form
     g.setCurrent(bar.list[0][0])
+    return bar
+
+
+def text_window(ui: Ui, title: str, help_text: str, lines: list[str], buttons: list[str]) -> str:
+    """A scrolling text with a button bar, focus on the first button."""
+    g = ui.form(title, help_text, 1, 2)
+    bar = text_and_buttons(g, ui.screen, "\n".join(lines), buttons)
     return pressed(bar, run(g)) or buttons[0].lower()
 
 
@@ -333,12 +333,10 @@ class Flow:
     """What the wizard has gathered so far."""
 
     ui: Ui
-    args: argparse.Namespace
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: Any = None
     ask_steps: set[str] = field(default_factory=set)
     selected: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def welcome(flow: Flow, steps: list[Any]) -> str:
@@ -357,7 +355,7 @@ def welcome(flow: Flow, steps: list[Any]) -> str:
     return choice or "next"
 
 
-def validate_section(step: Any, values: dict[str, Any], facts: dict[str, Any] | None) -> list[str]:
+def validate_section(step: Any, values: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     """Problems with one section as entered on screen (model, then host checks)."""
     from pydantic import ValidationError
 
@@ -367,9 +365,16 @@ def validate_section(step: Any, values: dict[str, Any], facts: dict[str, Any] | 
         model = step.Answers.model_validate(values)
     except ValidationError as exc:
         return [str(p) for p in errors_of(exc, None, (step.name,))]
-    if facts is None:
-        return []
     return [str(p) for p in located(step.validate(model, facts), step.name, None)]
+
+
+def discover(ui: Ui, step: Any, values: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """The step's facts, read under a 'Please wait' window."""
+    ui.busy(f"Reading the host for '{step.title}'...")
+    try:
+        return step.discover(values, ctx)
+    finally:
+        ui.screen.popWindow()
 
 
 def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
@@ -391,18 +396,13 @@ def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
             if button != "next":
                 return button
             values.update(got)
-        flow.ui.busy(f"Reading the host for '{step.title}'...")
         try:
-            facts = step.discover(values, ctx)
+            facts = discover(flow.ui, step, values, ctx)
         except (BackendError, ValueError) as exc:
-            flow.ui.screen.popWindow()
             flow.ui.message("Cannot read the host", f"{exc}\n\nCheck the connection settings.")
             if stage == 0:
                 continue
             facts = {}
-        else:
-            flow.ui.screen.popWindow()
-        flow.facts[step.name] = facts
         questions = step.questions(facts)
         button, got = ask(flow.ui, step.title, step.help, questions, values, step.Answers,
                           ["Next", "Back", "Cancel"])
@@ -542,7 +542,7 @@ def _wizard(ui: Ui, args: argparse.Namespace) -> int:
     if args.log is None:
         setup_logging(log_path)
     logging.getLogger("hostsetup").info("wizard started")
-    flow = Flow(ui, args, selected=[s.name for s in REGISTRY])
+    flow = Flow(ui, selected=[s.name for s in REGISTRY])
     if args.answers:
         error = load_answers(flow, args.answers)
         if error:

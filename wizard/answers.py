@@ -335,18 +335,23 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def write(path: Path, data: dict[str, Any], header: str = "") -> None:
-    """Write answers as YAML, mode 0600 (they may name secret files or variables)."""
+def dump_yaml(data: Any) -> str:
+    """``data`` as block-style YAML (ruamel keeps the comments of commented maps)."""
     import io
 
     yaml = YAML()
     yaml.default_flow_style = False
     buf = io.StringIO()
     yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+def write(path: Path, data: dict[str, Any], header: str = "") -> None:
+    """Write answers as YAML, mode 0600 (they may name secret files or variables)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
-        f.write(header + buf.getvalue())
+        f.write(header + dump_yaml(data))
 
 
 TEMPLATE_HEADER = """\
@@ -360,10 +365,6 @@ TEMPLATE_HEADER = """\
 
 def template() -> str:
     """A commented example answers file covering every step (it validates)."""
-    import io
-
-    yaml = YAML()
-    yaml.default_flow_style = False
     body = CommentedMap(version=1, interactive=[])
     for step in REGISTRY:
         section = CommentedMap(step.example())
@@ -372,9 +373,7 @@ def template() -> str:
                 section.yaml_add_eol_comment(info.description, key)
         body[step.name] = section
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
-    buf = io.StringIO()
-    yaml.dump(body, buf)
-    return TEMPLATE_HEADER + buf.getvalue() + TEMPLATE_HOSTS
+    return TEMPLATE_HEADER + dump_yaml(body) + TEMPLATE_HOSTS
 
 
 TEMPLATE_HOSTS = """

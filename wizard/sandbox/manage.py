@@ -8,7 +8,6 @@ per host, and writes ``DIR/fleet-answers.yaml``.
 from __future__ import annotations
 
 import importlib
-import io
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -167,14 +166,10 @@ ANSWERS_HEADER = "# Answers aimed at the hostsetup sandbox; written by 'hostsetu
 
 
 def write_yaml(path: Path, data: dict[str, Any], header: str = "") -> None:
-    """Write ``data`` as block-style YAML."""
-    from ruamel.yaml import YAML
+    """Write ``data`` as block-style YAML (the sandbox's files hold no secrets)."""
+    from wizard.answers import dump_yaml
 
-    yaml = YAML()
-    yaml.default_flow_style = False
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    path.write_text(header + buf.getvalue())
+    path.write_text(header + dump_yaml(data))
 
 
 def down(directory: Path) -> list[str]:

@@ -183,7 +183,7 @@ def down(directory: Path) -> list[str]:
         for module in COMPONENTS:
             cleanup = getattr(importlib.import_module(module), "down", None)
             if cleanup is not None:
-                cleanup(Sandbox.load(directory))
+                cleanup(sb)
     for host in sorted(directory.glob("*/state.json")):
         stopped += [f"{host.parent.name}: {p}" for p in down(host.parent)]
     return stopped

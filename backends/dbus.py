@@ -44,6 +44,7 @@ class DBusBackend:
             self.bus = connect(address) if address else SystemBus()
         except GLib.Error as exc:
             raise BackendUnreachable("D-Bus", self.address, _error_text(exc)) from None
+        self._subscribed = False
 
     def _call(self, service: str, path: str, method: str, *args: Any) -> Any:
         try:
@@ -117,11 +118,25 @@ class DBusBackend:
         """Restart ``name`` (mode ``replace``) and wait for its job; returns the job result."""
         return self._job("RestartUnit", name, timeout)
 
+    def unit_result(self, name: str) -> str:
+        """Why ``name`` is not active, as systemd says: its ``Result`` and main exit status."""
+        try:
+            unit = self.bus.get(SYSTEMD, self.bus.get(SYSTEMD, "/org/freedesktop/systemd1")
+                                .LoadUnit(name))
+            text = f"unit {unit.ActiveState}, result '{getattr(unit, 'Result', 'unknown')}'"
+            status = getattr(unit, "ExecMainStatus", 0)
+        except GLib.Error as exc:
+            return f"unit state unknown: {_error_text(exc)}"
+        return f"{text}, exit status {status}" if status else text
+
     def _job(self, method: str, name: str, timeout: float) -> str:
         results: dict[str, str] = {}
         # systemd emits job signals only to subscribed clients; subscribe
-        # before calling, or a quick job could finish unseen.
-        self._call(SYSTEMD, "/org/freedesktop/systemd1", "Subscribe")
+        # before calling, or a quick job could finish unseen.  Once per
+        # connection: systemd refuses a second Subscribe ("already subscribed").
+        if not self._subscribed:
+            self._call(SYSTEMD, "/org/freedesktop/systemd1", "Subscribe")
+            self._subscribed = True
         sub = self.bus.subscribe(
             sender=SYSTEMD, iface=f"{SYSTEMD}.Manager", signal="JobRemoved",
             signal_fired=lambda _s, _o, _i, _n, args: results.__setitem__(args[1], args[3]))

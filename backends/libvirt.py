@@ -113,10 +113,14 @@ class LibvirtBackend:
         libvirt.registerErrorHandler(_quiet, None)
         for prefix, ns in NAMESPACES.items():
             ET.register_namespace(prefix, ns)
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Open the connection (again: after libvirtd was restarted the old one is dead)."""
         try:
-            self.conn = libvirt.open(uri)
+            self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            raise BackendUnreachable("libvirt", uri, exc.get_error_message()) from None
+            raise BackendUnreachable("libvirt", self.uri, exc.get_error_message()) from None
 
     def close(self) -> None:
         """Close the connection."""

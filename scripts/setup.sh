@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   golang-go golang-github-vmware-govmomi-dev
   redis-server tmux iproute2 tcpdump procps util-linux systemd openssl coreutils
+  debootstrap systemd-container
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -34,4 +35,8 @@ fi
 # The vSphere simulator (our Go main around govmomi's simulator package).
 if [ -f wizard/sandbox/vcsim/main.go ]; then
   .venv/bin/python -m wizard.sandbox.vcsim build
+fi
+# The sandbox's host image (cached in ~/.cache/hostsetup/image-<recipe hash>).
+if [ -f wizard/sandbox/image.py ]; then
+  .venv/bin/python -m wizard.sandbox.image build
 fi

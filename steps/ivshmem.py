@@ -464,7 +464,10 @@ class IvshmemStep(Step[IvshmemAnswers]):
         dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)
         result = dbus.restart_unit(LIBVIRTD, answers.timeout)
         if result != "done":
-            raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}'")
+            raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}' "
+                               f"({dbus.unit_result(LIBVIRTD)})")
+        # The restart closed our connection: verify and later steps need a live one.
+        ctx.backends.libvirt(answers.uri).reconnect()
 
     def _notes(self, new_hook: bool, done: list[Change], ctx: Context) -> None:
         restarted = any(c.action == "restart" for c in done)

@@ -142,7 +142,8 @@ class ServicesStep(Step[ServicesAnswers]):
             except BackendError as exc:
                 raise StepFailed(str(exc), done) from None
             if result != "done":
-                raise StepFailed(f"start of {unit} ended with job result '{result}'", done)
+                raise StepFailed(f"start of {unit} ended with job result '{result}' "
+                                 f"({dbus.unit_result(unit)})", done)
             done.append(change)
             ctx.log(f"started {unit}")
         # What later steps read must reflect the units just started.

@@ -37,7 +37,7 @@ def test_sandbox_fleet_of_full_hosts(tmp_path: Path) -> None:
         assert hosts["hv1"].env["HOSTSETUP_OVSDB"] != hosts["hv2"].env["HOSTSETUP_OVSDB"]
         assert set(hosts["hv1"].answers) == set(hosts["hv2"].answers) >= {"services", "ovs_mirror"}
         status = hostsetup("sandbox", "status", "--dir", str(d))
-        assert status.returncode == 0 and "hv2/ovsdb-server" in status.stdout
+        assert status.returncode == 0 and "hv2/systemd-nspawn" in status.stdout
 
         report = tmp_path / "apply.json"
         res = hostsetup("fleet", "apply", "--answers", str(d / "fleet-answers.yaml"),
@@ -58,6 +58,6 @@ def test_sandbox_fleet_of_full_hosts(tmp_path: Path) -> None:
     finally:
         res = hostsetup("sandbox", "down", "--dir", str(d), timeout=120)
     assert res.returncode == 0
-    assert "stopped agent-hv1" in res.stdout and "hv2: ovsdb-server" in res.stdout
+    assert "stopped agent-hv1" in res.stdout and "hv2: systemd-nspawn" in res.stdout
     assert hostsetup("sandbox", "status", "--dir", str(d)).stdout == ""
     assert not any(alive(p.pid) for p in fleet.procs)

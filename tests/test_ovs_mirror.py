@@ -1,4 +1,4 @@
-"""The ovs_mirror step against a real ovsdb-server and ovs-vswitchd (userspace datapath).
+"""The ovs_mirror step against a sandbox host's Open vSwitch (Debian's units, netdev datapath).
 
 Everything is checked with the ordinary tools (``ovs-vsctl``, ``ovsdb-tool``)
 and, for the packet test, with frames captured on the monitoring port.
@@ -29,25 +29,32 @@ from steps.base import Context, StepFailed
 from steps.ovs_mirror import MANAGED, OvsMirrorStep
 from wizard.answers import write
 from wizard.backends import RealBackends
-from wizard.sandbox import ovs as component
+from wizard.sandbox import host, manage
 from wizard.sandbox.core import Sandbox, SandboxError, kill_group
-from wizard.sandbox.manage import write_outputs
 
 _TAGS = itertools.count()
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def systemctl(sb: Sandbox, *args: str) -> None:
+    """systemctl inside the host (its units: ovsdb-server, ovs-vswitchd...)."""
+    host.run_inside(sb, "systemctl", "systemctl", *args)
 
 
 @contextmanager
 def running_host(directory: Path, tag: str = "") -> Iterator[Sandbox]:
-    """A sandbox host with only the Open vSwitch component, under a tag of its own;
-    its daemons are stopped and its namespaces (and devices) deleted afterwards."""
-    sb = Sandbox(dir=directory, tag=tag or f"om{os.getpid() % 1000}{next(_TAGS)}")
+    """A booted sandbox host, under a tag of its own, whose systemd has started Open
+    vSwitch; ``DIR/answers.yaml`` holds only its ovs_mirror section.  Taken down
+    afterwards (container, cgroups, namespaces and their devices)."""
+    tag = tag or f"om{os.getpid() % 1000}{next(_TAGS)}"
     try:
-        component.up(sb)
-        write_outputs(sb)
+        sb = manage.up(directory, tag=tag, components=[manage.HOST])
+        systemctl(sb, "start", "openvswitch-switch.service")
+        sb.answers = {"ovs_mirror": sb.answers["ovs_mirror"]}
+        manage.write_outputs(sb)
         yield sb
     finally:
-        sb.stop()
-        component.down(sb)
+        manage.down(directory)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +83,8 @@ def ovs_clean(ovs_host: Sandbox) -> Iterator[Sandbox]:
 
 def vsctl(sb: Sandbox, *args: str) -> str:
     """Run ovs-vsctl against the sandbox's database (independent of our backend)."""
-    res = subprocess.run(component.vsctl(component.layout(sb), *args),
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["ovs-vsctl", f"--db={sb.env['HOSTSETUP_OVSDB']}", "--timeout=20",
+                          *args], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
@@ -306,7 +313,7 @@ class Capture:
 
     def __init__(self, sb: Sandbox, marks: list[str]) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", component.layout(sb).switch_ns, sys.executable, "-c",
+            ["ip", "netns", "exec", sb.env["HOSTSETUP_OVS_NETNS"], sys.executable, "-c",
              CAPTURE, *marks], stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.proc.stdout is not None
         self.out = self.proc.stdout
@@ -337,7 +344,7 @@ class Capture:
 
 def send(sb: Sandbox, vm: str, to: str, mark: str) -> None:
     """Send marked UDP datagrams from ``vm``'s namespace to the address ``to``."""
-    ns = component.layout(sb).vm_ns(vm)
+    ns = host.vm_ns(sb, vm)
     subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SEND, to, mark],
                    check=True, timeout=10)
 
@@ -346,8 +353,8 @@ def traffic(sb: Sandbox, cap: Capture, round_: str, until: Any) -> None:
     """Send vm1 -> vm2 and vm2 -> vm1 until ``until()`` holds (bounded)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        send(sb, "vm1", component.VM_ADDRESSES["vm2"], f"FROMVM1{round_}")
-        send(sb, "vm2", component.VM_ADDRESSES["vm1"], f"TOVM1{round_}")
+        send(sb, "vm1", host.VM_ADDRESSES["vm2"], f"FROMVM1{round_}")
+        send(sb, "vm2", host.VM_ADDRESSES["vm1"], f"TOVM1{round_}")
         if cap.read(0.3, until):
             return
     raise AssertionError(f"traffic round {round_}: condition not met; seen {cap.seen[-10:]}")
@@ -383,12 +390,8 @@ def test_mirrored_packets_reach_the_monitor_port(ovs_fresh: Sandbox, tmp_path: P
 # -- faults ------------------------------------------------------------------
 
 
-def _ovsdb_pid(sb: Sandbox) -> int:
-    return next(p.pid for p in sb.procs if p.name == "ovsdb-server")
-
-
 def test_ovsdb_stopped_exits_5_and_changes_nothing(ovs_fresh: Sandbox) -> None:
-    kill_group(_ovsdb_pid(ovs_fresh), 5)
+    systemctl(ovs_fresh, "stop", "ovsdb-server.service")
     answers = str(ovs_fresh.dir / "answers.yaml")
     for command in ("plan", "apply"):
         res = hostsetup(command, "--answers", answers)
@@ -400,8 +403,8 @@ def test_ovsdb_stopped_exits_5_and_changes_nothing(ovs_fresh: Sandbox) -> None:
     assert time.monotonic() - t0 < 5
     # The database file itself, read offline: still no mirror.
     query = json.dumps(["Open_vSwitch", {"op": "select", "table": "Mirror", "where": []}])
-    out = subprocess.run(["ovsdb-tool", "query", str(component.layout(ovs_fresh).db_file),
-                          query], capture_output=True, text=True, check=True).stdout
+    out = host.run_inside(ovs_fresh, "ovsdb-tool", "ovsdb-tool", "query",
+                          "/etc/openvswitch/conf.db", query)
     assert json.loads(out)[0]["rows"] == []
 
 
@@ -447,7 +450,9 @@ def test_stale_replica_is_caught_by_verify(ovs_fresh: Sandbox) -> None:
 
 
 def test_vswitchd_down_reports_what_is_committed(ovs_fresh: Sandbox, tmp_path: Path) -> None:
-    kill_group(next(p.pid for p in ovs_fresh.procs if p.name == "ovs-vswitchd"), 5)
+    # Hung, not stopped: stopping the unit would stop ovsdb-server too (PartOf=), and
+    # systemd restarts a killed one (Restart=on-failure).
+    systemctl(ovs_fresh, "kill", "--signal=SIGSTOP", "ovs-vswitchd.service")
     path = answers_file(ovs_fresh, tmp_path / "a.yaml", [SPAN], timeout=1)
     res = hostsetup("apply", "--answers", path)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -473,17 +478,17 @@ def test_remote_forms_checked(tmp_path: Path) -> None:
 
 def test_same_tag_in_two_dirs_coexists(ovs_host: Sandbox, tmp_path: Path) -> None:
     with running_host(tmp_path / "other", tag=ovs_host.tag) as other:
-        mine, theirs = component.layout(ovs_host), component.layout(other)
-        assert mine.switch_ns != theirs.switch_ns
+        mine, theirs = host.switch_ns(ovs_host), host.switch_ns(other)
+        assert mine != theirs
         vsctl(other, "br-exists", "br0")
         vsctl(ovs_host, "br-exists", "br0")
     # The other one is gone, with its namespaces; this one keeps its own.
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert mine.switch_ns in out and theirs.switch_ns not in out
+    assert mine in out and theirs not in out
     # The very same tag and dir again: refused before anything is started.
     again = Sandbox(dir=ovs_host.dir, tag=ovs_host.tag)
     with pytest.raises(SandboxError, match=f"tag '{ovs_host.tag}' is running"):
-        component.up(again)
+        host.up(again)
     assert again.procs == []
     vsctl(ovs_host, "br-exists", "br0")
 
@@ -521,7 +526,7 @@ def test_ssl_remote(tmp_path: Path) -> None:
     sb = Sandbox(dir=tmp_path / "ssl", tag="unused")
     db, sock, port = tmp_path / "ssl.db", tmp_path / "ssl.sock", _free_port()
     try:
-        sb.run("ovsdb-tool", ["ovsdb-tool", "create", str(db), component.SCHEMA])
+        sb.run("ovsdb-tool", ["ovsdb-tool", "create", str(db), SCHEMA])
         sb.spawn("ovsdb-server", [
             "ovsdb-server", str(db), f"--remote=punix:{sock}",
             f"--remote=pssl:{port}:127.0.0.1", f"--private-key={pki['server.key']}",

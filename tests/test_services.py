@@ -1,4 +1,4 @@
-"""The services step against a real dbus-daemon with dbusmock's systemd/NM."""
+"""The services step against a sandbox host's real systemd (and NetworkManager)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import hostsetup
+from conftest import add_unit, hostsetup, systemd_call
 
+from wizard.sandbox import host
 from wizard.sandbox.core import Sandbox
 
 
 def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState read with busctl, independently of our backend."""
-    path = "/org/freedesktop/systemd1/unit/" + unit.replace(".", "_").replace("-", "_")
+    """ActiveState read with busctl, independently of our backend.
+
+    ``LoadUnit`` first: real systemd has no object for a unit nothing references.
+    """
+    path = systemd_call(sb, "LoadUnit", "s", unit).split()[1].strip('"')
     out = subprocess.run(
         ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
          "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"],
@@ -26,18 +30,20 @@ def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
     report = tmp_path / "plan.json"
     res = hostsetup("plan", "--answers", answers, "--report", str(report))
     assert res.returncode == 4, res.stderr
-    for unit in ("ovs-vswitchd.service", "openvswitch-switch.service", "libvirtd.service"):
+    for unit in ("openvswitch-switch.service", "libvirtd.service"):
         assert f"start unit {unit}" in res.stdout
-    assert "redis-server.service" not in res.stdout  # already active
+    assert "NetworkManager.service" not in res.stdout  # already active
     assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # plan changed nothing
     data = json.loads(report.read_text())
     assert data["exit_code"] == 4
     assert [c["target"] for c in data["steps"][0]["changes"]] == [
-        "unit ovs-vswitchd.service", "unit openvswitch-switch.service", "unit libvirtd.service"]
+        "unit openvswitch-switch.service", "unit libvirtd.service"]
 
     res = hostsetup("apply", "--answers", answers, "--report", str(report))
     assert res.returncode == 0, res.stderr
-    assert unit_state(dbus_host, "libvirtd.service") == "active"
+    # systemd started their dependencies too: the daemons run.
+    for unit in ("libvirtd.service", "ovsdb-server.service", "ovs-vswitchd.service"):
+        assert unit_state(dbus_host, unit) == "active", unit
     data = json.loads(report.read_text())
     assert data["steps"][0]["status"] == "applied"
     assert set(data["steps"][0]["durations"]) >= {"discover", "plan", "apply", "verify"}
@@ -47,27 +53,39 @@ def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
     assert "nothing to change" in res.stdout
 
 
-def test_start_that_fails_exits_1(tmp_path: Path) -> None:
-    sb = Sandbox(dir=tmp_path / "host")
-    from wizard.sandbox import dbus as component
+def test_start_that_fails_exits_1_with_its_result(dbus_host: Sandbox, tmp_path: Path) -> None:
+    answers = tmp_path / "a.yaml"
+    answers.write_text(
+        f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
+        f"  require: [openvswitch-switch.service, {host.BROKEN_UNIT}, libvirtd.service]\n")
+    report = tmp_path / "r.json"
+    res = hostsetup("apply", "--answers", str(answers), "--report", str(report))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert (f"start of {host.BROKEN_UNIT} ended with job result 'failed' "
+            "(unit failed, result 'exit-code', exit status 3)") in res.stderr
+    step = json.loads(report.read_text())["steps"][0]
+    assert step["status"] == "failed"
+    # The report says exactly what took effect before the failure.
+    assert "remains changed: start unit openvswitch-switch.service" in step["notes"][0]
+    assert unit_state(dbus_host, "openvswitch-switch.service") == "active"
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # never reached
 
-    try:
-        component.up(sb, failing=["libvirtd.service"])
-        answers = tmp_path / "a.yaml"
-        answers.write_text(
-            f"version: 1\nservices:\n  bus: {sb.env['HOSTSETUP_DBUS_ADDRESS']}\n"
-            "  require: [ovs-vswitchd.service, libvirtd.service, openvswitch-switch.service]\n")
-        report = tmp_path / "r.json"
-        res = hostsetup("apply", "--answers", str(answers), "--report", str(report))
-        assert res.returncode == 1
-        assert "libvirtd.service ended with job result 'failed'" in res.stderr
-        step = json.loads(report.read_text())["steps"][0]
-        assert step["status"] == "failed"
-        # The report says exactly what took effect before the failure.
-        assert "remains changed: start unit ovs-vswitchd.service" in step["notes"][0]
-        assert unit_state(sb, "openvswitch-switch.service") == "inactive"  # never reached
-    finally:
-        sb.stop()
+
+def test_failed_dependency_exits_1(dbus_host: Sandbox, tmp_path: Path) -> None:
+    """A unit whose dependency fails: real systemd ends its job 'dependency'."""
+    add_unit(dbus_host, "needs-broken.service",
+             f"[Unit]\nRequires={host.BROKEN_UNIT}\nAfter={host.BROKEN_UNIT}\n"
+             "[Service]\nType=oneshot\nExecStart=/bin/true\nRemainAfterExit=yes\n")
+    answers = tmp_path / "a.yaml"
+    answers.write_text(
+        f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
+        "  require: [needs-broken.service]\n")
+    res = hostsetup("apply", "--answers", str(answers))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("start of needs-broken.service ended with job result 'dependency' "
+            "(unit inactive, result 'success')") in res.stderr
+    assert unit_state(dbus_host, "needs-broken.service") == "inactive"
+    assert unit_state(dbus_host, host.BROKEN_UNIT) == "failed"
 
 
 def test_missing_unit_is_named_with_line(dbus_host: Sandbox, tmp_path: Path) -> None:
@@ -101,12 +119,13 @@ def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
             {"bus": dbus_host.env["HOSTSETUP_DBUS_ADDRESS"]}, Context(backends))
     finally:
         backends.close()
-    assert facts["ovs"] is True  # ovsdb-server.service is active in the sandbox
-    assert facts["libvirt"] is False  # libvirtd.service is inactive
-    assert facts["network"].running and {d.interface for d in facts["network"].devices} == {
-        "eth0", "eth1"}
-    assert "/org/freedesktop/NetworkManager/Devices/mock_eth0" in facts["bus"][
-        "org.freedesktop.NetworkManager"]
+    assert facts["ovs"] is False  # Open vSwitch and libvirtd are installed, stopped
+    assert facts["libvirt"] is False
+    assert facts["network_manager"] is True
+    devices = {d.interface: d for d in facts["network"].devices}
+    assert facts["network"].running and devices["lo"].kind and "vm1" in devices
+    assert devices["vm1"].state == "unmanaged"  # left to Open vSwitch (the image's NM config)
+    assert "/org/freedesktop/NetworkManager" in facts["bus"]["org.freedesktop.NetworkManager"]
 
 
 def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> None:
@@ -116,13 +135,14 @@ def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> 
 
     from conftest import ROOT
 
-    subprocess.run(["busctl", "--address", dbus_host.env["HOSTSETUP_DBUS_ADDRESS"], "call",
-                    "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                    "org.freedesktop.DBus.Mock", "SetStartBehaviour", "ssd",
-                    "ovs-vswitchd.service", "done", "20"], check=True)
+    add_unit(dbus_host, "slow.service", "[Service]\nType=oneshot\nExecStart=/bin/sleep 20\n")
+    answers = tmp_path / "a.yaml"
+    answers.write_text(
+        f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
+        "  require: [slow.service, libvirtd.service]\n")
     report = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "wizard", "apply", "--answers",
-                             str(dbus_host.dir / "answers.yaml"), "--report", str(report)],
+                             str(answers), "--report", str(report)],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(2)  # the first start job takes 20 s

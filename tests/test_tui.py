@@ -12,14 +12,15 @@ from conftest import ROOT, hostsetup
 from test_services import unit_state
 from tmux import Terminal
 
-from wizard.sandbox import dbus as dbus_component
+from wizard.sandbox import manage
 from wizard.sandbox.core import Sandbox
 
 
 def wizard(sb: Sandbox, tmp: Path, *extra: str) -> Terminal:
+    """The wizard on the host's services step (asked, though answered)."""
     answers = tmp / "answers.yaml"
-    answers.write_text((sb.dir / "answers.yaml").read_text().replace(
-        "version: 1", "version: 1\ninteractive: [services]"))
+    manage.write_yaml(answers, {"version": 1, "interactive": ["services"],
+                                "services": sb.answers["services"]})
     return Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "
                     f"--log {tmp}/wizard.log " + " ".join(extra), cwd=tmp)
 
@@ -145,18 +146,15 @@ def test_record_then_replay_gives_identical_plan(dbus_host: Sandbox, tmp_path: P
     assert "timeout: 42" in rec.read_text()
     wizard_changes = json.loads((tmp_path / "wizard.json").read_text())["steps"][0]["changes"]
 
-    # A fresh host in the same state, at the same address: replay the record.
-    dbus_host.stop()
-    fresh = Sandbox(dir=dbus_host.dir)
-    dbus_component.up(fresh)
-    try:
-        res = hostsetup("plan", "--answers", str(rec), "--report", str(tmp_path / "p.json"))
-        assert res.returncode == 4, res.stderr
-        replayed = json.loads((tmp_path / "p.json").read_text())["steps"][0]["changes"]
-        assert replayed == wizard_changes
-        assert hostsetup("apply", "--answers", str(rec)).returncode == 0
-    finally:
-        fresh.stop()
+    # A fresh host in the same state, at the same address (the same dir, booted
+    # again: nothing persists from the first boot): replay the record.
+    manage.down(dbus_host.dir)
+    manage.up(dbus_host.dir, components=[manage.HOST])
+    res = hostsetup("plan", "--answers", str(rec), "--report", str(tmp_path / "p.json"))
+    assert res.returncode == 4, res.stderr
+    replayed = json.loads((tmp_path / "p.json").read_text())["steps"][0]["changes"]
+    assert replayed == wizard_changes
+    assert hostsetup("apply", "--answers", str(rec)).returncode == 0
 
 
 def test_answered_sections_are_not_asked(dbus_host: Sandbox, tmp_path: Path) -> None:

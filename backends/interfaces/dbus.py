@@ -63,3 +63,7 @@ class DBusAPI(Protocol):
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
+
+    def unit_result(self, name: str) -> str:
+        """Why ``name`` is not active: its state, ``Result`` and main exit status."""
+        ...

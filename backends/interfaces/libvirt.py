@@ -120,6 +120,10 @@ class LibvirtAPI(Protocol):
 
     uri: str
 
+    def reconnect(self) -> None:
+        """Open the connection again (libvirtd was restarted: the old one is dead)."""
+        ...
+
     def version(self) -> tuple[int, int, int]:
         """libvirt's (daemon) version as (major, minor, micro)."""
         ...

@@ -16,14 +16,13 @@ from typing import Any
 
 from wizard.sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 
-# Components in start order; each module has ``up(sb: Sandbox) -> None``.
-COMPONENTS = [
-    "wizard.sandbox.dbus",
-    "wizard.sandbox.ovs",
-    "wizard.sandbox.vcsim",
-    "wizard.sandbox.libvirt",
-    "wizard.sandbox.redis",
-]
+# Components in start order; each module has ``up(sb: Sandbox) -> None``.  The host
+# (real systemd with Open vSwitch, libvirtd, NetworkManager) and what is remote by
+# nature: the vSphere simulator and Redis.
+HOST = "wizard.sandbox.host"
+COMPONENTS = [HOST, "wizard.sandbox.vcsim", "wizard.sandbox.redis"]
+# Every module with a ``down(sb)``: also those that tests start on their own.
+CLEANUPS = [HOST, "wizard.sandbox.ovs", "wizard.sandbox.libvirt"]
 FLEET_ONLY = "wizard.sandbox.redis"  # one for the whole fleet, not one per host
 FLEET = "fleet"  # the name of the fleet-level sandbox (Redis and the agents)
 
@@ -117,7 +116,7 @@ FLEET_HEADER = (
 # Per-host differences of the demo fleet (host number -> section overrides).
 VARIANTS: dict[str, Any] = {
     "services": lambda n, sec: {"require": [u for u in sec["require"]
-                                            if n % 2 or u != "openvswitch-switch.service"]},
+                                            if n % 2 or u != "NetworkManager.service"]},
     "ovs_mirror": lambda n, sec: {"mirrors": [
         {**m, "name": f"span-hv{n}",
          "select_src_port": ["vm1" if n % 2 else "vm2"],
@@ -180,7 +179,7 @@ def down(directory: Path) -> list[str]:
     sb = Sandbox.load(directory)
     stopped = sb.stop()
     if sb.name != FLEET:
-        for module in COMPONENTS:
+        for module in CLEANUPS:
             cleanup = getattr(importlib.import_module(module), "down", None)
             if cleanup is not None:
                 cleanup(sb)

@@ -1,9 +1,10 @@
-"""The ivshmem step against the sandbox: a real libvirtd (QEMU driver, TCG) and QEMU.
+"""The ivshmem step on a sandbox host: Debian's libvirtd (QEMU driver, TCG) and QEMU.
 
-One sandbox (the D-Bus and libvirt components) serves the module; each test
-starts what it needs and leaves the domains shut off.  libvirtd reads hooks
-when it starts: the step "restarts" it through the D-Bus mock, which does not
-touch the real sandbox libvirtd, so the tests restart that one themselves.
+One booted host serves the module, its libvirtd started by its systemd; each
+test starts what it needs and leaves the domains shut off.  The CLI runs inside
+the host on default answers (``qemu:///system``, ``/etc/libvirt/hooks``, the
+system bus), as on a real host; libvirtd reads hooks when it starts, and the
+step restarts it through systemd over D-Bus.
 """
 
 from __future__ import annotations
@@ -25,67 +26,85 @@ from backends.libvirt import LibvirtBackend
 from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
 from wizard.backends import RealBackends
-from wizard.sandbox import dbus as sandbox_dbus
-from wizard.sandbox import libvirt as sandbox_libvirt
+from wizard.sandbox import host, manage
 from wizard.sandbox.core import Sandbox
-from wizard.sandbox.manage import write_outputs, write_yaml
+from wizard.sandbox.image import EMULATOR, domain_xml
+from wizard.sandbox.manage import write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
+# What only makes sense from outside the host: inside, these answers are the defaults.
+OUTSIDE_ONLY = ("uri", "hooks_dir", "hook_log", "wrapper_dir", "bus")
+
+
+def systemctl(sb: Sandbox, *args: str) -> None:
+    host.run_inside(sb, "systemctl", "systemctl", *args)
 
 
 @pytest.fixture(scope="module")
 def ivs_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A sandbox with a private bus (systemd mock) and libvirtd with two domains."""
-    sb = Sandbox(dir=tmp_path_factory.mktemp("ivshmem") / "sb", tag=f"iv{os.getpid() % 10000}")
+    """A booted host whose systemd has started libvirtd (domains vm1 and vm2)."""
+    directory = tmp_path_factory.mktemp("ivshmem") / "sb"
     try:
-        sandbox_dbus.up(sb)
-        sandbox_libvirt.up(sb)
-        write_outputs(sb)
+        sb = manage.up(directory, tag=f"iv{os.getpid() % 10000}", components=[manage.HOST])
+        systemctl(sb, "start", "libvirtd.service")
         yield sb
     finally:
-        sb.stop()
-        sandbox_libvirt.down(sb)
-    assert not sandbox_libvirt.qemu_pids(sb), "QEMU processes leaked"
+        manage.down(directory)
+    assert not host.qemu_pids(sb), "QEMU processes leaked"
 
 
 @pytest.fixture
 def ivs_clean(ivs_sb: Sandbox) -> Iterator[Sandbox]:
     """Leaves every domain shut off after the test."""
     yield ivs_sb
-    for name, _pid in sandbox_libvirt.qemu_pids(ivs_sb).items():
-        sandbox_libvirt.virsh(ivs_sb, "destroy", name)
+    for name, _pid in host.qemu_pids(ivs_sb).items():
+        virsh(ivs_sb, "destroy", name)
+
+
+def virsh(sb: Sandbox, *args: str) -> str:
+    """``virsh`` from outside, through the host's libvirt socket."""
+    return sb.run("virsh", ["virsh", "-c", sb.env["HOSTSETUP_LIBVIRT_URI"], *args])
+
+
+def shm(sb: Sandbox, name: str) -> Path:
+    """The host's /dev/shm/<name>, from outside."""
+    return Path(sb.env["HOSTSETUP_HOST_ROOT"], "dev/shm", name)
 
 
 def answers(sb: Sandbox, **overrides: Any) -> dict[str, Any]:
-    """The sandbox's ivshmem answers with ``overrides``."""
+    """The sandbox's ivshmem answers (for use from outside) with ``overrides``."""
     return {**sb.answers["ivshmem"], **overrides}
 
 
-def cli(sb: Sandbox, command: str, section: dict[str, Any],
-        *extra: str) -> subprocess.CompletedProcess[str]:
-    """``python -m wizard <command> --answers F`` with only the ivshmem section."""
+def cli(sb: Sandbox, command: str, section: dict[str, Any], *extra: str,
+        inside: bool = True) -> subprocess.CompletedProcess[str]:
+    """``python -m wizard <command> --answers F`` with only the ivshmem section: inside
+    the host on default addresses, or (``inside=False``) from outside."""
     path = sb.dir / f"answers-{command}.yaml"
+    if inside:
+        section = {k: v for k, v in section.items()
+                   if k not in OUTSIDE_ONLY or v != sb.answers["ivshmem"].get(k)}
     write_yaml(path, {"version": 1, "ivshmem": section})
-    return subprocess.run([sys.executable, "-m", "wizard", command, "--answers", str(path),
-                           *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-m", "wizard", command, "--answers", str(path), *extra]
+    return subprocess.run(host.exec_argv(sb, *argv) if inside else argv, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
 
 
 def start(sb: Sandbox, name: str) -> tuple[str, str]:
     """Start a domain; returns (``info pci`` from the monitor, QEMU's command line)."""
-    sandbox_libvirt.virsh(sb, "start", name)
-    pci = sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
-    pid = sandbox_libvirt.qemu_pids(sb)[name]
+    virsh(sb, "start", name)
+    pci = virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
+    pid = host.qemu_pids(sb)[name]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     return pci, cmdline
 
 
 def define(sb: Sandbox, name: str) -> None:
     """Define one more small domain."""
-    xml = sb.path("libvirt", "domains", f"{name}.xml")
-    xml.write_text(sandbox_libvirt.DOMAIN_XML.format(name=name,
-                                                     emulator=sandbox_libvirt.EMULATOR))
-    sandbox_libvirt.virsh(sb, "define", str(xml))
+    xml = sb.path("domains", f"{name}.xml")
+    xml.write_text(domain_xml(name))
+    virsh(sb, "define", str(xml))
 
 
 def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
@@ -110,12 +129,12 @@ def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
     assert {c["target"] for c in result["changes"]} >= {"domain vm1", "domain vm2"}
     assert (hooks / "qemu").read_text().startswith("#!/bin/sh")  # not replaced
 
-    sandbox_libvirt.restart(sb)  # the mock's restart does not reach the real libvirtd
+    # The step restarted libvirtd through systemd over D-Bus: it runs our hook now.
     pci, cmdline = start(sb, "vm1")
     assert IVSHMEM_PLAIN in pci
     assert "ivshmem-plain" in cmdline and f"/dev/shm/{section['name']}" in cmdline
-    shm = os.stat(f"/dev/shm/{section['name']}")
-    assert shm.st_size == 4 * 1024 * 1024 and shm.st_mode & 0o777 == 0o660
+    made = shm(sb, section["name"]).stat()
+    assert made.st_size == 4 * 1024 * 1024 and made.st_mode & 0o777 == 0o660
     log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
     assert f"vm1 prepare begin: prepared /dev/shm/{section['name']}" in log
     assert "vm1 prepare begin" in third.read_text()
@@ -129,24 +148,23 @@ def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> No
     sb = ivs_clean
     section = answers(sb, enforce="refuse")
     assert cli(sb, "apply", section).returncode == 0
-    sandbox_libvirt.restart(sb)
     define(sb, "bare")  # defined after apply: 'all' covers it, but it lacks the device
     try:
-        res = subprocess.run(["virsh", "-c", sandbox_libvirt.uri(sb), "start", "bare"],
+        res = subprocess.run(["virsh", "-c", sb.env["HOSTSETUP_LIBVIRT_URI"], "start", "bare"],
                              capture_output=True, text=True, timeout=60)
         assert res.returncode != 0
         assert "domain 'bare' lacks the ivshmem device" in res.stderr
-        assert "bare" not in sandbox_libvirt.qemu_pids(sb)
+        assert "bare" not in host.qemu_pids(sb)
         plan = cli(sb, "plan", section)
         assert plan.returncode == 4 and "update domain bare" in plan.stdout
     finally:
-        sandbox_libvirt.virsh(sb, "undefine", "bare")
+        virsh(sb, "undefine", "bare")
 
 
 def save(sb: Sandbox, name: str) -> str:
     """Save a running domain to a file (it stops); returns the file."""
     image = str(sb.dir / f"{name}.save")
-    sandbox_libvirt.virsh(sb, "save", name, image)
+    virsh(sb, "save", name, image)
     return image
 
 
@@ -154,8 +172,8 @@ def restore(sb: Sandbox, name: str, image: str, xml: ET.Element) -> str:
     """Restore a saved domain with an alternative XML; returns ``info pci``."""
     alt = sb.dir / f"{name}.alt.xml"
     alt.write_text(ET.tostring(xml, encoding="unicode"))
-    sandbox_libvirt.virsh(sb, "restore", image, "--xml", str(alt))
-    return sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
+    virsh(sb, "restore", image, "--xml", str(alt))
+    return virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
 
 
 def test_restore_with_regenerated_xml_keeps_the_device(ivs_clean: Sandbox) -> None:
@@ -165,11 +183,10 @@ def test_restore_with_regenerated_xml_keeps_the_device(ivs_clean: Sandbox) -> No
         # role master: QEMU blocks saving (and migrating) a guest with a peer device.
         section = answers(sb, domains=["saved"], role="master")
         assert cli(sb, "apply", section).returncode == 0
-        sandbox_libvirt.restart(sb)
         pci, _cmdline = start(sb, "saved")
         assert IVSHMEM_PLAIN in pci
         image = save(sb, "saved")
-        regenerated = ET.fromstring(sandbox_libvirt.virsh(sb, "save-image-dumpxml", image))
+        regenerated = ET.fromstring(virsh(sb, "save-image-dumpxml", image))
         devices = regenerated.find("devices")
         assert devices is not None
         for shmem in devices.findall("shmem"):
@@ -178,9 +195,9 @@ def test_restore_with_regenerated_xml_keeps_the_device(ivs_clean: Sandbox) -> No
         log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
         assert f"saved restore begin: added the device '{section['name']}'" in log
     finally:
-        if "saved" in sandbox_libvirt.qemu_pids(sb):
-            sandbox_libvirt.virsh(sb, "destroy", "saved")
-        sandbox_libvirt.virsh(sb, "undefine", "saved")
+        if "saved" in host.qemu_pids(sb):
+            virsh(sb, "destroy", "saved")
+        virsh(sb, "undefine", "saved")
 
 
 def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
@@ -195,32 +212,32 @@ def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
         assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in plan.stdout
         applied = cli(sb, "apply", section)
         assert applied.returncode == 0, applied.stdout + applied.stderr
-        dumped = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "wrapped"))
+        dumped = ET.fromstring(virsh(sb, "dumpxml", "--inactive", "wrapped"))
         wrapper = dumped.findtext("devices/emulator") or ""
-        assert wrapper.startswith(str(sb.dir))
+        assert wrapper == f"{EMULATOR}-ivshmem-{name}"  # beside the real one, by default
         assert dumped.find("devices/shmem") is None  # the device is on the command line
         pci, cmdline = start(sb, "wrapped")
         assert IVSHMEM_PLAIN in pci
         assert f"mem-path=/dev/shm/{name},size=2M,share=on" in cmdline
-        assert os.stat(f"/dev/shm/{name}").st_size == 2 * 1024 * 1024
+        assert shm(sb, name).stat().st_size == 2 * 1024 * 1024
         assert cli(sb, "plan", section).returncode == 0
         # A manager restores the guest with a regenerated XML naming the real
         # emulator: the hook points it back at the wrapper, so the device is there.
         image = save(sb, "wrapped")
-        regenerated = ET.fromstring(sandbox_libvirt.virsh(sb, "save-image-dumpxml", image))
-        regenerated.find("devices/emulator").text = sandbox_libvirt.EMULATOR  # type: ignore[union-attr]
+        regenerated = ET.fromstring(virsh(sb, "save-image-dumpxml", image))
+        regenerated.find("devices/emulator").text = EMULATOR  # type: ignore[union-attr]
         pci = restore(sb, "wrapped", image, regenerated)
         assert IVSHMEM_PLAIN in pci
-        live = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "wrapped"))
+        live = ET.fromstring(virsh(sb, "dumpxml", "wrapped"))
         assert live.findtext("devices/emulator") == wrapper
         log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
         assert f"wrapped restore begin: pointed the incoming XML at the wrapper emulator " \
             f"{wrapper}" in log
     finally:
-        if "wrapped" in sandbox_libvirt.qemu_pids(sb):
-            sandbox_libvirt.virsh(sb, "destroy", "wrapped")
-        sandbox_libvirt.virsh(sb, "undefine", "wrapped")
-        Path("/dev/shm", name).unlink(missing_ok=True)
+        if "wrapped" in host.qemu_pids(sb):
+            virsh(sb, "destroy", "wrapped")
+        virsh(sb, "undefine", "wrapped")
+        shm(sb, name).unlink(missing_ok=True)
 
 
 def test_bad_answers_are_all_reported(ivs_sb: Sandbox) -> None:
@@ -232,7 +249,7 @@ def test_bad_answers_are_all_reported(ivs_sb: Sandbox) -> None:
 
 
 def test_taken_pci_address_and_unknown_domain(ivs_sb: Sandbox) -> None:
-    lv = LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+    lv = LibvirtBackend(ivs_sb.env["HOSTSETUP_LIBVIRT_URI"])
     try:
         device, taken = lv.domain("vm1").pci_addresses[0]
     finally:
@@ -244,15 +261,20 @@ def test_taken_pci_address_and_unknown_domain(ivs_sb: Sandbox) -> None:
 
 
 def test_libvirtd_down_is_unreachable(ivs_sb: Sandbox) -> None:
-    sandbox_libvirt.stop(ivs_sb)
+    # With its sockets too: a connection would socket-activate it again.
+    units = ["libvirtd.service", "libvirtd.socket", "libvirtd-ro.socket", "libvirtd-admin.socket"]
+    systemctl(ivs_sb, "stop", *units)
     try:
         res = cli(ivs_sb, "plan", answers(ivs_sb))
         assert res.returncode == 5, res.stdout + res.stderr
-        assert f"libvirt unreachable at {sandbox_libvirt.uri(ivs_sb)}" in res.stderr
+        assert "libvirt unreachable at qemu:///system" in res.stderr
+        uri = ivs_sb.env["HOSTSETUP_LIBVIRT_URI"]
+        res = cli(ivs_sb, "plan", answers(ivs_sb), inside=False)
+        assert res.returncode == 5 and f"libvirt unreachable at {uri}" in res.stderr
         with pytest.raises(BackendUnreachable):
-            LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+            LibvirtBackend(uri)
     finally:
-        sandbox_libvirt.start(ivs_sb)
+        systemctl(ivs_sb, "start", "libvirtd.service")
 
 
 def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
@@ -265,7 +287,7 @@ def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
         ctx = Context(backends=backends)
         changes = IvshmemStep().plan(section, ctx)
         assert {"domain gone", "domain stays"} <= {c.target for c in changes}
-        sandbox_libvirt.virsh(sb, "undefine", "gone")
+        virsh(sb, "undefine", "gone")
         with pytest.raises(StepFailed) as failed:
             IvshmemStep().apply(section, changes, ctx)
         assert "domain 'gone' not found" in str(failed.value)
@@ -275,12 +297,12 @@ def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
         assert IvshmemStep().plan(section, ctx) == []  # 'gone' is gone: nothing left to do
     finally:
         backends.close()
-        sandbox_libvirt.virsh(sb, "undefine", "stays")
+        virsh(sb, "undefine", "stays")
 
 
 def test_backend_keeps_address_and_defines_doorbell(ivs_sb: Sandbox) -> None:
     define(ivs_sb, "devices")
-    lv = LibvirtBackend(sandbox_libvirt.uri(ivs_sb))
+    lv = LibvirtBackend(ivs_sb.env["HOSTSETUP_LIBVIRT_URI"])
     try:
         lv.set_shmem("devices", Shmem("db0", "ivshmem-doorbell", None, "/tmp/ivs.sock", 4))
         lv.set_shmem("devices", Shmem("pl0", "ivshmem-plain", 2))
@@ -296,7 +318,7 @@ def test_backend_keeps_address_and_defines_doorbell(ivs_sb: Sandbox) -> None:
             lv.set_shmem("nosuch", Shmem("x", "ivshmem-plain", 1))
     finally:
         lv.close()
-        sandbox_libvirt.virsh(ivs_sb, "undefine", "devices")
+        virsh(ivs_sb, "undefine", "devices")
 
 
 def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path) -> None:
@@ -308,8 +330,8 @@ def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path
     (hooks / "qemu").chmod(0o750)
     section = answers(ivs_sb, hooks_dir=str(hooks), hook_layout="chain", restart_libvirtd=False,
                       hook_log=str(tmp_path / "hook.log"))
-    assert cli(ivs_sb, "plan", section).returncode == 4
-    applied = cli(ivs_sb, "apply", section)
+    assert cli(ivs_sb, "plan", section, inside=False).returncode == 4
+    applied = cli(ivs_sb, "apply", section, inside=False)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "restart libvirtd.service so that it loads the new hook" in applied.stdout
     chained = hooks / "qemu.hostsetup-chained"
@@ -318,9 +340,9 @@ def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path
     backups = list(hooks.glob("qemu.hostsetup-bak.*"))
     assert len(backups) == 1 and backups[0].read_text() == third_party
     # libvirt would now run our 'qemu'; the third-party hook still runs, first.
-    xml = sandbox_libvirt.virsh(ivs_sb, "dumpxml", "--inactive", "vm1")
+    xml = virsh(ivs_sb, "dumpxml", "--inactive", "vm1")
     res = subprocess.run([str(hooks / "qemu"), "vm1", "restore", "begin", "-"],
                          input=xml.encode(), capture_output=True, timeout=30)
     assert res.returncode == 0 and seen.read_text() == "vm1 restore\n"
     assert "vm1 restore begin" in (tmp_path / "hook.log").read_text()
-    assert cli(ivs_sb, "plan", section).returncode == 0
+    assert cli(ivs_sb, "plan", section, inside=False).returncode == 0

@@ -259,6 +259,7 @@ def up(sb: Sandbox) -> None:
         "method": "definition",
         "wrapper_dir": str(sb.dir / "libvirt" / "bin"),
         "enforce": "warn",
+        "owner": "libvirt-qemu:kvm",  # QEMU runs as libvirt-qemu: it must open the file
         "mode": "0660",
         "hook_log": str(log / "hostsetup-ivshmem.log"),
         "restart_libvirtd": True,
@@ -300,6 +301,21 @@ def remove_cgroups(name: str, timeout: float = 10.0) -> None:
                           key=lambda p: len(p.parts), reverse=True):
             sub.rmdir()
         top.rmdir()
+
+
+def qemu_pids(sb: Sandbox) -> dict[str, int]:
+    """The host's running QEMU processes by domain (pids as seen outside, from its cgroups)."""
+    found = {}
+    for pid in _cgroup_pids(Path(CGROUP_TREES[0], sb.env.get("HOSTSETUP_HOST_CGROUP", "-"))):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"qemu-system" in argv[0]:
+            for arg in argv:
+                if arg.startswith(b"guest="):
+                    found[arg[6:].split(b",")[0].decode()] = pid
+    return found
 
 
 def down(sb: Sandbox) -> None:

@@ -53,6 +53,20 @@ MASK = [
     "systemd-tmpfiles-clean.timer", "ovs-record-hostname.service",
 ]
 
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
+def domain_xml(name: str, uuid: str = "") -> str:
+    """A small TCG guest without an OS (64 MiB, serial console)."""
+    return (f"<domain type='qemu'>\n  <name>{name}</name>\n"
+            + (f"  <uuid>{uuid}</uuid>\n" if uuid else "")
+            + "  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n"
+            "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n"
+            f"    <emulator>{EMULATOR}</emulator>\n    <serial type='pty'/>\n"
+            "    <console type='pty'/>\n    <memballoon model='none'/>\n  </devices>\n"
+            "</domain>\n")
+
+
 # path in the root -> content.  Why each is needed: HOSTBOX.md.
 FILES = {
     # v1 cgroup controllers are read-only in the container.
@@ -78,14 +92,8 @@ FILES = {
         "[Unit]\nDescription=hostsetup sandbox: a service that fails to start\n"
         "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo broken on purpose >&2; exit 3'\n"),
     # The scenario's two small TCG guests (defined, shut off).
-    **{f"/etc/libvirt/qemu/{vm}.xml": (
-        f"<domain type='qemu'>\n  <name>{vm}</name>\n  <uuid>{uuid}</uuid>\n"
-        "  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n"
-        "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n"
-        "    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n    <serial type='pty'/>\n"
-        "    <console type='pty'/>\n    <memballoon model='none'/>\n  </devices>\n"
-        "</domain>\n") for vm, uuid in (("vm1", "5a1d0c6e-0000-4000-8000-000000000001"),
-                                       ("vm2", "5a1d0c6e-0000-4000-8000-000000000002"))},
+    **{f"/etc/libvirt/qemu/{vm}.xml": domain_xml(vm, f"5a1d0c6e-0000-4000-8000-00000000000{n}")
+       for n, vm in enumerate(("vm1", "vm2"), start=1)},
     # Empty: systemd makes a transient machine id per boot.
     "/etc/machine-id": "",
     "/etc/hostname": "hostsetup-sandbox\n",

@@ -1,42 +1,48 @@
-"""The wizard's editable list of records (several OVS mirrors), in tmux at 80x24."""
+"""The wizard's editable list of records (several OVS mirrors), in tmux at 80x24.
+
+The wizard runs inside a sandbox host, on its terminal, as an operator would:
+the answers name no address (the default OVSDB socket of the host's Open vSwitch).
+"""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from tmux import Terminal
 
-from wizard.sandbox import ovs as ovs_component
-from wizard.sandbox.core import Sandbox
+from wizard.sandbox import host, manage
 from wizard.sandbox.manage import write_yaml
 
 
 @pytest.fixture
 def ovs_wizard(tmp_path: Path) -> Iterator[Terminal]:
-    """A sandbox host with OVS, and the wizard asking the ovs_mirror step."""
-    sb = Sandbox(dir=tmp_path / "host", tag="tuirec")
+    """A sandbox host whose systemd started OVS, and the wizard in it asking ovs_mirror."""
+    directory = tmp_path / "host"
     t = None
     try:
-        ovs_component.up(sb)
-        answers = tmp_path / "answers.yaml"
+        sb = manage.up(directory, tag="tuirec", components=[manage.HOST])
+        host.run_inside(sb, "systemctl", "systemctl", "start", "openvswitch-switch.service")
+        answers = directory / "inside.yaml"
+        mirrors = sb.answers["ovs_mirror"]["mirrors"]
         write_yaml(answers, {"version": 1, "interactive": ["ovs_mirror"],
-                             "ovs_mirror": sb.answers["ovs_mirror"]})
-        t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "
-                     f"--log {tmp_path}/w.log", cwd=tmp_path)
+                             "ovs_mirror": {"mirrors": mirrors}})
+        wizard = host.exec_argv(sb, sys.executable, "-m", "wizard", "--answers", str(answers),
+                                "--log", str(directory / "w.log"))
+        t = Terminal(shlex.join(wizard), cwd=tmp_path)
         t.wait_for("[*] Open vSwitch port mirrors")
         t.send("F12")
-        t.wait_for("OVSDB remote")
+        t.wait_for("unix:/var/run/openvswitch/db.sock")  # the default, on this host
         t.send("F12")
         t.wait_for("1 entries: edit...")
         yield t
     finally:
         if t is not None:
             t.close()
-        sb.stop()
-        ovs_component.down(sb)
+        manage.down(directory)
 
 
 def add_mirror(t: Terminal, name: str, src_downs: int, out_downs: int) -> None:

@@ -9,7 +9,7 @@ setup:
 demo: setup
 	@.venv/bin/hostsetup sandbox down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
 	.venv/bin/hostsetup sandbox up --dir $(DEMO_DIR)
-	.venv/bin/hostsetup --answers $(DEMO_DIR)/demo-answers.yaml --log $(DEMO_DIR)/wizard.log --report $(DEMO_DIR)/report.json; \
+	.venv/bin/hostsetup sandbox shell --dir $(DEMO_DIR) -- $(CURDIR)/.venv/bin/hostsetup --answers $(DEMO_DIR)/demo-answers.yaml --log $(DEMO_DIR)/wizard.log --report $(DEMO_DIR)/report.json; \
 	  rc=$$?; .venv/bin/hostsetup sandbox down --dir $(DEMO_DIR); exit $$rc
 
 lint: setup

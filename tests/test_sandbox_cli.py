@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from conftest import hostsetup
+from conftest import ROOT, hostsetup
+from tmux import Terminal
 
 from wizard.sandbox.core import Sandbox, alive
 
@@ -76,5 +78,49 @@ def test_up_down_up_in_the_same_dir(tmp_path: Path) -> None:
             assert down.returncode == 0, down.stderr
             assert not alive(int(leader))
             assert leftovers(d) == []
+    finally:
+        hostsetup("sandbox", "down", "--dir", str(d), timeout=120)
+
+
+def test_product_inside_a_host_on_default_answers(tmp_path: Path) -> None:
+    """`sandbox shell`: apply and the wizard run inside the host with answers that name
+    no address (system bus, default OVSDB socket, qemu:///system, /etc/libvirt/hooks)."""
+    d = tmp_path / "in"
+    hostsetup_bin = str(ROOT / ".venv" / "bin" / "hostsetup")
+    inside = str(d / "inside-answers.yaml")
+    try:
+        res = hostsetup("sandbox", "up", "--dir", str(d), timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        text = (d / "inside-answers.yaml").read_text()
+        assert "unix:" not in text and "qemu:///" not in text and str(d / "run") not in text
+
+        def shell(*argv: str) -> subprocess.CompletedProcess[str]:
+            return hostsetup("sandbox", "shell", "--dir", str(d), "--", *argv, timeout=300)
+
+        assert shell("hostname").stdout.strip() == "sandbox"  # inside the host
+        res = shell(hostsetup_bin, "plan", "--answers", inside)
+        assert res.returncode == 4, res.stdout + res.stderr
+        assert "now OVSDB unreachable at unix:/var/run/openvswitch/db.sock" in res.stdout
+
+        # The wizard, inside, on its terminal: review, Apply, summary.
+        t = Terminal(f"{hostsetup_bin} sandbox shell --dir {d} -- {hostsetup_bin} "
+                     f"--answers {inside} --report {d / 'wizard.json'} --log {d / 'w.log'}",
+                     cwd=tmp_path)
+        try:
+            t.wait_for("[*] Host services")
+            t.send("F12")
+            t.wait_for("Review")
+            t.send("Enter")
+            t.wait_for("Summary", timeout=180)
+            t.send("Enter")
+            assert t.exit_code() == 0
+        finally:
+            t.close()
+        steps = json.loads((d / "wizard.json").read_text())["steps"]
+        assert {s["name"]: s["status"] for s in steps} == {
+            "services": "applied", "ovs_mirror": "applied", "vsphere_network": "applied",
+            "ivshmem": "applied"}
+        res = shell(hostsetup_bin, "apply", "--answers", inside)
+        assert res.returncode == 0 and "nothing to change" in res.stdout, res.stdout
     finally:
         hostsetup("sandbox", "down", "--dir", str(d), timeout=120)

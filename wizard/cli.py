@@ -52,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
 
-    sb = sub.add_parser("sandbox", help="local host of real services for trying and testing")
-    sb.add_argument("action", choices=["up", "down", "status"])
+    sb = sub.add_parser("sandbox", help="local host of real services for trying and testing",
+                        epilog="shell: 'sandbox shell --dir DIR [--host NAME] [-- COMMAND...]' "
+                        "runs COMMAND (default: a shell) inside a host")
+    sb.add_argument("action", choices=["up", "down", "status", "shell"])
     sb.add_argument("--dir", type=Path, required=True, metavar="DIR")
     sb.add_argument("--hosts", type=int, default=0, metavar="N",
                     help="up: N sandbox hosts with an agent each, one Redis, "
                     "and DIR/fleet-answers.yaml")
+    sb.add_argument("--host", metavar="NAME", help="shell: which host of a fleet (default hv1)")
     add_fleet_parsers(sub, common)
     return p
 
@@ -183,6 +186,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from wizard.sandbox.core import SandboxError
 
     try:
+        if args.inside and args.action != "shell":
+            print(f"hostsetup: sandbox {args.action}: unexpected arguments: "
+                  f"{' '.join(args.inside)}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.action == "shell":
+            return manage.shell(args.dir, args.host, args.inside)
         if args.action == "up":
             t0 = time.monotonic()
             sb = manage.up_fleet(args.dir, args.hosts) if args.hosts else manage.up(args.dir)
@@ -326,7 +335,13 @@ def fleet_status(app: Any, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hostsetup`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    inside: list[str] = []
+    if "--" in argv and "sandbox" in argv[:argv.index("--")]:
+        # `sandbox shell --dir D -- COMMAND...`: what follows -- is run inside the host.
+        argv, inside = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
+    args.inside = inside
     setup_logging(args.log)
     try:
         if args.command in ("plan", "apply"):

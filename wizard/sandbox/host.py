@@ -34,13 +34,17 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from wizard.sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 from wizard.sandbox.image import root as image_root
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout (with .venv) bound inside
+RELAY = Path(__file__).resolve().with_name("relay.py")
 CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 BRIDGE = "br0"
 VMS = ("vm1", "vm2")
@@ -265,6 +269,40 @@ def up(sb: Sandbox) -> None:
         "restart_libvirtd": True,
         "bus": bus_address(sb),
     })
+
+
+def _listening_inside(sb: Sandbox, port: int) -> bool:
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 2).close()"
+    res = subprocess.run(exec_argv(sb, "python3", "-c", probe), capture_output=True,
+                         timeout=10, stdin=subprocess.DEVNULL)
+    return res.returncode == 0
+
+
+def expose(sb: Sandbox, url: str) -> None:
+    """Make the machine's ``127.0.0.1:PORT`` of ``url`` answer at ``127.0.0.1:PORT`` inside
+    the host (two relays through a unix socket under DIR: see ``relay.py``)."""
+    port = urlsplit(url).port
+    if port is None:
+        raise SandboxError(f"{url}: no port to relay into host {sb.name}")
+    sock = run_dir(sb, "relay") / f"{port}.sock"
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sb.spawn(f"relay-{port}", [sys.executable, str(RELAY), "unix-to-tcp", str(sock), str(port)],
+             ready=sock.exists)
+    run_inside(sb, "relay", "systemd-run", "--quiet", f"--unit=hostsetup-relay-{port}",
+               "--description=hostsetup sandbox: relay to the machine's port",
+               "/usr/bin/python3", str(RELAY), "tcp-to-unix", str(port), str(sock))
+    wait_for(lambda: _listening_inside(sb, port), 10, f"relay of port {port} into {sb.name}")
+
+
+# Answers that hold an address outside the host; inside, the defaults apply.
+OUTSIDE_KEYS = {"services": ("bus",), "ovs_mirror": ("db", "vswitchd_ctl"),
+                "ivshmem": ("uri", "hooks_dir", "hook_log", "wrapper_dir", "bus")}
+
+
+def inside_answers(answers: dict[str, Any]) -> dict[str, Any]:
+    """``answers`` for use inside the host: no addresses, the product's defaults."""
+    return {section: {k: v for k, v in values.items() if k not in OUTSIDE_KEYS.get(section, ())}
+            for section, values in answers.items()}
 
 
 def existing_namespaces() -> set[str]:

@@ -96,7 +96,8 @@ FILES = {
        for n, vm in enumerate(("vm1", "vm2"), start=1)},
     # Empty: systemd makes a transient machine id per boot.
     "/etc/machine-id": "",
-    "/etc/hostname": "hostsetup-sandbox\n",
+    # Empty: the host keeps the name nspawn gives it (-M: hv1, hv2...).
+    "/etc/hostname": "",
 }
 
 RECIPE = {"suite": SUITE, "packages": PACKAGES, "disable": DISABLE, "mask": MASK,

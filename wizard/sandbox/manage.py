@@ -44,6 +44,12 @@ def up(directory: Path, name: str = "sandbox", tag: str = "hs0",
     try:
         for module in COMPONENTS if components is None else components:
             importlib.import_module(module).up(sb)
+        if "HOSTSETUP_HOST_PID" in sb.env:
+            from wizard.sandbox import host
+
+            for key in ("HOSTSETUP_VSPHERE_URL", "HOSTSETUP_REDIS_URL"):
+                if key in sb.env:
+                    host.expose(sb, sb.env[key])
     except BaseException:
         down(directory)
         raise
@@ -151,17 +157,45 @@ def fleet_answers(members: list[Sandbox]) -> dict[str, Any]:
 
 
 def write_outputs(sb: Sandbox) -> None:
-    """Write ``DIR/env`` (shell exports) and ``DIR/answers.yaml``."""
+    """Write ``DIR/env`` (shell exports), ``DIR/answers.yaml`` (for use from outside) and,
+    for a host, ``DIR/inside-answers.yaml`` and ``DIR/demo-answers.yaml`` (inside it)."""
     env_lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(sb.env.items())]
     (sb.dir / "env").write_text("\n".join(env_lines) + "\n")
     write_yaml(sb.dir / "answers.yaml", {"version": 1, **sb.answers}, header=ANSWERS_HEADER)
+    if "HOSTSETUP_HOST_PID" not in sb.env:
+        return
+    from wizard.sandbox import host
+
+    inside = host.inside_answers(sb.answers)
+    write_yaml(sb.dir / "inside-answers.yaml", {"version": 1, **inside}, header=INSIDE_HEADER)
     # For `make demo`: the same answers, every section shown in the wizard.
     write_yaml(sb.dir / "demo-answers.yaml",
-               {"version": 1, "interactive": list(sb.answers), **sb.answers},
-               header=ANSWERS_HEADER)
+               {"version": 1, "interactive": list(inside), **inside}, header=INSIDE_HEADER)
 
 
 ANSWERS_HEADER = "# Answers aimed at the hostsetup sandbox; written by 'hostsetup sandbox up'.\n"
+INSIDE_HEADER = ("# Answers for use inside the sandbox host ('hostsetup sandbox shell'): no\n"
+                 "# addresses, the defaults of a real host; written by 'hostsetup sandbox up'.\n")
+
+
+def shell(directory: Path, name: str | None, argv: list[str]) -> int:
+    """Run ``argv`` (default: a login shell) inside a host of the sandbox in ``directory``
+    (``name``: a fleet's host, default its first); returns its exit code."""
+    from wizard.sandbox import host
+
+    directory = directory.resolve()
+    if not (directory / "state.json").exists():
+        raise SandboxError(f"no sandbox in {directory}: run 'hostsetup sandbox up' first")
+    sb = Sandbox.load(directory)
+    if sb.name == FLEET or name:
+        hosts = sorted(p.parent.name for p in directory.glob("*/state.json"))
+        pick = name or (hosts[0] if hosts else "")
+        if pick not in hosts:
+            raise SandboxError(f"--host {pick}: expected one of {', '.join(hosts) or 'none'}")
+        sb = Sandbox.load(directory / pick)
+    if "HOSTSETUP_HOST_PID" not in sb.env or not alive(host.leader(sb)):
+        raise SandboxError(f"host {sb.name} in {sb.dir} is not running")
+    return host.shell(sb, argv)
 
 
 def write_yaml(path: Path, data: dict[str, Any], header: str = "") -> None:

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from gi.repository import GLib
-from pydbus import SystemBus, connect
+from pydbus import connect
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.dbus import NetDevice, NetworkState, Unit
@@ -41,7 +41,10 @@ class DBusBackend:
                                 "unix:path=/run/dbus/system_bus_socket")
         self.address = address or f"system bus ({system})"
         try:
-            self.bus = connect(address) if address else SystemBus()
+            # A connection of our own, also to the system bus: SystemBus() is the process's
+            # shared one, and close() would break it for the next run in a long-lived
+            # process (the fleet agent's worker runs many).
+            self.bus = connect(address or system)
         except GLib.Error as exc:
             raise BackendUnreachable("D-Bus", self.address, _error_text(exc)) from None
         self._subscribed = False

@@ -297,12 +297,45 @@ def expose(sb: Sandbox, url: str) -> None:
 # Answers that hold an address outside the host; inside, the defaults apply.
 OUTSIDE_KEYS = {"services": ("bus",), "ovs_mirror": ("db", "vswitchd_ctl"),
                 "ivshmem": ("uri", "hooks_dir", "hook_log", "wrapper_dir", "bus")}
+# Secrets copied into the host (as an operator would put them there): the agent's
+# unit has PrivateTmp=yes, so a file under a DIR in /tmp would not be visible to it.
+VSPHERE_PASSWORD = "/etc/hostsetup/vsphere-password"
+REDIS_PASSWORD = "/etc/hostsetup/redis-password"
 
 
 def inside_answers(answers: dict[str, Any]) -> dict[str, Any]:
     """``answers`` for use inside the host: no addresses, the product's defaults."""
-    return {section: {k: v for k, v in values.items() if k not in OUTSIDE_KEYS.get(section, ())}
-            for section, values in answers.items()}
+    inside = {section: {k: v for k, v in values.items()
+                        if k not in OUTSIDE_KEYS.get(section, ())}
+              for section, values in answers.items()}
+    if "vsphere_network" in inside:
+        inside["vsphere_network"]["password"] = f"file:{VSPHERE_PASSWORD}"
+    return inside
+
+
+def put_file(sb: Sandbox, path: str, source: Path, mode: int = 0o600) -> None:
+    """Copy ``source`` into the host at ``path`` (its overlay), owned by root with ``mode``."""
+    target = Path(sb.env["HOSTSETUP_HOST_ROOT"], path.lstrip("/"))
+    target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(source.read_bytes())
+
+
+def install_agent(sb: Sandbox, broker: str, password_file: Path) -> None:
+    """Install the fleet agent as README tells an operator: the unit from ``deploy/``, an
+    ``agent.conf`` (broker, password reference; the name is the hostname), the password
+    file, ``systemctl daemon-reload && systemctl enable --now hostsetup-agent``."""
+    put_file(sb, REDIS_PASSWORD, password_file)
+    conf = sb.dir / "agent.conf"
+    conf.write_text(f"[agent]\nbroker = {broker}\npassword = file:{REDIS_PASSWORD}\n")
+    put_file(sb, "/etc/hostsetup/agent.conf", conf, 0o640)
+    # The unit runs /opt/hostsetup/.venv/bin/hostsetup: the checkout, bound read-only.
+    run_inside(sb, "install the agent", "sh", "-ec",
+               f"ln -sfn {shlex.quote(str(CHECKOUT))} /opt/hostsetup\n"
+               f"install -m 0644 {shlex.quote(str(CHECKOUT / 'deploy'))}/hostsetup-agent.service"
+               " /etc/systemd/system/\n"
+               "systemctl daemon-reload && systemctl enable --quiet --now hostsetup-agent")
 
 
 def existing_namespaces() -> set[str]:

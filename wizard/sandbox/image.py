@@ -35,9 +35,10 @@ HOST_DEBS = Path("/var/cache/apt/archives")
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "kmod",
     "openvswitch-switch", "libvirt-daemon-system", "qemu-system-x86", "network-manager",
-    # Debian's bindings the product uses (the venv is bind-mounted from the host).
+    # Debian's bindings the product uses (the venv is bind-mounted from the host), and
+    # six, which the venv took from this machine's Debian instead of installing it.
     "python3", "python3-dbus", "python3-gi", "python3-newt", "python3-libvirt",
-    "python3-openvswitch",
+    "python3-openvswitch", "python3-six",
 ]
 
 # Units of the scenario left installed but stopped (the services step starts them),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,9 @@ def up(directory: Path, name: str = "sandbox", tag: str = "hs0",
             for key in ("HOSTSETUP_VSPHERE_URL", "HOSTSETUP_REDIS_URL"):
                 if key in sb.env:
                     host.expose(sb, sb.env[key])
+            if "HOSTSETUP_VSPHERE_PASSWORD_FILE" in sb.env:
+                host.put_file(sb, host.VSPHERE_PASSWORD,
+                              Path(sb.env["HOSTSETUP_VSPHERE_PASSWORD_FILE"]))
     except BaseException:
         down(directory)
         raise
@@ -81,7 +86,10 @@ def up_fleet(directory: Path, hosts: int, components: list[str] | None = None) -
         with ThreadPoolExecutor(max_workers=min(hosts, 8)) as pool:
             members = list(pool.map(
                 lambda i: up(directory / names[i], names[i], f"hs{i + 1}", mods), range(hosts)))
-        start_agents(fleet, members, conf)
+        if HOST in mods:
+            install_agents(fleet, members)
+        else:  # hosts without a system of their own: agents on this machine
+            start_agents(fleet, members, conf)
     except BaseException:
         down(directory)
         raise
@@ -90,27 +98,65 @@ def up_fleet(directory: Path, hosts: int, components: list[str] | None = None) -
     return fleet
 
 
-def start_agents(fleet: Sandbox, members: list[Sandbox], conf: Path) -> None:
-    """One ``hostsetup agent`` per host, with that host's env; wait until all listen."""
+def install_agents(fleet: Sandbox, members: list[Sandbox]) -> None:
+    """Redis relayed into each host, the agent installed there as a systemd unit; wait
+    until every agent listens."""
+    from wizard.sandbox import host, redis
+
+    url = fleet.env["HOSTSETUP_REDIS_URL"]
+
+    def install(sb: Sandbox) -> None:
+        host.expose(sb, url)
+        host.install_agent(sb, url, redis.password_file(fleet))
+
+    with ThreadPoolExecutor(max_workers=min(len(members), 8)) as pool:
+        list(pool.map(install, members))
+
+    def running_or_raise() -> None:
+        for sb in members:
+            res = subprocess.run(host.exec_argv(sb, "systemctl", "is-active", "hostsetup-agent"),
+                                 capture_output=True, text=True, timeout=10)
+            if res.stdout.strip() not in ("active", "activating"):
+                journal = subprocess.run(
+                    host.exec_argv(sb, "journalctl", "-u", "hostsetup-agent", "-n", "20",
+                                   "--no-pager"), capture_output=True, text=True, timeout=10)
+                raise SandboxError(f"the agent unit of {sb.name} is {res.stdout.strip()}:\n"
+                                   + journal.stdout)
+
+    wait_listening(fleet, {sb.name for sb in members}, running_or_raise)
+
+
+def wait_listening(fleet: Sandbox, want: set[str], check: Callable[[], None]) -> None:
+    """Wait (bounded) until agents serve the queues of ``want``; ``check`` raises on a
+    dead agent."""
     from wizard import fleet as fleet_mod
 
+    cfg = fleet_mod.broker_config(None, None, fleet_mod.load_config(fleet.dir / "agent.conf"),
+                                  {})
+    run = fleet_mod.FleetRun(fleet_mod.make_app(cfg), "plan", {}, fleet_mod.Options(agent_wait=1))
+
+    def all_listening() -> bool:
+        check()
+        return want <= run.listening(sorted(want))
+
+    wait_for(all_listening, 90, f"agents of {', '.join(sorted(want))}")
+
+
+def start_agents(fleet: Sandbox, members: list[Sandbox], conf: Path) -> None:
+    """One ``hostsetup agent`` per host, with that host's env; wait until all listen."""
     pids = {sb.name: fleet.spawn(f"agent-{sb.name}",
                                  [sys.executable, "-m", "wizard", "agent", "--config", str(conf),
                                   "--name", sb.name],
                                  env={**sb.env, **fleet.env})
             for sb in members}
-    cfg = fleet_mod.broker_config(None, None, fleet_mod.load_config(conf), {})
-    run = fleet_mod.FleetRun(fleet_mod.make_app(cfg), "plan", {}, fleet_mod.Options(agent_wait=1))
-    want = {sb.name for sb in members}
 
-    def all_listening() -> bool:
+    def alive_or_raise() -> None:
         for name, pid in pids.items():
             if not alive(pid):
                 log = tail(fleet.logs / f"agent-{name}.log")
                 raise SandboxError(f"agent-{name} exited\n{log}")
-        return want <= run.listening(sorted(want))
 
-    wait_for(all_listening, 90, f"agents of {', '.join(sorted(want))}")
+    wait_listening(fleet, {sb.name for sb in members}, alive_or_raise)
 
 
 FLEET_HEADER = (
@@ -144,9 +190,13 @@ def overlay(base: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
 
 def fleet_answers(members: list[Sandbox]) -> dict[str, Any]:
     """The fleet answers file: hv1's answers as the base, one override set per host."""
+    from wizard.sandbox import host
+
     per_host = []
     for n, sb in enumerate(members, start=1):
-        answers = {k: dict(v) for k, v in sb.answers.items()}
+        # Agents inside real hosts use the host's defaults; others the addresses.
+        own = host.inside_answers(sb.answers) if "HOSTSETUP_HOST_PID" in sb.env else sb.answers
+        answers = {k: dict(v) for k, v in own.items()}
         for section, variant in VARIANTS.items():
             if section in answers:
                 answers[section].update(variant(n, answers[section]))

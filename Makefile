@@ -13,7 +13,7 @@ demo: setup
 	  rc=$$?; .venv/bin/hostsetup sandbox down --dir $(DEMO_DIR); exit $$rc
 
 lint: setup
-	.venv/bin/ruff check --no-cache wizard steps backends tests bench
+	.venv/bin/ruff check --no-cache wizard steps backends sandbox tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 

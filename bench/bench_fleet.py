@@ -33,9 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sandbox import manage, redis  # noqa: E402
+from sandbox.core import Sandbox, wait_for  # noqa: E402
 from wizard import fleet  # noqa: E402
-from wizard.sandbox import manage, redis  # noqa: E402
-from wizard.sandbox.core import Sandbox, wait_for  # noqa: E402
 
 WORKER = """
 import sys
@@ -49,7 +49,7 @@ sys.exit(fleet.run_agent(cfg, sys.argv[2].split(','), 'WARNING', concurrency=2))
 def start_hosts(root: Path, count: int) -> list[Sandbox]:
     """``count`` D-Bus-only sandbox hosts, started side by side."""
     def one(i: int) -> Sandbox:
-        return manage.up(root / f"b{i}", f"b{i}", f"hb{i}", ["wizard.sandbox.dbus"])
+        return manage.up(root / f"b{i}", f"b{i}", f"hb{i}", ["sandbox.dbus"])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, range(1, count + 1)))

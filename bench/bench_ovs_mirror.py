@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sandbox import ovs as component  # noqa: E402
+from sandbox.core import Sandbox  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ovs_mirror import MANAGED, OvsMirrorStep  # noqa: E402
 from wizard.backends import RealBackends  # noqa: E402
-from wizard.sandbox import ovs as component  # noqa: E402
-from wizard.sandbox.core import Sandbox  # noqa: E402
 
 PORTS = 500
 SIZES = (1, 10, 100)

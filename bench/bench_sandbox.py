@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wizard.sandbox import host, manage  # noqa: E402
-from wizard.sandbox.core import Sandbox  # noqa: E402
+from sandbox import host, manage  # noqa: E402
+from sandbox.core import Sandbox  # noqa: E402
 
 PARALLEL = 3
 

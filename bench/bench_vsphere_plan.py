@@ -1,6 +1,6 @@
 """Benchmark: vsphere_network plan against 10 and 1,000 VMs on a 4-host vCenter simulator.
 
-Starts the simulator itself (wizard.sandbox.vcsim), runs discover + validate +
+Starts the simulator itself (sandbox.vcsim), runs discover + validate +
 plan as the runner does, and prints SOAP round trips and wall time.  The round
 trips must be the same for both inventories (bulk PropertyCollector retrieval);
 the script exits 1 if they are not.
@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sandbox import vcsim  # noqa: E402
+from sandbox.core import Sandbox  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.vsphere_network import (  # noqa: E402
     VSphereNetworkAnswers,
@@ -25,8 +27,6 @@ from steps.vsphere_network import (  # noqa: E402
     connection,
 )
 from wizard.backends import RealBackends  # noqa: E402
-from wizard.sandbox import vcsim  # noqa: E402
-from wizard.sandbox.core import Sandbox  # noqa: E402
 
 HOSTS = 4
 SIZES = (10, 1000)

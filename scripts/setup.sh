@@ -33,10 +33,10 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 # The vSphere simulator (our Go main around govmomi's simulator package).
-if [ -f wizard/sandbox/vcsim/main.go ]; then
-  .venv/bin/python -m wizard.sandbox.vcsim build
+if [ -f sandbox/vcsim/main.go ]; then
+  .venv/bin/python -m sandbox.vcsim build
 fi
 # The sandbox's host image (cached in ~/.cache/hostsetup/image-<recipe hash>).
-if [ -f wizard/sandbox/image.py ]; then
-  .venv/bin/python -m wizard.sandbox.image build
+if [ -f sandbox/image.py ]; then
+  .venv/bin/python -m sandbox.image build
 fi

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from wizard.sandbox import manage
-from wizard.sandbox.core import Sandbox
+from sandbox import manage
+from sandbox.core import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

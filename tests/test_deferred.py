@@ -12,9 +12,9 @@ from pathlib import Path
 
 from conftest import hostsetup
 
-from wizard.sandbox import host
-from wizard.sandbox.core import Sandbox
-from wizard.sandbox.manage import write_yaml
+from sandbox import host
+from sandbox.core import Sandbox
+from sandbox.manage import write_yaml
 
 UNIT = "openvswitch-switch.service"
 SPAN = {"name": "span-vm1", "bridge": "br0", "select_src_port": ["vm1"], "output_port": "mon0"}

@@ -27,15 +27,15 @@ import pytest
 from conftest import ROOT, hostsetup
 from test_services import unit_state
 
+from sandbox import dbus as dbus_component
+from sandbox import manage
+from sandbox import redis as redis_component
+from sandbox.core import Sandbox, alive, wait_for
 from wizard import answers as answers_mod
 from wizard import fleet as fleet_mod
-from wizard.sandbox import dbus as dbus_component
-from wizard.sandbox import manage
-from wizard.sandbox import redis as redis_component
-from wizard.sandbox.core import Sandbox, alive, wait_for
 
 HOSTS = ["hv1", "hv2", "hv3"]
-LIGHT = ["wizard.sandbox.dbus", "wizard.sandbox.ovs"]
+LIGHT = ["sandbox.dbus", "sandbox.ovs"]
 SLOW_UNIT = "libvirtd.service"  # inactive at start on every host: 'apply' starts it
 
 

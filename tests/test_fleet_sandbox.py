@@ -10,8 +10,8 @@ from pathlib import Path
 
 from conftest import hostsetup
 
-from wizard.sandbox import host
-from wizard.sandbox.core import Sandbox, alive
+from sandbox import host
+from sandbox.core import Sandbox, alive
 
 HOSTS = ("hv1", "hv2", "hv3")
 

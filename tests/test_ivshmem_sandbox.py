@@ -23,13 +23,13 @@ import pytest
 from backends.interfaces import BackendUnreachable
 from backends.interfaces.libvirt import DomainNotFound, Shmem
 from backends.libvirt import LibvirtBackend
+from sandbox import host, manage
+from sandbox.core import Sandbox
+from sandbox.image import EMULATOR, domain_xml
+from sandbox.manage import write_yaml
 from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
 from wizard.backends import RealBackends
-from wizard.sandbox import host, manage
-from wizard.sandbox.core import Sandbox
-from wizard.sandbox.image import EMULATOR, domain_xml
-from wizard.sandbox.manage import write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem

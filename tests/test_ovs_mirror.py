@@ -25,12 +25,12 @@ from conftest import hostsetup
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import Mirror, MirrorEdit
 from backends.ovsdb import OvsdbBackend
+from sandbox import host, manage
+from sandbox.core import Sandbox, SandboxError, kill_group
 from steps.base import Context, StepFailed
 from steps.ovs_mirror import MANAGED, OvsMirrorStep
 from wizard.answers import write
 from wizard.backends import RealBackends
-from wizard.sandbox import host, manage
-from wizard.sandbox.core import Sandbox, SandboxError, kill_group
 
 _TAGS = itertools.count()
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"

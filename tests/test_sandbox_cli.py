@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import ROOT, hostsetup
 from tmux import Terminal
 
-from wizard.sandbox.core import Sandbox, alive
+from sandbox.core import Sandbox, alive
 
 
 def test_full_sandbox_plan_apply_plan(tmp_path: Path) -> None:
@@ -54,8 +54,8 @@ def test_full_sandbox_plan_apply_plan(tmp_path: Path) -> None:
 
 def leftovers(d: Path) -> list[str]:
     """What a sandbox host in ``d`` leaves outside ``d``: cgroups, network namespaces."""
-    from wizard.sandbox import host
-    from wizard.sandbox.core import Sandbox
+    from sandbox import host
+    from sandbox.core import Sandbox
 
     sb = Sandbox(dir=d.resolve())
     found = [f"{tree}/{host.cgroup_name(sb)}" for tree in host.CGROUP_TREES
@@ -124,3 +124,17 @@ def test_product_inside_a_host_on_default_answers(tmp_path: Path) -> None:
         assert res.returncode == 0 and "nothing to change" in res.stdout, res.stdout
     finally:
         hostsetup("sandbox", "down", "--dir", str(d), timeout=120)
+
+
+def test_without_the_checkout_the_sandbox_command_says_how_to_get_it(tmp_path: Path) -> None:
+    """The sandbox is not installed with the product: an installed hostsetup (no
+    checkout beside it) says where the sandbox is instead of failing on an import."""
+    script = (
+        "import sys\nfrom unittest import mock\nimport wizard.cli as cli\n"
+        f"with mock.patch.object(cli, '__file__', {str(tmp_path / 'wizard' / 'cli.py')!r}):\n"
+        f"    sys.exit(cli.main(['sandbox', 'status', '--dir', {str(tmp_path)!r}]))\n")
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", script], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "the sandbox is not installed with hostsetup" in res.stderr
+    assert "Traceback" not in res.stderr

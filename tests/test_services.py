@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import add_unit, hostsetup, systemd_call
 
-from wizard.sandbox import host
-from wizard.sandbox.core import Sandbox
+from sandbox import host
+from sandbox.core import Sandbox
 
 
 def unit_state(sb: Sandbox, unit: str) -> str:

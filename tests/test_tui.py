@@ -12,8 +12,8 @@ from conftest import ROOT, hostsetup
 from test_services import unit_state
 from tmux import Terminal
 
-from wizard.sandbox import manage
-from wizard.sandbox.core import Sandbox
+from sandbox import manage
+from sandbox.core import Sandbox
 
 
 def wizard(sb: Sandbox, tmp: Path, *extra: str) -> Terminal:

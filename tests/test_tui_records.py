@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tmux import Terminal
 
-from wizard.sandbox import host, manage
-from wizard.sandbox.manage import write_yaml
+from sandbox import host, manage
+from sandbox.manage import write_yaml
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from conftest import ROOT, hostsetup
 from test_tui import apply_and_finish
 from tmux import Terminal
 
-from wizard.sandbox import vcsim
-from wizard.sandbox.core import Sandbox
-from wizard.sandbox.manage import write_yaml
+from sandbox import vcsim
+from sandbox.core import Sandbox
+from sandbox.manage import write_yaml
 
 
 @pytest.fixture

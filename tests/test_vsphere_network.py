@@ -19,12 +19,12 @@ from pydantic import ValidationError
 
 from backends.interfaces import BackendUnreachable
 from backends.interfaces.vsphere import Inventory, VSphereConn
+from sandbox import vcsim
+from sandbox.core import Sandbox
+from sandbox.manage import write_yaml
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
 from wizard.backends import RealBackends
-from wizard.sandbox import vcsim
-from wizard.sandbox.core import Sandbox
-from wizard.sandbox.manage import write_yaml
 
 STEP = VSphereNetworkStep()
 Start = Callable[..., vcsim.Vcsim]

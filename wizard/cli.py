@@ -7,6 +7,7 @@ must draw its first screen before pydantic, pyVmomi, libvirt or celery load.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -180,10 +181,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run.exit_code
 
 
+SANDBOX_MISSING = (
+    "hostsetup: sandbox: the sandbox is not installed with hostsetup; it is part of the "
+    "source checkout (the top-level 'sandbox/' directory): get the source and run "
+    "'make demo' or '.venv/bin/hostsetup sandbox ...' from it")
+
+
+def load_sandbox() -> Any:
+    """The sandbox's ``manage`` module, or ``None`` when this is not a source checkout.
+
+    The sandbox is not part of the installed product: it is imported only here, from
+    the checkout this program runs from (an editable install), never otherwise.
+    """
+    try:
+        return importlib.import_module("sandbox.manage")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sandbox", "sandbox.manage"):
+            raise
+        checkout = Path(__file__).resolve().parents[1]
+        if not (checkout / "sandbox" / "manage.py").exists():
+            return None
+        sys.path.insert(0, str(checkout))
+        return importlib.import_module("sandbox.manage")
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    """``sandbox up|down|status --dir DIR``."""
-    from wizard.sandbox import manage
-    from wizard.sandbox.core import SandboxError
+    """``sandbox up|down|status|shell --dir DIR``."""
+    manage = load_sandbox()
+    if manage is None:
+        print(SANDBOX_MISSING, file=sys.stderr)
+        return EXIT_USAGE
+    SandboxError = manage.SandboxError  # noqa: N806 - the sandbox's exception class
 
     try:
         if args.inside and args.action != "shell":

@@ -1,6 +1,6 @@
 """The sandbox's bookkeeping: processes started by pid, exports, answers.
 
-A component (``wizard/sandbox/<name>.py``) has ``up(sb: Sandbox) -> None``;
+A component (``sandbox/<name>.py``) has ``up(sb: Sandbox) -> None``;
 it starts its daemons with :meth:`Sandbox.spawn`, publishes how to reach them
 with :meth:`Sandbox.export` and adds its step's answers section with
 :meth:`Sandbox.set_answers`.  Everything is recorded in ``DIR/state.json`` so

@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from wizard.sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
+from sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 
 # Components in start order; each module has ``up(sb: Sandbox) -> None``.  The host
 # (real systemd with Open vSwitch, libvirtd, NetworkManager) and what is remote by
 # nature: the vSphere simulator and Redis.
-HOST = "wizard.sandbox.host"
-COMPONENTS = [HOST, "wizard.sandbox.vcsim", "wizard.sandbox.redis"]
+HOST = "sandbox.host"
+COMPONENTS = [HOST, "sandbox.vcsim", "sandbox.redis"]
 # Every module with a ``down(sb)``: also those that tests start on their own.
-CLEANUPS = [HOST, "wizard.sandbox.ovs", "wizard.sandbox.libvirt"]
-FLEET_ONLY = "wizard.sandbox.redis"  # one for the whole fleet, not one per host
+CLEANUPS = [HOST, "sandbox.ovs", "sandbox.libvirt"]
+FLEET_ONLY = "sandbox.redis"  # one for the whole fleet, not one per host
 FLEET = "fleet"  # the name of the fleet-level sandbox (Redis and the agents)
 
 
@@ -47,7 +47,7 @@ def up(directory: Path, name: str = "sandbox", tag: str = "hs0",
         for module in COMPONENTS if components is None else components:
             importlib.import_module(module).up(sb)
         if "HOSTSETUP_HOST_PID" in sb.env:
-            from wizard.sandbox import host
+            from sandbox import host
 
             for key in ("HOSTSETUP_VSPHERE_URL", "HOSTSETUP_REDIS_URL"):
                 if key in sb.env:
@@ -67,7 +67,7 @@ def up_fleet(directory: Path, hosts: int, components: list[str] | None = None) -
 
     ``components`` (default: every one but Redis) lets tests start lighter hosts.
     """
-    from wizard.sandbox import redis
+    from sandbox import redis
 
     if hosts < 1:
         raise SandboxError(f"--hosts {hosts}: expected at least 1")
@@ -101,7 +101,7 @@ def up_fleet(directory: Path, hosts: int, components: list[str] | None = None) -
 def install_agents(fleet: Sandbox, members: list[Sandbox]) -> None:
     """Redis relayed into each host, the agent installed there as a systemd unit; wait
     until every agent listens."""
-    from wizard.sandbox import host, redis
+    from sandbox import host, redis
 
     url = fleet.env["HOSTSETUP_REDIS_URL"]
 
@@ -190,7 +190,7 @@ def overlay(base: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
 
 def fleet_answers(members: list[Sandbox]) -> dict[str, Any]:
     """The fleet answers file: hv1's answers as the base, one override set per host."""
-    from wizard.sandbox import host
+    from sandbox import host
 
     per_host = []
     for n, sb in enumerate(members, start=1):
@@ -214,7 +214,7 @@ def write_outputs(sb: Sandbox) -> None:
     write_yaml(sb.dir / "answers.yaml", {"version": 1, **sb.answers}, header=ANSWERS_HEADER)
     if "HOSTSETUP_HOST_PID" not in sb.env:
         return
-    from wizard.sandbox import host
+    from sandbox import host
 
     inside = host.inside_answers(sb.answers)
     write_yaml(sb.dir / "inside-answers.yaml", {"version": 1, **inside}, header=INSIDE_HEADER)
@@ -231,7 +231,7 @@ INSIDE_HEADER = ("# Answers for use inside the sandbox host ('hostsetup sandbox 
 def shell(directory: Path, name: str | None, argv: list[str]) -> int:
     """Run ``argv`` (default: a login shell) inside a host of the sandbox in ``directory``
     (``name``: a fleet's host, default its first); returns its exit code."""
-    from wizard.sandbox import host
+    from sandbox import host
 
     directory = directory.resolve()
     if not (directory / "state.json").exists():

@@ -16,7 +16,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from wizard.sandbox.core import Sandbox, alive, kill_group
+from sandbox.core import Sandbox, alive, kill_group
 
 PROC = "redis-server"
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wizard.sandbox.core import Sandbox, wait_for
+from sandbox.core import Sandbox, wait_for
 
 # name -> active state; the inactive ones are what `plan` proposes to start.
 UNITS = {

@@ -5,7 +5,7 @@ Debian's golang-github-vmware-govmomi-dev into a cache directory and rebuilt
 when the source is newer.  It serves the real vSphere SOAP API over TLS (a
 fresh self-signed certificate per start) on a free local port.
 
-``python -m wizard.sandbox.vcsim build`` builds it (quick when up to date);
+``python -m sandbox.vcsim build`` builds it (quick when up to date);
 ``scripts/setup.sh`` calls it.  ``HOSTSETUP_VCSIM_MODEL`` (esx | vcenter),
 ``HOSTSETUP_VCSIM_HOSTS`` and ``HOSTSETUP_VCSIM_VMS`` shape the inventory of
 ``sandbox up``; tests call :func:`start` directly.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wizard.sandbox.core import Sandbox, SandboxError
+from sandbox.core import Sandbox, SandboxError
 
 SOURCE = Path(__file__).parent / "vcsim" / "main.go"
 GOPATH = "/usr/share/gocode"
@@ -156,8 +156,8 @@ def up(sb: Sandbox) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m wizard.sandbox.vcsim build``: build the simulator (idempotent)."""
-    parser = argparse.ArgumentParser(prog="python -m wizard.sandbox.vcsim")
+    """``python -m sandbox.vcsim build``: build the simulator (idempotent)."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox.vcsim")
     parser.add_argument("command", choices=["build"])
     parser.parse_args(argv)
     try:

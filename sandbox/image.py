@@ -1,6 +1,6 @@
 """The sandbox's host image: a Debian 12 root with real systemd, OVS and libvirt.
 
-``python -m wizard.sandbox.image build`` (run by ``make setup``) debootstraps
+``python -m sandbox.image build`` (run by ``make setup``) debootstraps
 Debian 12 minbase from the host's own apt source, installs the packages of a
 virtualization host (``--no-install-recommends``, with a ``policy-rc.d`` that
 refuses every service start while installing) and applies the settings a
@@ -9,7 +9,7 @@ is cached at ``~/.cache/hostsetup/image-<recipe hash>/root``: building again is
 a no-op, and a changed recipe (anything in :data:`RECIPE`) builds a new image.
 
 The root is never booted as is: hosts boot it with ``--volatile=overlay``
-(``wizard/sandbox/host.py``), a tmpfs layer per host.
+(``sandbox/host.py``), a tmpfs layer per host.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from wizard.sandbox.core import SandboxError
-from wizard.sandbox.vcsim import cache_dir
+from sandbox.core import SandboxError
+from sandbox.vcsim import cache_dir
 
 SUITE = "bookworm"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -120,7 +120,7 @@ def root() -> Path:
     path = image_dir() / "root"
     if not (image_dir() / "complete").exists():
         raise SandboxError(f"the sandbox host image is not built ({path}): run 'make setup' "
-                           "or 'python -m wizard.sandbox.image build'")
+                           "or 'python -m sandbox.image build'")
     return path
 
 
@@ -208,8 +208,8 @@ def build(quiet: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m wizard.sandbox.image build|path``."""
-    parser = argparse.ArgumentParser(prog="python -m wizard.sandbox.image")
+    """``python -m sandbox.image build|path``."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox.image")
     parser.add_argument("action", choices=["build", "path"])
     args = parser.parse_args(argv)
     try:

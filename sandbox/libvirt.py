@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from wizard.sandbox.core import Sandbox, SandboxError, alive, kill_group
+from sandbox.core import Sandbox, SandboxError, alive, kill_group
 
 DOMAINS = ("vm1", "vm2")
 EMULATOR = "/usr/bin/qemu-system-x86_64"

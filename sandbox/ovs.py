@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from wizard.sandbox.core import Sandbox, SandboxError
+from sandbox.core import Sandbox, SandboxError
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 BRIDGE = "br0"

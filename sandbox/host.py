@@ -1,7 +1,7 @@
 """Sandbox component: a virtualization host booted from the image, real systemd as PID 1.
 
 ``systemd-nspawn --boot --volatile=overlay`` boots the image
-(``wizard/sandbox/image.py``) in a private network namespace; everything the
+(``sandbox/image.py``) in a private network namespace; everything the
 host writes goes to a tmpfs layer, so nothing persists and several hosts run
 from one root.  The settings that make this work on a machine without systemd
 (cgroup v1 hybrid) are in ``/work/shared/HOSTBOX.md``:
@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wizard.sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
-from wizard.sandbox.image import root as image_root
+from sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
+from sandbox.image import root as image_root
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout (with .venv) bound inside
+CHECKOUT = Path(__file__).resolve().parents[1]  # the checkout (with .venv) bound inside
 RELAY = Path(__file__).resolve().with_name("relay.py")
 CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 BRIDGE = "br0"

@@ -1,1 +1,0 @@
-"""``hostsetup sandbox``: a local host of real services on private sockets."""

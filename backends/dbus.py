@@ -11,7 +11,7 @@ from gi.repository import GLib
 from pydbus import connect
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import NetDevice, NetworkState, Unit
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitFile
 
 SYSTEMD = "org.freedesktop.systemd1"
 NM = "org.freedesktop.NetworkManager"
@@ -120,6 +120,25 @@ class DBusBackend:
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``) and wait for its job; returns the job result."""
         return self._job("RestartUnit", name, timeout)
+
+    def unit_file(self, name: str) -> UnitFile:
+        """``UnitFileState`` and ``NeedDaemonReload`` of ``name`` (loaded first)."""
+        path = self._call(SYSTEMD, "/org/freedesktop/systemd1", "LoadUnit", name)
+        try:
+            unit = self.bus.get(SYSTEMD, path)
+            return UnitFile(state=str(getattr(unit, "UnitFileState", "")),
+                            need_reload=bool(getattr(unit, "NeedDaemonReload", False)))
+        except GLib.Error as exc:
+            raise BackendError(f"{SYSTEMD} {name}: {_error_text(exc)}") from None
+
+    def enable_unit(self, name: str) -> None:
+        """``EnableUnitFiles([name], runtime=False, force=False)``, then ``Reload``."""
+        self._call(SYSTEMD, "/org/freedesktop/systemd1", "EnableUnitFiles", [name], False, False)
+        self.reload()
+
+    def reload(self) -> None:
+        """``Reload``: systemd answers once it has read the unit files again."""
+        self._call(SYSTEMD, "/org/freedesktop/systemd1", "Reload")
 
     def unit_result(self, name: str) -> str:
         """Why ``name`` is not active, as systemd says: its ``Result`` and main exit status."""

@@ -98,7 +98,7 @@ class Change:
     """One planned change: what, how, and the values before and after."""
 
     target: str
-    action: Literal["create", "update", "delete", "start", "restart", "install"]
+    action: Literal["create", "update", "delete", "start", "restart", "install", "enable", "reload"]
     before: Any = None
     after: Any = None
     detail: str = ""

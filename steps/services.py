@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from backends.interfaces import BackendError
-from backends.interfaces.dbus import Unit
+from backends.interfaces.dbus import Unit, UnitFile
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
@@ -37,6 +37,8 @@ class ServicesAnswers(StepModel):
         description="systemd units that must be present and active",
     )
     start: bool = Field(True, description="start required units that are inactive")
+    enable: bool = Field(False, description="enable required units whose unit file is "
+                         "disabled (as systemctl enable: they start at boot)")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for each start job")
 
     @field_validator("require")
@@ -87,6 +89,9 @@ class ServicesStep(Step[ServicesAnswers]):
                 unit = dbus.load_unit(name)
                 if unit is not None and unit.load != "not-found":
                     units[name] = unit
+        # Unit files: enabled or not, and changed on disk since systemd read them.
+        files = {name: dbus.unit_file(name) for name in answers.get("require", DEFAULT_UNITS)
+                 if name in units}
         bus_names = dbus.bus_services()
         present = {
             fact: any(
@@ -94,7 +99,8 @@ class ServicesStep(Step[ServicesAnswers]):
             )
             for fact, names in KNOWN.items()
         }
-        return {"units": units, "network": dbus.network(), "bus": bus_names, **present}
+        return {"units": units, "files": files, "network": dbus.network(), "bus": bus_names,
+                **present}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         units: dict[str, Unit] = facts.get("units", {})
@@ -108,6 +114,8 @@ class ServicesStep(Step[ServicesAnswers]):
                      help="Start required units that are not active (mode 'replace')."),
             Question("timeout", "Start timeout (s)", kind="int",
                      help="Seconds to wait for each start job."),
+            Question("enable", "Enable at boot", kind="yesno",
+                     help="Enable required units that are disabled (systemctl enable)."),
         ]
 
     def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:
@@ -121,9 +129,20 @@ class ServicesStep(Step[ServicesAnswers]):
     def plan(self, answers: ServicesAnswers, ctx: Context) -> list[Change]:
         facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
         units: dict[str, Unit] = facts["units"]
+        files: dict[str, UnitFile] = facts.get("files", {})
         changes = []
+        # A unit file changed on disk would otherwise be started (or enabled) in the
+        # version systemd read before: reload first, as systemctl daemon-reload.
+        stale = [n for n in answers.require if n in files and files[n].need_reload]
+        if stale:
+            changes.append(Change(target="systemd", action="reload", before="stale",
+                                  after="reloaded",
+                                  detail=f"unit files changed on disk: {', '.join(stale)}"))
         for name in answers.require:
             unit = units.get(name)
+            if answers.enable and name in files and files[name].state == "disabled":
+                changes.append(Change(target=f"unit {name}", action="enable",
+                                      before="disabled", after="enabled"))
             if unit is not None and unit.active != "active" and answers.start:
                 changes.append(Change(
                     target=f"unit {name}", action="start",
@@ -136,15 +155,20 @@ class ServicesStep(Step[ServicesAnswers]):
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")
-            ctx.progress(i / max(len(changes), 1), f"starting {unit}")
+            ctx.progress(i / max(len(changes), 1), f"{change.action} {unit}")
             try:
-                result = dbus.start_unit(unit, answers.timeout)
+                if change.action == "reload":
+                    dbus.reload()
+                elif change.action == "enable":
+                    dbus.enable_unit(unit)
+                else:
+                    result = dbus.start_unit(unit, answers.timeout)
             except BackendError as exc:
                 raise StepFailed(str(exc), done) from None
-            if result != "done":
+            if change.action == "start" and result != "done":
                 raise StepFailed(f"start of {unit} ended with job result '{result}' "
                                  f"({dbus.unit_result(unit)})", done)
             done.append(change)
-            ctx.log(f"started {unit}")
+            ctx.log(f"{change.action}: {unit}")
         # What later steps read must reflect the units just started.
         ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

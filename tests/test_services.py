@@ -12,17 +12,22 @@ from sandbox import host
 from sandbox.core import Sandbox
 
 
-def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState read with busctl, independently of our backend.
+def unit_prop(sb: Sandbox, unit: str, prop: str) -> str:
+    """A unit's property read with busctl, independently of our backend.
 
     ``LoadUnit`` first: real systemd has no object for a unit nothing references.
     """
     path = systemd_call(sb, "LoadUnit", "s", unit).split()[1].strip('"')
     out = subprocess.run(
         ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
-         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"],
+         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", prop],
         capture_output=True, text=True, check=True).stdout
     return out.split()[1].strip('"')
+
+
+def unit_state(sb: Sandbox, unit: str) -> str:
+    """ActiveState, read with busctl."""
+    return unit_prop(sb, unit, "ActiveState")
 
 
 def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
@@ -154,3 +159,57 @@ def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> 
     assert step["status"] == "interrupted"
     assert "run 'plan' to see what took effect" in step["errors"][0]
     assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # never reached
+
+
+def test_enable_survives_daemon_reload(dbus_host: Sandbox, tmp_path: Path) -> None:
+    answers = tmp_path / "a.yaml"
+    answers.write_text(
+        f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
+        "  require: [libvirtd.service]\n  enable: true\n")
+    res = hostsetup("plan", "--answers", str(answers))
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "enable unit libvirtd.service  [disabled -> enabled]" in res.stdout
+    res = hostsetup("apply", "--answers", str(answers))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert unit_prop(dbus_host, "libvirtd.service", "UnitFileState") == "enabled"
+    wants = Path(dbus_host.env["HOSTSETUP_HOST_ROOT"],
+                 "etc/systemd/system/multi-user.target.wants/libvirtd.service")
+    assert wants.is_symlink()  # persistent, in /etc: what the next boot reads
+    systemd_call(dbus_host, "Reload")  # systemctl daemon-reload
+    assert unit_prop(dbus_host, "libvirtd.service", "UnitFileState") == "enabled"
+    assert unit_state(dbus_host, "libvirtd.service") == "active"
+    res = hostsetup("plan", "--answers", str(answers))
+    assert res.returncode == 0 and "nothing to change" in res.stdout, res.stdout
+
+
+def test_unit_file_changed_on_disk_is_reloaded_before_the_start(dbus_host: Sandbox,
+                                                                 tmp_path: Path) -> None:
+    unit = add_unit(dbus_host, "greeter.service",
+                    "[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironment=GREETING=old\n"
+                    "ExecStart=/bin/sh -c 'echo $GREETING > /run/greeting'\n", reload=False)
+    # Enabled but stopped (so systemd keeps it loaded), as after an earlier boot.
+    wants = unit.parent / "multi-user.target.wants" / unit.name
+    wants.parent.mkdir(exist_ok=True)
+    wants.symlink_to(f"/etc/systemd/system/{unit.name}")
+    (unit.parent / f"{unit.name}.d").mkdir()  # systemd caches the directories it has seen
+    systemd_call(dbus_host, "Reload")
+    # A drop-in written after systemd read the unit: it needs a daemon-reload.
+    add_unit(dbus_host, "greeter.service.d/new.conf", "[Service]\nEnvironment=GREETING=new\n",
+             reload=False)
+    assert unit_prop(dbus_host, "greeter.service", "NeedDaemonReload") == "true"
+    answers = tmp_path / "a.yaml"
+    answers.write_text(
+        f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
+        "  require: [greeter.service]\n")
+    res = hostsetup("plan", "--answers", str(answers))
+    assert res.returncode == 4, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert "reload systemd" in lines[1]
+    assert "unit files changed on disk: greeter.service" in lines[1]
+    assert "start unit greeter.service" in lines[2]
+    res = hostsetup("apply", "--answers", str(answers))
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Started in the version on disk, drop-in included.
+    assert Path(dbus_host.env["HOSTSETUP_HOST_ROOT"], "run/greeting").read_text() == "new\n"
+    assert unit_prop(dbus_host, "greeter.service", "NeedDaemonReload") == "false"
+    assert hostsetup("plan", "--answers", str(answers)).returncode == 0

@@ -18,6 +18,14 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class UnitFile:
+    """A unit's file as systemd has it: ``UnitFileState`` and ``NeedDaemonReload``."""
+
+    state: str  # enabled, disabled, static, masked... ('' when unknown)
+    need_reload: bool = False  # changed on disk since systemd last read it
+
+
+@dataclass(frozen=True)
 class NetDevice:
     """A NetworkManager device."""
 
@@ -62,6 +70,21 @@ class DBusAPI(Protocol):
 
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
+        ...
+
+    def unit_file(self, name: str) -> UnitFile:
+        """The state of ``name``'s unit file (enabled/disabled...) and whether systemd has
+        read its current version (``NeedDaemonReload``)."""
+        ...
+
+    def enable_unit(self, name: str) -> None:
+        """Enable ``name`` (``EnableUnitFiles``, persistent) and reload, as
+        ``systemctl enable`` does."""
+        ...
+
+    def reload(self) -> None:
+        """Have systemd read its unit files again (``Reload``, as ``systemctl daemon-reload``);
+        returns when it has."""
         ...
 
     def unit_result(self, name: str) -> str:

@@ -155,7 +155,8 @@ class ServicesStep(Step[ServicesAnswers]):
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")
-            ctx.progress(i / max(len(changes), 1), f"{change.action} {unit}")
+            doing = {"start": "starting", "enable": "enabling", "reload": "reloading"}
+            ctx.progress(i / max(len(changes), 1), f"{doing[change.action]} {unit}")
             try:
                 if change.action == "reload":
                     dbus.reload()

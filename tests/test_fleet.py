@@ -1,10 +1,12 @@
-"""Fleet runs on real sandbox hosts: Redis, one Celery agent per host, the CLI.
+"""Fleet runs on real sandbox hosts: Redis, the agent unit on each host, the CLI.
 
-One fleet of three hosts (D-Bus + Open vSwitch each, one Redis, three
-agents) is started for the module; every test puts the hosts back in their
-initial state first.  Failures are made with real processes: a worker
-process or a whole agent killed with SIGKILL, redis-server restarted, a
-host without an agent, a unit whose start fails.
+One fleet of three booted hosts (real systemd, Open vSwitch, libvirtd; one
+Redis; each host's agent installed as the ``deploy/`` unit) serves the module;
+every test puts the hosts back in their initial state first (ovsdb-server
+running, ovs-vswitchd and libvirtd stopped, no mirror).  Failures are made with
+real processes and units: a worker process or a whole agent killed with SIGKILL,
+redis-server restarted, a host without an agent, a unit whose start fails or
+takes a while (a drop-in).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
+from conftest import ROOT, add_unit, hostsetup, systemd_call
 from test_services import unit_state
 
-from sandbox import dbus as dbus_component
+from sandbox import host as host_mod
 from sandbox import manage
 from sandbox import redis as redis_component
 from sandbox.core import Sandbox, alive, wait_for
@@ -35,16 +37,23 @@ from wizard import answers as answers_mod
 from wizard import fleet as fleet_mod
 
 HOSTS = ["hv1", "hv2", "hv3"]
-LIGHT = ["sandbox.dbus", "sandbox.ovs"]
 SLOW_UNIT = "libvirtd.service"  # inactive at start on every host: 'apply' starts it
+AGENT = "hostsetup-agent.service"
+DROP_IN = f"{SLOW_UNIT}.d/test.conf"
 
 
 @pytest.fixture(scope="module")
 def fleet_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """Three light sandbox hosts with an agent each, and Redis (stopped at the end)."""
+    """Three hosts (no simulator) with the agent unit each, and Redis; the fleet
+    answers keep the services and ovs_mirror steps."""
     directory = tmp_path_factory.mktemp("fleet")
     try:
-        yield manage.up_fleet(directory, 3, components=LIGHT)
+        fleet = manage.up_fleet(directory, 3, components=[manage.HOST])
+        data = answers_mod.read_yaml(directory / "fleet-answers.yaml")
+        for section in (data, *data["hosts"]):
+            section.pop("ivshmem", None)
+        manage.write_yaml(directory / "fleet-answers.yaml", data)
+        yield fleet
     finally:
         manage.down(directory)
 
@@ -53,12 +62,20 @@ def member(fleet: Sandbox, name: str) -> Sandbox:
     return Sandbox.load(fleet.dir / name)
 
 
-def mock(host: Sandbox, method: str, signature: str, *args: str) -> None:
-    """Call a method of the systemd mock's control interface with busctl."""
-    subprocess.run(["busctl", "--address", host.env["HOSTSETUP_DBUS_ADDRESS"], "call",
-                    "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                    "org.freedesktop.DBus.Mock", method, signature, *args],
-                   check=True, capture_output=True)
+def systemctl(host: Sandbox, *args: str) -> str:
+    """systemctl inside the host."""
+    return host_mod.run_inside(host, "systemctl", "systemctl", *args)
+
+
+def slow_start(host: Sandbox, pre: str = "/bin/sleep 3") -> None:
+    """Give SLOW_UNIT's start an ExecStartPre (a drop-in): slow, or failing with /bin/false."""
+    add_unit(host, DROP_IN, f"[Service]\nExecStartPre={pre}\n")
+
+
+def journal(host: Sandbox, unit: str = AGENT) -> str:
+    """The unit's journal inside the host."""
+    return host_mod.run_inside(host, "journalctl", "journalctl", "-u", unit, "--no-pager",
+                               "-n", "500")
 
 
 def mirrors(host: Sandbox) -> dict[str, str]:
@@ -82,12 +99,27 @@ def _rows(host: Sandbox, table: str) -> list[dict[str, Any]]:
     return [dict(zip(data["headings"], row, strict=True)) for row in data["data"]]
 
 
-def agent_pid(fleet: Sandbox, name: str) -> int:
-    return next(p.pid for p in reversed(fleet.procs) if p.name == f"agent-{name}")
+def agent_pids(host: Sandbox) -> list[int]:
+    """Pids (seen from outside) of the agent unit's processes: the Celery main process
+    first, then its pool process."""
+    top = Path(host_mod.CGROUP_TREES[0], host.env["HOSTSETUP_HOST_CGROUP"])
+    pids: list[int] = []
+    for cgroup in top.rglob(AGENT):
+        pids += [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+               for pid in pids}
+    return sorted(pids, key=lambda pid: parents[pid] in pids)
 
 
-def start_agent(fleet: Sandbox, name: str, conf: Path | None = None) -> None:
-    manage.start_agents(fleet, [member(fleet, name)], conf or fleet.dir / "agent.conf")
+def restart_agent(fleet: Sandbox, name: str, conf: str | None = None) -> None:
+    """(Re)start a host's agent unit, with ``conf`` as its agent.conf (default: the fleet's)."""
+    host = member(fleet, name)
+    default = f"[agent]\nbroker = {fleet.env['HOSTSETUP_REDIS_URL']}\n" \
+              f"password = file:{host_mod.REDIS_PASSWORD}\n"
+    Path(host.env["HOSTSETUP_HOST_ROOT"], "etc/hostsetup/agent.conf").write_text(conf or default)
+    systemctl(host, "reset-failed", AGENT)
+    systemctl(host, "restart", AGENT)
+    manage.wait_listening(fleet, {name}, lambda: None)
 
 
 @pytest.fixture
@@ -95,13 +127,17 @@ def fleet(fleet_sb: Sandbox) -> Sandbox:
     """The module's fleet with every host in its initial state and every agent running."""
     for name in HOSTS:
         host = member(fleet_sb, name)
-        for unit, active in dbus_component.UNITS.items():
-            mock(host, "SetUnitState", "ss", unit, active)
-            mock(host, "SetStartBehaviour", "ssd", unit, "done", "0.05")
-        subprocess.run(["ovs-vsctl", f"--db={host.env['HOSTSETUP_OVSDB']}", "clear", "Bridge",
-                        "br0", "mirrors"], check=True)
-        if not alive(agent_pid(fleet_sb, name)):
-            start_agent(fleet_sb, name)
+        drop_in = Path(host.env["HOSTSETUP_HOST_ROOT"], "etc/systemd/system", DROP_IN)
+        if drop_in.exists():
+            drop_in.unlink()
+            systemd_call(host, "Reload")
+        systemctl(host, "stop", "openvswitch-switch.service", SLOW_UNIT)
+        systemctl(host, "reset-failed")
+        systemctl(host, "start", "ovsdb-server.service")
+        subprocess.run(["ovs-vsctl", f"--db={host.env['HOSTSETUP_OVSDB']}", "--no-wait",
+                        "clear", "Bridge", "br0", "mirrors"], check=True)
+        if unit_state(host, AGENT) != "active":
+            restart_agent(fleet_sb, name)
     return fleet_sb
 
 
@@ -187,7 +223,7 @@ def test_plan_apply_plan_per_host_config(fleet: Sandbox, tmp_path: Path) -> None
     # hv2's override leaves NetworkManager out of its required units.
     hosts = answers_mod.read_yaml(Path(answers(fleet)))["hosts"]
     assert "NetworkManager.service" not in hosts[1]["services"]["require"]
-    assert "require" not in hosts[2]["services"]  # hv1's, as the base
+    assert "services" not in hosts[2]  # hv1's, the base: each host on its defaults
     states = {h: unit_state(member(fleet, h), "openvswitch-switch.service") for h in HOSTS}
     assert states == {h: "active" for h in HOSTS}
 
@@ -219,7 +255,7 @@ def test_detach_then_status(fleet: Sandbox, tmp_path: Path) -> None:
 
 
 def test_status_of_a_run_whose_process_died(fleet: Sandbox, tmp_path: Path) -> None:
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    slow_start(member(fleet, "hv1"))
     res = hostsetup("fleet", "apply", "--answers", answers(fleet), "--detach", env=env(fleet))
     run_id = res.stdout.strip()
     report = tmp_path / "status.json"
@@ -247,32 +283,33 @@ def test_status_of_a_run_whose_process_died(fleet: Sandbox, tmp_path: Path) -> N
 
 
 def test_worker_process_killed_mid_task_is_redelivered(fleet: Sandbox, tmp_path: Path) -> None:
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    slow_start(member(fleet, "hv1"))
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report))
     run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
-    agent = agent_pid(fleet, "hv1")
-    children = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
-    assert len(children) == 1  # concurrency 1: the pool process running the task
-    os.kill(int(children[0]), signal.SIGKILL)
+    _main, *pool = agent_pids(member(fleet, "hv1"))
+    assert len(pool) == 1  # concurrency 1: the pool process running the task
+    os.kill(pool[0], signal.SIGKILL)
     assert run.finish() == 0, "".join(run.output)
     data = json.loads(report.read_text())
     assert statuses(data) == {h: "applied" for h in HOSTS}
     assert data["hosts"][0]["apply"]["redelivered"] is True
     assert "note: redelivered (an earlier attempt's worker died)" in data["hosts"][0]["errors"]
     assert unit_state(member(fleet, "hv1"), SLOW_UNIT) == "active"
-    log = (fleet.logs / "agent-hv1.log").read_text()
+    log = journal(member(fleet, "hv1"))
     assert "WorkerLostError" in log or "signal 9" in log
 
 
 def test_agent_killed_mid_task_is_reported_then_redelivered(fleet: Sandbox,
                                                             tmp_path: Path) -> None:
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    slow_start(member(fleet, "hv1"))
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report),
                      "--agent-wait", "1")
     run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
-    os.killpg(agent_pid(fleet, "hv1"), signal.SIGKILL)  # the whole agent, as a crash
+    # The whole agent, as a crash; then stopped, or systemd would restart it (5 s).
+    systemctl(member(fleet, "hv1"), "kill", "--signal=SIGKILL", AGENT)
+    systemctl(member(fleet, "hv1"), "stop", AGENT)
     assert run.finish() == 1, "".join(run.output)
     data = json.loads(report.read_text())
     hv1 = data["hosts"][0]
@@ -282,10 +319,10 @@ def test_agent_killed_mid_task_is_reported_then_redelivered(fleet: Sandbox,
     assert statuses(data)["hv2"] == statuses(data)["hv3"] == "skipped"
     assert mirrors(member(fleet, "hv2")) == {}
     # A new agent (short visibility timeout) gets the unacknowledged task again.
-    conf = tmp_path / "agent.conf"
-    conf.write_text((fleet.dir / "agent.conf").read_text() + "visibility_timeout = 6\n")
+    conf = (f"[agent]\nbroker = {fleet.env['HOSTSETUP_REDIS_URL']}\n"
+            f"password = file:{host_mod.REDIS_PASSWORD}\nvisibility_timeout = 6\n")
     time.sleep(6)  # the task was delivered more than a visibility timeout ago
-    start_agent(fleet, "hv1", conf)
+    restart_agent(fleet, "hv1", conf)
     try:
         app = fleet_mod.make_app(fleet_mod.broker_config(None, None, {}, env(fleet)))
         result = app.AsyncResult(hv1["tasks"]["apply"])
@@ -293,12 +330,11 @@ def test_agent_killed_mid_task_is_reported_then_redelivered(fleet: Sandbox,
         assert result.result["redelivered"] is True and result.result["exit_code"] == 0
         assert mirrors(member(fleet, "hv1")) == {"span-hv1": "vm1"}
     finally:  # back to the normal agent (the short timeout also shortens its time limit)
-        os.killpg(agent_pid(fleet, "hv1"), signal.SIGKILL)
-        start_agent(fleet, "hv1")
+        restart_agent(fleet, "hv1")
 
 
 def test_redis_restart_during_run(fleet: Sandbox, tmp_path: Path) -> None:
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    slow_start(member(fleet, "hv1"))
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report))
     run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
@@ -329,7 +365,7 @@ def test_host_without_agent_is_reported_and_nothing_applied(fleet: Sandbox,
 
 def test_invalid_plan_on_one_host_applies_nothing(fleet: Sandbox, tmp_path: Path) -> None:
     data = answers_mod.read_yaml(Path(answers(fleet)))
-    data["hosts"][2]["services"]["require"] = ["nosuch.service"]
+    data["hosts"][2]["services"] = {"require": ["nosuch.service"]}
     f = tmp_path / "fleet.yaml"
     manage.write_yaml(f, data)
     res, data = run_fleet(fleet, "apply", "--answers", str(f), report=tmp_path / "r.json")
@@ -344,7 +380,7 @@ def test_invalid_plan_on_one_host_applies_nothing(fleet: Sandbox, tmp_path: Path
 @pytest.mark.parametrize(("max_fail", "applied_last"), [("0", False), ("50%", True)])
 def test_max_fail_stops_later_batches(fleet: Sandbox, tmp_path: Path, max_fail: str,
                                       applied_last: bool) -> None:
-    mock(member(fleet, "hv2"), "SetStartBehaviour", "ssd", SLOW_UNIT, "failed", "0")
+    slow_start(member(fleet, "hv2"), "/bin/false")
     res, data = run_fleet(fleet, "apply", "--answers", answers(fleet), "--batch-size", "1",
                           "--max-fail", max_fail, report=tmp_path / "r.json")
     assert res.returncode == 1, res.stdout + res.stderr
@@ -390,7 +426,7 @@ def test_agent_refuses_pickle_and_foreign_task_names(fleet: Sandbox, tmp_path: P
     assert app.AsyncResult(evil).state == "PENDING"  # never decoded, never run
     for task_id in (foreign, builtin):
         assert app.AsyncResult(task_id).state == "FAILURE"  # refused as unregistered
-    log = (fleet.logs / "agent-hv1.log").read_text()
+    log = journal(member(fleet, "hv1"))
     assert "Refusing to deserialize untrusted content of type pickle" in log
     assert "Received unregistered task of type 'os.system'" in log
     assert "Received unregistered task of type 'celery.accumulate'" in log
@@ -484,7 +520,7 @@ def test_progress_window_on_a_terminal(fleet: Sandbox, tmp_path: Path, interrupt
     then restores the terminal and prints the per-host result; Ctrl-C stops waiting."""
     from tmux import Terminal
 
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    slow_start(member(fleet, "hv1"))
     exports = " ".join(f"{k}={v}" for k, v in env(fleet).items() if k.startswith("HOSTSETUP_"))
     t = Terminal(f"env {exports} {ROOT}/.venv/bin/python -m wizard fleet apply "
                  f"--answers {answers(fleet)}", cwd=tmp_path)

@@ -1,8 +1,8 @@
-"""Fan-out of a fleet ``plan`` to 1, 10 and 50 hosts: wall time and per-host overhead.
+"""Fan-out of a fleet ``plan`` to 1, 5 and 20 hosts: wall time and per-host overhead.
 
-Starts what it needs and stops it: one redis-server, and light sandbox hosts
-(D-Bus only: a dbus-daemon with the systemd and NetworkManager mocks each),
-the plan being the ``services`` step on every host.  Two agent layouts:
+Starts what it needs and stops it: one redis-server, and sandbox hosts (booted
+side by side: real systemd and NetworkManager, ~40 MiB each), the plan being the
+``services`` step on every host, over each host's bus socket.  Two agent layouts:
 
 - ``agent per host``: one ``hostsetup agent`` process per host (as deployed);
 - ``one worker``: one worker process consuming every host's queue (concurrency 2).
@@ -16,7 +16,7 @@ work is the step work on the critical path: max(longest host run, sum of
 host runs / concurrency).  Each
 size is measured ``REPEAT`` times after one warm-up run; the median is printed.
 
-    .venv/bin/python bench/bench_fleet.py [--sizes 1,10,50] [--repeat 3]
+    .venv/bin/python bench/bench_fleet.py [--sizes 1,5,20] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ sys.exit(fleet.run_agent(cfg, sys.argv[2].split(','), 'WARNING', concurrency=2))
 
 
 def start_hosts(root: Path, count: int) -> list[Sandbox]:
-    """``count`` D-Bus-only sandbox hosts, started side by side."""
+    """``count`` sandbox hosts, booted side by side."""
     def one(i: int) -> Sandbox:
-        return manage.up(root / f"b{i}", f"b{i}", f"hb{i}", ["sandbox.dbus"])
+        return manage.up(root / f"b{i}", f"b{i}", f"hb{i}", [manage.HOST])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, range(1, count + 1)))
@@ -90,13 +90,13 @@ def line(layout: str, size: int, row: dict[str, float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1,10,50")
+    ap.add_argument("--sizes", default="1,5,20")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="hostsetup-bench-fleet-"))
     broker = Sandbox(dir=root / "broker", name="fleet", tag="hbr")
-    print(f"fleet plan fan-out (services step on D-Bus-only sandbox hosts), dir {root}")
+    print(f"fleet plan fan-out (services step on sandbox hosts), dir {root}")
     try:
         t0 = time.perf_counter()
         redis.up(broker)

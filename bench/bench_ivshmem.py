@@ -1,6 +1,6 @@
 """Benchmark of the ivshmem step on a sandbox libvirtd: prints timings, asserts nothing.
 
-Starts its own sandbox (libvirtd in a private mount namespace), defines extra
+Boots its own sandbox host (its systemd starts Debian's libvirtd), defines extra
 domains, then times plan / apply / plan-again, one hook call as libvirtd makes
 it, and a domain start through the hook.  Everything is stopped at the end.
 """
@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sandbox import libvirt as sandbox_libvirt  # noqa: E402
+from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
+from sandbox.image import domain_xml  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ivshmem import IvshmemAnswers, IvshmemStep  # noqa: E402
 from wizard.backends import RealBackends  # noqa: E402
@@ -37,22 +38,32 @@ def timed(label: str, fn: Callable[..., T], *args: Any) -> T:
     return result
 
 
+def virsh(sb: Sandbox, *args: str) -> str:
+    """``virsh`` through the host's libvirt socket."""
+    return sb.run("virsh", ["virsh", "-c", sb.env["HOSTSETUP_LIBVIRT_URI"], *args])
+
+
+def systemctl(sb: Sandbox, *args: str) -> str:
+    """systemctl inside the host."""
+    return host.run_inside(sb, "systemctl", "systemctl", *args)
+
+
 def main() -> None:
-    """Run the benchmark in a temporary sandbox."""
+    """Run the benchmark on a temporary sandbox host."""
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
-        sb = Sandbox(dir=Path(tmp) / "sb", tag="hsb")
+        d = Path(tmp) / "sb"
         try:
-            timed("sandbox libvirt up (libvirtd + 2 domains)", sandbox_libvirt.up, sb)
+            sb = timed("sandbox host up (2 domains)", manage.up, d, "hv1", "hsb", [manage.HOST])
+            timed("systemd starts libvirtd", systemctl, sb, "start", "libvirtd.service")
             for i in range(EXTRA_DOMAINS):
-                xml = sb.path("libvirt", "domains", f"b{i}.xml")
-                xml.write_text(sandbox_libvirt.DOMAIN_XML.format(
-                    name=f"b{i}", emulator=sandbox_libvirt.EMULATOR))
-                sandbox_libvirt.virsh(sb, "define", str(xml))
+                xml = sb.path("domains", f"b{i}.xml")
+                xml.write_text(domain_xml(f"b{i}"))
+                virsh(sb, "define", str(xml))
             answers = IvshmemAnswers(**{**sb.answers["ivshmem"], "restart_libvirtd": False})
             step, backends = IvshmemStep(), RealBackends()
             ctx = Context(backends=backends)
             try:
-                n = EXTRA_DOMAINS + len(sandbox_libvirt.DOMAINS)
+                n = EXTRA_DOMAINS + len(host.VMS)
                 changes = timed(f"discover + plan ({n} domains)", lambda: (
                     step.discover(answers.model_dump(), ctx), step.plan(answers, ctx))[1])
                 timed(f"apply ({len(changes)} changes)", step.apply, answers, changes, ctx)
@@ -61,7 +72,7 @@ def main() -> None:
             finally:
                 backends.close()
             hook = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"], "qemu.d", "hostsetup-ivshmem")
-            xml = sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "vm1").encode()
+            xml = virsh(sb, "dumpxml", "--inactive", "vm1").encode()
             runs = []
             for _ in range(HOOK_CALLS):
                 t0 = time.perf_counter()
@@ -70,12 +81,11 @@ def main() -> None:
                 runs.append(time.perf_counter() - t0)
             label = f"hook call, restore (median of {HOOK_CALLS})"
             print(f"{label:44} {statistics.median(runs):8.3f} s")
-            timed("libvirtd restart (reads the hook)", sandbox_libvirt.restart, sb)
-            timed("virsh start vm1 (prepare hook + QEMU)", sandbox_libvirt.virsh, sb,
-                  "start", "vm1")
+            timed("libvirtd restart (reads the hook)", systemctl, sb, "restart",
+                  "libvirtd.service")
+            timed("virsh start vm1 (prepare hook + QEMU)", virsh, sb, "start", "vm1")
         finally:
-            sb.stop()
-            sandbox_libvirt.down(sb)
+            manage.down(d)
 
 
 if __name__ == "__main__":

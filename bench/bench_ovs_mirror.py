@@ -1,6 +1,6 @@
 """Benchmark: applying 1, 10 and 100 mirrors over 500 ports, one transaction vs ovs-vsctl.
 
-Starts its own sandbox switch (ovsdb-server + ovs-vswitchd, userspace
+Boots its own sandbox host (its systemd starts Debian's Open vSwitch, userspace
 datapath) with 500 internal ports on br0, then for each size N:
   - the ovs_mirror step's apply (plan + ONE OVSDB transaction + wait for
     ovs-vswitchd), counting the transactions the backend sent;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox import ovs as component  # noqa: E402
+from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ovs_mirror import MANAGED, OvsMirrorStep  # noqa: E402
@@ -31,8 +31,8 @@ SIZES = (1, 10, 100)
 
 
 def vsctl(sb: Sandbox, *args: str) -> None:
-    subprocess.run(component.vsctl(component.layout(sb), *args), check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(["ovs-vsctl", f"--db={sb.env['HOSTSETUP_OVSDB']}", "--timeout=120", *args],
+                   check=True, capture_output=True, timeout=130)
 
 
 def mirrors(n: int) -> list[dict[str, object]]:
@@ -77,9 +77,10 @@ def with_vsctl(sb: Sandbox, n: int) -> float:
 def main() -> None:
     """Start the switch, add the ports, measure each size, stop everything."""
     with tempfile.TemporaryDirectory(prefix="bench-ovs-") as tmp:
-        sb = Sandbox(dir=Path(tmp) / "host", tag=f"ob{os.getpid() % 1000}")
+        d = Path(tmp) / "host"
         try:
-            component.up(sb)
+            sb = manage.up(d, "hv1", f"ob{os.getpid() % 1000}", [manage.HOST])
+            host.run_inside(sb, "systemctl", "systemctl", "start", "openvswitch-switch.service")
             t0 = time.perf_counter()
             adds = [a for i in range(PORTS) for a in
                     ("--", "add-port", "br0", f"p{i}", "--", "set", "Interface", f"p{i}",
@@ -98,8 +99,7 @@ def main() -> None:
                 print(f"{n:>8} {txns:>5} {step_s * 1000:>9.1f}ms {vsctl_s * 1000:>11.1f}ms "
                       f"{vsctl_s / step_s:>6.1f}x")
         finally:
-            sb.stop()
-            component.down(sb)
+            manage.down(d)
 
 
 if __name__ == "__main__":

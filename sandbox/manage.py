@@ -23,8 +23,8 @@ from sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 # nature: the vSphere simulator and Redis.
 HOST = "sandbox.host"
 COMPONENTS = [HOST, "sandbox.vcsim", "sandbox.redis"]
-# Every module with a ``down(sb)``: also those that tests start on their own.
-CLEANUPS = [HOST, "sandbox.ovs", "sandbox.libvirt"]
+# Every module with a ``down(sb)``.
+CLEANUPS = [HOST]
 FLEET_ONLY = "sandbox.redis"  # one for the whole fleet, not one per host
 FLEET = "fleet"  # the name of the fleet-level sandbox (Redis and the agents)
 

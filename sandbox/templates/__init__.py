@@ -1,1 +1,0 @@
-"""python-dbusmock templates used by the sandbox's private bus."""

@@ -114,8 +114,8 @@ class ServicesStep(Step[ServicesAnswers]):
                      help="Start required units that are not active (mode 'replace')."),
             Question("timeout", "Start timeout (s)", kind="int",
                      help="Seconds to wait for each start job."),
-            Question("enable", "Enable at boot", kind="yesno",
-                     help="Enable required units that are disabled (systemctl enable)."),
+            # 'enable' is set in the answers file only (default: no); the wizard does
+            # not ask it.
         ]
 
     def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:

@@ -91,6 +91,13 @@ class Question:
     required: bool = False
     fields: tuple[Question, ...] = ()
     summary: str = ""
+    # Per choice, a word on its current state shown beside it in pickers
+    # (e.g. a unit -> "inactive").
+    choice_notes: tuple[tuple[str, str], ...] = ()
+    # For a choice inside a record: also offer the ``name`` of the records
+    # answered under this key of the same section (objects this run creates),
+    # marked "(new)".
+    refs: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,9 @@ class Change:
     before: Any = None
     after: Any = None
     detail: str = ""
+    # Why a change that is not a delete/restart still disrupts something (e.g. a
+    # second device in a domain that has one); the review marks it with "!".
+    destructive: str = ""
 
     def describe(self) -> str:
         """A one-line human description, used by the review screen and `plan`."""
@@ -117,6 +127,7 @@ class Change:
             "before": self.before,
             "after": self.after,
             "detail": self.detail,
+            "destructive": self.destructive,
         }
 
 
@@ -194,6 +205,11 @@ class Step(Generic[A]):
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """The questions of this step, with choices filled from ``facts``."""
         return []
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """What hostsetup already manages on the host, as values of this step's
+        section (records prefilled so that a re-run edits them); ``{}`` if nothing."""
+        return {}
 
     def validate(self, answers: A, facts: dict[str, Any]) -> list[Problem]:
         """Checks against the host, beyond what the answers model checks."""

@@ -256,6 +256,15 @@ def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) 
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
+def _second_device(dom: Domain, name: str) -> str:
+    """Why adding our device to ``dom`` is marked in the review: it has another one."""
+    others = [s.name for s in dom.shmems if s.name != name]
+    if not others:
+        return ""
+    return "a second ivshmem device: the domain already has " + ", ".join(
+        f"'{n}'" for n in others)
+
+
 class IvshmemStep(Step[IvshmemAnswers]):
     """Give the chosen VMs an ivshmem device and keep it there with a libvirt hook."""
 
@@ -395,17 +404,19 @@ class IvshmemStep(Step[IvshmemAnswers]):
         changes = self._file_changes(lv, want.wrappers)
         for dom in want.domains:
             running = " (running: takes effect at its next start)" if dom.active else ""
+            second = _second_device(dom, shmem.name)
             if answers.method == "qemu-wrapper":
                 wrapper = want.emulators[dom.name]
                 if dom.emulator != wrapper:
                     changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
-                                          wrapper, "emulator" + running))
+                                          wrapper, "emulator" + running, second))
                 continue
             own = dom.shmem(shmem.name)
             if own is None or not shmem.same_as(own):
                 changes.append(Change(f"domain {dom.name}", "update",
                                       own.describe() if own else "no ivshmem device",
-                                      shmem.describe(), "shmem device" + running))
+                                      shmem.describe(), "shmem device" + running,
+                                      "" if own else second))
         changes += self._file_changes(lv, want.hook_files)
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "

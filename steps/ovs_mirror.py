@@ -414,9 +414,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             ids[name] = {RSPAN_VLANS: ",".join(map(str, sorted(new_ours))) or None}
             new_flood = sorted((flood | set(plus)) - set(minus))
             changes.append(Change(
-                f"bridge {name} flood_vlans", "update", sorted(flood), new_flood,
-                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them"
-                + (f"; added {plus}" if plus else "") + (f"; removed {minus}" if minus else ""),
+                f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
+                {"flood_vlans": new_flood},
+                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them",
             ))
         return changes, add, remove, ids
 

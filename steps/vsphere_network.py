@@ -45,7 +45,12 @@ from steps.base import (
 State = Literal["present", "absent"]
 THUMBPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
 SECURITY_KEYS = ("allow_promiscuous", "forged_transmits", "mac_changes")
-Settings = dict[str, Any]  # an object's managed settings, as in Change.before/after
+# The security answers as the plan names them (Change.before/after keys).
+SECURITY_WORDS = {"allow_promiscuous": "promiscuous", "forged_transmits": "forged_transmits",
+                  "mac_changes": "mac_changes"}
+# An object's managed settings, as in Change.before/after: plain values under
+# readable keys (the review shows ``promiscuous: no -> yes``).
+Settings = dict[str, Any]
 
 
 class ClusterHosts(StepModel):
@@ -199,18 +204,13 @@ def invoke(api: VSphereAPI, call: Call, progress: Callable[[float], None] | None
 
 def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """A vSwitch's managed settings, for Change before/after."""
-    return {"num_ports": num_ports, "mtu": mtu, "nics": sorted(nics)}
+    return {"ports": num_ports, "mtu": mtu, "uplinks": sorted(nics)}
 
 
 def portgroup_dict(vswitch: str, vlan: int, sec: Security) -> dict[str, Any]:
     """A port group's managed settings, for Change before/after."""
     return {"vswitch": vswitch, "vlan": vlan,
-            **{k: getattr(sec, k) for k in SECURITY_KEYS}}
-
-
-def settings(after: dict[str, Any]) -> str:
-    """``key value, ...``: the settings of a new object, for its Change's detail."""
-    return ", ".join(f"{k} {v}" for k, v in after.items())
+            **{SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}}
 
 
 def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
@@ -270,7 +270,7 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
         elif item.state == "present":
             after = kind.wanted(item, have)
             if have is None:
-                ops.append(Op(Change(target, "create", after=after, detail=settings(after)),
+                ops.append(Op(Change(target, "create", after=after),
                               (f"add_{kind.api}", (h, kind.spec(item))), remove))
             elif kind.current(have) != after:
                 update = f"update_{kind.api}"
@@ -290,7 +290,8 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
             continue
         old = adapter.network
         ops.append(Op(
-            Change(f"VM {a.vm}: {a.adapter}", "update", before=old, after=a.portgroup),
+            Change(f"VM {a.vm}: {a.adapter}", "update", before={"port_group": old},
+                   after={"port_group": a.portgroup}),
             ("move_adapter", (a.vm, a.adapter, a.portgroup)),
             ("move_adapter", (a.vm, a.adapter, old)) if old else None,
         ))

@@ -99,11 +99,12 @@ def test_esx_plan_apply_replan(vs_start: Start) -> None:
     host = sim.hosts[0]
     plan = {(c.action, c.target): c for c in run(section, apply=False)}
     assert plan[("create", f"{host}: vSwitch vSwitch1")].after == {
-        "num_ports": 128, "mtu": 9000, "nics": ["vmnic1"]}
+        "ports": 128, "mtu": 9000, "uplinks": ["vmnic1"]}
     assert plan[("create", f"{host}: port group Monitoring")].after["vlan"] == 4095
     assert ("create", f"{host}: port group EastWest-20") in plan
     move = plan[("update", f"VM {sim.vms[0]}: Network adapter 1")]
-    assert (move.before, move.after) == ("VM Network", "Monitoring")
+    assert (move.before, move.after) == ({"port_group": "VM Network"},
+                                         {"port_group": "Monitoring"})
     assert len(plan) == 4
     # plan changed nothing
     assert read_back(section).host(host).vswitch("vSwitch1") is None  # type: ignore[union-attr]
@@ -155,8 +156,8 @@ def test_updates_apply_in_place(vs_start: Start) -> None:
     assert {c.action for c in plan} == {"update"}, plan
     assert len(plan) == 6  # vSwitch1, EastWest-20 and Monitoring on two hosts
     ew = next(c for c in plan if c.target.endswith("port group EastWest-20"))
-    assert (ew.before, ew.after) == ({"vlan": 20, "allow_promiscuous": False},
-                                     {"vlan": 30, "allow_promiscuous": True})
+    assert (ew.before, ew.after) == ({"vlan": 20, "promiscuous": False},
+                                     {"vlan": 30, "promiscuous": True})
     inv = read_back(section)
     for h in inv.hosts:
         vs = h.vswitch("vSwitch1")

@@ -127,19 +127,14 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 
 def print_run(run: Run) -> None:
-    """The plan/apply result for a terminal or a log: one block per step."""
-    from wizard.runner import STATUS_TEXT
+    """The plan/apply result for a terminal or a log: one block per step, the same
+    text as the wizard's Review (:mod:`wizard.plantext`); errors go to stderr."""
+    from wizard.plantext import step_lines, wrap
 
     for result in run.steps:
-        verb = STATUS_TEXT.get(result.status, result.status)
-        print(f"{result.name}: {verb}" + (f" ({len(result.changes)})" if result.changes else ""))
-        for change in result.changes:
-            before = "" if change.before is None else f"  [{change.before} -> {change.after}]"
-            print(f"  {'+' if result.status != 'unchanged' else ' '} {change.describe()}{before}")
-        for note in result.notes:
-            print(f"  . {note}")
+        print("\n".join(step_lines(result, errors=False)))
         for err in result.errors:
-            print(f"  ! {err}", file=sys.stderr)
+            print("\n".join(wrap(f"! {err}", 2, 78)), file=sys.stderr)
 
 
 def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[str, Any]) -> int:

@@ -426,7 +426,7 @@ def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
 def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
     """Check and plan every selected step; show every planned change."""
     from wizard.answers import AnswersError, validate
-    from wizard.runner import STATUS_TEXT, Run, check, phase1_exit
+    from wizard.runner import Run, check, phase1_exit
 
     doc = {"version": 1, **{n: flow.data[n] for n in flow.selected}}
     try:
@@ -444,18 +444,23 @@ def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:
         flow.ask_steps.update(r.name for r in plan_run.steps if r.errors)
         flow.ui.message("Cannot plan", "\n".join(plan_run.problems()))
         return "back", None, None
-    lines = []
-    for res in plan_run.steps:
-        lines.append(f"{res.name}: " + (f"{len(res.changes)} change(s)" if res.changes
-                                         else STATUS_TEXT.get(res.status, res.status)))
-        lines += [f"  {c.describe()}" for c in res.changes] + [f"  {n}" for n in res.notes]
+    lines = review_lines(plan_run)
     pending = any(r.changes for r in plan_run.steps)
-    choice = text_window(flow.ui, "Review", "Every change that Apply will make, per step. "
-                         "Nothing has been changed yet.", lines,
+    choice = text_window(flow.ui, "Review", "Every change that Apply will make, per step, "
+                         "with each setting's value before -> after. Lines marked ! delete, "
+                         "restart or add a second device. Nothing has been changed yet.", lines,
                          ["Apply" if pending else "Finish", "Back", "Cancel"])
     if choice in ("apply", "finish", "next"):
         return "apply", answers, (prepared, plan_run)
     return choice or "back", None, None
+
+
+def review_lines(plan_run: Any) -> list[str]:
+    """The Review's text: the same as ``hostsetup plan`` prints, wrapped to the window
+    (the scrolling text box keeps two columns for its scroll bar)."""
+    from wizard.plantext import run_lines
+
+    return run_lines(plan_run, width=WIDTH - 3)
 
 
 def apply_with_progress(flow: Flow, ctx: Any, prepared: list[Any]) -> int:

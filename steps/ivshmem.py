@@ -58,7 +58,7 @@ class IvshmemAnswers(StepModel):
         "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
         "digits, '_', '.', '-'; at most 64 characters")
     size: int | None = Field(
-        None, description="size in MiB, a power of two (model plain; default 4). "
+        4, description="size in MiB, a power of two (model plain). "
         "Not used with doorbell: the ivshmem server sets the size")
     model: Literal["plain", "doorbell"] = Field(
         "plain", description="plain: memory only (ivshmem-plain); doorbell: with interrupts "
@@ -142,6 +142,8 @@ class IvshmemAnswers(StepModel):
     @model_validator(mode="after")
     def _model_keys(self) -> IvshmemAnswers:
         if self.model == "doorbell":
+            if "size" not in self.model_fields_set:
+                self.size = None  # the default is plain's; the server sets it
             if not self.server:
                 raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
             if "," in self.server:
@@ -164,6 +166,20 @@ class IvshmemAnswers(StepModel):
 
 
 File = tuple[bytes, int, str]  # content, mode, what it is
+# Answers key -> key in the hook configuration (hook_config), for current().
+CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib", "server": "server",
+               "vectors": "vectors", "role": "role", "domains": "domains",
+               "method": "method", "enforce": "enforce", "owner": "owner", "mode": "mode",
+               "hook_log": "log"}
+
+
+def _parse_config(content: bytes) -> dict[str, Any] | None:
+    """An installed hook configuration, or ``None`` if it is not ours / not JSON."""
+    try:
+        config = json.loads(content)
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) and config.get("version") == 1 else None
 
 
 @dataclass
@@ -288,11 +304,44 @@ class IvshmemStep(Step[IvshmemAnswers]):
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """libvirt's version, the domains, and the hook configuration installed, if any."""
         lv = ctx.backends.libvirt(answers.get("uri") or DEFAULT_URI)
-        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()}}
+        section = IvshmemAnswers.model_construct(hooks_dir=answers.get("hooks_dir")
+                                                 or DEFAULT_HOOKS_DIR)
+        installed = None
+        for layout in ("qemu.d", "chain"):
+            found = lv.read_file(hook_paths(section, layout)[1])
+            if found is not None and installed is None:
+                installed = _parse_config(found.content)
+        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()},
+                "installed": installed}
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The settings of the installed hook configuration (what the last run applied);
+        without one, the first ivshmem device found on the domains and who has it."""
+        config = facts.get("installed")
+        if config:
+            out = {key: config.get(name) for key, name in CONFIG_KEYS.items()}
+            out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
+            address = config.get("address")
+            if isinstance(address, dict):
+                out["address"] = "{}:{}:{}.{}".format(*(
+                    address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+            return {k: v for k, v in out.items() if v is not None}
+        domains: dict[str, Domain] = facts.get("domains", {})
+        having = [d for d in domains.values() if d.shmems]
+        if not having:
+            return {}
+        first = having[0].shmems[0]
+        return {"name": first.name, "model": first.model.removeprefix("ivshmem-"),
+                "size": first.size_mib,
+                "domains": [d.name for d in having if d.shmem(first.name)]}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
-        names = tuple(facts.get("domains", {}))
+        domains: dict[str, Domain] = facts.get("domains", {})
+        names = tuple(domains)
+        states = tuple((d.name, d.state + "".join(f", has '{s.name}'" for s in d.shmems))
+                       for d in domains.values())
         return [
             Question("name", "Shared-memory name", required=True,
                      help="The object /dev/shm/<name> the guests share with the host."),
@@ -302,17 +351,26 @@ class IvshmemStep(Step[IvshmemAnswers]):
             Question("server", "Doorbell server socket", help="Only for model doorbell."),
             Question("vectors", "Doorbell MSI vectors", kind="int"),
             Question("role", "Migration role", kind="choice", choices=("peer", "master"),
-                     help="master: the memory migrates with the guest; peer: no migration."),
+                     help="master: the memory migrates with the guest; peer (QEMU's "
+                     "default): QEMU refuses to migrate or save the guest."),
             Question("address", "Guest PCI address", help="e.g. 0000:00:0a.0; empty: any."),
             Question("domains", "Domains", kind="multi", choices=("all", *names),
-                     help="The VMs that get the device."),
-            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper")),
+                     choice_notes=states, help="The VMs that get the device; 'all' is "
+                     "every persistent domain."),
+            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper"),
+                     help="definition: a <shmem> device in each domain's definition; "
+                     "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
+                     "managers that regenerate definitions)."),
             Question("wrapper_dir", "Wrapper directory", help="qemu-wrapper only."),
-            Question("enforce", "At start without the device", kind="choice",
-                     choices=("warn", "refuse")),
+            Question("enforce", "Start without the device", kind="choice",
+                     choices=("warn", "refuse"),
+                     help="What the hook does when a chosen domain starts without the "
+                     "device: log a warning, or refuse the start."),
             Question("owner", "Owner of /dev/shm/<name>", help="user[:group]; empty: unchanged"),
             Question("mode", "Mode of /dev/shm/<name>", help="octal, e.g. 0660"),
-            Question("restart_libvirtd", "Restart libvirtd for a new hook", kind="yesno"),
+            Question("restart_libvirtd", "Restart libvirtd", kind="yesno",
+                     help="Restart libvirtd (over D-Bus) when a new hook is installed: "
+                     "libvirtd reads hooks only when it starts."),
         ]
 
     def _layout(self, answers: IvshmemAnswers, version: tuple[int, int, int]) -> str:

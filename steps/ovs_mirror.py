@@ -281,13 +281,15 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
                      required=True, help="The bridge whose traffic is mirrored."),
             Question("state", "State", kind="choice", choices=("present", "absent"),
-                     help="absent deletes this mirror (only if hostsetup made it)."),
+                     help="present: create or update this mirror; absent: delete it "
+                     "(only if hostsetup made it)."),
             Question("select_all", "Mirror all traffic", kind="yesno",
                      help="Every packet of every port of the bridge."),
             Question("select_src_port", "Traffic sent by (src)", kind="multi", choices=ports,
-                     help=SRC_HELP),
+                     help=SRC_HELP + " Ports of every bridge are listed; pick the bridge's."),
             Question("select_dst_port", "Traffic delivered to (dst)", kind="multi",
-                     choices=ports, help=DST_HELP),
+                     choices=ports, help=DST_HELP + " Ports of every bridge are listed; "
+                     "pick the bridge's."),
             Question("select_vlan", "Only VLANs", help="Comma-separated VLAN IDs 0-4095; "
                      "empty mirrors all VLANs."),
             Question("output_port", "Output port (SPAN)", kind="choice", choices=ports,
@@ -305,6 +307,13 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                      help="Delete mirrors made by hostsetup that are not listed here. "
                      "Mirrors made otherwise are never touched."),
         ]
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """hostsetup's mirrors on the switch (``hostsetup-managed``), as records."""
+        mirrors = [{"name": m.name, "bridge": m.bridge, **_shown(_fields(m))}
+                   for m in facts.get("mirrors", []) if _is_managed(m)]
+        return {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
+            if mirrors else {}
 
     def validate(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
         bridges: dict[str, Bridge] = facts["bridges"]

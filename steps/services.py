@@ -98,11 +98,14 @@ class ServicesStep(Step[ServicesAnswers]):
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         units: dict[str, Unit] = facts.get("units", {})
+        names = sorted({*units, *DEFAULT_UNITS})
         return [
             Question(
-                "require", "Required units", kind="multi",
-                choices=tuple(sorted(units)) or tuple(DEFAULT_UNITS),
-                help="Units this host needs. Inactive ones are started if 'start' is yes.",
+                "require", "Required units", kind="multi", choices=tuple(names),
+                choice_notes=tuple((n, units[n].active if n in units else "not installed")
+                                   for n in names) if units else (),
+                help="Units this host needs, with their state now. Inactive ones are "
+                "started if 'start' is yes; one not installed is refused.",
             ),
             Question("start", "Start inactive units", kind="yesno",
                      help="Start required units that are not active (mode 'replace')."),

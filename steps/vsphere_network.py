@@ -43,6 +43,8 @@ from steps.base import (
 )
 
 State = Literal["present", "absent"]
+# What ESXi creates itself: never offered as "what hostsetup manages".
+ESXI_DEFAULTS = frozenset({"vSwitch0", "VM Network", "Management Network"})
 THUMBPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
 SECURITY_KEYS = ("allow_promiscuous", "forged_transmits", "mac_changes")
 # The security answers as the plan names them (Change.before/after keys).
@@ -354,10 +356,13 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                      help="a reference env:NAME or file:PATH, or the password itself: the "
                      "wizard keeps a typed password in memory only and records it as a "
                      "reference (env:HOSTSETUP_SECRET_PASSWORD)"),
-            Question("thumbprint", "Certificate SHA-256 thumbprint",
-                     help="pins the server certificate (AA:BB:... or hex)"),
+            Question("thumbprint", "Certificate thumbprint",
+                     help="pins the server certificate by its SHA-256 thumbprint "
+                     "(AA:BB:... or hex)"),
             Question("ca_file", "CA file (PEM)", help="to verify the server certificate"),
-            Question("insecure", "Skip TLS verification (lab only)", kind="yesno"),
+            Question("insecure", "Skip TLS verification", kind="yesno",
+                     help="lab only: the certificate is not checked at all (logged as a "
+                     "warning)"),
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -373,33 +378,69 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         vswitches = sorted({v.name for h in inv.hosts for v in h.vswitches})
         pgs = sorted({p.name for h in inv.hosts for p in h.portgroups})
         labels = sorted({a.label for v in inv.vms for a in v.adapters})
-        state = Question("state", "State", kind="choice", choices=("present", "absent"))
+        state = Question("state", "State", kind="choice", choices=("present", "absent"),
+                         help="present: create or update it; absent: remove it.")
         yes = {k: Question(k, k.replace("_", " ").capitalize(), kind="yesno")
                for k in SECURITY_KEYS}
         return [
             Question("hosts", "Hosts", kind="multi",
                      choices=("all", *(h.name for h in inv.hosts)),
-                     help="the ESXi hosts to configure, or 'all' ({cluster: NAME} in a file)"),
+                     help="The ESXi hosts to configure, or 'all' ({cluster: NAME} in a "
+                     "file)."),
             Question("vswitches", "vSwitches", kind="records", summary="name", fields=(
                 Question("name", "Name", required=True),
                 Question("num_ports", "Ports", kind="int"),
                 Question("mtu", "MTU", kind="int", help="1280-9000"),
-                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics)),
+                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics),
+                         help="Free physical NICs of the hosts (not an uplink of another "
+                         "vSwitch)."),
                 state,
             )),
             Question("portgroups", "Port groups", kind="records", summary="name", fields=(
                 Question("name", "Name", required=True),
-                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches)),
+                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches),
+                         refs="vswitches", help="The vSwitch the port group is on: one the "
+                         "hosts have, or one answered above (new)."),
                 Question("vlan", "VLAN", kind="int", help="0-4095; 4095 = trunk"),
                 *yes.values(),
                 state,
             )),
             Question("vm_adapters", "VM adapters", kind="records", summary="vm", fields=(
-                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms)),
-                Question("adapter", "Adapter", kind="choice", choices=tuple(labels)),
-                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs)),
+                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms),
+                         help="The virtual machine whose adapter moves."),
+                Question("adapter", "Adapter", kind="choice", choices=tuple(labels),
+                         help="The VM's network adapter, by its label."),
+                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs),
+                         refs="portgroups", help="The port group the adapter moves to: one "
+                         "the hosts have, or one answered above (new)."),
             )),
         ]
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The standard vSwitches and port groups on the hosts other than ESXi's own
+        (vSwitch0, VM Network, Management Network), as records.
+
+        vSphere has no place to mark an object as hostsetup's, so "managed" means
+        what the answers could edit: every vSwitch and port group an operator or
+        hostsetup added.  Where hosts differ, the first host having it is shown.
+        VM adapters are not prefilled: an adapter record is a move to make.
+        """
+        inv: Inventory | None = facts.get("inventory")
+        vswitches: dict[str, dict[str, Any]] = {}
+        portgroups: dict[str, dict[str, Any]] = {}
+        for host in inv.hosts if inv else ():
+            for v in host.vswitches:
+                if v.name not in ESXI_DEFAULTS:
+                    vswitches.setdefault(v.name, {"name": v.name, "num_ports": v.num_ports,
+                                                  "mtu": v.mtu, "nics": sorted(v.nics)})
+            for p in host.portgroups:
+                if p.name not in ESXI_DEFAULTS:
+                    portgroups.setdefault(p.name, {
+                        "name": p.name, "vswitch": p.vswitch, "vlan": p.vlan,
+                        **{k: getattr(p.security, k) for k in SECURITY_KEYS
+                           if getattr(p.security, k) is not None}})
+        found = {"vswitches": list(vswitches.values()), "portgroups": list(portgroups.values())}
+        return {k: v for k, v in found.items() if v}
 
     def validate(self, answers: VSphereNetworkAnswers, facts: dict[str, Any]) -> list[Problem]:
         """Hosts, NICs, vSwitches, VMs and adapters named in the answers exist and fit."""

@@ -387,7 +387,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                      choices=("all", *(h.name for h in inv.hosts)),
                      help="The ESXi hosts to configure, or 'all' ({cluster: NAME} in a "
                      "file)."),
-            Question("vswitches", "vSwitches", kind="records", summary="name", fields=(
+            Question("vswitches", "vSwitches", kind="records", summary="name",
+                     help="Standard vSwitches to create or update on every selected host "
+                     "(vSwitch0 is ESXi's own).", fields=(
                 Question("name", "Name", required=True),
                 Question("num_ports", "Ports", kind="int"),
                 Question("mtu", "MTU", kind="int", help="1280-9000"),
@@ -396,7 +398,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                          "vSwitch)."),
                 state,
             )),
-            Question("portgroups", "Port groups", kind="records", summary="name", fields=(
+            Question("portgroups", "Port groups", kind="records", summary="name",
+                     help="Port groups on a vSwitch: VLAN and security policy (unset "
+                     "security fields inherit the vSwitch's).", fields=(
                 Question("name", "Name", required=True),
                 Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches),
                          refs="vswitches", help="The vSwitch the port group is on: one the "
@@ -405,7 +409,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 *yes.values(),
                 state,
             )),
-            Question("vm_adapters", "VM adapters", kind="records", summary="vm", fields=(
+            Question("vm_adapters", "VM adapters", kind="records", summary="vm",
+                     help="VM network adapters to move onto a port group (one the hosts "
+                     "have, or one answered under Port groups).", fields=(
                 Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms),
                          help="The virtual machine whose adapter moves."),
                 Question("adapter", "Adapter", kind="choice", choices=tuple(labels),

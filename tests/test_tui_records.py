@@ -30,7 +30,7 @@ def ovs_wizard(tmp_path: Path) -> Iterator[Terminal]:
         t.send("F12")
         t.wait_for("OVSDB remote")
         t.send("F12")
-        t.wait_for("1 entries: edit...")
+        t.wait_for("1 entry: edit...")
         yield t
     finally:
         if t is not None:

@@ -48,6 +48,9 @@ class Ui:
 
     screen: snack.SnackScreen
     helps: dict[str, str] = field(default_factory=dict)
+    # The values of the step window whose record list is open: pickers inside a
+    # record offer the records answered under another key (Question.refs).
+    section: dict[str, Any] = field(default_factory=dict)
 
     def form(self, title: str, help_text: str, cols: int, rows: int) -> snack.GridFormHelp:
         tag = f"help{len(self.helps)}"
@@ -126,6 +129,8 @@ def _record_model(model: Any, key: str) -> Any:
 def _show(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a timeout of 30 seconds reads 30, not 30.0
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
@@ -141,7 +146,8 @@ class Row:
     def __init__(self, ui: Ui, q: Any, value: Any, model: Any) -> None:
         self.ui, self.q, self.value, self.model = ui, q, value, model
         self.widget: Any = None
-        self.picker = q.kind == "records" or (q.kind in ("choice", "multi") and bool(q.choices))
+        self.picker = q.kind == "records" or (q.kind in ("choice", "multi")
+                                              and bool(q.choices or q.refs))
 
     def build(self) -> tuple[Any, Any]:
         """Fresh label and widget showing the current value."""
@@ -155,7 +161,8 @@ class Row:
 
     def _caption(self) -> str:
         if self.q.kind == "records":
-            return f"{len(self.value or [])} entries: edit..."
+            n = len(self.value or [])
+            return f"{n} {'entry' if n == 1 else 'entries'}: edit..."
         return (_show(self.value) or "(none)")[:34] + " ..."
 
     def activate(self) -> None:
@@ -233,6 +240,8 @@ def ask(ui: Ui, title: str, help_text: str, questions: list[Any], values: dict[s
             row.capture()
         hit = next((r for r in rows if r.picker and r.widget is result), None)
         if hit is not None:
+            if hit.q.kind == "records":
+                ui.section = {r.q.key: r.value for r in rows}
             hit.activate()
             continue
         choice = pressed(bar, result) or "next"
@@ -257,23 +266,38 @@ def text_window(ui: Ui, title: str, help_text: str, lines: list[str], buttons: l
     return pressed(bar, run(g)) or buttons[0].lower()
 
 
+def choice_items(ui: Ui, q: Any) -> list[tuple[str, Any]]:
+    """A picker's (text, value) items: the host's choices with their state
+    (``choice_notes``), then what this run creates (``refs``) marked "(new)"."""
+    notes = dict(q.choice_notes)
+    items = [(f"{c}  ({notes[c]})" if c in notes else str(c), c) for c in q.choices]
+    answered = (ui.section.get(q.refs) or []) if q.refs else []
+    for rec in answered:
+        name = rec.get("name") if isinstance(rec, dict) else None
+        if name and rec.get("state") != "absent" and name not in q.choices:
+            items.append((f"{name} (new)", name))
+    return items
+
+
 def pick_one(ui: Ui, q: Any, current: Any) -> Any:
-    items = ["(none)"] + list(q.choices) if not q.required else list(q.choices)
-    default = items.index(current) if current in items else 0
+    items = choice_items(ui, q) if q.required else [("(none)", None), *choice_items(ui, q)]
+    values = [v for _t, v in items]
+    default = values.index(current) if current in values else 0
     button, idx = snack.ListboxChoiceWindow(
-        ui.screen, q.label, q.help or f"Choose {q.label.lower()}.", items,
-        buttons=["OK", "Cancel"], width=50, height=min(10, len(items)), scroll=1,
-        default=default, help=None)
+        ui.screen, q.label, q.help or "Pick one with the arrow keys, then OK.",
+        [t for t, _v in items], buttons=["OK", "Cancel"], width=50,
+        height=min(10, len(items)), scroll=1, default=default, help=None)
     if button == "cancel":
         return current
-    return None if items[idx] == "(none)" else items[idx]
+    return values[idx]
 
 
 def pick_many(ui: Ui, q: Any, current: list[Any]) -> list[Any]:
-    g = ui.form(q.label, q.help or f"Choose {q.label.lower()}.", 1, 3)
-    tree = snack.CheckboxTree(height=min(12, max(3, len(q.choices))), scroll=1, width=50)
-    for choice in q.choices:
-        tree.append(str(choice), choice, selected=int(choice in current))
+    items = choice_items(ui, q)
+    g = ui.form(q.label, q.help or "Space toggles an item.", 1, 3)
+    tree = snack.CheckboxTree(height=min(12, max(3, len(items))), scroll=1, width=50)
+    for text, choice in items:
+        tree.append(text, choice, selected=int(choice in current))
     g.add(snack.TextboxReflowed(50, q.help or "Space toggles an item.", maxHeight=4), 0, 0)
     g.add(tree, 0, 1, (0, 1, 0, 0))
     bar = snack.ButtonBar(ui.screen, ["OK", "Cancel"])
@@ -337,6 +361,7 @@ class Flow:
     raw: Any = None
     ask_steps: set[str] = field(default_factory=set)
     selected: list[str] = field(default_factory=list)
+    prefilled: set[str] = field(default_factory=set)  # steps given the host's current state
 
 
 def welcome(flow: Flow, steps: list[Any]) -> str:
@@ -403,6 +428,10 @@ def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
             if stage == 0:
                 continue
             facts = {}
+        else:
+            if step.name not in flow.prefilled:
+                flow.prefilled.add(step.name)
+                prefill(values, step.current(facts), defaults(step.Answers))
         questions = step.questions(facts)
         button, got = ask(flow.ui, step.title, step.help, questions, values, step.Answers,
                           ["Next", "Back", "Cancel"])
@@ -421,6 +450,14 @@ def step_pages(flow: Flow, step: Any, ctx: Any, backwards: bool = False) -> str:
             return "next"
         flow.ui.message("Not accepted", "\n".join(problems))
         stage = 1
+
+
+def prefill(values: dict[str, Any], current: dict[str, Any], default: dict[str, Any]) -> None:
+    """Show what hostsetup already manages on the host (``Step.current``) in the keys
+    nothing was answered or entered for (missing, or still the model's default)."""
+    for key, value in current.items():
+        if key not in values or values[key] == default.get(key):
+            values[key] = value
 
 
 def review(flow: Flow, ctx: Any) -> tuple[str, Any, Any]:

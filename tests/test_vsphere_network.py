@@ -22,6 +22,8 @@ from backends.interfaces.vsphere import Inventory, VSphereConn
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
 from wizard.backends import RealBackends
+from wizard.plantext import run_lines
+from wizard.runner import Run, StepResult
 from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
@@ -414,3 +416,26 @@ def test_cli_wrong_password_never_shown(vs_start: Start, tmp_path: Path) -> None
     for path in tmp_path.rglob("*"):
         if path.is_file() and path != sim.password_file:
             assert wrong.encode() not in path.read_bytes(), path
+
+
+def test_plan_prints_the_review_text(vs_start: Start, tmp_path: Path) -> None:
+    """`hostsetup plan` prints exactly plantext.run_lines of its run (the Review's text)."""
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    run({**section, "vm_adapters": []})
+    section["portgroups"][1]["allow_promiscuous"] = True
+    answers, report = tmp_path / "answers.yaml", tmp_path / "report.json"
+    write_yaml(answers, {"version": 1, "vsphere_network": section})
+    res = hostsetup("plan", "--answers", str(answers), "--report", str(report))
+    assert res.returncode == 4, res.stdout + res.stderr
+    steps = [StepResult(s["name"], s["status"], [Change(**c) for c in s["changes"]],
+                        s["errors"], s["notes"]) for s in json.loads(report.read_text())["steps"]]
+    assert res.stdout.splitlines() == run_lines(Run("plan", steps=steps))
+    host = sim.hosts[0]
+    assert res.stdout.splitlines() == [
+        "vsphere_network: 2 changes",
+        f"  + update {host}: port group EastWest-20",
+        "      promiscuous: no -> yes",
+        f"  + update VM {sim.vms[0]}: Network adapter 1",
+        "      port group: VM Network -> Monitoring",
+    ]

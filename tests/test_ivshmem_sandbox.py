@@ -192,7 +192,7 @@ def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
                           enforce="refuse", role="master")
         plan = cli(sb, "plan", section)
         assert plan.returncode == 4, plan.stderr
-        assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in plan.stdout
+        assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in " ".join(plan.stdout.split())
         applied = cli(sb, "apply", section)
         assert applied.returncode == 0, applied.stdout + applied.stderr
         dumped = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "wrapped"))
@@ -311,7 +311,8 @@ def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path
     assert cli(ivs_sb, "plan", section).returncode == 4
     applied = cli(ivs_sb, "apply", section)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "restart libvirtd.service so that it loads the new hook" in applied.stdout
+    assert "restart libvirtd.service so that it loads the new hook" in " ".join(
+        applied.stdout.split())
     chained = hooks / "qemu.hostsetup-chained"
     assert chained.read_text() == third_party and chained.stat().st_mode & 0o777 == 0o750
     assert b"hostsetup-ivshmem-hook" in (hooks / "qemu").read_bytes()

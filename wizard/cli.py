@@ -128,13 +128,14 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def print_run(run: Run) -> None:
     """The plan/apply result for a terminal or a log: one block per step, the same
-    text as the wizard's Review (:mod:`wizard.plantext`); errors go to stderr."""
-    from wizard.plantext import step_lines, wrap
+    text as the wizard's Review (:mod:`wizard.plantext`); errors go to stderr, one
+    line each (for logs and grep)."""
+    from wizard.plantext import step_lines
 
     for result in run.steps:
         print("\n".join(step_lines(result, errors=False)))
         for err in result.errors:
-            print("\n".join(wrap(f"! {err}", 2, 78)), file=sys.stderr)
+            print(f"  ! {err}", file=sys.stderr)
 
 
 def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[str, Any]) -> int:

@@ -74,8 +74,9 @@ def wrap(text: str, indent: int, width: int) -> list[str]:
     of the first column of a ``key: value`` line."""
     head = " " * indent
     hang = head + "  "
+    # A path or an address longer than a line stays whole (copied, not read).
     return textwrap.wrap(text, width=width, initial_indent=head, subsequent_indent=hang,
-                         break_on_hyphens=False) or [head.rstrip()]
+                         break_on_hyphens=False, break_long_words=False) or [head.rstrip()]
 
 
 def change_lines(change: Change, width: int = 78) -> list[str]:

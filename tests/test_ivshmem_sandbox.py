@@ -124,6 +124,18 @@ def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "ivshmem: nothing to change" in again.stdout
 
+    # A re-run of the wizard starts from what was applied (Step.current).
+    step, backends = IvshmemStep(), RealBackends()
+    try:
+        current = step.current(step.discover(section, Context(backends=backends)))
+    finally:
+        backends.close()
+    assert {k: current.get(k) for k in ("name", "size", "model", "enforce", "domains")} == {
+        "name": section["name"], "size": 4, "model": "plain", "enforce": "refuse",
+        "domains": "all"}
+    assert IvshmemAnswers.model_validate({**section, **current}) == \
+        IvshmemAnswers.model_validate(section)
+
 
 def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> None:
     sb = ivs_clean
@@ -141,6 +153,25 @@ def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> No
         assert plan.returncode == 4 and "update domain bare" in plan.stdout
     finally:
         sandbox_libvirt.virsh(sb, "undefine", "bare")
+
+
+def test_a_second_device_is_marked_in_the_plan(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    define(sb, "twin")
+    try:
+        lv = LibvirtBackend(sandbox_libvirt.uri(sb))
+        try:
+            lv.set_shmem("twin", Shmem("theirs", size_mib=2))
+        finally:
+            lv.close()
+        plan = cli(sb, "plan", answers(sb, domains=["twin"]))
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        text = " ".join(plan.stdout.split())
+        assert ("! update domain twin: shmem device [a second ivshmem device: the domain "
+                "already has 'theirs']") in text
+        assert "destructive (!)" in text
+    finally:
+        sandbox_libvirt.virsh(sb, "undefine", "twin")
 
 
 def save(sb: Sandbox, name: str) -> str:

@@ -114,7 +114,8 @@ class Change:
     destructive: str = ""
 
     def describe(self) -> str:
-        """A one-line human description, used by the review screen and `plan`."""
+        """A one-line human description (progress, logs, verify); the review and
+        `plan` show the full text of :mod:`wizard.plantext`."""
         text = f"{self.action} {self.target}"
         if self.detail:
             text += f": {self.detail}"

@@ -156,13 +156,15 @@ def reported(path: Path | None, report: dict[str, Any], code: int) -> int:
 def check_outputs(args: argparse.Namespace) -> str | None:
     """Before anything runs: refuse --report/--record targets a write could be
     redirected through, and open --log.  Returns the problem, if any."""
+    targets = [t for t in (args.report, getattr(args, "record", None)) if t is not None]
+    if not targets and args.log is None:
+        return None  # the first screen waits for no import
     from backends.hostfiles import check_target
     from backends.interfaces import BackendError
 
     try:
-        for target in (args.report, getattr(args, "record", None)):
-            if target is not None:
-                check_target(target)
+        for target in targets:
+            check_target(target)
         setup_logging(args.log)
     except BackendError as exc:
         return str(exc)
@@ -291,7 +293,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                          args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
                                                                          flush=True))
     if args.detach:
-        run.runner_pid = fleet_detach(args, run.run_id)
+        from backends.interfaces import BackendError
+
+        try:
+            run.runner_pid = fleet_detach(args, run.run_id)
+        except BackendError as exc:  # its log refused: nothing was started
+            print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         run.save(initial=True)  # so that 'fleet status' knows the run at once
         return 0
     print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
     Host,
     Inventory,
@@ -542,6 +542,12 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 invoke(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
                 done.append(op)
                 ctx.log(f"vsphere_network: {text}")
+        except BackendUnreachable:
+            # Without the server nothing can be undone: say what took effect (the
+            # runner reports the step unreachable, exit 5, with these notes).
+            ctx.notes.append("applied before vSphere was lost, not undone: "
+                             + (", ".join(op.change.describe() for op in done) or "nothing"))
+            raise
         except BackendError as exc:
             failed = ops[len(done)]
             not_undone, errors = self._compensate(api, done, ctx)

@@ -9,6 +9,7 @@ right after still gets the host's result.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import uuid
@@ -86,8 +87,6 @@ def test_agent_drops_garbage_and_keeps_consuming(fleet: Sandbox, tmp_path: Path)
     res = hostsetup("fleet", "plan", "--answers", str(fleet.dir / "fleet-answers.yaml"),
                     "--lines", "--report", str(report), env=dict(fleet.env), timeout=120)
     assert res.returncode in (0, 4), res.stdout + res.stderr
-    import json
-
     host = json.loads(report.read_text())["hosts"][0]
     assert host["name"] == HOST and host["status"] in ("pending", "unchanged"), host
     assert client.llen(queue) == 0  # every entry was taken

@@ -471,3 +471,28 @@ def test_cli_wrong_password_never_shown(vs_start: Start, tmp_path: Path) -> None
     for path in tmp_path.rglob("*"):
         if path.is_file() and path != sim.password_file:
             assert wrong.encode() not in path.read_bytes(), path
+
+
+def test_simulator_lost_mid_apply_is_unreachable_with_what_was_applied(
+        vs_start: Start, tmp_path: Path) -> None:
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    answers = VSphereNetworkAnswers.model_validate(section)
+    backends = RealBackends()
+
+    def progress(_frac: float, text: str) -> None:
+        if text.startswith("create") and "EastWest-20" in text:
+            Sandbox.load(tmp_path / "vs").stop()  # the server goes away mid-apply
+
+    ctx = Context(backends=backends, progress=progress)
+    try:
+        changes = STEP.plan(answers, ctx)
+        with pytest.raises(BackendUnreachable, match="vSphere unreachable at 127.0.0.1"):
+            STEP.apply(answers, changes, ctx)
+    finally:
+        backends.close()
+    host = sim.hosts[0]
+    assert ctx.notes == [f"applied before vSphere was lost, not undone: create {host}: "
+                         f"vSwitch vSwitch1: num_ports 128, mtu 9000, nics ['vmnic1'], "
+                         f"create {host}: port group Monitoring: vswitch vSwitch1, vlan 4095, "
+                         "allow_promiscuous True, forged_transmits True, mac_changes False"]

@@ -95,8 +95,8 @@ def test_agent_drops_garbage_and_keeps_consuming(fleet: Sandbox, tmp_path: Path)
 
     log = agent_log(fleet)
     assert "Unrecoverable error" not in log
-    assert log.count("dropped an undecodable entry") == 4, log[-5000:]
-    assert log.count("that is not a message envelope") == 2
+    assert log.count("dropped an undecodable entry") == 3, log[-5000:]
+    assert log.count("that is not a message envelope") == 3
     assert repr(b"{not json") in log
     assert f"... ({BIG + 1} bytes)" in log  # the 5 MB entry: a preview and its size
     assert "Received unregistered task of type 'os.system'" in log
@@ -109,3 +109,40 @@ def test_redis_config_is_0600(fleet: Sandbox) -> None:
     conf = redis_component.password_file(fleet).parent / "redis.conf"
     assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(redis_component.password_file(fleet)).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["brpop", "get"])
+def test_transport_drops_garbage_in_both_read_paths(fleet: Sandbox, blocking: bool,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The event loop's BRPOP read and the polling ``_get`` both drop garbage and
+    deliver the message behind it."""
+    import queue as queue_mod
+
+    from kombu import Connection
+
+    from wizard.fleet_transport import Transport
+
+    name = f"hostsetup.test.garbage-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(broker(fleet).full_url())
+    with Connection(broker(fleet).full_url(), transport=Transport) as conn:
+        q = conn.SimpleQueue(name)
+        try:
+            for entry in GARBAGE:
+                client.lpush(name, entry)
+            q.put({"hello": "agent"})
+            got = None
+            for _ in range(3 * len(GARBAGE)):
+                try:
+                    got = q.get(block=True, timeout=2) if blocking else q.get_nowait()
+                    break
+                except queue_mod.Empty:
+                    continue
+            assert got is not None and got.payload == {"hello": "agent"}
+            got.ack()
+        finally:
+            q.clear()
+            q.close()
+            client.delete(name)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == len(GARBAGE), dropped
+    assert all(len(m) < 600 for m in dropped)

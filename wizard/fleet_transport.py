@@ -12,6 +12,7 @@ on consuming.  The app selects it with ``broker_transport``
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from typing import Any
@@ -34,19 +35,29 @@ def preview(raw: bytes | str | None) -> str:
 
 
 def is_envelope(message: Any) -> bool:
-    """True if ``message`` has the shape kombu builds a Message from."""
+    """True if kombu can build a Message from ``message`` (shape and body encoding)."""
     if not isinstance(message, dict):
         return False
-    props = message.get("properties")
-    return (isinstance(props, dict) and "delivery_tag" in props
+    props, body = message.get("properties"), message.get("body")
+    if not (isinstance(props, dict) and "delivery_tag" in props
             and isinstance(props.get("delivery_info", {}), dict)
             and isinstance(message.get("headers") or {}, dict)
-            and isinstance(message.get("body", ""), (str, bytes, type(None))))
+            and isinstance(body, (str, bytes, type(None)))):
+        return False
+    encoding = props.get("body_encoding")
+    if not body or encoding in (None, "utf-8"):
+        return True
+    if encoding != "base64":
+        return False
+    try:
+        base64.b64decode(body)  # as kombu will
+    except ValueError:
+        return False
+    return True
 
 
-# What decoding one entry can raise: not JSON / not UTF-8 (ValueError), a
-# kombu JSON type marker with a bad value (ValueError), a body that is not
-# base64 (binascii.Error, a ValueError), an envelope field of the wrong type.
+# What decoding one entry can raise: not JSON (ValueError), a kombu JSON type
+# marker with a bad value (ValueError), an envelope field of the wrong type.
 DECODE_ERRORS = (ValueError, KeyError, TypeError)
 
 
@@ -56,8 +67,22 @@ def _dropped(where: str, exc: BaseException) -> None:
     log.error("dropped an undecodable entry of %s (%s): %s", where, reason, preview(raw))
 
 
+def envelope_or_dropped(message: Any, queue: str) -> bool:
+    """True if ``message`` is an envelope; otherwise it is logged as dropped."""
+    if is_envelope(message):
+        return True
+    log.error("dropped an entry of %s that is not a message envelope: %s", queue,
+              preview(json.dumps(message, default=str)))
+    return False
+
+
 class Channel(redis.Channel):
-    """A Redis channel whose one bad entry is dropped instead of stopping the worker."""
+    """A Redis channel whose one bad entry is dropped instead of stopping the worker.
+
+    ``_brpop_read`` is the worker's event-loop read (entries that are not
+    envelopes are caught in :meth:`Transport._deliver`); ``_get`` is the
+    polling read (``basic_get``), which builds its Message itself.
+    """
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -68,10 +93,13 @@ class Channel(redis.Channel):
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         try:
-            return super()._get(queue)
+            message = super()._get(queue)
         except DECODE_ERRORS as exc:
             _dropped(queue, exc)
             raise Empty() from None
+        if not envelope_or_dropped(message, queue):
+            raise Empty()
+        return message
 
 
 class Transport(redis.Transport):
@@ -81,8 +109,5 @@ class Transport(redis.Transport):
     Channel = Channel
 
     def _deliver(self, message: Any, queue: str) -> None:
-        if not is_envelope(message):
-            log.error("dropped an entry of %s that is not a message envelope: %s", queue,
-                      preview(json.dumps(message, default=str)))
-            return
-        super()._deliver(message, queue)
+        if envelope_or_dropped(message, queue):
+            super()._deliver(message, queue)

@@ -145,11 +145,14 @@ class StepFailed(Exception):
 
     ``done`` lists the changes that took effect before the failure (after any
     compensation), so the report can say exactly what remains changed.
+    ``errors`` are further errors for the report (e.g. each undo call that failed).
     """
 
-    def __init__(self, message: str, done: list[Change] | None = None) -> None:
+    def __init__(self, message: str, done: list[Change] | None = None,
+                 errors: list[str] | None = None) -> None:
         super().__init__(message)
         self.done = done or []
+        self.errors = errors or []
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import (
     Bridge,
     Mirror,
@@ -453,6 +453,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 cfg = ovsdb.apply(edit, answers.timeout)
             except VswitchdTimeout as exc:
                 raise StepFailed(str(exc), done=now) from None
+            except BackendUnreachable:
+                raise  # the runner reports it (exit 5): whether it committed is unknown
             except BackendError as exc:
                 # One transaction: when it fails, none of it took effect.
                 raise StepFailed(f"{exc}", done=[]) from None

@@ -7,8 +7,10 @@ security policy) are created or updated in place, or removed when marked
 (ReconfigVM_Task, waited on).  Only what the answers name is touched.
 
 If a change fails, what this run did is undone in reverse order (created
-objects removed, updated ones restored, adapters moved back) and the failure
-lists exactly what remains changed.
+objects removed, updated ones restored, adapters moved back).  What remains
+changed is then computed from a re-read of the inventory, not from which
+undo calls succeeded (removing a vSwitch also removes its port groups), and
+every undo call that failed is listed as an error of the step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
     Host,
     Inventory,
@@ -182,11 +184,16 @@ Call = tuple[str, tuple[Any, ...]]
 
 @dataclass
 class Op:
-    """A planned change with the backend calls that make and undo it."""
+    """A planned change with the backend calls that make and undo it.
+
+    ``in_effect`` tells from a (re-read) inventory whether the change is in
+    effect there, i.e. the object is not as it was before the run.
+    """
 
     change: Change
     do: Call
     undo: Call | None
+    in_effect: Callable[[Inventory], bool]
 
 
 def part_progress(ctx: Context, start: float, count: int, text: str, frac: float) -> None:
@@ -258,6 +265,28 @@ PORTGROUP = Kind(
 )
 
 
+def finder(kind: Kind, host: str, name: str) -> Callable[[Inventory], Any]:
+    """Looks up one host object in an inventory (``None`` when it is not there)."""
+    def find(inv: Inventory) -> Any:
+        h = inv.host(host)
+        return kind.find(h, name) if h is not None else None
+    return find
+
+
+def exists(find: Callable[[Inventory], Any], created: bool) -> Callable[[Inventory], bool]:
+    """In effect: the object exists (a creation) or does not (a removal)."""
+    return lambda inv: (find(inv) is not None) == created
+
+
+def differs(kind: Kind, find: Callable[[Inventory], Any],
+            before: Settings) -> Callable[[Inventory], bool]:
+    """In effect: the object is gone or one of ``before``'s settings is not restored."""
+    def check(inv: Inventory) -> bool:
+        obj = find(inv)
+        return obj is None or any(kind.current(obj).get(k) != v for k, v in before.items())
+    return check
+
+
 def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[Op]:
     """Create/update (or, with ``absent``, remove) the answered objects on ``host``."""
     ops = []
@@ -266,20 +295,34 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
         have = kind.find(host, item.name)
         target = f"{h}: {kind.label} {item.name}"
         remove: Call = (f"remove_{kind.api}", (h, item.name))
+        find = finder(kind, h, item.name)
         if absent:
             if item.state == "absent" and have is not None:
-                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None))
+                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None,
+                              exists(find, False)))
         elif item.state == "present":
             after = kind.wanted(item, have)
             if have is None:
                 ops.append(Op(Change(target, "create", after=after),
-                              (f"add_{kind.api}", (h, kind.spec(item))), remove))
+                              (f"add_{kind.api}", (h, kind.spec(item))), remove,
+                              exists(find, True)))
             elif kind.current(have) != after:
                 update = f"update_{kind.api}"
-                ops.append(Op(Change(target, "update", *changed(kind.current(have), after)),
+                before, wanted = changed(kind.current(have), after)
+                ops.append(Op(Change(target, "update", before, wanted),
                               (update, (h, item.name, kind.spec(item))),
-                              (update, (h, item.name, kind.spec_of(have)))))
+                              (update, (h, item.name, kind.spec_of(have))),
+                              differs(kind, find, before)))
     return ops
+
+
+def adapter_moved(vm: str, label: str, old: str | None) -> Callable[[Inventory], bool]:
+    """In effect: the adapter is not on its old network any more."""
+    def check(inv: Inventory) -> bool:
+        found = inv.vm(vm)
+        adapter = found.adapter(label) if found else None
+        return adapter is None or adapter.network != old
+    return check
 
 
 def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
@@ -296,6 +339,7 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
                    after={"port_group": a.portgroup}),
             ("move_adapter", (a.vm, a.adapter, a.portgroup)),
             ("move_adapter", (a.vm, a.adapter, old)) if old else None,
+            adapter_moved(a.vm, a.adapter, old),
         ))
     return ops
 
@@ -546,32 +590,58 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 invoke(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
                 done.append(op)
                 ctx.log(f"vsphere_network: {text}")
+        except BackendUnreachable:
+            # Without the server nothing can be undone: say what took effect (the
+            # runner reports the step unreachable, exit 5, with these notes).
+            ctx.notes.append("applied before vSphere was lost, not undone: "
+                             + (", ".join(op.change.describe() for op in done) or "nothing"))
+            raise
         except BackendError as exc:
-            remains = self._compensate(api, done, ctx)
-            self._refresh(answers, ctx)
-            undone = len(done) - len(remains)
-            failed = ops[len(done)].change
+            failed = ops[len(done)]
+            not_undone, errors = self._compensate(api, done, ctx)
+            remains = self._remains(answers, ctx, [*done, failed], not_undone, errors)
+            undone = sum(op.change not in remains for op in done)
             raise StepFailed(
-                f"{failed.action} {failed.target} failed: {exc}; "
-                f"undid {undone} change(s) made by this run", remains) from None
+                f"{failed.change.action} {failed.change.target} failed: {exc}; "
+                f"undid {undone} change(s) made by this run", remains, errors) from None
         ctx.progress(1.0, "vSphere networking done")
         ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
         self._refresh(answers, ctx)
 
-    def _compensate(self, api: VSphereAPI, done: list[Op], ctx: Context) -> list[Change]:
-        """Undo ``done`` in reverse; returns the changes that remain in effect."""
-        remains = []
+    def _compensate(self, api: VSphereAPI, done: list[Op],
+                    ctx: Context) -> tuple[list[Op], list[str]]:
+        """Undo ``done`` in reverse; returns the ops not undone and one error per
+        undo call that failed."""
+        not_undone, errors = [], []
         for op in reversed(done):
             if op.undo is None:
-                remains.append(op.change)
+                not_undone.append(op)
                 continue
             try:
                 invoke(api, op.undo)
                 ctx.log(f"vsphere_network: undid {op.change.describe()}")
             except BackendError as exc:
-                ctx.log(f"vsphere_network: could not undo {op.change.describe()}: {exc}")
-                remains.append(op.change)
-        return list(reversed(remains))
+                errors.append(f"undo of '{op.change.describe()}' failed "
+                              f"({op.undo[0]}): {exc}")
+                ctx.log(f"vsphere_network: {errors[-1]}")
+                not_undone.append(op)
+        return list(reversed(not_undone)), errors
+
+    def _remains(self, answers: VSphereNetworkAnswers, ctx: Context, tried: list[Op],
+                 not_undone: list[Op], errors: list[str]) -> list[Change]:
+        """What remains changed, from a re-read of the inventory after the undo.
+
+        If the inventory cannot be re-read, the ops not undone are reported, and
+        why the list is not checked is added to ``errors``.
+        """
+        self._refresh(answers, ctx)
+        facts = ctx.facts.get(self.name)
+        if facts is None:
+            errors.append("could not re-read the inventory after the undo: what remains "
+                          "changed is inferred from the calls that succeeded")
+            return [op.change for op in not_undone]
+        inv: Inventory = facts["inventory"]
+        return [op.change for op in tried if op.in_effect(inv)]
 
     def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
         """Re-read the inventory so verify() and later steps see the new state."""

@@ -558,3 +558,44 @@ def test_ssl_remote(tmp_path: Path) -> None:
         assert f"OVSDB unreachable at ssl:127.0.0.1:{port}" in res.stderr
     finally:
         sb.stop()
+
+
+def test_ovsdb_lost_between_check_and_apply_is_exit_5(tmp_path: Path) -> None:
+    """ovsdb-server dies after the check: the services step before it is applied and
+    reported, ovs_mirror is 'unreachable' naming the address, the run exits 5."""
+    from wizard import answers as answers_mod
+    from wizard.runner import Run, apply_all, check, phase1_exit
+    from wizard.sandbox import dbus as dbus_component
+
+    sb = Sandbox(dir=tmp_path / "host", tag=f"om{os.getpid() % 1000}{next(_TAGS)}")
+    backends = RealBackends()
+    try:
+        dbus_component.up(sb)
+        component.up(sb)
+        write_outputs(sb)
+        db = sb.env["HOSTSETUP_OVSDB"]
+        path = answers_file(sb, tmp_path / "a.yaml", [SPAN])
+        data = {**answers_mod.read_yaml(Path(path))}
+        data["services"] = {"bus": sb.env["HOSTSETUP_DBUS_ADDRESS"],
+                            "require": ["libvirtd.service"], "start": True}
+        write(tmp_path / "b.yaml", {"version": 1, "services": data["services"],
+                                    "ovs_mirror": dict(data["ovs_mirror"])})
+        answers = answers_mod.load(tmp_path / "b.yaml")
+        ctx = Context(backends=backends)
+        run = Run("apply")
+        prepared = check(answers, ctx, run)
+        assert phase1_exit(run) is None
+        assert [(s.name, s.status) for s in run.steps] == [("services", "pending"),
+                                                           ("ovs_mirror", "pending")]
+        kill_group(_ovsdb_pid(sb), 5)
+        code = apply_all(prepared, ctx, lambda _i, _s: None)
+    finally:
+        backends.close()
+        sb.stop()
+        component.down(sb)
+    services, mirror = run.as_dict()["steps"]
+    assert code == 5
+    assert services["status"] == "applied" and services["changes"]
+    assert mirror["status"] == "unreachable", mirror
+    assert any(f"OVSDB unreachable at {db}" in e for e in mirror["errors"]), mirror
+    assert "applied before it: services (1 change(s))" in mirror["notes"]

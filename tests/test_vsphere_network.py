@@ -276,8 +276,66 @@ def test_injected_failure_is_compensated(vs_start: Start) -> None:
         run(section)
     assert [(c.action, c.target) for c in err.value.done] == [
         ("create", f"{sim.hosts[0]}: vSwitch vSwitch1")]
+    assert len(err.value.errors) == 1
+    assert err.value.errors[0].startswith(
+        f"undo of 'create {sim.hosts[0]}: vSwitch vSwitch1' failed (remove_vswitch)")
+    assert "(remove_vswitch)" in err.value.errors[0] and "fault injected" in err.value.errors[0]
     h = read_back(section).host(sim.hosts[0])
     assert h is not None and h.vswitch("vSwitch1") and h.portgroup("Monitoring") is None
+
+
+def in_effect(inv: Inventory, changes: list[Change]) -> list[tuple[str, str]]:
+    """Which of the run's creations exist in ``inv`` (by action and target)."""
+    found = []
+    for change in changes:
+        host, _, what = change.target.partition(": ")
+        kind, _, name = what.rpartition(" ")
+        h = inv.host(host)
+        obj = None if h is None else h.vswitch(name) if kind == "vSwitch" else h.portgroup(name)
+        if (obj is not None) == (change.action == "create"):
+            found.append((change.action, change.target))
+    return found
+
+
+def test_two_faults_remains_come_from_a_re_read(vs_start: Start, tmp_path: Path) -> None:
+    """An add fails, then the undo (a remove) of an earlier add fails: removing the
+    vSwitch takes that port group with it, so nothing remains, and the report says so."""
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    host = sim.hosts[0]
+    sim.faults.write_text("AddPortGroup:EastWest-20\nRemovePortGroup:Monitoring\n")
+    with pytest.raises(StepFailed) as err:
+        run(section)
+    inv = read_back(section)
+    created = [Change(f"{host}: vSwitch vSwitch1", "create"),
+               Change(f"{host}: port group Monitoring", "create")]
+    assert in_effect(inv, created) == [] and err.value.done == []
+    assert "undid 2 change(s)" in str(err.value)
+    [undo] = err.value.errors
+    assert f"undo of 'create {host}: port group Monitoring" in undo and "fault injected" in undo
+
+    # The same through the CLI: the report's errors and notes.
+    rc, out, report = cli(tmp_path, section, "apply")
+    assert rc == 1, out
+    [step] = report["steps"]
+    assert step["status"] == "failed"
+    assert "remains changed: nothing" in step["notes"]
+    assert any("add EastWest-20" in e or "port group EastWest-20 failed" in e
+               for e in step["errors"]), step["errors"]
+    assert any(e.startswith(f"undo of 'create {host}: port group Monitoring")
+               for e in step["errors"]), step["errors"]
+    assert in_effect(read_back(section), created) == []
+
+    # Only the removal of the port group fails, and the vSwitch's too: both remain,
+    # as the re-read shows, and both failed undo calls are errors.
+    sim.faults.write_text("AddPortGroup:EastWest-20\nRemovePortGroup:Monitoring\n"
+                          "RemoveVirtualSwitch:vSwitch1\n")
+    with pytest.raises(StepFailed) as err:
+        run(section)
+    remains = [(c.action, c.target) for c in err.value.done]
+    assert remains == in_effect(read_back(section), created) == [
+        (c.action, c.target) for c in created]
+    assert len(err.value.errors) == 2
 
 
 def test_failure_after_adapter_move_moves_it_back(vs_start: Start) -> None:
@@ -439,3 +497,26 @@ def test_plan_prints_the_review_text(vs_start: Start, tmp_path: Path) -> None:
         f"  + update VM {sim.vms[0]}: Network adapter 1",
         "      port group: VM Network -> Monitoring",
     ]
+
+
+def test_simulator_lost_mid_apply_is_unreachable_with_what_was_applied(
+        vs_start: Start, tmp_path: Path) -> None:
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    answers = VSphereNetworkAnswers.model_validate(section)
+    backends = RealBackends()
+
+    def progress(_frac: float, text: str) -> None:
+        if text.startswith("create") and "EastWest-20" in text:
+            Sandbox.load(tmp_path / "vs").stop()  # the server goes away mid-apply
+
+    ctx = Context(backends=backends, progress=progress)
+    try:
+        changes = STEP.plan(answers, ctx)
+        with pytest.raises(BackendUnreachable, match="vSphere unreachable at 127.0.0.1"):
+            STEP.apply(answers, changes, ctx)
+    finally:
+        backends.close()
+    host = sim.hosts[0]
+    assert ctx.notes == [f"applied before vSphere was lost, not undone: create {host}: "
+                         f"vSwitch vSwitch1, create {host}: port group Monitoring"]

@@ -14,7 +14,6 @@ named with its host, e.g. ``hosts[1] (hv2).ovs_mirror.db (line 30): ...``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -347,11 +346,14 @@ def dump_yaml(data: Any) -> str:
 
 
 def write(path: Path, data: dict[str, Any], header: str = "") -> None:
-    """Write answers as YAML, mode 0600 (they may name secret files or variables)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(header + dump_yaml(data))
+    """Write answers as YAML, mode 0600 (they may name secret files or variables).
+
+    Atomic and never through a link (:func:`backends.hostfiles.atomic_write`);
+    raises ``BackendError`` if the target is refused.
+    """
+    from backends.hostfiles import atomic_write
+
+    atomic_write(path, (header + dump_yaml(data)).encode(), 0o600)
 
 
 TEMPLATE_HEADER = """\

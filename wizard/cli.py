@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
-from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
+from wizard.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 
 if TYPE_CHECKING:
     from wizard.runner import Run
@@ -108,22 +114,61 @@ def on_terminal() -> bool:
 
 
 def setup_logging(path: Path | None) -> None:
-    """Log to ``path`` (INFO) if given; warnings always go to stderr."""
+    """Log to ``path`` (INFO) if given; warnings always go to stderr.
+
+    The log is opened with :func:`backends.hostfiles.open_log` (append, mode
+    0600 at creation, never through a link); raises ``BackendError`` if refused.
+    """
     root = logging.getLogger("hostsetup")
     root.setLevel(logging.INFO)
     if path is not None:
-        handler = logging.FileHandler(path)
+        from backends.hostfiles import open_log
+
+        handler = logging.StreamHandler(open_log(path))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
 
 
-def write_report(path: Path | None, report: dict[str, Any]) -> None:
-    """Write the JSON report atomically."""
+def write_report(path: Path | None, report: dict[str, Any]) -> bool:
+    """Write the JSON report atomically (mode 0600, never through a link).
+
+    Returns False, after saying why on stderr, if it could not be written.
+    """
     if path is None:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+        return True
+    from backends.hostfiles import atomic_write
+    from backends.interfaces import BackendError
+
+    try:
+        atomic_write(path, (json.dumps(report, indent=2) + "\n").encode(), 0o600)
+    except BackendError as exc:
+        print(f"hostsetup: report not written: {exc}", file=sys.stderr)
+        logging.getLogger("hostsetup").error("report not written: %s", exc)
+        return False
+    return True
+
+
+def reported(path: Path | None, report: dict[str, Any], code: int) -> int:
+    """Write the report; a run that was fine but whose report is lost exits 1."""
+    return code if write_report(path, report) or code != 0 else EXIT_FAILED
+
+
+def check_outputs(args: argparse.Namespace) -> str | None:
+    """Before anything runs: refuse --report/--record targets a write could be
+    redirected through, and open --log.  Returns the problem, if any."""
+    targets = [t for t in (args.report, getattr(args, "record", None)) if t is not None]
+    if not targets and args.log is None:
+        return None  # the first screen waits for no import
+    from backends.hostfiles import check_target
+    from backends.interfaces import BackendError
+
+    try:
+        for target in targets:
+            check_target(target)
+        setup_logging(args.log)
+    except BackendError as exc:
+        return str(exc)
+    return None
 
 
 def print_run(run: Run) -> None:
@@ -144,9 +189,8 @@ def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[
           file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
-    write_report(args.report, {"version": 1, **report, "exit_code": EXIT_INVALID,
-                               "errors": problems})
-    return EXIT_INVALID
+    return reported(args.report, {"version": 1, **report, "exit_code": EXIT_INVALID,
+                                  "errors": problems}, EXIT_INVALID)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -169,8 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         backends.close()
     print_run(run)
-    write_report(args.report, run.as_dict())
-    return run.exit_code
+    return reported(args.report, run.as_dict(), run.exit_code)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -246,7 +289,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                          args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
                                                                          flush=True))
     if args.detach:
-        run.runner_pid = fleet_detach(args, run.run_id)
+        from backends.interfaces import BackendError
+
+        try:
+            run.runner_pid = fleet_detach(args, run.run_id)
+        except BackendError as exc:  # its log refused: nothing was started
+            print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         run.save(initial=True)  # so that 'fleet status' knows the run at once
         return 0
     print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)
@@ -263,8 +312,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         code = run.run()
     report = run.report()
     print_fleet(report)
-    write_report(args.report, report)
-    return code
+    return reported(args.report, report, code)
 
 
 def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
@@ -282,7 +330,9 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
         if value:
             argv += [flag, str(value)]
     log_path = args.log or Path(tempfile.gettempdir()) / f"hostsetup-fleet-{run_id}.log"
-    with open(log_path, "ab") as out:
+    from backends.hostfiles import open_log
+
+    with open_log(log_path) as out:  # a predictable name in /tmp: never through a link
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=Path(__file__).resolve().parent.parent)
@@ -316,14 +366,17 @@ def fleet_status(app: Any, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     print_fleet(report)
-    write_report(args.report, report)
-    return 0 if report["state"] == "running" else int(report["exit_code"])
+    return reported(args.report, report,
+                    0 if report["state"] == "running" else int(report["exit_code"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hostsetup`` console script."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    problem = check_outputs(args)
+    if problem:
+        print(f"hostsetup: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command in ("plan", "apply"):
             return cmd_run(args)

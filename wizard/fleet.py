@@ -207,6 +207,8 @@ def make_app(cfg: BrokerConfig) -> Celery:
         result_expires=RESULT_EXPIRES, broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE_PREFIX + "unrouted", worker_hijack_root_logger=False,
         broker_use_ssl=cfg.ssl_options(), redis_backend_use_ssl=cfg.ssl_options(),
+        # kombu's Redis transport, but one undecodable queue entry is dropped, not fatal.
+        broker_transport="wizard.fleet_transport:Transport",
     )
     app.task(name=TASK_RUN, bind=True)(run_task)
     # Only our task is accepted: drop Celery's built-in ones (celery.chord,
@@ -258,6 +260,40 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {**run.as_dict(), **{k: base[k] for k in ("host", "agent", "machine", "redelivered")}}
 
 
+LOG_LINE_LIMIT = 2000  # characters of one log record's message (and of its traceback)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= LOG_LINE_LIMIT:
+        return text
+    return f"{text[:LOG_LINE_LIMIT]}... [{len(text)} characters, truncated]"
+
+
+class BoundedRecords(logging.Filter):
+    """Cut each record's message and traceback to :data:`LOG_LINE_LIMIT` characters.
+
+    Celery logs a refused message (unregistered task name, pickle, malformed)
+    with its headers and the exception naming it: a 20 MB header must not
+    become a 20 MB log line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _cut(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _cut(record.exc_text)
+        return True
+
+
+def _bound_handlers(logger: logging.Logger | None = None, **_kw: Any) -> None:
+    """Add :class:`BoundedRecords` to every handler Celery set up (signal receiver)."""
+    for lg in {logging.getLogger(), logger or logging.getLogger()}:
+        for handler in lg.handlers:
+            if not any(isinstance(f, BoundedRecords) for f in handler.filters):
+                handler.addFilter(BoundedRecords())
+
+
 def run_agent(cfg: BrokerConfig, names: list[str], loglevel: str = "INFO",
               concurrency: int = 1) -> int:
     """Run the agent of host ``names[0]`` in the foreground until stopped.
@@ -269,6 +305,11 @@ def run_agent(cfg: BrokerConfig, names: list[str], loglevel: str = "INFO",
         if not HOST_NAME.match(name):
             raise FleetError(f"agent name '{name}' is not a host name (letters, digits, '.-_')")
     AGENT["names"] = list(names)
+    from celery import signals
+
+    # In the worker and in each pool process, once Celery has set up logging.
+    signals.after_setup_logger.connect(_bound_handlers, weak=False)
+    signals.after_setup_task_logger.connect(_bound_handlers, weak=False)
     app = make_app(cfg)
     worker = app.Worker(
         hostname=f"hostsetup@{names[0]}" + (f"+{len(names) - 1}" if len(names) > 1 else ""),

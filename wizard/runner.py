@@ -5,7 +5,9 @@ validate the answers against it, plan.  Any invalid answer stops the run
 before anything is changed (exit 3); an unreachable backend likewise (exit 5).
 Phase 2 (``apply`` only): each step applies its plan, then ``verify`` checks
 that planning again finds nothing left.  The first failing step stops the
-run; the steps after it are reported as not run.
+run; the steps after it are reported as not run.  A backend lost during
+phase 2 makes that step "unreachable" (exit 5, the message names the backend
+and its address); the steps applied before it keep their "applied" results.
 """
 
 from __future__ import annotations
@@ -186,6 +188,10 @@ def apply_all(
     for i, item in enumerate(prepared):
         on_step(i, item.step)
         code = apply_one(item, ctx)
+        if code == EXIT_UNREACHABLE:
+            applied = [f"{p.result.name} ({len(p.result.changes)} change(s))"
+                       for p in prepared[:i] if p.result.status == "applied"]
+            item.result.notes.append("applied before it: " + (", ".join(applied) or "nothing"))
         if code is not None:
             for later in prepared[i + 1:]:
                 later.result.status = "not run"
@@ -207,9 +213,12 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
             item.step.apply(item.answers, result.changes, ctx)
         with Timer(result, "verify"):
             left = item.step.verify(item.answers, ctx)
+    except BackendUnreachable as exc:
+        return unreachable(item, exc, ctx)
     except (StepFailed, BackendError, ValueError) as exc:
         result.status = "failed"
         result.errors.append(str(exc))
+        result.errors.extend(getattr(exc, "errors", []))
         done = getattr(exc, "done", None)
         if done is not None:
             result.notes.append(
@@ -226,6 +235,23 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
     result.status = "applied"
     log.info("%s applied %d change(s)", item.step.name, len(result.changes))
     return None
+
+
+def unreachable(item: Prepared, exc: BackendUnreachable, ctx: Context) -> int:
+    """A backend was lost while the step applied: exit 5, naming it and its address.
+
+    Whether the step's own change took effect is unknown (a transaction may
+    have been committed just before the connection broke): say how to find out.
+    """
+    result = item.result
+    result.status = "unreachable"
+    result.errors.append(f"{item.step.name}: {exc} (lost during apply)")
+    result.notes.extend(ctx.notes)
+    ctx.notes.clear()
+    result.notes.append("whether this step's changes took effect is unknown: run 'plan' "
+                        "once the backend is back")
+    log.error("%s: %s during apply", item.step.name, exc)
+    return EXIT_UNREACHABLE
 
 
 def prepare_deferred(item: Prepared, ctx: Context) -> int | None:

@@ -96,10 +96,10 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-def test_corrupt_config_never_blocks_a_domain(ivs_hooks: Path, log_dir: Path,
+def test_corrupt_config_never_blocks_a_domain(ivs_hooks: Path, log_dir: Path, shm_path: Path,
                                               corruption: str) -> None:
     # Under 'refuse' for vm1, this configuration would refuse to start vm1 without device.
-    configure(ivs_hooks, log_dir / "configured.log", name="shm0", domains=["vm1"],
+    configure(ivs_hooks, log_dir / "configured.log", name=shm_path.name, domains=["vm1"],
               enforce="refuse")
     CORRUPTIONS[corruption](ivs_hooks / CONFIG_NAME)
     hook = ivs_hooks / "hostsetup-ivshmem"
@@ -116,13 +116,14 @@ def test_corrupt_config_never_blocks_a_domain(ivs_hooks: Path, log_dir: Path,
     assert len(lines) == calls, log
     assert " vm1 reconnect begin: configuration " in log
     assert not (log_dir / "configured.log").exists()  # the unreadable config's log: unknown
-    assert not Path("/dev/shm/shm0").exists()
+    assert not shm_path.exists()
 
 
 def test_readable_config_only_refuses_prepare_of_a_chosen_domain(ivs_hooks: Path,
-                                                                 log_dir: Path) -> None:
+                                                                 log_dir: Path,
+                                                                 shm_path: Path) -> None:
     log = log_dir / "hook.log"
-    configure(ivs_hooks, log, name="shm0", domains=["vm1"], enforce="refuse",
+    configure(ivs_hooks, log, name=shm_path.name, domains=["vm1"], enforce="refuse",
               owner="nosuchuser-hostsetup")
     hook = ivs_hooks / "hostsetup-ivshmem"
     for domain in ("vm1", "vm2"):
@@ -133,18 +134,18 @@ def test_readable_config_only_refuses_prepare_of_a_chosen_domain(ivs_hooks: Path
             assert b"Traceback" not in res.stderr
     # With the device, prepare goes on to the object, whose owner does not exist: refused.
     res = call(hook, "vm1", "prepare", "begin",
-               DOMAIN.format(name="vm1", extra=SHMEM.format(name="shm0")))
+               DOMAIN.format(name="vm1", extra=SHMEM.format(name=shm_path.name)))
     assert res.returncode == 1 and b"nosuchuser-hostsetup" in res.stderr
     assert "cannot prepare the shared-memory object" in log.read_text()
 
 
-def test_warn_never_fails_on_our_errors(ivs_hooks: Path, log_dir: Path) -> None:
+def test_warn_never_fails_on_our_errors(ivs_hooks: Path, log_dir: Path, shm_path: Path) -> None:
     log = log_dir / "hook.log"
-    configure(ivs_hooks, log, name="shm0", domains="all", enforce="warn",
+    configure(ivs_hooks, log, name=shm_path.name, domains="all", enforce="warn",
               owner="nosuchuser-hostsetup")
     hook = ivs_hooks / "hostsetup-ivshmem"
     res = call(hook, "vm1", "prepare", "begin",
-               DOMAIN.format(name="vm1", extra=SHMEM.format(name="shm0")))
+               DOMAIN.format(name="vm1", extra=SHMEM.format(name=shm_path.name)))
     assert res.returncode == 0 and b"Traceback" not in res.stderr
     assert call(hook, "vm1", "prepare", "begin", "<domain").returncode == 0
     text = log.read_text()
@@ -410,12 +411,18 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
         sandbox_libvirt.virsh(sb, "start", "vm2")
         pids = sandbox_libvirt.qemu_pids(sb)
         sandbox_libvirt.restart(sb)
+        log_file = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log")
+        reconnected = [f"{vm} reconnect begin: configuration" for vm in ("vm1", "vm2")]
+        deadline = time.monotonic() + 30  # libvirtd reconnects in the background
+        while not all(r in log_file.read_text() for r in reconnected):
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.1)
         assert sandbox_libvirt.qemu_pids(sb) == pids and set(pids) == {"vm1", "vm2"}
-        assert "running" in sandbox_libvirt.virsh(sb, "domstate", "vm2")
-        log = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log").read_text()
+        for vm in ("vm1", "vm2"):
+            assert "running" in sandbox_libvirt.virsh(sb, "domstate", vm)
+        log = log_file.read_text()
         assert f"refused {shm}: it is owned by uid {NOBODY}" in log
         assert "vm2 prepare begin: configuration" in log
-        assert "vm1 reconnect begin: configuration" in log
         (hooks / CONFIG_NAME).write_bytes(good)
     finally:
         for aside in Path("/dev/shm").glob(f"{shm.name}.hostsetup-refused.*"):

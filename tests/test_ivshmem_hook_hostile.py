@@ -10,6 +10,7 @@ the test instead of blocking it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -275,6 +276,21 @@ def test_own_object_is_kept_across_calls(ivs_hooks: Path, log_dir: Path,
     assert "refused" not in (log_dir / "hook.log").read_text()
 
 
+def test_held_lock_does_not_block(ivs_hooks: Path, log_dir: Path, shm_path: Path) -> None:
+    log = log_dir / "hook.log"
+    configure(ivs_hooks, log, name=shm_path.name, domains="all", enforce="refuse")
+    lock = os.open(ivs_hooks, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a call of the hook that never finishes
+        res = call(ivs_hooks / "hostsetup-ivshmem", "vm1", "prepare", "begin",
+                   DOMAIN.format(name="vm1", extra=SHMEM.format(name=shm_path.name)))
+    finally:
+        os.close(lock)
+    assert res.returncode == 0, res.stderr
+    assert "held the lock for 10 s: going on" in log.read_text()
+    assert os.stat(shm_path).st_size == 4 * 1024 * 1024
+
+
 # -- the log ------------------------------------------------------------------------
 
 
@@ -397,6 +413,7 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
     sandbox_libvirt.restart(sb)
     hooks = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"]) / "qemu.d"
     shm = Path("/dev/shm", section["name"])
+    good = (hooks / CONFIG_NAME).read_bytes()
     try:
         # A squatter made the object first and holds it open: vm1 starts on a fresh one.
         _plant_foreign_file(shm, sb.dir)
@@ -406,7 +423,6 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
         os.close(held)
         # A corrupt configuration: vm2 still starts, and a libvirtd restart (reconnect
         # hooks) keeps both running.
-        good = (hooks / CONFIG_NAME).read_bytes()
         (hooks / CONFIG_NAME).write_bytes(good[: len(good) // 2])
         sandbox_libvirt.virsh(sb, "start", "vm2")
         pids = sandbox_libvirt.qemu_pids(sb)
@@ -423,7 +439,7 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
         log = log_file.read_text()
         assert f"refused {shm}: it is owned by uid {NOBODY}" in log
         assert "vm2 prepare begin: configuration" in log
-        (hooks / CONFIG_NAME).write_bytes(good)
     finally:
+        (hooks / CONFIG_NAME).write_bytes(good)
         for aside in Path("/dev/shm").glob(f"{shm.name}.hostsetup-refused.*"):
             aside.unlink()

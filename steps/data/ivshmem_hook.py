@@ -38,6 +38,7 @@ Python standard library only; it never calls libvirt (that would deadlock).
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import json
 import os
@@ -67,6 +68,7 @@ MAX_INPUT = 16 * 1024 * 1024  # domain XML on stdin, and the chained hook's outp
 MAX_CONFIG = 1024 * 1024
 INPUT_TIMEOUT = 30.0  # seconds to read the domain XML
 CHAIN_TIMEOUT = 30.0  # seconds for the chained hook
+LOCK_TIMEOUT = 10.0  # seconds to wait for another call preparing the object
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as the step validates it
 
 
@@ -274,7 +276,7 @@ class Hook:
     def log(self, message: str) -> None:
         """Append a line to the hook's log (to stderr, which libvirt keeps, if it is unsafe)."""
         line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.domain} {self.op} {self.subop}: "
-                f"{message}\n").encode(errors="replace")
+                f"{message}".replace("\n", "\\n") + "\n").encode(errors="replace")
         if self.log_fd is None and self.log_problem is None:
             try:
                 self.log_fd = open_log(self.log_path)
@@ -287,8 +289,11 @@ class Hook:
                 return
             except OSError:
                 pass
-        sys.stderr.buffer.write(line)
-        sys.stderr.flush()
+        try:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # nowhere left to say it; never fail for that
 
     def enforcing(self) -> bool:
         """True for the one call that may fail: ``prepare begin`` of a chosen domain, refuse."""
@@ -393,10 +398,32 @@ class Hook:
             # Someone else made it (/dev/shm is world-writable): whoever holds it
             # open keeps only that old object, never the one the VMs will share.
             aside = f"{path}.hostsetup-refused.{os.urandom(4).hex()}"
-            os.rename(path, aside)  # root may move any entry of the sticky /dev/shm
+            try:
+                os.rename(path, aside)  # root may move any entry of the sticky /dev/shm
+            except FileNotFoundError:
+                continue
             self.log(f"refused {path}: it {found} (not made by hostsetup); moved it to "
                      f"{aside} and made a new one")
         raise OSError(f"{path} keeps being replaced by someone else")
+
+    def _lock(self) -> int | None:
+        """Lock out other calls of this hook while it checks and makes the object.
+
+        Two domains starting together must not take each other's fresh object
+        for a planted one.  Bounded: after ``LOCK_TIMEOUT`` it goes on unlocked.
+        """
+        fd = os.open(self.here, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    self.log(f"another call held the lock for {LOCK_TIMEOUT:g} s: going on")
+                    return None
+                time.sleep(0.05)
 
     def prepare_shm(self) -> None:
         """Make ``/dev/shm/<name>`` with at least its size, then set owner and mode."""
@@ -407,16 +434,21 @@ class Hook:
         path = os.path.join(SHM_DIR, cfg["name"])
         size = int(cfg["size_mib"] or 4) * 1024 * 1024
         uid, gid = self._owner()
-        fd = self._claim_shm(path, uid)
+        lock = self._lock()
         try:
-            # Grow only: shrinking memory that guests or the host map would crash them.
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            if uid != -1 or gid != -1:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, int(cfg["mode"], 8))
+            fd = self._claim_shm(path, uid)
+            try:
+                # Grow only: shrinking memory that guests or the host map would crash them.
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                if uid != -1 or gid != -1:
+                    os.fchown(fd, uid, gid)
+                os.fchmod(fd, int(cfg["mode"], 8))
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            if lock is not None:
+                os.close(lock)
         self.log(f"prepared {path}: {size} bytes, owner {cfg['owner'] or 'unchanged'}, "
                  f"mode {cfg['mode']}")
 

@@ -380,6 +380,17 @@ def test_flooding_chained_hook_is_bounded(tmp_path: Path, log_dir: Path) -> None
     assert "counted as exit 1" in text and "counted as exit 0" in text
 
 
+def test_chained_hook_that_cannot_run(tmp_path: Path, log_dir: Path) -> None:
+    hooks = _chain(tmp_path, "#!/nonexistent/interpreter\n")
+    log = log_dir / "hook.log"
+    configure(hooks, log, chain=True, name="shm0", domains=["vm1"])
+    xml = DOMAIN.format(name="vm2", extra="")
+    assert call(hooks / "qemu", "vm2", "start", "begin", xml).returncode == 1
+    res = call(hooks / "qemu", "vm2", "reconnect", "begin", xml)
+    assert res.returncode == 0 and b"Traceback" not in res.stderr
+    assert "cannot run (No such file or directory); counted as exit 0" in log.read_text()
+
+
 def test_chained_hook_runs_with_a_corrupt_config(tmp_path: Path, log_dir: Path) -> None:
     seen = tmp_path / "third-party.log"
     hooks = _chain(tmp_path, f'#!/bin/sh\necho "$1 $2" >> {seen}\n'

@@ -461,23 +461,33 @@ class Hook:
             self.log(f"chained hook {path} is not executable: skipped")
             return 0, b""
         deadline = time.monotonic() + CHAIN_TIMEOUT
-        proc = subprocess.Popen([path, *self.argv], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            proc = subprocess.Popen([path, *self.argv], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return self._no_verdict(f"chained hook {path} cannot run ({exc.strerror})")
         assert proc.stdin is not None and proc.stdout is not None
         try:
             out = pump(proc.stdout, proc.stdin, xml, MAX_INPUT, deadline)
             return proc.wait(max(deadline - time.monotonic(), 0.01)), out
         except (TimeoutError, subprocess.TimeoutExpired, OverflowError) as exc:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: with what it started
-            proc.wait()
-            code = 1 if self.op in VETO_OPS else 0
-            self.log(f"chained hook {path} killed: {exc} (limits {CHAIN_TIMEOUT:g} s, "
-                     f"{MAX_INPUT} bytes of output); counted as exit {code}")
-            return code, b""
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: with what it started
+                proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+            return self._no_verdict(f"chained hook {path} killed: {exc} (limits "
+                                    f"{CHAIN_TIMEOUT:g} s, {MAX_INPUT} bytes of output)")
         finally:
             proc.stdout.close()
             if not proc.stdin.closed:
                 proc.stdin.close()
+
+    def _no_verdict(self, why: str) -> tuple[int, bytes]:
+        """The chained hook gave no answer: a veto where the guest does not run here yet."""
+        code = 1 if self.op in VETO_OPS else 0
+        self.log(f"{why}; counted as exit {code}")
+        return code, b""
 
     def run(self) -> int:
         """Handle one call; returns the exit code."""

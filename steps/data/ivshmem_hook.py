@@ -282,7 +282,7 @@ class Hook:
                 self.log_fd = open_log(self.log_path)
             except (Unsafe, OSError) as exc:
                 self.log_problem = str(exc)
-                sys.stderr.write(f"hostsetup ivshmem hook: log not used: {exc}\n")
+                line = f"hostsetup ivshmem hook: log not used: {exc}\n".encode() + line
         if self.log_fd is not None:
             try:
                 os.write(self.log_fd, line)

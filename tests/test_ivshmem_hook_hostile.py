@@ -409,11 +409,14 @@ def test_step_refuses_an_unsafe_log_directory(ivs_sb: Sandbox, tmp_path: Path) -
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    res = sandbox_tests.cli(ivs_sb, "plan",
-                            sandbox_tests.answers(ivs_sb, hook_log=str(shared / "h.log")))
-    assert res.returncode == 3, res.stdout + res.stderr
-    assert "ivshmem.hook_log" in res.stderr
-    assert f"{shared} is writable by group or others" in res.stderr
+    (tmp_path / "link.log").symlink_to(tmp_path / "elsewhere.log")
+    cases = {str(shared / "h.log"): f"{shared} is writable by group or others",
+             str(tmp_path / "link.log"): f"{tmp_path / 'link.log'} is not a regular file",
+             "relative.log": "'relative.log' is not an absolute path"}
+    for hook_log, message in cases.items():
+        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(ivs_sb, hook_log=hook_log))
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert "ivshmem.hook_log" in res.stderr and message in res.stderr
 
 
 def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) -> None:

@@ -368,7 +368,10 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.method == "qemu-wrapper":
             old = lv.read_file(config)
             # A domain already on our wrapper: its real emulator is in the last config.
-            known = json.loads(old.content).get("wrappers", {}) if old else {}
+            try:
+                known = ivshmem_hook.parse_config(old.content)["wrappers"] if old else {}
+            except ValueError:
+                known = {}  # unusable (the hook ignores it too): this run rewrites it
             back = {w: real for real, w in known.items()}
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)

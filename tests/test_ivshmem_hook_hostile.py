@@ -419,6 +419,23 @@ def test_step_refuses_an_unsafe_log_directory(ivs_sb: Sandbox, tmp_path: Path) -
         assert "ivshmem.hook_log" in res.stderr and message in res.stderr
 
 
+def test_step_rewrites_a_corrupt_installed_config(ivs_sb: Sandbox) -> None:
+    config = Path(ivs_sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"]) / "qemu.d" / CONFIG_NAME
+    before = config.read_bytes() if config.exists() else None
+    config.parent.mkdir(exist_ok=True)
+    config.write_text('{"wrappers": ')
+    try:
+        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(
+            ivs_sb, method="qemu-wrapper", domains=["vm1"], restart_libvirtd=False))
+        assert res.returncode == 4, res.stdout + res.stderr
+        assert f"update file {config}" in res.stdout and "Traceback" not in res.stderr
+    finally:
+        if before is None:
+            config.unlink()
+        else:
+            config.write_bytes(before)
+
+
 def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) -> None:
     sb = ivs_clean
     section = sandbox_tests.answers(sb, enforce="refuse")

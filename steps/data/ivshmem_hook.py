@@ -246,7 +246,11 @@ def load_config(path: str) -> dict[str, Any] | None:
     with open(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
-        raw = f.read(MAX_CONFIG + 1)
+        return parse_config(f.read(MAX_CONFIG + 1))
+
+
+def parse_config(raw: bytes) -> dict[str, Any]:
+    """The configuration from its bytes; raises ``ValueError`` unless it is all valid."""
     if len(raw) > MAX_CONFIG:
         raise ValueError(f"larger than {MAX_CONFIG} bytes")
     try:

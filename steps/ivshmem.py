@@ -32,15 +32,16 @@ from pydantic import Field, field_validator, model_validator
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.libvirt import Domain, DomainNotFound, LibvirtAPI, PciAddress, Shmem
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.data import ivshmem_hook
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
 HOOK_NAME = "hostsetup-ivshmem"
-CONFIG_NAME = "hostsetup-ivshmem.json"  # must match CONFIG_NAME in the hook
-CHAINED_NAME = "qemu.hostsetup-chained"
-HOOK_LOG = "/var/log/libvirt/hostsetup-ivshmem.log"
+CONFIG_NAME = ivshmem_hook.CONFIG_NAME
+CHAINED_NAME = ivshmem_hook.CHAINED_NAME
+HOOK_LOG = ivshmem_hook.DEFAULT_LOG
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -86,7 +87,9 @@ class IvshmemAnswers(StepModel):
     hook_layout: Literal["auto", "qemu.d", "chain"] = Field(
         "auto", description="auto: qemu.d/ when libvirt >= 6.5, else chain; chain: our hook "
         "becomes 'qemu' and runs the script it replaces first")
-    hook_log: str = Field(HOOK_LOG, description="the hook's log file (as libvirtd sees it)")
+    hook_log: str = Field(
+        HOOK_LOG, description="the hook's log file (as libvirtd sees it), in a directory that "
+        "root owns and group and others cannot write (the hook runs as root)")
     restart_libvirtd: bool = Field(
         False, description="restart libvirtd (over D-Bus, systemd) when a new hook is installed")
     bus: str = Field("system", description="D-Bus for the restart: 'system' or an address")
@@ -99,6 +102,13 @@ class IvshmemAnswers(StepModel):
             raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
                              "'_', '.', '-'; starting with a letter or digit; at most 64)")
         return name
+
+    @field_validator("hook_log")
+    @classmethod
+    def _hook_log(cls, path: str) -> str:
+        if not posixpath.isabs(path):
+            raise ValueError(f"'{path}' is not an absolute path")
+        return path
 
     @field_validator("size")
     @classmethod
@@ -394,6 +404,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 elif not domains[name].persistent:
                     problems.append(Problem(("domains", i), f"domain '{name}' is transient: "
                                             "it has no definition to change"))
+        # The hook (root) writes its log only where nobody else can plant a link
+        # or a FIFO; the same check it makes at every call, made here first.
+        unsafe = ivshmem_hook.log_problem(answers.hook_log)
+        if unsafe:
+            problems.append(Problem(("hook_log",), f"the hook would not write its log there: "
+                                    f"{unsafe} (use a directory that root owns and group and "
+                                    "others cannot write, e.g. /var/log/libvirt)"))
         version = tuple(facts["version"])
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
@@ -418,7 +435,10 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.method == "qemu-wrapper":
             old = lv.read_file(config)
             # A domain already on our wrapper: its real emulator is in the last config.
-            known = json.loads(old.content).get("wrappers", {}) if old else {}
+            try:
+                known = ivshmem_hook.parse_config(old.content)["wrappers"] if old else {}
+            except ValueError:
+                known = {}  # unusable (the hook ignores it too): this run rewrites it
             back = {w: real for real, w in known.items()}
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)

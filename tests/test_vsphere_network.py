@@ -488,7 +488,7 @@ def test_plan_prints_the_review_text(vs_start: Start, tmp_path: Path) -> None:
     assert res.returncode == 4, res.stdout + res.stderr
     steps = [StepResult(s["name"], s["status"], [Change(**c) for c in s["changes"]],
                         s["errors"], s["notes"]) for s in json.loads(report.read_text())["steps"]]
-    assert res.stdout.splitlines() == run_lines(Run("plan", steps=steps))
+    assert res.stdout.splitlines() == run_lines(Run("plan", steps=steps), width=1 << 20)
     host = sim.hosts[0]
     assert res.stdout.splitlines() == [
         "vsphere_network: 2 changes",

@@ -174,11 +174,15 @@ def check_outputs(args: argparse.Namespace) -> str | None:
 def print_run(run: Run) -> None:
     """The plan/apply result for a terminal or a log: one block per step, the same
     text as the wizard's Review (:mod:`wizard.plantext`); errors go to stderr, one
-    line each (for logs and grep)."""
+    line each (for logs and grep).  Wrapped to a terminal's width; not wrapped when
+    the output goes to a pipe or a file, so that each change stays one greppable line."""
+    import shutil
+
     from wizard.plantext import step_lines
 
+    width = shutil.get_terminal_size().columns - 2 if sys.stdout.isatty() else 1 << 20
     for result in run.steps:
-        print("\n".join(step_lines(result, errors=False)))
+        print("\n".join(step_lines(result, width=width, errors=False)))
         for err in result.errors:
             print(f"  ! {err}", file=sys.stderr)
 

@@ -18,13 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backends.bundle import RealBackends  # noqa: E402
+from backends.interfaces.vsphere import vsphere_api  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.vsphere_network import (  # noqa: E402
     VSphereNetworkAnswers,
     VSphereNetworkStep,
     connection,
 )
-from wizard.backends import RealBackends  # noqa: E402
 from wizard.sandbox import vcsim  # noqa: E402
 from wizard.sandbox.core import Sandbox  # noqa: E402
 
@@ -41,7 +42,7 @@ def measure(sb: Sandbox, vms: int) -> tuple[int, float, int]:
     step = VSphereNetworkStep()
     backends = RealBackends()
     try:
-        api = backends.vsphere(connection(section))  # login is not part of a plan
+        api = vsphere_api(backends, connection(section))  # login is not part of a plan
         best, trips, changes = float("inf"), 0, 0
         for _ in range(REPEAT):
             ctx = Context(backends=backends)

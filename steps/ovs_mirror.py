@@ -23,6 +23,7 @@ from backends.interfaces.ovsdb import (
     OvsdbAPI,
     OvsdbTLS,
     VswitchdTimeout,
+    ovsdb_api,
 )
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 
@@ -185,7 +186,7 @@ def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
     """The OVSDB connection of a (possibly partial) answers section."""
     keys = (section.get("ssl_key"), section.get("ssl_cert"), section.get("ssl_ca"))
     tls = OvsdbTLS(*keys) if all(keys) else None  # type: ignore[arg-type]
-    return ctx.backends.ovsdb(section.get("db") or DEFAULT_DB, tls)
+    return ovsdb_api(ctx.backends, section.get("db") or DEFAULT_DB, tls)
 
 
 def _is_managed(m: Mirror) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from backends.interfaces import BackendError
-from backends.interfaces.dbus import Unit
+from backends.interfaces.dbus import Unit, dbus_api
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
@@ -80,7 +80,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        dbus = ctx.backends.dbus(_address(answers.get("bus", "system")))
+        dbus = dbus_api(ctx.backends, _address(answers.get("bus", "system")))
         units = dbus.list_units()
         for name in answers.get("require", DEFAULT_UNITS):
             if name not in units:  # not loaded yet: ask systemd to load it
@@ -135,7 +135,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return changes
 
     def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
-        dbus = ctx.backends.dbus(_address(answers.bus))
+        dbus = dbus_api(ctx.backends, _address(answers.bus))
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")

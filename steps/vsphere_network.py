@@ -29,6 +29,7 @@ from backends.interfaces.vsphere import (
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
+    vsphere_api,
 )
 from steps.base import (
     Change,
@@ -367,7 +368,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
         """The inventory (hosts, switches, port groups, NICs, VMs), read in bulk."""
-        api = ctx.backends.vsphere(connection(answers))
+        api = vsphere_api(ctx.backends, connection(answers))
         inv = api.inventory()
         return {"inventory": inv}
 
@@ -534,7 +535,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
 
     def apply(self, answers: VSphereNetworkAnswers, changes: list[Change], ctx: Context) -> None:
         """Make the planned changes; on failure undo this run's and raise StepFailed."""
-        api = ctx.backends.vsphere(connection(answers.model_dump()))
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
         wanted = {(c.target, c.action) for c in changes}
         ops = [op for op in operations(answers, api.inventory())
                if (op.change.target, op.change.action) in wanted]

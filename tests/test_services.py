@@ -91,9 +91,9 @@ def test_bus_unreachable_exits_5_naming_address(tmp_path: Path) -> None:
 
 
 def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
+    from backends.bundle import RealBackends
     from steps.base import Context
     from steps.services import ServicesStep
-    from wizard.backends import RealBackends
 
     backends = RealBackends()
     try:

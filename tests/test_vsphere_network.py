@@ -17,11 +17,11 @@ import pytest
 from conftest import hostsetup
 from pydantic import ValidationError
 
+from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
-from backends.interfaces.vsphere import Inventory, VSphereConn
+from backends.interfaces.vsphere import Inventory, VSphereConn, vsphere_api
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
-from wizard.backends import RealBackends
 from wizard.plantext import run_lines
 from wizard.runner import Run, StepResult
 from wizard.sandbox import vcsim
@@ -53,7 +53,7 @@ def read_back(section: dict[str, Any]) -> Inventory:
     """The inventory through a fresh session (logged out afterwards)."""
     backends = RealBackends()
     try:
-        return backends.vsphere(connection(section)).inventory()
+        return vsphere_api(backends, connection(section)).inventory()
     finally:
         backends.close()
 
@@ -323,7 +323,7 @@ def test_round_trips_do_not_grow_with_inventory(vs_start: Start) -> None:
         sim = vs_start(model="vcenter", hosts=3, vms=vms)
         backends = RealBackends()
         try:
-            api = backends.vsphere(connection(vcsim.answers(sim)))
+            api = vsphere_api(backends, connection(vcsim.answers(sim)))
             before = api.round_trips
             assert len(api.inventory().vms) == vms
             counts.append(api.round_trips - before)
@@ -349,7 +349,7 @@ def test_sessions_are_logged_out(vs_start: Start) -> None:
     # a fresh session sees only itself: every earlier one logged out
     backends = RealBackends()
     try:
-        api = backends.vsphere(connection(section))
+        api = vsphere_api(backends, connection(section))
         sessions = api._content.sessionManager.sessionList  # type: ignore[attr-defined]
         assert len(sessions) == 1
     finally:

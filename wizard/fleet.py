@@ -226,8 +226,8 @@ AGENT: dict[str, list[str]] = {"names": []}  # the host(s) this agent serves (ru
 
 def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """The task: validate this host's answers and run them with the local runner."""
+    from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.backends import RealBackends
     from wizard.runner import execute
 
     host, mode = payload.get("host"), payload.get("mode")

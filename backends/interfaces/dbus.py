@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
+
+from backends.interfaces import Backends
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,11 @@ class DBusAPI(Protocol):
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "dbus"
+
+
+def dbus_api(backends: Backends, address: str | None) -> DBusAPI:
+    """The D-Bus connection: ``address`` ``None`` means the system bus."""
+    return cast(DBusAPI, backends.get(KIND, address))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
+
+from backends.interfaces import Backends
 
 
 @dataclass(frozen=True)
@@ -194,3 +196,11 @@ class VSphereAPI(Protocol):
     def close(self) -> None:
         """Log out; safe to call twice."""
         ...
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "vsphere"
+
+
+def vsphere_api(backends: Backends, conn: VSphereConn) -> VSphereAPI:
+    """A logged-in vSphere session (logged out when the bundle closes)."""
+    return cast(VSphereAPI, backends.get(KIND, conn))

@@ -1,10 +1,7 @@
-"""Shared fixtures: the CLI as a subprocess, and a D-Bus-only sandbox host."""
+"""Shared fixtures: a D-Bus-only sandbox host (helpers are in helpers.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +10,6 @@ import pytest
 from wizard.sandbox import dbus as dbus_component
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_outputs
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def hostsetup(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the CLI (``python -m wizard``) with no terminal and no stdin."""
-    return subprocess.run(
-        [sys.executable, "-m", "wizard", *args],
-        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture
@@ -37,3 +22,15 @@ def dbus_host(tmp_path: Path) -> Iterator[Sandbox]:
         yield sb
     finally:
         sb.stop()
+
+
+# Modules whose sandboxes share names (fleet host tags hs1..hsN): one worker runs them.
+SAME_WORKER = {"test_fleet": "fleet", "test_fleet_sandbox": "fleet"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``-n N --dist loadgroup``, a module's tests stay on one worker (its
+    module-scoped sandbox is started once), and the fleet modules share one."""
+    for item in items:
+        module = item.module.__name__ if item.module else ""
+        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module, module)))

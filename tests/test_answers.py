@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 
 from wizard import answers
+
+pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
 
 
 def test_three_mistakes_all_named_with_lines(tmp_path: Path) -> None:

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_services import unit_state
+from helpers import ROOT, hostsetup, unit_state
 
 from wizard import answers as answers_mod
 from wizard import fleet as fleet_mod
@@ -33,6 +32,8 @@ from wizard.sandbox import dbus as dbus_component
 from wizard.sandbox import manage
 from wizard.sandbox import redis as redis_component
 from wizard.sandbox.core import Sandbox, alive, wait_for
+
+pytestmark = pytest.mark.daemons  # starts real services
 
 HOSTS = ["hv1", "hv2", "hv3"]
 LIGHT = ["wizard.sandbox.dbus", "wizard.sandbox.ovs"]

@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 
 from wizard import answers, fleet
+
+pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
 
 FLEET = """\
 version: 1

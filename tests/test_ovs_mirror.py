@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 
 from backends.adapters.ovsdb import OvsdbBackend
 from backends.bundle import RealBackends
@@ -32,6 +32,8 @@ from wizard.answers import write
 from wizard.sandbox import ovs as component
 from wizard.sandbox.core import Sandbox, SandboxError, kill_group
 from wizard.sandbox.manage import write_outputs
+
+pytestmark = pytest.mark.daemons  # starts real services
 
 _TAGS = itertools.count()
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+from helpers import ROOT
+
+pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
 
 HEAVY = ["pydantic", "pyVmomi", "libvirt", "celery", "redis", "gi", "pydbus", "ovs", "ruamel"]
 

@@ -6,12 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from tmux import Terminal
 
 from wizard.sandbox import ovs as ovs_component
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
+
+pytestmark = pytest.mark.daemons  # starts real services
 
 
 @pytest.fixture

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 from tmux import Terminal
 
 from wizard.sandbox import ovs as ovs_component
 from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
+
+pytestmark = pytest.mark.daemons  # starts real services
 
 
 def wizard(tmp: Path, doc: dict[str, Any]) -> Terminal:

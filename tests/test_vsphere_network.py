@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from pydantic import ValidationError
 
 from backends.bundle import RealBackends
@@ -27,6 +27,8 @@ from wizard.runner import Run, StepResult
 from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
+
+pytestmark = pytest.mark.daemons  # starts real services
 
 STEP = VSphereNetworkStep()
 Start = Callable[..., vcsim.Vcsim]

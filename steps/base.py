@@ -189,7 +189,16 @@ class Step(Generic[A]):
         return set()
 
     def example(self) -> dict[str, Any]:
-        """A valid example section for ``answers-template`` (defaults by default)."""
+        """A valid example section for ``answers-template``: the model's defaults.
+
+        A step whose ``Answers`` has required fields must override this (the
+        defaults alone are not a valid section); otherwise this raises a
+        TypeError naming the step and the fields.
+        """
+        required = [k for k, f in self.Answers.model_fields.items() if f.is_required()]
+        if required:
+            raise TypeError(f"step '{self.name}': Answers has required field(s) "
+                            f"{', '.join(required)}: the step must define example()")
         return self.Answers().model_dump(mode="json")
 
     def connect_questions(self) -> list[Question]:

@@ -337,7 +337,8 @@ class FakeBackends:
     def get(self, kind: str, *args: Hashable) -> Any:
         self.opened.append((kind, *args))
         if kind in self.unreachable:
-            raise BackendUnreachable(kind, str(args[0] if args else ""), "fake: down")
+            where = getattr(args[0], "address", args[0]) if args else ""
+            raise BackendUnreachable(kind, str(where), "fake: down")
         if kind not in self.systems:
             self.systems[kind] = FAKES[kind]()
         return self.systems[kind]

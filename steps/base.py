@@ -183,6 +183,9 @@ class Step(Generic[A]):
     # "ovs": Open vSwitch runs).  If the backend is unreachable while an earlier
     # step's plan provides it, the runner checks this step after applying those.
     requires: ClassVar[str | None] = None
+    # Every fact provides() can return: a later step that requires one of them
+    # is checked after this step is planned (the runner checks the others at once).
+    may_provide: ClassVar[frozenset[str]] = frozenset()
 
     def provides(self, changes: list[Change]) -> set[str]:
         """The facts that carrying out ``changes`` makes true (see ``requires``)."""

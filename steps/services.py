@@ -70,6 +70,7 @@ class ServicesStep(Step[ServicesAnswers]):
         "so, and each start job is waited for. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
+    may_provide = frozenset(KNOWN)
 
     def provides(self, changes: list[Change]) -> set[str]:
         """Starting e.g. ovs-vswitchd makes the 'ovs' fact true for later steps."""

@@ -215,6 +215,14 @@ class Step(Generic[A]):
         """
         return {}
 
+    def facts_for(self, answers: A, ctx: Context) -> dict[str, Any]:
+        """What validating and planning these (valid) answers needs; the runner's read.
+
+        By default the same as :meth:`discover`; a step overrides it to read less
+        than the wizard's choices need (e.g. only the VMs the answers name).
+        """
+        return self.discover(answers.model_dump(), ctx)
+
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """The questions of this step, with choices filled from ``facts``."""
         return []

@@ -168,6 +168,11 @@ def connection(section: dict[str, Any]) -> VSphereConn:
     )
 
 
+def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
+    """The VMs whose adapters the answers move: the only ones whose devices are read."""
+    return {a.vm for a in answers.vm_adapters}
+
+
 def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]:
     """The hosts the answers select (unknown names are left to validate())."""
     if answers.hosts == "all":
@@ -367,10 +372,16 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """The inventory (hosts, switches, port groups, NICs, VMs), read in bulk."""
+        """The inventory (hosts, switches, port groups, NICs, VMs with their adapters),
+        read in bulk: what the wizard's choices need."""
         api = vsphere_api(ctx.backends, connection(answers))
-        inv = api.inventory()
-        return {"inventory": inv}
+        return {"inventory": api.inventory()}
+
+    def facts_for(self, answers: VSphereNetworkAnswers, ctx: Context) -> dict[str, Any]:
+        """The inventory with the adapters of the VMs the answers name only: the
+        hosts' networking and VM names are small, every VM's devices are not."""
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
+        return {"inventory": api.inventory(vms=named_vms(answers))}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
@@ -529,7 +540,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         return [op.change for op in operations(answers, self._inventory(answers, ctx))]
 
     def _inventory(self, answers: VSphereNetworkAnswers, ctx: Context) -> Inventory:
-        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+        facts = ctx.facts.get(self.name) or self.facts_for(answers, ctx)
         inv: Inventory = facts["inventory"]
         return inv
 
@@ -537,7 +548,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         """Make the planned changes; on failure undo this run's and raise StepFailed."""
         api = vsphere_api(ctx.backends, connection(answers.model_dump()))
         wanted = {(c.target, c.action) for c in changes}
-        ops = [op for op in operations(answers, api.inventory())
+        ops = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
                if (op.change.target, op.change.action) in wanted]
         done: list[Op] = []
         try:
@@ -577,6 +588,6 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
         """Re-read the inventory so verify() and later steps see the new state."""
         try:
-            ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)
+            ctx.facts[self.name] = self.facts_for(answers, ctx)
         except BackendError:
             ctx.facts.pop(self.name, None)

@@ -11,7 +11,7 @@ applied and verified against it in milliseconds.  The daemon-backed tests
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -184,9 +184,11 @@ class FakeVSphere:
         if (method, name) in self.fail:
             raise BackendError(f"vSphere {method} failed: injected fault on '{name}'")
 
-    def inventory(self) -> Inventory:
-        self.calls.append(("inventory", ()))
-        return Inventory(self.kind, tuple(self.hosts.values()), tuple(self.vms.values()))
+    def inventory(self, vms: Collection[str] | None = None) -> Inventory:
+        self.calls.append(("inventory", (vms,)))
+        return Inventory(self.kind, tuple(self.hosts.values()), tuple(
+            v if vms is None or v.name in vms else VM(v.name, None)
+            for v in self.vms.values()))
 
     def _host(self, name: str) -> Host:
         if name not in self.hosts:

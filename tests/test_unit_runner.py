@@ -27,11 +27,11 @@ def password(monkeypatch: pytest.MonkeyPatch) -> None:
 def first_call_meets(barrier: threading.Barrier, fn: Any, events: list[str], name: str) -> Any:
     """``fn`` that records ``name`` and, on its first call, waits for the barrier's
     other parties: only steps checked at the same time all get through."""
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         events.append(name)
         if events.count(name) == 1:
             barrier.wait()
-        return fn(*args)
+        return fn(*args, **kwargs)
     return call
 
 

@@ -8,7 +8,9 @@ import pytest
 from fakes import FakeBackends, sample_backends
 from helpers import run, statuses
 
-from backends.interfaces.vsphere import Security
+from backends.interfaces.vsphere import VM, Adapter, Security
+from steps.base import Context
+from steps.vsphere_network import VSphereNetworkStep
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
 
 PG = {"name": "Monitoring", "vswitch": "vSwitch1", "vlan": 4095, "allow_promiscuous": True}
@@ -114,3 +116,13 @@ def test_unreachable_server_exits_5() -> None:
     result = run("plan", FULL, fb)
     assert result.exit_code == 5
     assert result.steps[0].errors == ["vsphere unreachable at vc.example:443: fake: down"]
+
+
+def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> None:
+    fb = sample_backends()
+    fb.vsphere.vms["other"] = VM("other", "esx02", (Adapter("Network adapter 1", 4000, "x"),))
+    run("apply", FULL, fb)
+    reads = [args[0] for method, args in fb.vsphere.calls if method == "inventory"]
+    assert reads and all(vms == {"sensor01"} for vms in reads)
+    facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
+    assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all

@@ -122,7 +122,7 @@ def prepare(item: Prepared, ctx: Context) -> None:
     result.errors = []
     try:
         with Timer(result, "discover"):
-            facts = step.discover(section.model_dump(), ctx)
+            facts = step.facts_for(section, ctx)
             ctx.facts[step.name] = facts
         problems = step.validate(section, facts)
         if problems:

@@ -7,7 +7,7 @@ VMs with their network adapters).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -102,7 +102,8 @@ class Adapter:
 
 @dataclass(frozen=True)
 class VM:
-    """A virtual machine, the host it runs on and its network adapters."""
+    """A virtual machine, the host it runs on and its network adapters (those two
+    only when the inventory was asked for this VM's details)."""
 
     name: str
     host: str | None
@@ -158,8 +159,10 @@ class VSphereAPI(Protocol):
         """SOAP requests sent since login (for benchmarks and tests)."""
         ...
 
-    def inventory(self) -> Inventory:
-        """Hosts, vSwitches, port groups, NICs, VMs and adapters, in bulk."""
+    def inventory(self, vms: Collection[str] | None = None) -> Inventory:
+        """Hosts, vSwitches, port groups, NICs and every VM's name, in bulk; the host
+        and network adapters only of the VMs named in ``vms`` (of all VMs for ``None``;
+        the others have ``host=None`` and no adapters)."""
         ...
 
     def add_vswitch(self, host: str, spec: VSwitchSpec) -> None:

@@ -538,7 +538,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return None
 
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
-        dbus = dbus_api(ctx.backends, None if answers.bus == "system" else answers.bus)
+        dbus = dbus_api(ctx.backends, answers.bus)
         result = dbus.restart_unit(LIBVIRTD, answers.timeout)
         if result != "done":
             raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}'")

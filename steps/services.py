@@ -55,10 +55,6 @@ class ServicesAnswers(StepModel):
         return bus
 
 
-def _address(bus: str) -> str | None:
-    return None if bus == "system" else bus
-
-
 class ServicesStep(Step[ServicesAnswers]):
     """Detect the host's services and start the required ones."""
 
@@ -81,7 +77,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        dbus = dbus_api(ctx.backends, _address(answers.get("bus", "system")))
+        dbus = dbus_api(ctx.backends, answers.get("bus", "system"))
         units = dbus.list_units()
         for name in answers.get("require", DEFAULT_UNITS):
             if name not in units:  # not loaded yet: ask systemd to load it
@@ -136,7 +132,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return changes
 
     def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
-        dbus = dbus_api(ctx.backends, _address(answers.bus))
+        dbus = dbus_api(ctx.backends, answers.bus)
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")

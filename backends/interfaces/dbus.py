@@ -70,6 +70,7 @@ class DBusAPI(Protocol):
 KIND = "dbus"
 
 
-def dbus_api(backends: Backends, address: str | None) -> DBusAPI:
-    """The D-Bus connection: ``address`` ``None`` means the system bus."""
-    return cast(DBusAPI, backends.get(KIND, address))
+def dbus_api(backends: Backends, bus: str | None) -> DBusAPI:
+    """The D-Bus connection to ``bus``: ``"system"`` (or ``None``) for the system bus,
+    else a D-Bus address such as ``unix:path=...``."""
+    return cast(DBusAPI, backends.get(KIND, None if bus in (None, "system") else bus))

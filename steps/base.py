@@ -156,9 +156,11 @@ class StepFailed(Exception):
 class Context:
     """What a step receives at run time.
 
-    ``facts`` is shared across the steps of one run: a step records what it
-    learned about the host (e.g. ``facts["services"]["ovs"] = True``) and
-    later steps read it.  ``progress`` takes a fraction 0..1 and a text.
+    ``facts`` is the runner's cache of what each step read of the host, by step
+    name: the runner fills it in the check phase (:meth:`Step.facts_for`) and
+    refreshes a step's entry after its apply, before its verify.  Steps read
+    it (e.g. ``plan`` reuses the check phase's read) and never write it.
+    ``progress`` takes a fraction 0..1 and a text.
     ``notes`` collects lines for the summary (e.g. mirror statistics).
     """
 

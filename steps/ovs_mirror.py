@@ -470,4 +470,3 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"tx_bytes={stats['tx_bytes']}" if "tx_packets" in stats else
                     f"mirror {m.bridge}/{m.name}: no statistics yet (ovs-vswitchd "
                     "reports them every few seconds)")
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

@@ -145,5 +145,3 @@ class ServicesStep(Step[ServicesAnswers]):
                 raise StepFailed(f"start of {unit} ended with job result '{result}'", done)
             done.append(change)
             ctx.log(f"started {unit}")
-        # What later steps read must reflect the units just started.
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

@@ -560,7 +560,6 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 ctx.log(f"vsphere_network: {text}")
         except BackendError as exc:
             remains = self._compensate(api, done, ctx)
-            self._refresh(answers, ctx)
             undone = len(done) - len(remains)
             failed = ops[len(done)].change
             raise StepFailed(
@@ -568,7 +567,6 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 f"undid {undone} change(s) made by this run", remains) from None
         ctx.progress(1.0, "vSphere networking done")
         ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
-        self._refresh(answers, ctx)
 
     def _compensate(self, api: VSphereAPI, done: list[Op], ctx: Context) -> list[Change]:
         """Undo ``done`` in reverse; returns the changes that remain in effect."""
@@ -584,10 +582,3 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 ctx.log(f"vsphere_network: could not undo {op.change.describe()}: {exc}")
                 remains.append(op.change)
         return list(reversed(remains))
-
-    def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
-        """Re-read the inventory so verify() and later steps see the new state."""
-        try:
-            ctx.facts[self.name] = self.facts_for(answers, ctx)
-        except BackendError:
-            ctx.facts.pop(self.name, None)

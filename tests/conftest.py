@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +36,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__ if item.module else ""
         item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module, module)))
+
+
+SHORT_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, a short base directory of our own: the workers' ``popen-gwN``
+    level would push the sandboxes' socket paths past their length limit
+    (dbus-daemon: "Socket name too long")."""
+    if getattr(config, "workerinput", None) is None and config.getoption(
+            "numprocesses", None) and config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="hs-")
+        config.stash[SHORT_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the base directory made by :func:`pytest_configure`."""
+    made = config.stash.get(SHORT_BASETEMP, None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)

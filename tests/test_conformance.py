@@ -43,6 +43,17 @@ def test_example_validates_plans_applies_on_the_fakes(step: Step[Any]) -> None:
     assert run("plan", {step.name: example}, fb).exit_code == EXIT_OK
 
 
+@pytest.mark.parametrize("step", STEPS)
+def test_steps_read_the_facts_cache_and_never_write_it(step: Step[Any]) -> None:
+    answers = step.Answers.model_validate(step.example())
+    ctx = Context(backends=sample_backends())
+    facts = {step.name: step.facts_for(answers, ctx)}
+    ctx.facts = dict(facts)
+    changes = step.plan(answers, ctx)
+    step.apply(answers, changes, ctx)
+    assert ctx.facts == facts
+
+
 def interfaces() -> list[ModuleType]:
     """Every module of backends.interfaces that names a backend kind."""
     found = [importlib.import_module(f"backends.interfaces.{m.name}")

@@ -66,11 +66,12 @@ def run(section: dict[str, Any], apply: bool = True) -> list[Change]:
     backends = RealBackends()
     ctx = Context(backends=backends)
     try:
-        ctx.facts[STEP.name] = STEP.discover(section, ctx)
+        ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)
         assert STEP.validate(answers, ctx.facts[STEP.name]) == []
         changes = STEP.plan(answers, ctx)
         if apply and changes:
             STEP.apply(answers, changes, ctx)
+            ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)  # the runner refreshes it
             assert STEP.verify(answers, ctx) == []
         return changes
     finally:

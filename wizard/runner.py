@@ -238,6 +238,10 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.changes, ctx)
         with Timer(result, "verify"):
+            # The facts cache is the runner's: re-read what the step changed, so that
+            # verify (and the steps after it) do not plan against the state before.
+            ctx.facts.pop(item.step.name, None)
+            ctx.facts[item.step.name] = item.step.facts_for(item.answers, ctx)
             left = item.step.verify(item.answers, ctx)
     except (StepFailed, BackendError, ValueError) as exc:
         result.status = "failed"

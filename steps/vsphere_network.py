@@ -560,6 +560,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 ctx.log(f"vsphere_network: {text}")
         except BackendError as exc:
             remains = self._compensate(api, done, ctx)
+            self._refresh(answers, ctx)
             undone = len(done) - len(remains)
             failed = ops[len(done)].change
             raise StepFailed(
@@ -582,3 +583,10 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 ctx.log(f"vsphere_network: could not undo {op.change.describe()}: {exc}")
                 remains.append(op.change)
         return list(reversed(remains))
+
+    def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
+        """Re-read the inventory so verify() and later steps see the new state."""
+        try:
+            ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)
+        except BackendError:
+            ctx.facts.pop(self.name, None)

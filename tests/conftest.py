@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+# Re-exported for test modules that still import them from here; new tests
+# import helpers (ROOT, hostsetup, ...) from helpers.py.
+from helpers import ROOT, hostsetup  # noqa: F401
 
 from wizard.sandbox import dbus as dbus_component
 from wizard.sandbox.core import Sandbox
@@ -28,14 +34,39 @@ def dbus_host(tmp_path: Path) -> Iterator[Sandbox]:
 
 # Modules whose sandboxes share names (fleet host tags hs1..hsN): one worker runs them.
 SAME_WORKER = {"test_fleet": "fleet", "test_fleet_sandbox": "fleet"}
+# Fixtures that start real services.
+DAEMON_FIXTURES = {"dbus_host"}
+
+
+def layer(module: ModuleType) -> str | None:
+    """``daemons`` for a test module that starts real services (it uses the sandbox
+    or tmux), ``processes`` for one that runs the CLI or the hook as a process,
+    ``None`` for the fast layer.  Read from what the module imports, so a new
+    test module is classified without anyone remembering to mark it."""
+    found = vars(module).values()
+    if any(getattr(v, "__name__" if isinstance(v, ModuleType) else "__module__", "")
+           .startswith(("wizard.sandbox", "tmux")) for v in found):
+        return "daemons"
+    if any(v is subprocess or v is hostsetup for v in found):
+        return "processes"
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``-n N --dist loadgroup``, a module's tests stay on one worker (its
-    module-scoped sandbox is started once), and the fleet modules share one."""
+    """Mark each test with its layer (``make check`` deselects ``daemons`` and
+    ``processes``).  Under ``-n N --dist loadgroup``, a module's tests stay on one
+    worker (its module-scoped sandbox is started once); the fleet modules share one."""
     for item in items:
-        module = item.module.__name__ if item.module else ""
-        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module, module)))
+        module = item.module
+        if module is None:
+            continue
+        kind = layer(module)
+        if kind is None and DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            kind = "daemons"
+        if kind is not None:
+            item.add_marker(getattr(pytest.mark, kind))
+        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module.__name__,
+                                                                module.__name__)))
 
 
 SHORT_BASETEMP = pytest.StashKey[str]()

@@ -11,8 +11,6 @@ from helpers import ROOT, hostsetup
 
 from wizard import answers
 
-pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
-
 
 def test_three_mistakes_all_named_with_lines(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"

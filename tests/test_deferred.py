@@ -22,8 +22,6 @@ from wizard.sandbox import ovs as ovs_component
 from wizard.sandbox.core import Sandbox, kill_group
 from wizard.sandbox.manage import write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 UNIT = "ovs-vswitchd.service"
 SPAN = {"name": "span-vm1", "bridge": "br0", "select_src_port": ["vm1"], "output_port": "mon0"}
 

@@ -33,8 +33,6 @@ from wizard.sandbox import manage
 from wizard.sandbox import redis as redis_component
 from wizard.sandbox.core import Sandbox, alive, wait_for
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 HOSTS = ["hv1", "hv2", "hv3"]
 LIGHT = ["wizard.sandbox.dbus", "wizard.sandbox.ovs"]
 SLOW_UNIT = "libvirtd.service"  # inactive at start on every host: 'apply' starts it

@@ -12,8 +12,6 @@ from helpers import ROOT, hostsetup
 
 from wizard import answers, fleet
 
-pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
-
 FLEET = """\
 version: 1
 services:

@@ -7,12 +7,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
 from helpers import hostsetup
 
 from wizard.sandbox.core import Sandbox, alive
-
-pytestmark = pytest.mark.daemons  # starts real services
 
 
 def read_env(path: Path) -> dict[str, str]:

@@ -20,8 +20,6 @@ import pytest
 
 from steps.ivshmem import CHAINED_NAME, CONFIG_NAME, HOOK_SOURCE, IvshmemAnswers, hook_config
 
-pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
-
 DOMAIN = """<domain type='qemu'>
   <name>{name}</name>
   <memory unit='KiB'>65536</memory>

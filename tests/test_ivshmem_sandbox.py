@@ -30,8 +30,6 @@ from wizard.sandbox import libvirt as sandbox_libvirt
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_outputs, write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 REPO = Path(__file__).resolve().parents[1]
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
 

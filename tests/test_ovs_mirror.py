@@ -33,8 +33,6 @@ from wizard.sandbox import ovs as component
 from wizard.sandbox.core import Sandbox, SandboxError, kill_group
 from wizard.sandbox.manage import write_outputs
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 _TAGS = itertools.count()
 
 

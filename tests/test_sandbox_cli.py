@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from helpers import hostsetup
 
 from wizard.sandbox.core import Sandbox, alive
-
-pytestmark = pytest.mark.daemons  # starts real services
 
 
 def test_full_sandbox_plan_apply_plan(tmp_path: Path) -> None:

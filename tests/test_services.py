@@ -6,12 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from helpers import hostsetup, unit_state
 
 from wizard.sandbox.core import Sandbox
-
-pytestmark = pytest.mark.daemons  # starts real services
 
 
 def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from helpers import ROOT
-
-pytestmark = pytest.mark.processes  # runs the CLI or the hook as a process
 
 HEAVY = ["pydantic", "pyVmomi", "libvirt", "celery", "redis", "gi", "pydbus", "ovs", "ruamel"]
 

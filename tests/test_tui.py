@@ -14,8 +14,6 @@ from tmux import Terminal, apply_and_finish
 from wizard.sandbox import dbus as dbus_component
 from wizard.sandbox.core import Sandbox
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 
 def wizard(sb: Sandbox, tmp: Path, *extra: str) -> Terminal:
     answers = tmp / "answers.yaml"

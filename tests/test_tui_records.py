@@ -13,8 +13,6 @@ from wizard.sandbox import ovs as ovs_component
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 
 @pytest.fixture
 def ovs_wizard(tmp_path: Path) -> Iterator[Terminal]:

@@ -14,8 +14,6 @@ from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 
 @pytest.fixture
 def vsphere_host(tmp_path: Path) -> Iterator[Sandbox]:

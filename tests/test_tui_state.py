@@ -20,8 +20,6 @@ from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 
 def wizard(tmp: Path, doc: dict[str, Any]) -> Terminal:
     """The wizard on an answers file (every section listed is asked)."""

@@ -28,8 +28,6 @@ from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox
 from wizard.sandbox.manage import write_yaml
 
-pytestmark = pytest.mark.daemons  # starts real services
-
 STEP = VSphereNetworkStep()
 Start = Callable[..., vcsim.Vcsim]
 

@@ -50,8 +50,11 @@ def main() -> int:
         sb = manage.up(Path(tmp) / "sb", tag=f"bc{os.getpid() % 1000}")
         try:
             answers = answers_mod.load(sb.dir / "answers.yaml")
-            first = execute(answers, "apply", backends := RealBackends())
-            backends.close()
+            backends = RealBackends()
+            try:
+                first = execute(answers, "apply", backends)
+            finally:
+                backends.close()
             if first.exit_code != 0:
                 raise SystemExit(f"the sandbox answers did not apply: {first.as_dict()}")
             best: dict[str, tuple[float, Run]] = {}

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backends.bundle import RealBackends  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ivshmem import IvshmemAnswers, IvshmemStep  # noqa: E402
-from wizard.backends import RealBackends  # noqa: E402
 from wizard.sandbox import libvirt as sandbox_libvirt  # noqa: E402
 from wizard.sandbox.core import Sandbox  # noqa: E402
 

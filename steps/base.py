@@ -159,9 +159,11 @@ class StepFailed(Exception):
 class Context:
     """What a step receives at run time.
 
-    ``facts`` is shared across the steps of one run: a step records what it
-    learned about the host (e.g. ``facts["services"]["ovs"] = True``) and
-    later steps read it.  ``progress`` takes a fraction 0..1 and a text.
+    ``facts`` is the runner's cache of what each step read of the host, by step
+    name: the runner fills it in the check phase (:meth:`Step.facts_for`) and
+    refreshes a step's entry after its apply, before its verify.  Steps read
+    it (e.g. ``plan`` reuses the check phase's read) and never write it.
+    ``progress`` takes a fraction 0..1 and a text.
     ``notes`` collects lines for the summary (e.g. mirror statistics).
     """
 
@@ -186,13 +188,25 @@ class Step(Generic[A]):
     # "ovs": Open vSwitch runs).  If the backend is unreachable while an earlier
     # step's plan provides it, the runner checks this step after applying those.
     requires: ClassVar[str | None] = None
+    # Every fact provides() can return: a later step that requires one of them
+    # is checked after this step is planned (the runner checks the others at once).
+    may_provide: ClassVar[frozenset[str]] = frozenset()
 
     def provides(self, changes: list[Change]) -> set[str]:
         """The facts that carrying out ``changes`` makes true (see ``requires``)."""
         return set()
 
     def example(self) -> dict[str, Any]:
-        """A valid example section for ``answers-template`` (defaults by default)."""
+        """A valid example section for ``answers-template``: the model's defaults.
+
+        A step whose ``Answers`` has required fields must override this (the
+        defaults alone are not a valid section); otherwise this raises a
+        TypeError naming the step and the fields.
+        """
+        required = [k for k, f in self.Answers.model_fields.items() if f.is_required()]
+        if required:
+            raise TypeError(f"step '{self.name}': Answers has required field(s) "
+                            f"{', '.join(required)}: the step must define example()")
         return self.Answers().model_dump(mode="json")
 
     def connect_questions(self) -> list[Question]:
@@ -205,6 +219,14 @@ class Step(Generic[A]):
         ``answers`` may be partial: only the connection keys are relied on.
         """
         return {}
+
+    def facts_for(self, answers: A, ctx: Context) -> dict[str, Any]:
+        """What validating and planning these (valid) answers needs; the runner's read.
+
+        By default the same as :meth:`discover`; a step overrides it to read less
+        than the wizard's choices need (e.g. only the VMs the answers name).
+        """
+        return self.discover(answers.model_dump(), ctx)
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """The questions of this step, with choices filled from ``facts``."""

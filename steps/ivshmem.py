@@ -30,7 +30,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.libvirt import Domain, DomainNotFound, LibvirtAPI, PciAddress, Shmem
+from backends.interfaces.dbus import dbus_api
+from backends.interfaces.libvirt import (
+    Domain,
+    DomainNotFound,
+    LibvirtAPI,
+    PciAddress,
+    Shmem,
+    libvirt_api,
+)
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 from steps.data import ivshmem_hook
 
@@ -315,7 +323,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
         """libvirt's version, the domains, and the hook configuration installed, if any."""
-        lv = ctx.backends.libvirt(answers.get("uri") or DEFAULT_URI)
+        lv = libvirt_api(ctx.backends, answers.get("uri") or DEFAULT_URI)
         section = IvshmemAnswers.model_construct(hooks_dir=answers.get("hooks_dir")
                                                  or DEFAULT_HOOKS_DIR)
         installed = None
@@ -476,7 +484,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return changes
 
     def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
-        lv = ctx.backends.libvirt(answers.uri)
+        lv = libvirt_api(ctx.backends, answers.uri)
         want = self._desired(answers, lv)
         shmem = answers.shmem()
         changes = self._file_changes(lv, want.wrappers)
@@ -502,7 +510,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return changes
 
     def apply(self, answers: IvshmemAnswers, changes: list[Change], ctx: Context) -> None:
-        lv = ctx.backends.libvirt(answers.uri)
+        lv = libvirt_api(ctx.backends, answers.uri)
         done: list[Change] = []
         failed: list[str] = []
         try:
@@ -550,7 +558,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return None
 
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
-        dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)
+        dbus = dbus_api(ctx.backends, answers.bus)
         result = dbus.restart_unit(LIBVIRTD, answers.timeout)
         if result != "done":
             raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}'")

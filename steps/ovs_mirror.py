@@ -23,6 +23,7 @@ from backends.interfaces.ovsdb import (
     OvsdbAPI,
     OvsdbTLS,
     VswitchdTimeout,
+    ovsdb_api,
 )
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 
@@ -185,7 +186,7 @@ def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
     """The OVSDB connection of a (possibly partial) answers section."""
     keys = (section.get("ssl_key"), section.get("ssl_cert"), section.get("ssl_ca"))
     tls = OvsdbTLS(*keys) if all(keys) else None  # type: ignore[arg-type]
-    return ctx.backends.ovsdb(section.get("db") or DEFAULT_DB, tls)
+    return ovsdb_api(ctx.backends, section.get("db") or DEFAULT_DB, tls)
 
 
 def _is_managed(m: Mirror) -> bool:
@@ -471,4 +472,3 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"tx_bytes={stats['tx_bytes']}" if "tx_packets" in stats else
                     f"mirror {m.bridge}/{m.name}: no statistics yet (ovs-vswitchd "
                     "reports them every few seconds)")
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

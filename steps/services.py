@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from backends.interfaces import BackendError
-from backends.interfaces.dbus import Unit
+from backends.interfaces.dbus import Unit, dbus_api
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
@@ -55,10 +55,6 @@ class ServicesAnswers(StepModel):
         return bus
 
 
-def _address(bus: str) -> str | None:
-    return None if bus == "system" else bus
-
-
 class ServicesStep(Step[ServicesAnswers]):
     """Detect the host's services and start the required ones."""
 
@@ -70,6 +66,7 @@ class ServicesStep(Step[ServicesAnswers]):
         "so, and each start job is waited for. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
+    may_provide = frozenset(KNOWN)
 
     def provides(self, changes: list[Change]) -> set[str]:
         """Starting e.g. ovs-vswitchd makes the 'ovs' fact true for later steps."""
@@ -80,7 +77,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        dbus = ctx.backends.dbus(_address(answers.get("bus", "system")))
+        dbus = dbus_api(ctx.backends, answers.get("bus", "system"))
         units = dbus.list_units()
         for name in answers.get("require", DEFAULT_UNITS):
             if name not in units:  # not loaded yet: ask systemd to load it
@@ -135,7 +132,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return changes
 
     def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
-        dbus = ctx.backends.dbus(_address(answers.bus))
+        dbus = dbus_api(ctx.backends, answers.bus)
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")
@@ -148,5 +145,3 @@ class ServicesStep(Step[ServicesAnswers]):
                 raise StepFailed(f"start of {unit} ended with job result '{result}'", done)
             done.append(change)
             ctx.log(f"started {unit}")
-        # What later steps read must reflect the units just started.
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

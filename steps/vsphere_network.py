@@ -31,6 +31,7 @@ from backends.interfaces.vsphere import (
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
+    vsphere_api,
 )
 from steps.base import (
     Change,
@@ -167,6 +168,11 @@ def connection(section: dict[str, Any]) -> VSphereConn:
         thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
         insecure=bool(section.get("insecure")),
     )
+
+
+def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
+    """The VMs whose adapters the answers move: the only ones whose devices are read."""
+    return {a.vm for a in answers.vm_adapters}
 
 
 def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]:
@@ -410,10 +416,16 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """The inventory (hosts, switches, port groups, NICs, VMs), read in bulk."""
-        api = ctx.backends.vsphere(connection(answers))
-        inv = api.inventory()
-        return {"inventory": inv}
+        """The inventory (hosts, switches, port groups, NICs, VMs with their adapters),
+        read in bulk: what the wizard's choices need."""
+        api = vsphere_api(ctx.backends, connection(answers))
+        return {"inventory": api.inventory()}
+
+    def facts_for(self, answers: VSphereNetworkAnswers, ctx: Context) -> dict[str, Any]:
+        """The inventory with the adapters of the VMs the answers name only: the
+        hosts' networking and VM names are small, every VM's devices are not."""
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
+        return {"inventory": api.inventory(vms=named_vms(answers))}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
@@ -572,15 +584,15 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         return [op.change for op in operations(answers, self._inventory(answers, ctx))]
 
     def _inventory(self, answers: VSphereNetworkAnswers, ctx: Context) -> Inventory:
-        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+        facts = ctx.facts.get(self.name) or self.facts_for(answers, ctx)
         inv: Inventory = facts["inventory"]
         return inv
 
     def apply(self, answers: VSphereNetworkAnswers, changes: list[Change], ctx: Context) -> None:
         """Make the planned changes; on failure undo this run's and raise StepFailed."""
-        api = ctx.backends.vsphere(connection(answers.model_dump()))
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
         wanted = {(c.target, c.action) for c in changes}
-        ops = [op for op in operations(answers, api.inventory())
+        ops = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
                if (op.change.target, op.change.action) in wanted]
         done: list[Op] = []
         try:
@@ -606,7 +618,6 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 f"undid {undone} change(s) made by this run", remains, errors) from None
         ctx.progress(1.0, "vSphere networking done")
         ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
-        self._refresh(answers, ctx)
 
     def _compensate(self, api: VSphereAPI, done: list[Op],
                     ctx: Context) -> tuple[list[Op], list[str]]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 
 from wizard import answers
 

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import hostsetup
-from test_services import unit_state
+from helpers import hostsetup, unit_state
 
 from wizard.sandbox import ovs as ovs_component
 from wizard.sandbox.core import Sandbox, kill_group

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_services import unit_state
+from helpers import ROOT, hostsetup, unit_state
 
 from wizard import answers as answers_mod
 from wizard import fleet as fleet_mod

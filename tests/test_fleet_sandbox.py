@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup
 
 from wizard.sandbox.core import Sandbox, alive
 

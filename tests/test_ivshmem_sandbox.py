@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from backends.adapters.libvirt import LibvirtBackend
+from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
-from backends.interfaces.libvirt import DomainNotFound, Shmem
-from backends.libvirt import LibvirtBackend
+from backends.interfaces.libvirt import DomainNotFound, Shmem, libvirt_api
 from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
-from wizard.backends import RealBackends
 from wizard.sandbox import dbus as sandbox_dbus
 from wizard.sandbox import libvirt as sandbox_libvirt
 from wizard.sandbox.core import Sandbox
@@ -301,7 +301,7 @@ def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
             IvshmemStep().apply(section, changes, ctx)
         assert "domain 'gone' not found" in str(failed.value)
         assert failed.value.done == [c for c in changes if c.target != "domain gone"]
-        stays = backends.libvirt(section.uri).domain("stays")
+        stays = libvirt_api(backends, section.uri).domain("stays")
         assert stays.shmem(section.name) is not None
         assert IvshmemStep().plan(section, ctx) == []  # 'gone' is gone: nothing left to do
     finally:

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 
+from backends.adapters.ovsdb import OvsdbBackend
+from backends.bundle import RealBackends
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import Mirror, MirrorEdit
-from backends.ovsdb import OvsdbBackend
 from steps.base import Context, StepFailed
 from steps.ovs_mirror import MANAGED, OvsMirrorStep
 from wizard.answers import write
-from wizard.backends import RealBackends
 from wizard.sandbox import ovs as component
 from wizard.sandbox.core import Sandbox, SandboxError, kill_group
 from wizard.sandbox.manage import write_outputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup
 
 from wizard.sandbox.core import Sandbox, alive
 

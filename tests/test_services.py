@@ -6,19 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup, unit_state
 
 from wizard.sandbox.core import Sandbox
-
-
-def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState read with busctl, independently of our backend."""
-    path = "/org/freedesktop/systemd1/unit/" + unit.replace(".", "_").replace("-", "_")
-    out = subprocess.run(
-        ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
-         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"],
-        capture_output=True, text=True, check=True).stdout
-    return out.split()[1].strip('"')
 
 
 def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
@@ -91,9 +81,9 @@ def test_bus_unreachable_exits_5_naming_address(tmp_path: Path) -> None:
 
 
 def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
+    from backends.bundle import RealBackends
     from steps.base import Context
     from steps.services import ServicesStep
-    from wizard.backends import RealBackends
 
     backends = RealBackends()
     try:
@@ -114,7 +104,7 @@ def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> 
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     subprocess.run(["busctl", "--address", dbus_host.env["HOSTSETUP_DBUS_ADDRESS"], "call",
                     "org.freedesktop.systemd1", "/org/freedesktop/systemd1",

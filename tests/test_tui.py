@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_services import unit_state
-from tmux import Terminal
+from helpers import ROOT, hostsetup, unit_state
+from tmux import Terminal, apply_and_finish
 
 from wizard.sandbox import dbus as dbus_component
 from wizard.sandbox.core import Sandbox
@@ -45,15 +44,6 @@ def set_timeout(t: Terminal, text: str) -> None:
     t.send("Tab", "Tab", "C-e", *["BSpace"] * 8)
     t.type(text)
 
-
-def apply_and_finish(t: Terminal) -> int:
-    """From the questions of the last step: Next, Apply on the review, OK on the summary."""
-    t.send("F12")
-    t.wait_for("Review")
-    t.send("Enter")
-    t.wait_for("Summary")
-    t.send("Enter")
-    return t.exit_code()
 
 
 def restored(t: Terminal) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from tmux import Terminal
 
 from wizard.sandbox import ovs as ovs_component

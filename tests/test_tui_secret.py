@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_tui import apply_and_finish
-from tmux import Terminal
+from helpers import ROOT, hostsetup
+from tmux import Terminal, apply_and_finish
 
 from wizard.sandbox import vcsim
 from wizard.sandbox.core import Sandbox

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 from tmux import Terminal
 
 from wizard.sandbox import ovs as ovs_component

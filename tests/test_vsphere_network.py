@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from pydantic import ValidationError
 
+from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
-from backends.interfaces.vsphere import Inventory, VSphereConn
+from backends.interfaces.vsphere import Inventory, VSphereConn, vsphere_api
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
-from wizard.backends import RealBackends
 from wizard.plantext import run_lines
 from wizard.runner import Run, StepResult
 from wizard.sandbox import vcsim
@@ -53,7 +53,7 @@ def read_back(section: dict[str, Any]) -> Inventory:
     """The inventory through a fresh session (logged out afterwards)."""
     backends = RealBackends()
     try:
-        return backends.vsphere(connection(section)).inventory()
+        return vsphere_api(backends, connection(section)).inventory()
     finally:
         backends.close()
 
@@ -64,11 +64,12 @@ def run(section: dict[str, Any], apply: bool = True) -> list[Change]:
     backends = RealBackends()
     ctx = Context(backends=backends)
     try:
-        ctx.facts[STEP.name] = STEP.discover(section, ctx)
+        ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)
         assert STEP.validate(answers, ctx.facts[STEP.name]) == []
         changes = STEP.plan(answers, ctx)
         if apply and changes:
             STEP.apply(answers, changes, ctx)
+            ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)  # the runner refreshes it
             assert STEP.verify(answers, ctx) == []
         return changes
     finally:
@@ -381,7 +382,7 @@ def test_round_trips_do_not_grow_with_inventory(vs_start: Start) -> None:
         sim = vs_start(model="vcenter", hosts=3, vms=vms)
         backends = RealBackends()
         try:
-            api = backends.vsphere(connection(vcsim.answers(sim)))
+            api = vsphere_api(backends, connection(vcsim.answers(sim)))
             before = api.round_trips
             assert len(api.inventory().vms) == vms
             counts.append(api.round_trips - before)
@@ -407,7 +408,7 @@ def test_sessions_are_logged_out(vs_start: Start) -> None:
     # a fresh session sees only itself: every earlier one logged out
     backends = RealBackends()
     try:
-        api = backends.vsphere(connection(section))
+        api = vsphere_api(backends, connection(section))
         sessions = api._content.sessionManager.sessionList  # type: ignore[attr-defined]
         assert len(sessions) == 1
     finally:

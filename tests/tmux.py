@@ -69,3 +69,13 @@ class Terminal:
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
         self.rc_file.unlink(missing_ok=True)
+
+
+def apply_and_finish(t: Terminal) -> int:
+    """From the questions of the last step: Next, Apply on the review, OK on the summary."""
+    t.send("F12")
+    t.wait_for("Review")
+    t.send("Enter")
+    t.wait_for("Summary")
+    t.send("Enter")
+    return t.exit_code()

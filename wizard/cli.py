@@ -199,8 +199,8 @@ def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``plan`` / ``apply``."""
+    from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.backends import RealBackends
     from wizard.runner import execute
 
     try:

@@ -48,6 +48,7 @@ from wizard.exits import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
+from wizard.procs import alive
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -68,7 +69,6 @@ TASK_TIME_LIMIT = 3600
 VISIBILITY_TIMEOUT = 4200
 RESULT_EXPIRES = 7 * 24 * 3600
 RUN_KEY = "hostsetup:fleet:run:"
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # Per-host outcome -> its weight for the fleet's exit code (highest wins).
 STATUS_EXIT = {"unchanged": EXIT_OK, "applied": EXIT_OK, "pending": EXIT_PENDING,
@@ -228,8 +228,8 @@ AGENT: dict[str, list[str]] = {"names": []}  # the host(s) this agent serves (ru
 
 def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """The task: validate this host's answers and run them with the local runner."""
+    from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.backends import RealBackends
     from wizard.runner import execute
 
     host, mode = payload.get("host"), payload.get("mode")
@@ -301,8 +301,10 @@ def run_agent(cfg: BrokerConfig, names: list[str], loglevel: str = "INFO",
     One agent serves one host; several names (one worker consuming several
     host queues) are for benchmarks of the dispatch path.
     """
+    from wizard.answers import HOST_NAME
+
     for name in names:
-        if not HOST_NAME.match(name):
+        if not re.match(HOST_NAME, name):
             raise FleetError(f"agent name '{name}' is not a host name (letters, digits, '.-_')")
     AGENT["names"] = list(names)
     from celery import signals
@@ -647,20 +649,11 @@ def load_run(app: Celery, run_id: str) -> dict[str, Any] | None:
     report: dict[str, Any] = json.loads(data)
     runner = report.get("runner", {})
     if report["state"] == "running" and runner.get("machine") == socket.gethostname() \
-            and not _alive(int(runner.get("pid", 0))):
+            and not alive(int(runner.get("pid", 0))):
         report["state"], report["exit_code"] = "abandoned", EXIT_FAILED
         report["stopped"] = (f"the run's process (pid {runner.get('pid')}) is gone; "
                              "hosts not reported above are in an unknown state")
     return report
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return pid > 0 and f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def connect(cfg: BrokerConfig) -> Celery:

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,7 +124,7 @@ def prepare(item: Prepared, ctx: Context) -> None:
     result.errors = []
     try:
         with Timer(result, "discover"):
-            facts = step.discover(section.model_dump(), ctx)
+            facts = step.facts_for(section, ctx)
             ctx.facts[step.name] = facts
         problems = step.validate(section, facts)
         if problems:
@@ -142,19 +143,27 @@ def prepare(item: Prepared, ctx: Context) -> None:
         result.status = "pending" if result.changes else "unchanged"
 
 
-def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
+def check(answers: Answers, ctx: Context, run: Run, concurrent: bool = True) -> list[Prepared]:
     """Phase 1 for every selected step: discover, validate, plan (read-only).
 
+    Steps are checked at the same time (``concurrent``), so the phase costs
+    about its slowest step; see :func:`prepare_concurrently` for who waits.
     A step whose system is unreachable but will be started by an earlier step
     (e.g. the services step starts Open vSwitch) is deferred: it is checked in
     phase 2, right after the steps before it are applied.
     """
+    items = [Prepared(step, answers.sections[step.name], StepResult(step.name), answers.raw)
+             for step in answers.selected()]
+    run.steps.extend(item.result for item in items)
+    if concurrent and len(items) > 1:
+        prepare_concurrently(items, ctx)
+    else:
+        for item in items:
+            prepare(item, ctx)
     prepared = []
     coming: set[str] = set()  # facts the plans so far will make true
-    for step in answers.selected():
-        item = Prepared(step, answers.sections[step.name], StepResult(step.name), answers.raw)
-        run.steps.append(item.result)
-        prepare(item, ctx)
+    for item in items:
+        step = item.step
         if item.result.status == "unreachable" and step.requires in coming:
             item.deferred = True
             item.result.status = "deferred"
@@ -166,6 +175,29 @@ def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
             prepared.append(item)
             coming |= step.provides(item.result.changes)
     return prepared
+
+
+def prepare_concurrently(items: list[Prepared], ctx: Context) -> None:
+    """:func:`prepare` every item in a thread of its own (the work is waiting on
+    daemons).  A step whose ``requires`` an earlier step may provide (its
+    ``may_provide``) waits until that step is planned: it depends on it."""
+    pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="check")
+    try:
+        futures: list[Future[None]] = []
+        for i, item in enumerate(items):
+            needs = [futures[j] for j in range(i)
+                     if item.step.requires in items[j].step.may_provide]
+            futures.append(pool.submit(_prepare_after, needs, item, ctx))
+        for future in futures:
+            future.result()  # re-raises what a step raised, as the sequential loop would
+    finally:
+        # On Ctrl-C, do not wait for the threads: each read is bounded by its backend.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare_after(needs: list[Future[None]], item: Prepared, ctx: Context) -> None:
+    wait(needs)
+    prepare(item, ctx)
 
 
 def phase1_exit(run: Run) -> int | None:
@@ -212,6 +244,10 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.changes, ctx)
         with Timer(result, "verify"):
+            # The facts cache is the runner's: re-read what the step changed, so that
+            # verify (and the steps after it) do not plan against the state before.
+            ctx.facts.pop(item.step.name, None)
+            ctx.facts[item.step.name] = item.step.facts_for(item.answers, ctx)
             left = item.step.verify(item.answers, ctx)
     except BackendUnreachable as exc:
         return unreachable(item, exc, ctx)
@@ -272,12 +308,15 @@ def execute(
     mode: Literal["plan", "apply"],
     backends: Backends,
     progress: Callable[[float, str], None] = lambda _f, _t: None,
+    concurrent: bool = True,
 ) -> Run:
-    """Run ``plan`` or ``apply`` for the answered steps; never prompts."""
+    """Run ``plan`` or ``apply`` for the answered steps; never prompts.
+
+    ``concurrent=False`` checks the steps one after the other (benchmarks)."""
     run = Run(mode)
     ctx = Context(backends=backends, progress=progress, log=log.info)
     try:
-        prepared = check(answers, ctx, run)
+        prepared = check(answers, ctx, run, concurrent)
         code = phase1_exit(run)
         if code is None and mode == "plan":
             code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK

@@ -215,7 +215,8 @@ def test_detach_then_status(fleet: Sandbox, tmp_path: Path) -> None:
 
 
 def test_status_of_a_run_whose_process_died(fleet: Sandbox, tmp_path: Path) -> None:
-    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "3")
+    # hv1's apply takes long enough for the run to be killed before hv2's batch.
+    mock(member(fleet, "hv1"), "SetStartBehaviour", "ssd", SLOW_UNIT, "done", "10")
     res = hostsetup("fleet", "apply", "--answers", answers(fleet), "--detach", env=env(fleet))
     run_id = res.stdout.strip()
     report = tmp_path / "status.json"

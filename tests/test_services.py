@@ -110,12 +110,18 @@ def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> 
                     "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
                     "org.freedesktop.DBus.Mock", "SetStartBehaviour", "ssd",
                     "ovs-vswitchd.service", "done", "20"], check=True)
-    report = tmp_path / "r.json"
+    report, log = tmp_path / "r.json", tmp_path / "run.log"
     proc = subprocess.Popen([sys.executable, "-m", "wizard", "apply", "--answers",
-                             str(dbus_host.dir / "answers.yaml"), "--report", str(report)],
+                             str(dbus_host.dir / "answers.yaml"), "--report", str(report),
+                             "--log", str(log)],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2)  # the first start job takes 20 s
+    # Interrupt once the services step is applying (its first start job takes 20 s).
+    deadline = time.monotonic() + 30
+    while "services: applying" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and proc.poll() is None, "apply never started"
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, out + err

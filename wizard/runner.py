@@ -240,6 +240,7 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
             return code
     if not result.changes:
         return None
+    log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.changes, ctx)

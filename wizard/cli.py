@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
 from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
+from wizard.session import setup_logging, write_report
 
 if TYPE_CHECKING:
     from wizard.runner import Run
@@ -105,25 +106,6 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def on_terminal() -> bool:
     """True when a person can be at the keyboard: stdin and stdout are a terminal."""
     return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def setup_logging(path: Path | None) -> None:
-    """Log to ``path`` (INFO) if given; warnings always go to stderr."""
-    root = logging.getLogger("hostsetup")
-    root.setLevel(logging.INFO)
-    if path is not None:
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-
-
-def write_report(path: Path | None, report: dict[str, Any]) -> None:
-    """Write the JSON report atomically."""
-    if path is None:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def print_run(run: Run) -> None:

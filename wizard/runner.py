@@ -177,13 +177,21 @@ def phase1_exit(run: Run) -> int | None:
 
 
 def apply_all(
-    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None]
+    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Phase 2: apply each step's plan and verify it; stop at the first failure.
 
-    The steps after a failure are reported as "not run".
+    ``should_stop`` is asked between steps (the wizard's "stop after the running
+    step"): when true, the rest is not run and the run is interrupted (130).
+    The steps after a failure or a stop are reported as "not run".
     """
     for i, item in enumerate(prepared):
+        if should_stop():
+            log.warning("stopped by the operator before %s", item.step.name)
+            for later in prepared[i:]:
+                later.result.status = "not run"
+            return EXIT_INTERRUPTED
         on_step(i, item.step)
         code = apply_one(item, ctx)
         if code is not None:

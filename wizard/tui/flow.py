@@ -411,6 +411,7 @@ def summary(flow: Flow, run_: Any, log_path: Path, report: Path | None) -> None:
     win = TextWindow("Summary", "\n".join(lines), ["OK"], keys=KEYS_SUMMARY, rows=TEXT_ROWS,
                      help_text="What was done, per step.")
     win.ctrl_c = "return"
+    win.hotkeys = ("ENTER",)  # the text has the focus (it scrolls): Enter closes too
     flow.ui.show(win)
 
 

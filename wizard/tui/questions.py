@@ -183,8 +183,8 @@ class Row:
                 if self.value != text:
                     self.ui.message("Password kept in memory only", (
                         f"What you typed in '{self.q.label}' is kept in this program's memory "
-                        f"only. The answers (and a --record file) hold the reference "
-                        f"{self.value} instead: set that variable to replay them."))
+                        f"only. The answers (and a --record file) have it "
+                        f"held as {self.value}: set that variable to replay them."))
             elif _list_field(self.model, self.q.key) or isinstance(self.value, list):
                 self._set([v.strip() for v in text.split(",") if v.strip()])
             else:

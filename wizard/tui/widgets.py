@@ -69,6 +69,19 @@ def paragraphs(text: str) -> str:
     return "\n".join(out)
 
 
+def hanging(text: str, width: int) -> str:
+    """Wrap each line to ``width``, continuation lines indented under their line's
+    text (a wrapped change stays visibly part of its step)."""
+    import textwrap
+
+    out = []
+    for line in text.splitlines():
+        lead = line[: len(line) - len(line.lstrip())]
+        out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=lead + "    ",
+                             break_on_hyphens=False, break_long_words=False) or [""]
+    return "\n".join(out)
+
+
 def terminal_size() -> tuple[int, int]:
     """Columns and rows of the wizard's terminal (its stdout)."""
     try:
@@ -107,6 +120,7 @@ class Window:
 
     keys = KEYS_FORM
     ctrl_c = "quit"
+    hotkeys: tuple[str, ...] = ()  # more keys that close the window (e.g. "ENTER")
 
     def build(self, ui: Ui) -> snack.GridFormHelp:
         raise NotImplementedError
@@ -172,7 +186,7 @@ class Ui:
         """
         while True:
             form = win.build(self)
-            for key in ("ESC", "F12", "CTRL-C"):
+            for key in ("ESC", "F12", "CTRL-C", *win.hotkeys):
                 form.addHotKey(key)
             form.setTimer(TICK_MS)
             form.create()  # newt can focus only a widget already in the form
@@ -287,7 +301,8 @@ class TextWindow(Window):
     def build(self, ui: Ui) -> snack.GridFormHelp:
         g = ui.form(self.title, self.help_text, 1, 2)
         if self.rows:
-            g.add(snack.Textbox(WIDTH, self.rows, self.text, scroll=1, wrap=1), 0, 0)
+            g.add(snack.Textbox(WIDTH, self.rows, hanging(self.text, WIDTH - 2), scroll=1,
+                                wrap=1), 0, 0)
         else:
             g.add(snack.TextboxReflowed(WIDTH - 4, self.text, maxHeight=16), 0, 0)
         self.bar = snack.ButtonBar(ui.screen, self.buttons)

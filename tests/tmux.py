@@ -51,6 +51,28 @@ class Terminal:
                 raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
             time.sleep(0.1)
 
+    def wait_any(self, *texts: str, timeout: float = 20.0) -> str:
+        """Wait until one of ``texts`` is on screen; the screen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if any(t in screen for t in texts):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"none of {texts!r} on screen after {timeout}s:\n{screen}")
+            time.sleep(0.1)
+
+    def wait_gone(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until ``text`` is no longer on screen (a window closed); the screen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if text not in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} still on screen after {timeout}s:\n{screen}")
+            time.sleep(0.1)
+
     def exit_code(self, timeout: float = 20.0) -> int:
         """Wait for the program to end; its exit code."""
         deadline = time.monotonic() + timeout
@@ -59,6 +81,15 @@ class Terminal:
                 raise AssertionError(f"program still running after {timeout}s:\n{self.screen()}")
             time.sleep(0.1)
         return int(self.rc_file.read_text())
+
+    def resize(self, width: int, height: int) -> None:
+        """Resize the terminal (the program gets SIGWINCH)."""
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width),
+                        "-y", str(height)], check=True)
+
+    def alive(self) -> bool:
+        """The program is still running (it has not written its exit code)."""
+        return not (self.rc_file.exists() and self.rc_file.read_text().strip())
 
     def stty(self) -> str:
         """The terminal settings of the pane (to check it was restored)."""

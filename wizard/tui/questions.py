@@ -98,26 +98,32 @@ def label_path(loc: Loc, questions: list[Any]) -> str:
 
 
 def problem_text(loc: Loc, message: str, questions: list[Any], line: int | None = None) -> str:
-    """One problem as the operator reads it: the field's label, then what is wrong."""
+    """One problem as the operator reads it: the field's label, then what is wrong
+    (a message quoting a long value is cut: the window must keep its title)."""
     where = label_path(loc, questions) or "answers"
-    return f"{where}{f' (line {line})' if line else ''}: {message}"
+    return f"{where}{f' (line {line})' if line else ''}: {shorten(message, 160)}"
 
 
 def model_problems(model: Any, values: dict[str, Any], questions: list[Any],
                    only: set[str] | None = None) -> list[str]:
-    """What the answers model refuses in ``values`` (limited to the keys ``only``)."""
+    """What the answers model refuses in ``values`` (limited to the keys ``only``).
+
+    A typed value longer than :data:`MAX_TEXT` is refused by its length alone.
+    """
     from pydantic import ValidationError
 
     from wizard.answers import _errors
 
-    problems = [problem_text((k,), f"too long ({len(v)} characters; at most {MAX_TEXT})",
-                             questions)
-                for k, v in values.items() if isinstance(v, str) and len(v) > MAX_TEXT]
+    long = {k for k, v in values.items() if isinstance(v, str) and len(v) > MAX_TEXT
+            and (only is None or k in only)}
+    problems = [problem_text((k,), f"too long ({len(values[k])} characters; at most "
+                             f"{MAX_TEXT})", questions) for k in sorted(long)]
     try:
         model.model_validate(values)
     except ValidationError as exc:
         problems += [problem_text(loc, msg, questions) for loc, msg in _errors(exc)
-                     if only is None or (loc and loc[0] in only)]
+                     if (only is None or (loc and loc[0] in only))
+                     and not (loc and loc[0] in long)]
     return problems
 
 

@@ -35,6 +35,7 @@ from wizard.tui.widgets import (
 )
 
 log = logging.getLogger("hostsetup")
+ASK_WAIT = 600.0  # seconds the next step waits while the operator is asked "Stop?"
 
 
 def welcome_text(steps: list[Any]) -> str:
@@ -368,12 +369,19 @@ def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
     from wizard.runner import apply_all
 
     ctx = flow.ctx
-    stop = threading.Event()
+    stop, asking = threading.Event(), threading.Event()
     box: dict[str, Any] = {"code": EXIT_FAILED}
+
+    def should_stop() -> bool:
+        # While the operator is asked, the next step does not start (bounded).
+        deadline = time.monotonic() + ASK_WAIT
+        while asking.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return stop.is_set()
 
     def work() -> None:
         try:
-            box["code"] = apply_all(prepared, ctx, on_step, should_stop=stop.is_set)
+            box["code"] = apply_all(prepared, ctx, on_step, should_stop=should_stop)
         except Exception:  # noqa: BLE001 - the run fails, the wizard does not
             log.exception("apply failed")
             box["code"] = EXIT_FAILED
@@ -390,11 +398,17 @@ def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
     ctx.progress = show
     thread.start()
     while flow.ui.show(win) == "CTRL-C":
-        if not win.stopping and flow.ui.confirm(
-                "Stop?", "Stop after the running step? The steps after it are not run; "
-                "the summary says what was applied.", yes="Stop", no="Go on", ctrl_c="yes"):
-            win.stopping = True
-            stop.set()
+        if win.stopping:
+            continue
+        asking.set()
+        try:
+            if flow.ui.confirm("Stop?", "Stop after the running step? The steps after it "
+                               "are not run; the summary says what was applied.",
+                               yes="Stop", no="Go on", ctrl_c="yes"):
+                win.stopping = True
+                stop.set()
+        finally:
+            asking.clear()
     thread.join()
     return int(box["code"])
 

@@ -177,7 +177,8 @@ class Row:
     def capture(self) -> None:
         """Keep what the widget shows (before its form is freed)."""
         if isinstance(self.widget, snack.Checkbox):
-            self._set(bool(self.widget.selected()))
+            if bool(self.widget.selected()) != bool(self.value):  # unset stays unset
+                self._set(bool(self.widget.selected()))
         elif isinstance(self.widget, snack.Entry):
             text = self.widget.value().strip()
             if text == show_value(self.value):

@@ -92,11 +92,20 @@ def terminal_size() -> tuple[int, int]:
 
 
 def wait_for_size() -> None:
-    """Below 80x24 newt cannot draw the windows: say so and wait (the terminal is
-    not in newt's hands here, so it is in its normal mode) until it is big enough."""
+    """Below 80x24 newt cannot draw the windows: say so and wait until the terminal
+    is big enough (newt is closed meanwhile; keys are not echoed, Ctrl-C is ignored:
+    nothing could be confirmed now, and nothing is lost)."""
+    import termios
+    import tty
+
+    if terminal_size() >= (MIN_COLS, MIN_ROWS) and terminal_size()[1] >= MIN_ROWS:
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     shown = None
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing can be confirmed now
     try:
+        tty.setcbreak(fd)
         while (size := terminal_size())[0] < MIN_COLS or size[1] < MIN_ROWS:
             if size != shown:
                 sys.stdout.write(f"\033[2J\033[Hhostsetup: terminal too small: need "
@@ -105,7 +114,11 @@ def wait_for_size() -> None:
                 sys.stdout.flush()
                 shown = size
             time.sleep(0.2)
+        termios.tcflush(fd, termios.TCIFLUSH)  # keys typed meanwhile meant nothing
+        sys.stdout.write("\033[2J\033[H")
+        sys.stdout.flush()
     finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGINT, old)
 
 

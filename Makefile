@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean fuzz
 DEMO_DIR ?= /tmp/hostsetup-demo
 PY := .venv/bin/python
 
@@ -19,6 +19,11 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# The wizard's key-mash test, long: a few hundred random key sequences (seeded:
+# HOSTSETUP_FUZZ_SEED=N to vary; make test runs a short sample of the same).
+fuzz: setup
+	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q -p no:timeout tests/test_tui_keymash.py
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -18,7 +18,9 @@ class Terminal:
         self.rc_file.unlink(missing_ok=True)
         # The wizard's stdout is the terminal itself (never redirected); only
         # the exit code is kept, and the pane stays open to read the screen.
-        wrapped = f"{command}; echo $? > {shlex.quote(str(self.rc_file))}; sleep 600"
+        # Keys sent after the program ended (a late Ctrl-C) must not end the pane.
+        wrapped = (f"{command}; echo $? > {shlex.quote(str(self.rc_file))}; "
+                   "trap '' INT; sleep 600")
         subprocess.run(
             ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
              "-c", str(cwd), "bash", "-c", wrapped],

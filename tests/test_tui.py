@@ -87,6 +87,20 @@ def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Pa
     assert restored(term)
 
 
+@pytest.mark.parametrize("key", ["C-c", "Escape", "Enter"])
+def test_exit_code_is_the_runs_whatever_closes_the_summary(term: Terminal, key: str) -> None:
+    to_questions(term)
+    term.send("F12")
+    term.wait_for("Review")
+    term.send("Tab", "Enter")
+    term.wait_for("Apply? ")
+    term.send("Left", "Enter")
+    term.wait_for("services: changed")
+    term.send(key)
+    assert term.exit_code() == 0
+    assert restored(term)
+
+
 def test_back_from_review_keeps_answers(term: Terminal) -> None:
     to_questions(term)
     set_timeout(term, "45")

@@ -189,16 +189,19 @@ def apply_all(
     for i, item in enumerate(prepared):
         if should_stop():
             log.warning("stopped by the operator before %s", item.step.name)
-            for later in prepared[i:]:
-                later.result.status = "not run"
-            return EXIT_INTERRUPTED
+            return not_run(prepared[i:], EXIT_INTERRUPTED)
         on_step(i, item.step)
         code = apply_one(item, ctx)
         if code is not None:
-            for later in prepared[i + 1:]:
-                later.result.status = "not run"
-            return code
+            return not_run(prepared[i + 1:], code)
     return EXIT_OK
+
+
+def not_run(rest: list[Prepared], code: int) -> int:
+    """Mark the steps ``rest`` "not run"; returns ``code``."""
+    for item in rest:
+        item.result.status = "not run"
+    return code
 
 
 def apply_one(item: Prepared, ctx: Context) -> int | None:

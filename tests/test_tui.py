@@ -210,3 +210,32 @@ def test_unusable_answers_file_is_explained_and_terminal_restored(
         assert restored(t)
     finally:
         t.close()
+
+
+def test_internal_error_keeps_the_answers_and_names_the_log(dbus_host: Sandbox,
+                                                           tmp_path: Path) -> None:
+    """A bug (simulated: the review's text raises) ends with exit 1, the traceback in
+    the log, and the answers typed so far saved on request (0600, --record's file)."""
+    answers, saved = tmp_path / "answers.yaml", tmp_path / "saved.yaml"
+    answers.write_text((dbus_host.dir / "answers.yaml").read_text().replace(
+        "version: 1", "version: 1\ninteractive: [services]"))
+    bug = ("import sys, wizard.tui.flow as f; f.review_lines = lambda run: 1 / 0; "
+           "from wizard.cli import main; sys.exit(main(sys.argv[1:]))")
+    t = Terminal(f"{ROOT}/.venv/bin/python -c '{bug}' --answers {answers} "
+                 f"--log {tmp_path}/w.log --record {saved}", cwd=tmp_path)
+    try:
+        to_questions(t)
+        set_timeout(t, "43")
+        t.send("F12")
+        screen = t.wait_for("Internal error")
+        assert "The traceback is in" in screen and "w.log" in screen
+        assert "Save the answers" in screen
+        t.send("Left", "Enter")  # Save (Don't save has the focus)
+        assert t.exit_code() == 1
+        assert restored(t)
+        assert "ZeroDivisionError" in t.screen()
+    finally:
+        t.close()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert "timeout: 43" in saved.read_text() or "timeout: '43'" in saved.read_text()
+    assert "Traceback" in (tmp_path / "w.log").read_text()

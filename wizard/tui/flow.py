@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -478,6 +479,7 @@ def run_wizard(args: argparse.Namespace) -> int:
     preview.draw()
     ui.screen.refresh()
     flow: Flow | None = None
+    last_words = ""  # said on the terminal once newt has given it back
     try:
         from steps import REGISTRY
 
@@ -487,13 +489,17 @@ def run_wizard(args: argparse.Namespace) -> int:
     except Cancelled:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug: keep the answers, say where
-        return internal_error(ui, flow, args, exc)
+        last_words = internal_error(ui, flow, args, exc)
+        return EXIT_FAILED
     finally:
         ui.finish()
+        if last_words:
+            print(last_words, file=sys.stderr)
 
 
-def internal_error(ui: Ui, flow: Flow | None, args: argparse.Namespace, exc: Exception) -> int:
-    """Log the traceback, offer to save what was typed (secrets as references), exit 1."""
+def internal_error(ui: Ui, flow: Flow | None, args: argparse.Namespace, exc: Exception) -> str:
+    """Log the traceback, offer to save what was typed (secrets as references);
+    returns the line for the terminal."""
     from wizard.session import record_data
 
     log.exception("internal error")
@@ -509,8 +515,7 @@ def internal_error(ui: Ui, flow: Flow | None, args: argparse.Namespace, exc: Exc
                         "# Saved after an internal error: check it before replaying.\n")
     except Exception:  # noqa: BLE001 - the screen itself may be what failed
         log.exception("cannot offer to save the answers")
-    print(f"hostsetup: internal error: {type(exc).__name__} (traceback in {where})")
-    return EXIT_FAILED
+    return f"hostsetup: internal error: {type(exc).__name__} (traceback in {where})"
 
 
 def _wizard(flow: Flow, args: argparse.Namespace) -> int:

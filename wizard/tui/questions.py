@@ -157,7 +157,9 @@ class Row:
 
     def activate(self) -> None:
         """The row's button was pressed: open its picker or record list."""
-        help_text = self.q.help or f"Choose the {self.q.label.lower()}."
+        help_text = self.q.help or (f"{self.q.label}: choose any with <Space>."
+                                    if self.q.kind == "multi" else
+                                    f"{self.q.label}: choose one with <Enter>.")
         if self.q.kind == "choice":
             new = pick_one(self.ui, self.q.label, help_text, list(self.q.choices), self.value,
                            self.q.required)

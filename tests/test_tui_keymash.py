@@ -86,6 +86,7 @@ def mash(sb: Sandbox, tmp: Path, start: str, rng: random.Random) -> list[str]:
                 break
             key = "Escape" if "Apply? " in screen else rng.choice(KEYS)
             sent.append(key)
+            (tmp / "keys").write_text(" ".join(sent))  # to replay a failure
             if key == "resize":
                 t.resize(*rng.choice(SIZES))
             else:

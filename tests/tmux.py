@@ -14,6 +14,9 @@ class Terminal:
 
     def __init__(self, command: str, cwd: Path, width: int = 80, height: int = 24) -> None:
         self.name = f"hs-{uuid.uuid4().hex[:8]}"
+        # A tmux server of its own: other tests' sessions (other worktrees too) can
+        # neither end it nor race with it.
+        self.tmux = ["tmux", "-L", self.name]
         self.rc_file = cwd / f".{self.name}.rc"
         self.rc_file.unlink(missing_ok=True)
         # The wizard's stdout is the terminal itself (never redirected); only
@@ -22,25 +25,25 @@ class Terminal:
         wrapped = (f"{command}; echo $? > {shlex.quote(str(self.rc_file))}; "
                    "trap '' INT; sleep 600")
         subprocess.run(
-            ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
+            [*self.tmux, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
              "-c", str(cwd), "bash", "-c", wrapped],
             check=True,
         )
 
     def screen(self) -> str:
         """The visible screen as text."""
-        return subprocess.run(["tmux", "capture-pane", "-t", self.name, "-p"],
+        return subprocess.run([*self.tmux, "capture-pane", "-t", self.name, "-p"],
                               capture_output=True, text=True, check=True).stdout
 
     def send(self, *keys: str) -> None:
         """Send tmux key names (e.g. "Tab", "Enter", "F12", "C-c") or literal text."""
         for key in keys:
-            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            subprocess.run([*self.tmux, "send-keys", "-t", self.name, key], check=True)
             time.sleep(0.05)
 
     def type(self, text: str) -> None:
         """Type text literally."""
-        subprocess.run(["tmux", "send-keys", "-t", self.name, "-l", text], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, "-l", text], check=True)
 
     def wait_for(self, text: str, timeout: float = 20.0) -> str:
         """Wait until ``text`` is on screen; fails with the screen shown."""
@@ -86,7 +89,7 @@ class Terminal:
 
     def resize(self, width: int, height: int) -> None:
         """Resize the terminal (the program gets SIGWINCH)."""
-        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width),
+        subprocess.run([*self.tmux, "resize-window", "-t", self.name, "-x", str(width),
                         "-y", str(height)], check=True)
 
     def alive(self) -> bool:
@@ -95,10 +98,10 @@ class Terminal:
 
     def stty(self) -> str:
         """The terminal settings of the pane (to check it was restored)."""
-        tty = subprocess.run(["tmux", "display", "-p", "-t", self.name, "#{pane_tty}"],
+        tty = subprocess.run([*self.tmux, "display", "-p", "-t", self.name, "#{pane_tty}"],
                              capture_output=True, text=True, check=True).stdout.strip()
         return subprocess.run(["stty", "-a", "-F", tty], capture_output=True, text=True).stdout
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-session", "-t", self.name], capture_output=True)
         self.rc_file.unlink(missing_ok=True)

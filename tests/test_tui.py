@@ -150,6 +150,22 @@ def test_cancel_and_ctrl_c_restore_terminal(term: Terminal, dbus_host: Sandbox, 
     assert unit_state(dbus_host, "libvirtd.service") == "inactive"
 
 
+def test_cancel_asks_once_something_was_typed(term: Terminal, dbus_host: Sandbox) -> None:
+    to_questions(term)
+    set_timeout(term, "45")
+    term.send("Tab", "Tab", "Tab", "Enter")  # Cancel
+    term.wait_for("Leave hostsetup?")
+    term.send("Enter")  # Stay has the focus
+    screen = term.wait_gone("Leave hostsetup?")
+    assert "45____" in screen  # nothing lost
+    term.send("C-c")
+    term.wait_for("Leave hostsetup?")
+    term.send("Left", "Enter")  # Leave
+    assert term.exit_code() == 130
+    assert restored(term)
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"
+
+
 def test_record_then_replay_gives_identical_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
     rec = tmp_path / "recorded.yaml"
     t = wizard(dbus_host, tmp_path, f"--record {rec} --report {tmp_path}/wizard.json")

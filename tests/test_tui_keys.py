@@ -5,6 +5,7 @@ The tests that apply come last in the file (pytest keeps file order)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -281,8 +282,9 @@ def test_ctrl_c_while_applying_stops_after_the_running_step(
         t.send("Tab", "Enter")
         t.wait_for("Apply? ")
         t.send("Left", "Enter")
-        t.wait_for("Applying")
-        assert "^C stop after the running step" in t.screen()
+        screen = t.wait_for("Applying")
+        assert "^C stop after the running step" in screen
+        assert re.search(r"\d+ s ", screen), screen  # the elapsed seconds
         t.send("C-c")
         t.wait_for("Stop after the running step?")  # the next step waits for the answer
         t.send("Left", "Enter")  # Stop

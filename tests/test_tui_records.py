@@ -88,3 +88,21 @@ def test_bad_record_is_refused_when_its_form_closes(ovs_wizard: Terminal) -> Non
     t.send("Escape")  # drops this entry: back to the list, which has only the first
     screen = t.wait_for("Done")
     assert "span-vm1: bridge=br0" in screen and "loop" not in screen
+
+
+def test_delete_asks_first(ovs_wizard: Terminal) -> None:
+    t = ovs_wizard
+    t.send("Enter")  # the list, on span-vm1
+    t.wait_for("Enter edit")
+    t.send("Tab", "Tab", "Tab", "Enter")  # Delete
+    screen = t.wait_for("Delete entry?")
+    assert "span-vm1" in screen
+    t.send("Enter")  # Keep has the focus
+    screen = t.wait_gone("Delete entry?")
+    assert "span-vm1: bridge=br0" in screen
+    t.send("Tab", "Tab", "Tab", "Enter")
+    t.wait_for("Delete entry?")
+    t.send("Left", "Enter")  # Delete
+    screen = t.wait_for("(none yet: Add one)")
+    t.send("Escape")
+    t.wait_for("0 entries: edit...")

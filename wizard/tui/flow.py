@@ -258,18 +258,30 @@ def review_lines(plan_run: Any) -> list[str]:
     return lines
 
 
-def goto_problem(flow: Flow, problems: list[str]) -> str:
-    """After a plan problem: the step (and field) at fault, to reopen there."""
+def goto_problem(flow: Flow, problems: list[str], unreachable: str = "") -> str:
+    """After a plan problem: the step (and field) at fault, to reopen there.
+
+    A problem names its key path (``ovs_mirror.mirrors[0].output_port (line 9): ...``);
+    an ``unreachable`` step reopens at its first connection field.
+    """
     for text in problems:
         path = text.split(" ", 1)[0].rstrip(":")
         name, _, rest = path.partition(".")
         if name in flow.data:
-            flow.ask_steps.add(name)
             key = rest.split(".", 1)[0].split("[", 1)[0]
-            if key:
-                flow.focus[name] = key
-            return f"goto:{name}"
+            return reopen(flow, name, key)
+    step = next((s for s in flow.steps if s.name == unreachable), None)
+    if step is not None:
+        return reopen(flow, step.name, next((q.key for q in step.connect_questions()), ""))
     return "back"
+
+
+def reopen(flow: Flow, name: str, key: str) -> str:
+    """Ask step ``name`` (even if answered), with the cursor on ``key``."""
+    flow.ask_steps.add(name)
+    if key:
+        flow.focus[name] = key
+    return f"goto:{name}"
 
 
 def review(flow: Flow) -> str:
@@ -298,7 +310,8 @@ def review(flow: Flow) -> str:
     if phase1_exit(plan_run) is not None:
         problems = plan_run.problems()
         ui.message("Cannot plan", "\n".join(problems) + "\n\nThe window at fault opens next.")
-        return goto_problem(flow, problems)
+        unreachable = next((r.name for r in plan_run.steps if r.status == "unreachable"), "")
+        return goto_problem(flow, problems, unreachable)
     pending = sum(len(r.changes) for r in plan_run.steps)
     win = TextWindow("Review", "\n".join(review_lines(plan_run)),
                      ["Apply" if pending else "Finish", "Back", "Cancel"],

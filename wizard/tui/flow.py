@@ -411,8 +411,8 @@ def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
 
     ctx.progress = show
     thread.start()
-    while flow.ui.show(win) == "CTRL-C":
-        if win.stopping:
+    while (result := flow.ui.show(win)) != "done":
+        if result != "CTRL-C" or win.stopping:  # only Ctrl-C means something here
             continue
         asking.set()
         try:

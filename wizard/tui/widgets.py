@@ -187,8 +187,10 @@ class Ui:
 
     def form(self, title: str, help_text: str, cols: int, rows: int) -> snack.GridFormHelp:
         """A form whose F1 shows ``help_text``."""
-        tag = f"help{len(self.helps)}"
-        self.helps[tag] = help_text
+        tag = next((t for t, h in self.helps.items() if h == help_text), "")
+        if not tag:  # one tag per text: windows drawn again reuse theirs
+            tag = f"help{len(self.helps)}"
+            self.helps[tag] = help_text
         return snack.GridFormHelp(self.screen, title, tag, cols, rows)
 
     def show(self, win: Window) -> Any:

@@ -213,7 +213,9 @@ def test_plan_problem_reopens_the_window_at_fault(host: Sandbox, tmp_path: Path)
         t.wait_for("[*] Open vSwitch")
         t.send("F12")
         screen = t.wait_for("Cannot plan", timeout=60)
-        assert "nosuch" in screen
+        # Told with the step's title and the fields' labels, not the YAML path.
+        assert "Port mirrors #1 > Output port (SPAN)" in screen and "(line 14)" in screen
+        assert "nosuch" in screen and "mirrors[0]" not in screen
         t.send("Enter")
         screen = t.wait_for("F12 next")  # the step's questions window, not the welcome
         assert "Port mirrors" in screen and "Step 1 of 1" in screen

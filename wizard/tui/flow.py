@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import threading
 import time
@@ -258,6 +259,24 @@ def review_lines(plan_run: Any) -> list[str]:
     return lines
 
 
+PROBLEM = re.compile(r"^(?P<step>\w+)(?P<path>(?:\.\w+|\[\d+\])*)(?: \(line (?P<line>\d+)\))?: "
+                     r"(?P<msg>.*)$", re.S)
+
+
+def relabel(flow: Flow, text: str) -> str:
+    """A runner problem ``ovs_mirror.mirrors[0].output_port (line 9): ...`` told with
+    the step's title and the fields' labels (the key path is not on screen)."""
+    m = PROBLEM.match(text)
+    step = next((s for s in flow.steps if m and s.name == m["step"]), None)
+    if m is None or step is None:
+        return text
+    loc = tuple(int(p) if p.isdigit() else p
+                for p in re.findall(r"\w+", m["path"]))
+    questions = step.connect_questions() + step.questions(flow.ctx.facts.get(step.name, {}))
+    line = int(m["line"]) if m["line"] else None
+    return f"{step.title}: " + problem_text(loc, m["msg"], questions, line)
+
+
 def goto_problem(flow: Flow, problems: list[str], unreachable: str = "") -> str:
     """After a plan problem: the step (and field) at fault, to reopen there.
 
@@ -298,7 +317,7 @@ def review(flow: Flow) -> str:
     try:
         answers = validate(doc)
     except AnswersError as exc:
-        ui.message("Answers not accepted", "\n".join(exc.problems))
+        ui.message("Answers not accepted", "\n".join(relabel(flow, p) for p in exc.problems))
         return goto_problem(flow, exc.problems)
     answers.raw = flow.raw
     plan_run = Run("apply")
@@ -309,7 +328,8 @@ def review(flow: Flow) -> str:
         return "back"
     if phase1_exit(plan_run) is not None:
         problems = plan_run.problems()
-        ui.message("Cannot plan", "\n".join(problems) + "\n\nThe window at fault opens next.")
+        ui.message("Cannot plan", "\n".join(relabel(flow, p) for p in problems)
+                   + "\n\nThe window at fault opens next.")
         unreachable = next((r.name for r in plan_run.steps if r.status == "unreachable"), "")
         return goto_problem(flow, problems, unreachable)
     pending = sum(len(r.changes) for r in plan_run.steps)

@@ -181,7 +181,10 @@ class Ui:
         self.screen = self._open()
 
     def finish(self) -> None:
-        """Give the terminal back in its normal mode."""
+        """Give the terminal back in its normal mode, for good: the wizard is leaving
+        and its exit code is decided, so a Ctrl-C typed meanwhile (now a signal again)
+        must not turn it into 130 or a traceback."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGWINCH, signal.SIG_DFL)
         self.screen.finish()
 

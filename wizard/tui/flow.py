@@ -67,7 +67,7 @@ class Flow:
     planned: Any = None  # (answers, prepared, plan run) once the review is confirmed
 
     def step_title(self, step: Any) -> str:
-        """"Step N of M: title", numbered over the selected steps."""
+        """The window title: "Step N of M: title", numbered over the selected steps."""
         chosen = [s for s in self.steps if s.name in self.selected]
         n = next((i for i, s in enumerate(chosen, 1) if s is step), 0)
         return f"Step {n} of {len(chosen)}: {step.title}"
@@ -496,8 +496,7 @@ def answers_problems(flow: Flow, loaded: Loaded, path: Path) -> None:
             result = flow.ui.show(win)
             button = win.pressed(result)
             if button == "drop them":
-                sections = {"version": 1, **flow.data}
-                drop_keys(sections, [i.loc for i in loaded.unknown])
+                drop_keys(flow.data, [i.loc for i in loaded.unknown])
                 break
             if button == "leave" or result == "ESC":
                 raise Cancelled

@@ -79,6 +79,10 @@ def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Pa
     assert "services: changed" in summary
     assert "Log:" in summary and "wizard.log" in summary
     assert "report.j" in summary
+    term.resize(70, 20)  # the summary redraws after a resize, too
+    term.wait_for("terminal too small: need 80x24")
+    term.resize(80, 24)
+    term.wait_for("services: changed")
     term.send("Enter")
     assert term.exit_code() == 0
     assert unit_state(dbus_host, "libvirtd.service") == "active"

@@ -23,7 +23,7 @@ test: lint
 # The wizard's key-mash test, long: a few hundred random key sequences (seeded:
 # HOSTSETUP_FUZZ_SEED=N to vary; make test runs a short sample of the same).
 fuzz: setup
-	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q -p no:timeout tests/test_tui_keymash.py
+	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

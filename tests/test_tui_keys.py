@@ -287,7 +287,7 @@ def test_ctrl_c_while_applying_stops_after_the_running_step(
         t.send("Left", "Enter")
         screen = t.wait_for("Applying")
         assert "^C stop after the running step" in screen
-        assert re.search(r"\d+ s ", screen), screen  # the elapsed seconds
+        assert re.search(r"\d+ s │", screen), screen  # the elapsed seconds
         t.send("C-c")
         t.wait_for("Stop after the running step?")  # the next step waits for the answer
         t.send("Left", "Enter")  # Stop

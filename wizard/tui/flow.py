@@ -375,23 +375,29 @@ class Progress(Window):
 
     def build(self, ui: Ui) -> snack.GridFormHelp:
         g = snack.GridForm(ui.screen, "Applying", 1, 2)
-        self.label = snack.Label(" " * (WIDTH - 10))
+        self.label = snack.Label(self._line())
         self.scale = snack.Scale(WIDTH - 10, 100)
+        self.scale.set(self._percent())
         g.add(self.label, 0, 0)
         g.add(self.scale, 0, 1, (0, 1, 0, 0))
         return g
+
+    def _percent(self) -> int:
+        st = self.state
+        return int((st["i"] + max(0.0, min(st["frac"], 1.0))) / self.total * 100)
+
+    def _line(self) -> str:
+        """The running step (or what it reports) and the elapsed seconds."""
+        text = ("stopping after this step: " if self.stopping else "") + str(self.state["text"])
+        elapsed = f"{int(time.monotonic() - self.started)} s"
+        return text[: WIDTH - 18].ljust(WIDTH - 17) + elapsed.rjust(7)
 
     def tick(self, ui: Ui, form: snack.GridFormHelp) -> Any:
         if not self.thread.is_alive():
             return "done"
         if self.label is not None and self.scale is not None:
-            st = self.state
-            frac = (st["i"] + max(0.0, min(st["frac"], 1.0))) / self.total
-            self.scale.set(int(frac * 100))
-            elapsed = f"{int(time.monotonic() - self.started)} s"
-            text = ("stopping after this step: " if self.stopping else "") + str(st["text"])
-            self.label.setText((text[: WIDTH - 18].ljust(WIDTH - 17) + elapsed)[: WIDTH - 10]
-                               .ljust(WIDTH - 10))
+            self.scale.set(self._percent())
+            self.label.setText(self._line())
             form.draw()
             ui.screen.refresh()
         return None

@@ -487,6 +487,9 @@ def answers_problems(flow: Flow, loaded: Loaded, path: Path) -> None:
         return f"{step.title}: " + problem_text(issue.loc[1:], issue.message, questions,
                                                 issue.line)
 
+    for issue in loaded.problems:  # each step asked opens at its first field at fault
+        if len(issue.loc) > 1 and isinstance(issue.loc[1], str):
+            flow.focus.setdefault(str(issue.loc[0]), issue.loc[1])
     lines = [text(i) for i in loaded.problems]
     lines += [f"interactive: '{n}' is not a step (steps: "
               f"{', '.join(by_step)}); ignored" for n in loaded.bad_interactive]

@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test check lint bench clean
+.PHONY: setup demo test check lint bench clean fuzz
 DEMO_DIR ?= /tmp/hostsetup-demo
 PY := .venv/bin/python
 
@@ -28,6 +28,11 @@ check: setup
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider -m "not daemons and not processes" tests
+
+# The wizard's key-mash test, long: a few hundred random key sequences (seeded:
+# HOSTSETUP_FUZZ_SEED=N to vary; make test runs a short sample of the same).
+fuzz: setup
+	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -16,13 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
-from wizard.exits import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_INVALID,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-)
+from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
+from wizard.session import check_outputs, reported
 
 if TYPE_CHECKING:
     from wizard.runner import Run
@@ -111,64 +106,6 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def on_terminal() -> bool:
     """True when a person can be at the keyboard: stdin and stdout are a terminal."""
     return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def setup_logging(path: Path | None) -> None:
-    """Log to ``path`` (INFO) if given; warnings always go to stderr.
-
-    The log is opened with :func:`backends.hostfiles.open_log` (append, mode
-    0600 at creation, never through a link); raises ``BackendError`` if refused.
-    """
-    root = logging.getLogger("hostsetup")
-    root.setLevel(logging.INFO)
-    if path is not None:
-        from backends.hostfiles import open_log
-
-        handler = logging.StreamHandler(open_log(path))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-
-
-def write_report(path: Path | None, report: dict[str, Any]) -> bool:
-    """Write the JSON report atomically (mode 0600, never through a link).
-
-    Returns False, after saying why on stderr, if it could not be written.
-    """
-    if path is None:
-        return True
-    from backends.hostfiles import atomic_write
-    from backends.interfaces import BackendError
-
-    try:
-        atomic_write(path, (json.dumps(report, indent=2) + "\n").encode(), 0o600)
-    except BackendError as exc:
-        print(f"hostsetup: report not written: {exc}", file=sys.stderr)
-        logging.getLogger("hostsetup").error("report not written: %s", exc)
-        return False
-    return True
-
-
-def reported(path: Path | None, report: dict[str, Any], code: int) -> int:
-    """Write the report; a run that was fine but whose report is lost exits 1."""
-    return code if write_report(path, report) or code != 0 else EXIT_FAILED
-
-
-def check_outputs(args: argparse.Namespace) -> str | None:
-    """Before anything runs: refuse --report/--record targets a write could be
-    redirected through, and open --log.  Returns the problem, if any."""
-    targets = [t for t in (args.report, getattr(args, "record", None)) if t is not None]
-    if not targets and args.log is None:
-        return None  # the first screen waits for no import
-    from backends.hostfiles import check_target
-    from backends.interfaces import BackendError
-
-    try:
-        for target in targets:
-            check_target(target)
-        setup_logging(args.log)
-    except BackendError as exc:
-        return str(exc)
-    return None
 
 
 def print_run(run: Run) -> None:

@@ -211,13 +211,19 @@ def phase1_exit(run: Run) -> int | None:
 
 
 def apply_all(
-    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None]
+    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Phase 2: apply each step's plan and verify it; stop at the first failure.
 
-    The steps after a failure are reported as "not run".
+    ``should_stop`` is asked between steps (the wizard's "stop after the running
+    step"): when true, the rest is not run and the run is interrupted (130).
+    The steps after a failure or a stop are reported as "not run".
     """
     for i, item in enumerate(prepared):
+        if should_stop():
+            log.warning("stopped by the operator before %s", item.step.name)
+            return not_run(prepared[i:], EXIT_INTERRUPTED)
         on_step(i, item.step)
         code = apply_one(item, ctx)
         if code == EXIT_UNREACHABLE:
@@ -225,10 +231,15 @@ def apply_all(
                        for p in prepared[:i] if p.result.status == "applied"]
             item.result.notes.append("applied before it: " + (", ".join(applied) or "nothing"))
         if code is not None:
-            for later in prepared[i + 1:]:
-                later.result.status = "not run"
-            return code
+            return not_run(prepared[i + 1:], code)
     return EXIT_OK
+
+
+def not_run(rest: list[Prepared], code: int) -> int:
+    """Mark the steps ``rest`` "not run"; returns ``code``."""
+    for item in rest:
+        item.result.status = "not run"
+    return code
 
 
 def apply_one(item: Prepared, ctx: Context) -> int | None:

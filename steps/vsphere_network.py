@@ -41,6 +41,7 @@ from steps.base import (
     StepModel,
     resolve_secret,
 )
+from steps.validators import ServerName, repeated
 
 State = Literal["present", "absent"]
 THUMBPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
@@ -99,7 +100,7 @@ class AdapterAnswer(StepModel):
 class VSphereNetworkAnswers(StepModel):
     """Answers of the ``vsphere_network`` step."""
 
-    server: str = Field(min_length=1, description="vCenter or ESXi host name or address")
+    server: ServerName = Field(description="vCenter or ESXi host name or address")
     port: int = Field(443, ge=1, le=65535, description="HTTPS port")
     user: str = Field("root", min_length=1, description="login user")
     password: SecretRef = Field(description="password reference: env:NAME or file:PATH")
@@ -131,7 +132,7 @@ class VSphereNetworkAnswers(StepModel):
             raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
         for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
                             ("port group", [p.name for p in self.portgroups])):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            dupes = repeated(names)
             if dupes:
                 raise ValueError(f"{kind} {', '.join(dupes)} listed more than once")
         nics = [n for v in self.vswitches if v.state == "present" for n in v.nics]

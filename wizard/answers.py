@@ -15,9 +15,10 @@ named with its host, e.g. ``hosts[1] (hv2).ovs_mirror.db (line 30): ...``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, get_args
 
 from pydantic import (
     BaseModel,
@@ -29,10 +30,13 @@ from pydantic import (
 )
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import ScalarNode
 
 from steps import REGISTRY
-from steps.base import Problem, Step
+from steps.base import InputRefused, Problem, Step, is_secret, read_regular
 
 Loc = tuple[str | int, ...]
 
@@ -67,7 +71,11 @@ def dotted(loc: Loc) -> str:
 
 
 def line_of(raw: Any, loc: Loc) -> int | None:
-    """The 1-based line of the deepest part of ``loc`` found in the YAML tree."""
+    """The 1-based line of the deepest part of ``loc`` found in the YAML tree.
+
+    A key that is missing gets the line of its nearest ancestor that exists
+    (line 1 for a top-level key); ``None`` only when ``raw`` has no lines.
+    """
     line, node = None, raw
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
@@ -76,6 +84,8 @@ def line_of(raw: Any, loc: Loc) -> int | None:
             line, node = node.lc.item(part)[0] + 1, node[part]
         else:
             break
+    if line is None and isinstance(raw, CommentedMap):
+        return 1
     return line
 
 
@@ -142,24 +152,67 @@ def json_schema() -> dict[str, Any]:
     return model().model_json_schema()
 
 
-def _message(err: Any) -> str:
-    msg = str(err["msg"]).removeprefix("Value error, ")
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (``A | None``, ``list[A]``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _secret_paths(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Key paths (list indexes left out) of every ``SecretRef`` field of ``cls``."""
+    found = set()
+    for name, info in cls.model_fields.items():
+        here = (*prefix, name)
+        if is_secret(info):
+            found.add(here)
+        for sub in _models_in(info.annotation):
+            found |= _secret_paths(sub, here)
+    return found
+
+
+_SECRETS: set[tuple[str, ...]] | None = None
+
+
+def secret_paths() -> set[tuple[str, ...]]:
+    """Where the answers file holds secrets, read from the models (built once)."""
+    global _SECRETS
+    if _SECRETS is None:
+        _SECRETS = _secret_paths(model())
+    return _SECRETS
+
+
+def _is_secret(loc: Loc) -> bool:
+    keys = tuple(p for p in loc if isinstance(p, str))
+    return any(keys[:len(s)] == s for s in secret_paths())
+
+
+def _clip(text: str, size: int = 80) -> str:
+    return text if len(text) <= size else text[:size] + "..."
+
+
+def _message(err: Any, loc: Loc = ()) -> str:
+    """The text of one pydantic error; the value is shown unless it is a secret's."""
+    msg = _clip(str(err["msg"]).removeprefix("Value error, "), 300)
     if err["type"] == "missing":
         return "required answer missing"
     if err["type"] == "extra_forbidden":
         return "unknown key"
-    if err["type"] in ("secret_ref",):
+    if err["type"] == "secret_ref" or _is_secret(loc):
         return msg
     value = err.get("input")
     if isinstance(value, (str, int, float, bool)) and repr(value) not in msg:
-        return f"{msg} (got {value!r})"
+        return f"{msg} (got {_clip(repr(value))})"
     return msg
 
 
 def _errors(exc: ValidationError) -> list[tuple[Loc, str]]:
     # pydantic adds union/function tags to loc; keep only real keys.
-    return [(tuple(p for p in err["loc"] if not _is_tag(p)), _message(err))
-            for err in exc.errors()]
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not _is_tag(p))
+        out.append((loc, _message(err, loc)))
+    return out
 
 
 def errors_of(exc: ValidationError, raw: Any, prefix: Loc = ()) -> list[Located]:
@@ -180,20 +233,143 @@ def located(problems: list[Problem], section: str, raw: Any) -> list[Located]:
     ]
 
 
+# --- Reading the file: the one YAML loader, bounded in size, depth and work. ---
+
+MAX_BYTES = 1024 * 1024  # an answers file is a few KB; a large fleet well under this
+MAX_NODES = 20_000  # YAML values (mappings, lists, scalars); bounds parse time (~2 s)
+MAX_DEPTH = 32  # the deepest real key path is hosts[i].section.list[j].key (5)
+MAX_KEY = 256  # characters in a key
+MAX_NUMBER = 64  # characters in a number (int() of a long digit string is slow)
+CORE = "tag:yaml.org,2002:"
+# Explicit tags that mean what the untagged value means; any other is refused.
+PLAIN_TAGS = {CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+# YAML's printable set (YAML 1.2 section 5.1); anything else is refused with its place.
+NOT_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# A quoted bit of a YAML error text longer than one character (an escape such as
+# '\\t' counts as one) may be part of a value: it is never shown.
+QUOTED = re.compile(r"""'(?!<[a-z ]+>')[^']{3,}'|"[^"]{3,}\"""")
+
+
+class _Refused(MarkedYAMLError):
+    """Something the answers file may not contain; the text names it, never a value."""
+
+
+def _refuse(what: str, mark: Any) -> NoReturn:
+    raise _Refused(problem=what, problem_mark=mark)
+
+
+class _Composer(Composer):  # type: ignore[misc]
+    """ruamel's composer with the answers file's rules, checked as the file is read.
+
+    Anchors and aliases are refused outright (no alias bomb can be expanded),
+    so are merge keys and tags other than the core ones (``!!omap``, ``!!set``,
+    ``!!python/...``), keys that are not strings or are repeated, nesting deeper
+    than :data:`MAX_DEPTH` and more than :data:`MAX_NODES` values.  Dates stay
+    strings (no answer is a date, and an invalid one would not construct).
+    """
+
+    nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent) or event.anchor is not None:
+            _refuse("anchors and aliases (&name, *name) are not allowed", event.start_mark)
+        tag = None if event.ctag is None else str(event.ctag)
+        if tag is not None and tag not in PLAIN_TAGS:
+            shown = _clip(tag.replace(CORE, "!!"), 40)
+            _refuse(f"the tag {shown} is not allowed: only plain mappings, lists and scalars",
+                    event.start_mark)
+        if self.depth >= MAX_DEPTH:
+            _refuse(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            _refuse(f"more than {MAX_NODES} values in the file", event.start_mark)
+        node = super().compose_node(parent, index)
+        if isinstance(node, ScalarNode):
+            if node.tag == CORE + "timestamp":
+                node.tag = CORE + "str"
+            elif node.tag in (CORE + "int", CORE + "float") and len(node.value) > MAX_NUMBER:
+                _refuse(f"a number longer than {MAX_NUMBER} characters", node.start_mark)
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[str, int] = {}
+        for key, _value in node.value:
+            if key.tag == CORE + "merge":
+                _refuse("merge keys (<<) are not allowed: write the keys out", key.start_mark)
+            if not isinstance(key, ScalarNode) or key.tag != CORE + "str":
+                _refuse("a key must be a string (quote it)", key.start_mark)
+            if len(key.value) > MAX_KEY:
+                _refuse(f"a key longer than {MAX_KEY} characters", key.start_mark)
+            if key.value in seen:
+                _refuse(f"the key '{key.value}' is repeated (first on line "
+                        f"{seen[key.value]})", key.start_mark)
+            seen[key.value] = key.start_mark.line + 1
+        return node
+
+
+def _yaml() -> YAML:
+    """The one YAML loader of answers files (round-trip: it keeps lines)."""
+    yaml = YAML(typ="rt")
+    yaml.Composer = _Composer
+    return yaml
+
+
+def _at(path: Path, line: int, column: int, what: str) -> str:
+    """A problem of the file itself, with its place (lines and columns from 1)."""
+    return f"{path} (line {line}): {what} (column {column})"
+
+
+def _at_offset(path: Path, data: bytes | str, pos: int, what: str) -> str:
+    """A problem at offset ``pos`` of ``data``."""
+    nl: Any = b"\n" if isinstance(data, bytes) else "\n"
+    return _at(path, data.count(nl, 0, pos) + 1, pos - data.rfind(nl, 0, pos), what)
+
+
+def _text(path: Path) -> str:
+    """The file as text: a regular file of at most MAX_BYTES, UTF-8, printable."""
+    try:
+        data = read_regular(path, MAX_BYTES)
+    except InputRefused as exc:
+        raise AnswersError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnswersError([_at_offset(path, data, exc.start,
+                                       "not UTF-8 text (answers files are UTF-8)")]) from None
+    bad = NOT_PRINTABLE.search(text)
+    if bad:
+        raise AnswersError([_at_offset(path, text, bad.start(), f"control character "
+                                       f"U+{ord(bad.group()):04X} is not allowed")]) from None
+    return text
+
+
+def _yaml_problem(exc: MarkedYAMLError) -> str:
+    """A YAML error as its problem text only: never the source snippet ruamel adds."""
+    text = exc.problem or exc.context or "not valid YAML"
+    if not isinstance(exc, _Refused):
+        text = "not valid YAML: " + QUOTED.sub("(not shown)", text)
+    return text
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse ``path`` keeping line numbers; raises :class:`AnswersError`."""
+    """Parse ``path`` keeping line numbers; raises :class:`AnswersError`.
+
+    Bounded: see :data:`MAX_BYTES`, :data:`MAX_NODES`, :data:`MAX_DEPTH` and
+    :class:`_Composer`.  A message names a line, a column and what is wrong,
+    never a value: the file may hold a password written in clear by mistake.
+    """
+    text = _text(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise AnswersError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        data = YAML(typ="rt").load(text)
+        data = _yaml().load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise AnswersError([f"{path}{line}: not valid YAML: {exc.problem}"]) from None
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise AnswersError([_at(path, line, column, _yaml_problem(exc))]) from None
     if not isinstance(data, dict):
-        raise AnswersError([f"{path}: expected a mapping with 'version: 1' at the top"])
+        raise AnswersError([f"{path} (line 1): expected a mapping with 'version: 1' at the top"])
     return data
 
 

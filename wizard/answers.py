@@ -34,6 +34,7 @@ from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.scanner import RoundTripScanner
 
 from steps import REGISTRY
 from steps.base import InputRefused, Problem, Step, is_secret, read_regular
@@ -236,7 +237,9 @@ def located(problems: list[Problem], section: str, raw: Any) -> list[Located]:
 # --- Reading the file: the one YAML loader, bounded in size, depth and work. ---
 
 MAX_BYTES = 1024 * 1024  # an answers file is a few KB; a large fleet well under this
-MAX_NODES = 20_000  # YAML values (mappings, lists, scalars); bounds parse time (~2 s)
+MAX_LINES = 20_000  # bounds parse time with MAX_NODES: ruamel reads ~50k lines or values/s
+MAX_LINE = 64 * 1024  # characters; ruamel reads a longer comment in quadratic time
+MAX_NODES = 10_000  # YAML values (mappings, lists, scalars): ~1,000 fleet hosts
 MAX_DEPTH = 32  # the deepest real key path is hosts[i].section.list[j].key (5)
 MAX_KEY = 256  # characters in a key
 MAX_NUMBER = 64  # characters in a number (int() of a long digit string is slow)
@@ -310,9 +313,23 @@ class _Composer(Composer):  # type: ignore[misc]
         return node
 
 
+class _Scanner(RoundTripScanner):  # type: ignore[misc]
+    """ruamel's scanner, stopping at the first bracket nested too deep.
+
+    The composer sees a nesting only after the scanner has read ahead over the
+    rest of the line, a long way on a line of ``[[[[...``.
+    """
+
+    def fetch_flow_collection_start(self, token: Any, to_push: Any) -> None:
+        if len(self.flow_context) >= MAX_DEPTH:
+            _refuse(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+        super().fetch_flow_collection_start(token, to_push)
+
+
 def _yaml() -> YAML:
     """The one YAML loader of answers files (round-trip: it keeps lines)."""
     yaml = YAML(typ="rt")
+    yaml.Scanner = _Scanner
     yaml.Composer = _Composer
     return yaml
 
@@ -339,6 +356,13 @@ def _text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise AnswersError([_at_offset(path, data, exc.start,
                                        "not UTF-8 text (answers files are UTF-8)")]) from None
+    lines = text.count("\n")
+    if lines > MAX_LINES:
+        raise AnswersError([f"{path}: more than {MAX_LINES} lines ({lines})"])
+    for number, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_LINE:
+            raise AnswersError([_at(path, number, MAX_LINE + 1,
+                                    f"a line longer than {MAX_LINE} characters")])
     bad = NOT_PRINTABLE.search(text)
     if bad:
         raise AnswersError([_at_offset(path, text, bad.start(), f"control character "
@@ -462,6 +486,14 @@ def _host_entries(raw: Any, entries: Any) -> list[Located]:
     return problems
 
 
+def _check(data: dict[str, Any]) -> tuple[Any, list[tuple[Loc, str]]]:
+    """``data`` validated by the whole-file model: (the model, []) or (None, errors)."""
+    try:
+        return model().model_validate(data), []
+    except ValidationError as exc:
+        return None, _errors(exc)
+
+
 def _validate_fleet(raw: Any, plain: dict[str, Any], path: Path | None) -> Answers:
     """Validate each host's base + overrides; a problem names its host when it is theirs."""
     entries = plain["hosts"]
@@ -469,18 +501,28 @@ def _validate_fleet(raw: Any, plain: dict[str, Any], path: Path | None) -> Answe
     if problems:
         raise AnswersError([str(p) for p in problems])
     base = {k: v for k, v in plain.items() if k != "hosts"}
+    # Sections are independent: each base section is checked once, and per host only
+    # the sections it overrides, so the work grows with the file, not hosts x base.
+    steps = set(step_names())
+    top = {k: v for k, v in base.items() if k not in steps}
+    top_doc, top_errors = _check(top)
+    checked = {s: _check({**top, s: v}) for s, v in base.items() if s in steps}
     # Problems in the base are listed once, with the hosts they affect.
     from_base: dict[Located, list[str]] = {}
     hosts = []
     for i, entry in enumerate(entries):
         name, overlay = entry["name"], {k: v for k, v in entry.items() if k != "name"}
         data = deep_merge(base, overlay)
-        try:
-            hosts.append(HostAnswers(name, _answers(model().model_validate(data), path, data),
-                                     data))
+        mine = {s: checked[s] if s not in overlay else _check({**top, s: data[s]})
+                for s in data if s in steps}
+        errors = top_errors + [(loc, msg) for s, (_doc, errs) in mine.items()
+                               for loc, msg in errs if loc[:1] == (s,)]
+        if not errors:
+            sections = {s.name: getattr(mine[s.name][0], s.name) for s in REGISTRY
+                        if s.name in mine and getattr(mine[s.name][0], s.name) is not None}
+            hosts.append(HostAnswers(name, Answers(path, data, sections,
+                                                   list(top_doc.interactive)), data))
             continue
-        except ValidationError as exc:
-            errors = _errors(exc)
         for loc, msg in errors:
             # The host's own problem: a key it overrides, or one missing from a section
             # it overrides; anything else comes from the base.

@@ -50,7 +50,14 @@ SecretRef = Annotated[
 
 
 class SecretUnavailable(ValueError):
-    """A secret reference cannot be resolved: an answer is missing (exit 3)."""
+    """A secret reference cannot be resolved: an answer is missing (exit 3).
+
+    ``path`` is the key of the reference in the step's section, when known.
+    """
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 SECRET_MAX_BYTES = 64 * 1024  # a password, a key or a certificate fits many times over
@@ -96,26 +103,30 @@ def read_regular(path: str | Path, limit: int) -> bytes:
     return data
 
 
-def resolve_secret(ref: str) -> str:
+def resolve_secret(ref: str, key: str | None = None) -> str:
     """Read the secret a reference points to; raises :class:`SecretUnavailable`.
 
+    ``key`` is the answer holding ``ref`` (for the error's key path and line).
     A ``file:`` secret is read with :func:`read_regular` (regular files of at
     most :data:`SECRET_MAX_BYTES`, UTF-8); errors name the reference, never
     the content.
     """
+    path = (key,) if key else ()
     kind, _, where = ref.partition(":")
     if kind == "env":
         if where not in os.environ:
-            raise SecretUnavailable(f"secret {ref}: environment variable {where} is not set")
+            raise SecretUnavailable(f"secret {ref}: environment variable {where} is not set",
+                                    path)
         return os.environ[where]
     if kind == "file":
         try:
             return read_regular(where, SECRET_MAX_BYTES).decode().rstrip("\n")
         except InputRefused as exc:
-            raise SecretUnavailable(f"secret {ref}: cannot read {where}: {exc}") from None
+            raise SecretUnavailable(f"secret {ref}: cannot read {where}: {exc}", path) from None
         except UnicodeDecodeError:
-            raise SecretUnavailable(f"secret {ref}: {where} is not UTF-8 text") from None
-    raise SecretUnavailable("a secret is not a reference (env:NAME or file:PATH; value not shown)")
+            raise SecretUnavailable(f"secret {ref}: {where} is not UTF-8 text", path) from None
+    raise SecretUnavailable("a secret is not a reference (env:NAME or file:PATH; "
+                            "value not shown)", path)
 
 
 def is_secret(info: FieldInfo) -> bool:

@@ -155,7 +155,8 @@ def connection(section: dict[str, Any]) -> VSphereConn:
     """The connection from an answers section (the password reference is resolved)."""
     return VSphereConn(
         server=section["server"], port=int(section.get("port") or 443),
-        user=section.get("user") or "root", password=resolve_secret(section["password"]),
+        user=section.get("user") or "root",
+        password=resolve_secret(section["password"], "password"),
         thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
         insecure=bool(section.get("insecure")),
     )

@@ -59,7 +59,7 @@ class Located:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path} (line {self.line})" if self.line else self.path
+        where = f"{self.path or 'top level'} (line {self.line})" if self.line else self.path
         return f"{where}: {self.message}" if self.path else self.message
 
 
@@ -246,12 +246,21 @@ MAX_NUMBER = 64  # characters in a number (int() of a long digit string is slow)
 CORE = "tag:yaml.org,2002:"
 # Explicit tags that mean what the untagged value means; any other is refused.
 PLAIN_TAGS = {CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+KNOWN_TAGS = {"!!" + t for t in ("omap", "set", "pairs", "binary", "timestamp", "merge", "value")}
 # YAML's printable set (YAML 1.2 section 5.1); anything else is refused with its place.
 NOT_PRINTABLE = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # A quoted bit of a YAML error text longer than one character (an escape such as
 # '\\t' counts as one) may be part of a value: it is never shown.
 QUOTED = re.compile(r"""'(?!<[a-z ]+>')[^']{3,}'|"[^"]{3,}\"""")
+
+
+def _tag_name(tag: str) -> str:
+    """A refused tag as it may be shown: a password in clear may start with '!'."""
+    name = tag.replace(CORE, "!!")
+    if name in KNOWN_TAGS:
+        return name
+    return "!!python/..." if name.startswith("!!python/") else "(a tag of its own, not shown)"
 
 
 class _Refused(MarkedYAMLError):
@@ -280,9 +289,8 @@ class _Composer(Composer):  # type: ignore[misc]
             _refuse("anchors and aliases (&name, *name) are not allowed", event.start_mark)
         tag = None if event.ctag is None else str(event.ctag)
         if tag is not None and tag not in PLAIN_TAGS:
-            shown = _clip(tag.replace(CORE, "!!"), 40)
-            _refuse(f"the tag {shown} is not allowed: only plain mappings, lists and scalars",
-                    event.start_mark)
+            _refuse(f"the tag {_tag_name(tag)} is not allowed: only plain mappings, lists and "
+                    "scalars", event.start_mark)
         if self.depth >= MAX_DEPTH:
             _refuse(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
         self.nodes += 1
@@ -290,6 +298,10 @@ class _Composer(Composer):  # type: ignore[misc]
             _refuse(f"more than {MAX_NODES} values in the file", event.start_mark)
         node = super().compose_node(parent, index)
         if isinstance(node, ScalarNode):
+            bad = NOT_PRINTABLE.search(node.value)
+            if bad:  # written as an escape ("\0", "\ud800") in a quoted string
+                _refuse(f"control character U+{ord(bad.group()):04X} in a value is not allowed",
+                        node.start_mark)
             if node.tag == CORE + "timestamp":
                 node.tag = CORE + "str"
             elif node.tag in (CORE + "int", CORE + "float") and len(node.value) > MAX_NUMBER:
@@ -304,8 +316,8 @@ class _Composer(Composer):  # type: ignore[misc]
                 _refuse("merge keys (<<) are not allowed: write the keys out", key.start_mark)
             if not isinstance(key, ScalarNode) or key.tag != CORE + "str":
                 _refuse("a key must be a string (quote it)", key.start_mark)
-            if len(key.value) > MAX_KEY:
-                _refuse(f"a key longer than {MAX_KEY} characters", key.start_mark)
+            if not 0 < len(key.value) <= MAX_KEY:
+                _refuse(f"a key must have 1 to {MAX_KEY} characters", key.start_mark)
             if key.value in seen:
                 _refuse(f"the key '{key.value}' is repeated (first on line "
                         f"{seen[key.value]})", key.start_mark)
@@ -358,7 +370,7 @@ def _text(path: Path) -> str:
                                        "not UTF-8 text (answers files are UTF-8)")]) from None
     lines = text.count("\n")
     if lines > MAX_LINES:
-        raise AnswersError([f"{path}: more than {MAX_LINES} lines ({lines})"])
+        raise AnswersError([_at(path, MAX_LINES + 1, 1, f"more than {MAX_LINES} lines")])
     for number, line in enumerate(text.split("\n"), 1):
         if len(line) > MAX_LINE:
             raise AnswersError([_at(path, number, MAX_LINE + 1,

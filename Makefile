@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench fuzz clean
 DEMO_DIR ?= /tmp/hostsetup-demo
 PY := .venv/bin/python
 
@@ -19,6 +19,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# The answers loader's property test, long and randomized (make test runs a seeded sample).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=3600 tests/test_answers_fuzz.py
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -207,23 +207,44 @@ def _message(err: Any, loc: Loc = ()) -> str:
     return msg
 
 
-def _errors(exc: ValidationError) -> list[tuple[Loc, str]]:
-    # pydantic adds union/function tags to loc; keep only real keys.
+def _errors(exc: ValidationError, data: Any = None) -> list[tuple[Loc, str]]:
+    """Each error's key path (without pydantic's tags) and message.
+
+    ``data`` is what was validated: with it, a part of pydantic's ``loc`` is a
+    key when the data has it, so a key such as ``a[b]`` is kept.
+    """
     out = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not _is_tag(p))
+        loc = _real_keys(err["loc"], data, err["type"] == "missing")
         out.append((loc, _message(err, loc)))
     return out
 
 
+def _real_keys(loc: Loc, data: Any, missing: bool) -> Loc:
+    """``loc`` without the union and validator tags pydantic puts in it."""
+    if data is None:  # nothing to compare with: tags look like 'list[str]', 'function-...'
+        return tuple(p for p in loc if not (isinstance(p, str) and
+                                            ("[" in p or p.startswith("function-"))))
+    keys: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1):
+            continue  # a tag (or the missing key's own name, kept below)
+        keys.append(part)
+    return tuple(keys)
+
+
 def errors_of(exc: ValidationError, raw: Any, prefix: Loc = ()) -> list[Located]:
-    """Pydantic errors as located problems."""
+    """Pydantic errors as located problems (``raw``: the YAML tree, or None)."""
+    data = raw
+    for part in prefix:
+        data = data[part] if data is not None else None
     return [Located(dotted(prefix + loc), line_of(raw, prefix + loc), msg)
-            for loc, msg in _errors(exc)]
-
-
-def _is_tag(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+            for loc, msg in _errors(exc, data)]
 
 
 def located(problems: list[Problem], section: str, raw: Any) -> list[Located]:
@@ -503,7 +524,7 @@ def _check(data: dict[str, Any]) -> tuple[Any, list[tuple[Loc, str]]]:
     try:
         return model().model_validate(data), []
     except ValidationError as exc:
-        return None, _errors(exc)
+        return None, _errors(exc, data)
 
 
 def _validate_fleet(raw: Any, plain: dict[str, Any], path: Path | None) -> Answers:

@@ -225,3 +225,17 @@ def test_sandbox_style_connection_strings_are_accepted(tmp_path: Path) -> None:
         f.write_text(f"version: 1\novs_mirror: {{db: '{ok}', ssl_key: k, ssl_cert: c, "
                      "ssl_ca: a}\n")
         assert answers.load(f).sections["ovs_mirror"].db == ok  # type: ignore[attr-defined]
+
+
+def test_what_hostsetup_writes_it_reads(tmp_path: Path) -> None:
+    """The writer never uses anchors (the loader refuses them): a value used twice is copied."""
+    shared = {"name": "m", "bridge": "br0", "select_all": True, "output_port": "p"}
+    f = tmp_path / "a.yaml"
+    answers.write(f, {"version": 1, "ovs_mirror": {"mirrors": [shared, {**shared,
+                                                                        "bridge": "br1"}],
+                                                   "prune": False}})
+    assert "&" not in f.read_text() and "*" not in f.read_text()
+    answers.write(f, {"version": 1, "ivshmem": {"domains": (d := ["vm1.service"])},
+                      "services": {"require": d}})
+    assert answers.load(f).sections["ivshmem"].domains == d  # type: ignore[attr-defined]
+

@@ -587,11 +587,16 @@ def _plain(node: Any) -> Any:
 
 
 def dump_yaml(data: Any) -> str:
-    """``data`` as block-style YAML (ruamel keeps the comments of commented maps)."""
+    """``data`` as block-style YAML (ruamel keeps the comments of commented maps).
+
+    A value used twice is written out twice, never as an anchor and alias:
+    the loader refuses those (see :func:`read_yaml`).
+    """
     import io
 
     yaml = YAML()
     yaml.default_flow_style = False
+    yaml.representer.ignore_aliases = lambda _data: True
     buf = io.StringIO()
     yaml.dump(data, buf)
     return buf.getvalue()

@@ -121,7 +121,8 @@ def main() -> None:
             code, seconds, rss, problem = run(make(Path(tmp)))
             worst_t, worst_m = max(worst_t, seconds), max(worst_m, rss)
             print(f"{name:24} {code:4} {seconds:7.2f}s {rss:6.0f} MB  {problem[:70]}")
-        print(f"worst: {worst_t:.2f} s, {worst_m:.0f} MB (target: under 2 s and 200 MB)")
+        print(f"worst: {worst_t:.2f} s, {worst_m:.0f} MB (target: under 2 s and 200 MB; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     sys.exit(0)
 
 

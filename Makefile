@@ -29,9 +29,11 @@ check: setup
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider -m "not daemons and not processes" tests
 
-# The wizard's key-mash test, long: a few hundred random key sequences (seeded:
-# HOSTSETUP_FUZZ_SEED=N to vary; make test runs a short sample of the same).
+# The long randomized suites (make test runs a seeded sample of each): the answers
+# loader's property test, randomized, and the wizard's key-mash test, a few hundred
+# random key sequences (HOSTSETUP_FUZZ_SEED=N to vary).
 fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=3600 tests/test_answers_fuzz.py
 	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
 
 bench: setup

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from backends.interfaces import Backends
@@ -48,23 +50,88 @@ SecretRef = Annotated[
 
 
 class SecretUnavailable(ValueError):
-    """A secret reference cannot be resolved: an answer is missing (exit 3)."""
+    """A secret reference cannot be resolved: an answer is missing (exit 3).
+
+    ``path`` is the key of the reference in the step's section, when known.
+    """
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
-def resolve_secret(ref: str) -> str:
-    """Read the secret a reference points to; raises :class:`SecretUnavailable`."""
+SECRET_MAX_BYTES = 64 * 1024  # a password, a key or a certificate fits many times over
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class InputRefused(ValueError):
+    """A file given as input cannot be used: unreadable, not a regular file, or too large."""
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The content of the regular file ``path``, at most ``limit`` bytes, never blocking.
+
+    It is opened with ``O_NONBLOCK`` (opening a FIFO does not wait for a
+    writer) and checked with ``fstat`` before any read: a FIFO, a device, a
+    socket or a directory is refused, as is a file longer than ``limit``
+    (at most ``limit + 1`` bytes are read).  Raises :class:`InputRefused`,
+    whose text never holds the content.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputRefused(exc.strerror or "cannot open") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "special")
+            raise InputRefused(f"not a regular file ({kind})")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise InputRefused(exc.strerror or "cannot read") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InputRefused(f"larger than {limit} bytes")
+    return data
+
+
+def resolve_secret(ref: str, key: str | None = None) -> str:
+    """Read the secret a reference points to; raises :class:`SecretUnavailable`.
+
+    ``key`` is the answer holding ``ref`` (for the error's key path and line).
+    A ``file:`` secret is read with :func:`read_regular` (regular files of at
+    most :data:`SECRET_MAX_BYTES`, UTF-8); errors name the reference, never
+    the content.
+    """
+    path = (key,) if key else ()
     kind, _, where = ref.partition(":")
     if kind == "env":
         if where not in os.environ:
-            raise SecretUnavailable(f"secret {ref}: environment variable {where} is not set")
+            raise SecretUnavailable(f"secret {ref}: environment variable {where} is not set",
+                                    path)
         return os.environ[where]
     if kind == "file":
         try:
-            return Path(where).read_text().rstrip("\n")
-        except OSError as exc:
-            raise SecretUnavailable(
-                f"secret {ref}: cannot read {where}: {exc.strerror}") from None
-    raise SecretUnavailable(f"secret {ref!r} is not a reference (env:NAME or file:PATH)")
+            return read_regular(where, SECRET_MAX_BYTES).decode().rstrip("\n")
+        except InputRefused as exc:
+            raise SecretUnavailable(f"secret {ref}: cannot read {where}: {exc}", path) from None
+        except UnicodeDecodeError:
+            raise SecretUnavailable(f"secret {ref}: {where} is not UTF-8 text", path) from None
+    raise SecretUnavailable("a secret is not a reference (env:NAME or file:PATH; "
+                            "value not shown)", path)
+
+
+def is_secret(info: FieldInfo) -> bool:
+    """True for a field typed :data:`SecretRef`: its value is never shown."""
+    return any(getattr(m, "func", None) is _check_ref for m in info.metadata)
 
 
 class StepModel(BaseModel):

@@ -41,6 +41,7 @@ from backends.interfaces.libvirt import (
 )
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
 from steps.data import ivshmem_hook
+from steps.validators import DbusAddress, LibvirtUri, repeated
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
@@ -61,7 +62,7 @@ QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 class IvshmemAnswers(StepModel):
     """Answers of the ``ivshmem`` step."""
 
-    uri: str = Field(DEFAULT_URI, description="libvirt connection URI")
+    uri: LibvirtUri = Field(DEFAULT_URI, description="libvirt connection URI")
     hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
     name: str = Field(
         "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
@@ -100,7 +101,7 @@ class IvshmemAnswers(StepModel):
         "root owns and group and others cannot write (the hook runs as root)")
     restart_libvirtd: bool = Field(
         False, description="restart libvirtd (over D-Bus, systemd) when a new hook is installed")
-    bus: str = Field("system", description="D-Bus for the restart: 'system' or an address")
+    bus: DbusAddress = Field("system", description="D-Bus for the restart: 'system' or an address")
     timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for the restart")
 
     @field_validator("name")
@@ -132,15 +133,19 @@ class IvshmemAnswers(StepModel):
 
     @field_validator("domains", mode="before")
     @classmethod
-    def _domains(cls, value: Any) -> Any:
-        if value == ["all"]:
-            return "all"
+    def _all(cls, value: Any) -> Any:
+        return "all" if value == ["all"] else value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: str | list[str]) -> str | list[str]:
+        # After the item types are checked: a list of mixed types is reported per item.
         if isinstance(value, list):
             if not value:
                 raise ValueError("list at least one domain, or 'all'")
-            dups = sorted({d for d in value if value.count(d) > 1})
+            dups = repeated(value)
             if dups:
-                raise ValueError(f"domains listed twice: {', '.join(map(str, dups))}")
+                raise ValueError(f"domains listed twice: {', '.join(dups)}")
         return value
 
     @field_validator("mode")

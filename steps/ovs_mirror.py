@@ -26,6 +26,7 @@ from backends.interfaces.ovsdb import (
     ovsdb_api,
 )
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.validators import OvsdbRemote
 
 DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 MANAGED = "hostsetup-managed"  # external_ids key marking the mirrors this step owns
@@ -134,11 +135,8 @@ class MirrorAnswers(StepModel):
 class OvsMirrorAnswers(StepModel):
     """Answers of the ``ovs_mirror`` step."""
 
-    db: str = Field(
-        DEFAULT_DB,
-        description="OVSDB remote: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT",
-        pattern=r"^(unix:.+|(tcp|ssl):.+:\d+)$",
-    )
+    db: OvsdbRemote = Field(
+        DEFAULT_DB, description="OVSDB remote: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")
     ssl_key: str | None = Field(None, description="ssl: remotes: client private key file")
     ssl_cert: str | None = Field(None, description="ssl: remotes: client certificate file")
     ssl_ca: str | None = Field(None, description="ssl: remotes: CA certificate file")

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from backends.interfaces import BackendError
 from backends.interfaces.dbus import Unit, dbus_api
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.validators import DbusAddress
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
 # What later steps care about: fact name -> units (any active) or bus names.
@@ -28,7 +29,7 @@ KNOWN = {
 class ServicesAnswers(StepModel):
     """Answers of the ``services`` step."""
 
-    bus: str = Field(
+    bus: DbusAddress = Field(
         "system",
         description="D-Bus to talk to: 'system', or an address such as unix:path=/run/dbus/x",
     )
@@ -46,13 +47,6 @@ class ServicesAnswers(StepModel):
             if "." not in name or "/" in name or " " in name:
                 raise ValueError(f"'{name}' is not a systemd unit name (e.g. libvirtd.service)")
         return names
-
-    @field_validator("bus")
-    @classmethod
-    def _bus(cls, bus: str) -> str:
-        if bus != "system" and ":" not in bus:
-            raise ValueError(f"'{bus}' is not 'system' nor a D-Bus address (unix:path=...)")
-        return bus
 
 
 class ServicesStep(Step[ServicesAnswers]):

@@ -44,6 +44,7 @@ from steps.base import (
     StepModel,
     resolve_secret,
 )
+from steps.validators import ServerName, repeated
 
 State = Literal["present", "absent"]
 # What ESXi creates itself: never offered as "what hostsetup manages".
@@ -109,7 +110,7 @@ class AdapterAnswer(StepModel):
 class VSphereNetworkAnswers(StepModel):
     """Answers of the ``vsphere_network`` step."""
 
-    server: str = Field(min_length=1, description="vCenter or ESXi host name or address")
+    server: ServerName = Field(description="vCenter or ESXi host name or address")
     port: int = Field(443, ge=1, le=65535, description="HTTPS port")
     user: str = Field("root", min_length=1, description="login user")
     password: SecretRef = Field(description="password reference: env:NAME or file:PATH")
@@ -141,7 +142,7 @@ class VSphereNetworkAnswers(StepModel):
             raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
         for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
                             ("port group", [p.name for p in self.portgroups])):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            dupes = repeated(names)
             if dupes:
                 raise ValueError(f"{kind} {', '.join(dupes)} listed more than once")
         nics = [n for v in self.vswitches if v.state == "present" for n in v.nics]
@@ -164,7 +165,8 @@ def connection(section: dict[str, Any]) -> VSphereConn:
     """The connection from an answers section (the password reference is resolved)."""
     return VSphereConn(
         server=section["server"], port=int(section.get("port") or 443),
-        user=section.get("user") or "root", password=resolve_secret(section["password"]),
+        user=section.get("user") or "root",
+        password=resolve_secret(section["password"], "password"),
         thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
         insecure=bool(section.get("insecure")),
     )

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from backends.interfaces import BackendError, Backends, BackendUnreachable
-from steps.base import Change, Context, SecretUnavailable, Step, StepFailed
+from steps.base import Change, Context, Problem, SecretUnavailable, Step, StepFailed
 from wizard.answers import Answers, AnswersError, located
 from wizard.exits import (
     EXIT_FAILED,
@@ -136,7 +136,8 @@ def prepare(item: Prepared, ctx: Context) -> None:
     except BackendUnreachable as exc:
         result.status, result.errors = "unreachable", [str(exc)]
     except SecretUnavailable as exc:
-        result.status, result.errors = "invalid", [f"{step.name}: {exc}"]
+        problem = Problem(exc.path, str(exc))
+        result.status, result.errors = "invalid", [str(located([problem], step.name, item.raw)[0])]
     except (BackendError, StepFailed, ValueError) as exc:
         result.status, result.errors = "failed", [str(exc)]
     else:

@@ -156,7 +156,7 @@ def load_answers(path: Path) -> Loaded:
     try:
         model().model_validate(plain)
     except ValidationError as exc:
-        for loc, msg in _errors(exc):
+        for loc, msg in _errors(exc, plain):
             issue = Issue(loc, line_of(raw, loc), msg)
             if loc and loc[0] == "interactive":
                 continue  # reported as bad_interactive

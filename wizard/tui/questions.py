@@ -121,7 +121,7 @@ def model_problems(model: Any, values: dict[str, Any], questions: list[Any],
     try:
         model.model_validate(values)
     except ValidationError as exc:
-        problems += [problem_text(loc, msg, questions) for loc, msg in _errors(exc)
+        problems += [problem_text(loc, msg, questions) for loc, msg in _errors(exc, values)
                      if (only is None or (loc and loc[0] in only))
                      and not (loc and loc[0] in long)]
     return problems

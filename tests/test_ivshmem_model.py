@@ -32,7 +32,7 @@ def test_bad_names(name: str) -> None:
 
 
 def test_size_default_is_shown_and_left_to_the_server_for_doorbell() -> None:
-    from wizard.tui import defaults
+    from wizard.tui.questions import defaults
 
     assert defaults(IvshmemAnswers)["size"] == 4  # the wizard's field shows it
     door = IvshmemAnswers(model="doorbell", server="/run/ivs.sock")

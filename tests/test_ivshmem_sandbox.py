@@ -226,6 +226,9 @@ def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
         assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in " ".join(plan.stdout.split())
         applied = cli(sb, "apply", section)
         assert applied.returncode == 0, applied.stdout + applied.stderr
+        # The sandbox's systemd is a mock: its restart of libvirtd.service does not
+        # restart the real daemon, which reads new hooks only when it starts.
+        sandbox_libvirt.restart(sb)
         dumped = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "wrapped"))
         wrapper = dumped.findtext("devices/emulator") or ""
         assert wrapper.startswith(str(sb.dir))

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="up: N sandbox hosts with an agent each, one Redis, "
                     "and DIR/fleet-answers.yaml")
     add_fleet_parsers(sub, common)
+    rp = sub.add_parser("report", help="read a JSON report")
+    rsub = rp.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    show = rsub.add_parser("show", help="print a report (plan or apply, one host or a fleet) "
+                           "as the same text as the command that wrote it")
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.add_argument("--host", metavar="NAME", help="fleet report: this host's own report")
     return p
 
 
@@ -347,17 +353,26 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
 
 
 def print_fleet(report: dict[str, Any]) -> None:
-    """Per host: status and per-step results; then the totals."""
-    print(f"run {report['run_id']} ({report['mode']}): {report['state']}"
-          + (f", exit {report['exit_code']}" if report["exit_code"] is not None else ""))
-    for host in report["hosts"]:
-        steps = " ".join(f"{k}={v}" for k, v in host["steps"].items())
-        print(f"  {host['name']:20} {host['status']:12} {steps}")
-        for err in host["errors"]:
-            print(f"    ! {err}")
-    if report["stopped"]:
-        print(f"  stopped: {report['stopped']}")
-    print("  " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
+    """Per host: status and per-step results; then the totals (as `report show`)."""
+    from wizard.reportshow import fleet_lines
+
+    print("\n".join(fleet_lines(report)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report show FILE [--host NAME]``: exit 0, or 2 if FILE is not a report."""
+    import shutil
+
+    from wizard.reportshow import ReportError, read_report, report_lines
+
+    width = shutil.get_terminal_size().columns - 2 if sys.stdout.isatty() else 1 << 20
+    try:
+        lines = report_lines(read_report(args.file), args.host, width)
+    except ReportError as exc:
+        print(f"hostsetup: report show: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    return 0
 
 
 def fleet_status(app: Any, args: argparse.Namespace) -> int:
@@ -400,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_agent(args)
         if args.command == "fleet":
             return cmd_fleet(args)
+        if args.command == "report":
+            return cmd_report(args)
         if not on_terminal():
             # Never wait for a person who is not there: scripts use plan/apply.
             print("hostsetup: the wizard needs a terminal; without one use "

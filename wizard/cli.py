@@ -29,6 +29,44 @@ if TYPE_CHECKING:
 
 
 
+ANSWERS_CA_HELP = "CA certificate(s) to verify an https:// --answers server with"
+
+
+def answers_arg(text: str) -> Path | str:
+    """argparse type of ``--answers``: a URL stays text (a Path would fold its ``//``)."""
+    return text if "://" in text else Path(text)
+
+
+def fetch_answers(args: argparse.Namespace) -> int | None:
+    """``--answers https://...`` (or, for the wizard without ``--answers``,
+    ``hostsetup.answers=`` on the kernel command line): fetch the answers into a
+    private file and point ``args.answers`` at it (``args.answers_source`` keeps
+    the URL for messages).  Returns the exit code if they cannot be had."""
+    if not hasattr(args, "answers") or getattr(args, "fleet_command", None) == "status":
+        return None
+    from wizard import fetch
+
+    if args.answers is None and args.command is None:
+        found, ca = fetch.cmdline_answers()
+        if found:
+            args.answers = answers_arg(found)
+            args.answers_ca = args.answers_ca or ca
+    if not isinstance(args.answers, str):
+        return None
+    args.answers_source = args.answers
+    try:
+        args.answers = fetch.private_copy(fetch.fetch(args.answers, args.answers_ca))
+    except fetch.FetchError as exc:
+        if exc.code == EXIT_INVALID:
+            return answers_invalid(args, [str(exc)], {"mode": args.command or "wizard",
+                                                      "steps": []})
+        print(f"hostsetup: {exc}", file=sys.stderr)
+        return reported(args.report, {"version": 1, "mode": args.command or "wizard",
+                                      "steps": [], "exit_code": exc.code,
+                                      "errors": [str(exc)]}, exc.code)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (usage errors exit 2, as argparse does)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -42,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"hostsetup {__version__}")
-    p.add_argument("--answers", type=Path, metavar="FILE",
+    p.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
                    help="prefill the wizard; it asks only what is missing or listed "
-                   "under 'interactive:'")
+                   "under 'interactive:' (default: hostsetup.answers= on the kernel "
+                   "command line)")
+    p.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
     p.add_argument("--record", type=Path, metavar="FILE",
                    help="save the answers used (mode 0600, secrets as references)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(exit 4 if changes are pending)"),
                        ("apply", "unattended: apply the answers; never prompts")):
         sp = sub.add_parser(name, help=text, description=text, parents=[common])
-        sp.add_argument("--answers", type=Path, metavar="FILE", required=True)
+        sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
+        sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
 
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
@@ -93,7 +134,8 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in (("plan", "plan on every host (exit 4 if any has changes pending)"),
                        ("apply", "plan everywhere, then apply in batches: canary first")):
         sp = fsub.add_parser(name, help=text, description=text, parents=[common, broker])
-        sp.add_argument("--answers", type=Path, metavar="FILE", required=True)
+        sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
+        sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
         sp.add_argument("--canary", type=int, default=1, metavar="N",
                         help="hosts in the first batch (default 1)")
         sp.add_argument("--batch-size", type=int, default=0, metavar="N",
@@ -195,7 +237,10 @@ def print_run(run: Run) -> None:
 
 def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[str, Any]) -> int:
     """Every problem of the answers file on stderr (and in the report): exit 3."""
-    print(f"hostsetup: {args.answers}: answers invalid ({len(problems)} problem(s)):",
+    source = getattr(args, "answers_source", None)
+    if source:  # fetched: name the URL, not the private copy
+        problems = [p.replace(str(args.answers), source) for p in problems]
+    print(f"hostsetup: {source or args.answers}: answers invalid ({len(problems)} problem(s)):",
           file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
@@ -330,12 +375,16 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
     import subprocess
     import tempfile
 
+    # Fetched answers: the background run fetches them again (the private copy
+    # goes away with this process).
+    source = getattr(args, "answers_source", None) or str(args.answers.resolve())
     argv = [sys.executable, "-m", "wizard", "fleet", args.fleet_command,
-            "--answers", str(args.answers.resolve()), "--run-id", run_id,
+            "--answers", source, "--run-id", run_id,
             "--canary", str(args.canary), "--batch-size", str(args.batch_size),
             "--max-fail", args.max_fail, "--timeout", str(args.timeout),
             "--agent-wait", str(args.agent_wait), "--config", str(args.config)]
     for flag, value in (("--broker", args.broker), ("--password", args.password),
+                        ("--answers-ca", args.answers_ca and args.answers_ca.resolve()),
                         ("--report", args.report and args.report.resolve())):
         if value:
             argv += [flag, str(value)]
@@ -397,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hostsetup: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        code = fetch_answers(args)
+        if code is not None:
+            return code
         if args.command in ("plan", "apply"):
             return cmd_run(args)
         if args.command == "schema":

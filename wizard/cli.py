@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
     p.add_argument("--record", type=Path, metavar="FILE",
                    help="save the answers used (mode 0600, secrets as references)")
+    p.add_argument("--console", action="store_true",
+                   help="the wizard on a fresh host's console (hostsetup-console.service): "
+                   "exits at once if the host is configured; exit 0 marks it configured")
+    p.add_argument("--reset-console", action="store_true",
+                   help="start the console wizard again at the next boot (removes its marker)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     for name, text in (("plan", "check mode: print the changes, change nothing "
@@ -441,6 +446,13 @@ def fleet_status(app: Any, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hostsetup`` console script."""
     args = build_parser().parse_args(argv)
+    if args.reset_console or args.console:
+        from wizard import console
+
+        if args.reset_console:
+            return console.reset()
+        if console.configured():  # at every boot: nothing to do, at once
+            return 0
     problem = check_outputs(args)
     if problem:
         print(f"hostsetup: {problem}", file=sys.stderr)
@@ -476,7 +488,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         from wizard.tui import run_wizard
 
-        return run_wizard(args)
+        code = run_wizard(args)
+        if args.console:
+            from wizard.console import mark
+
+            mark(code)
+        return code
     except KeyboardInterrupt:
         print("hostsetup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

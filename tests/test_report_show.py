@@ -69,6 +69,9 @@ def test_not_a_report_is_refused_clearly(tmp_path: Path) -> None:
     broken.write_text(json.dumps({"version": 1, "mode": "apply", "steps": [{"name": 3}]}))
     res = hostsetup("report", "show", str(broken))
     assert res.returncode == 2 and "not a hostsetup report: unexpected content" in res.stderr
+    broken.write_text(json.dumps({"version": 1, "mode": "apply", "started": 1e300}))
+    res = hostsetup("report", "show", str(broken))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
 @pytest.fixture(scope="module")

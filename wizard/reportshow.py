@@ -122,5 +122,5 @@ def report_lines(report: dict[str, Any], host: str | None, width: int) -> list[s
             return [f"{host}: {entry['status']}, no report from its agent"] + [
                 f"  ! {err}" for err in entry["errors"]]
         return run_report_lines(last, width)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError) as exc:
         raise ReportError(f"not a hostsetup report: unexpected content ({exc!r})") from None

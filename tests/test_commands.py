@@ -100,6 +100,20 @@ def test_early_failure_stops_before_check_continue_goes_on(
     assert unit_state(dbus_host, "libvirtd.service") == "active"
 
 
+def gone(pidfile: Path) -> bool:
+    """The process of ``pidfile`` has ended (gone or a zombie) within 5 s of a SIGKILL."""
+    stat = Path(f"/proc/{pidfile.read_text().strip()}/stat")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_timeout_kills_what_the_command_started(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     t0 = time.monotonic()
@@ -107,8 +121,17 @@ def test_timeout_kills_what_the_command_started(tmp_path: Path) -> None:
         ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=1)
     assert time.monotonic() - t0 < 5
     assert code is None and problem == "timed out after 1 s"
-    assert not Path(f"/proc/{pidfile.read_text().strip()}").exists() \
-        or "Z" in Path(f"/proc/{pidfile.read_text().strip()}/stat").read_text().split()[2]
+    assert gone(pidfile)
+
+
+def test_what_a_command_leaves_running_is_killed_when_it_ends(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    t0 = time.monotonic()
+    code, out, problem = run_command(
+        ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo started"], timeout=30)
+    assert time.monotonic() - t0 < 5  # not until the timeout
+    assert (code, out, problem) == (0, b"started\n", "")
+    assert gone(pidfile)
 
 
 def test_output_is_bounded(tmp_path: Path) -> None:

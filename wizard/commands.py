@@ -58,6 +58,7 @@ DEFAULT_POLICY: dict[str, Literal["stop", "continue"]] = {
     EARLY: "stop", LATE: "stop", ERROR: "continue"}
 OUTPUT_LIMIT = 16 * 1024  # bytes of a command's output kept for the log and the report
 DEFAULT_TIMEOUT = 300
+EXIT_GRACE = 1.0  # seconds to read the output left after the command ended
 MAX_TIMEOUT = 3600
 
 
@@ -144,11 +145,13 @@ def field_description(name: str) -> str:
 def run_command(argv: list[str], timeout: float) -> tuple[int | None, bytes, str]:
     """Run ``argv`` (no stdin, own session) for at most ``timeout`` seconds.
 
-    Returns ``(exit code or None, output kept, problem)``: stdout and stderr
-    together, the first :data:`OUTPUT_LIMIT` bytes (the rest is read and
-    counted, never stored); ``problem`` says why it has no exit code (cannot
+    Returns ``(exit code or None, output kept, problem)``: the output is stdout
+    and stderr together, the first :data:`OUTPUT_LIMIT` bytes (the rest is read
+    and counted, never stored); ``problem`` says why it has no exit code (cannot
     start, timed out).  Whatever it started is killed at the deadline (and on
-    Ctrl-C), so the run never waits longer than ``timeout``.
+    Ctrl-C), so the run never waits longer than ``timeout``; what it leaves
+    running when it ends is killed too, after :data:`EXIT_GRACE` (services are
+    started with systemctl or systemd-run, not left behind by a command).
     """
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -162,7 +165,11 @@ def run_command(argv: list[str], timeout: float) -> tuple[int | None, bytes, str
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             while (left := deadline - time.monotonic()) > 0:
-                if not sel.select(left):
+                if proc.poll() is not None:
+                    # It ended; what it left running may hold the output open:
+                    # take what comes within a moment, then stop reading.
+                    deadline = min(deadline, time.monotonic() + EXIT_GRACE)
+                if not sel.select(min(left, 0.2)):
                     continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:

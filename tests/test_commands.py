@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import hostsetup
 from test_services import unit_state
 
+from wizard import answers
 from wizard.commands import OUTPUT_LIMIT, run_command
 from wizard.sandbox.core import Sandbox
 
@@ -158,3 +159,16 @@ def test_invalid_command_lists_exit_3_with_lines(tmp_path: Path) -> None:
         "command line (a string)" in res.stderr
     assert "error_commands.commands[0] (line 7): expected an argv list" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_template_commands_example_validates(tmp_path: Path) -> None:
+    text = hostsetup("answers-template").stdout
+    start, end = text.index("# early_commands:"), text.index("# Fleet runs")
+    f = tmp_path / "a.yaml"
+    f.write_text(text[:start] + "\n".join(
+        line.removeprefix("# ") for line in text[start:end].splitlines()) + "\n")
+    loaded = answers.load(f)
+    assert sorted(loaded.commands) == ["early_commands", "error_commands", "late_commands"]
+    assert loaded.commands["late_commands"].commands[0].argv == [
+        "ovs-vsctl", "set", "port", "vm1", "tag=10"]
+    assert loaded.commands["error_commands"].commands[0].shell

@@ -372,7 +372,7 @@ def write(path: Path, data: dict[str, Any], header: str = "") -> None:
 TEMPLATE_HEADER = """\
 # hostsetup answers file (format version 1).
 # Each section configures one step; leave a section out to skip that step.
-# 'interactive' lists sections the wizard asks even though they are answered.
+# 'interactive' lists what the wizard asks although answered: '*', sections, section.key.
 # Secrets are references, never values: env:NAME or file:PATH.
 # Check it with: hostsetup plan --answers FILE
 """
@@ -388,7 +388,7 @@ def template() -> str:
                 section.yaml_add_eol_comment(info.description, key)
         body[step.name] = section
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
-    return TEMPLATE_HEADER + dump_yaml(body) + TEMPLATE_HOSTS
+    return TEMPLATE_HEADER + dump_yaml(body) + commands_mod.TEMPLATE + TEMPLATE_HOSTS
 
 
 TEMPLATE_HOSTS = """

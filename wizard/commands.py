@@ -133,6 +133,20 @@ class CommandList(BaseModel):
         return self.on_failure or DEFAULT_POLICY[name]
 
 
+TEMPLATE = """
+# Commands around 'apply' (plan lists them, runs none): argv lists, no shell
+# unless {argv: "...", shell: true}; per list on_failure: stop|continue, timeout.
+# early_commands: [[modprobe, openvswitch]]
+# late_commands:
+#   on_failure: stop
+#   timeout: 60
+#   commands:
+#   - [ovs-vsctl, set, port, vm1, tag=10]
+# error_commands:
+# - {argv: "journalctl -b -n 500 > /root/hostsetup-diag.txt", shell: true}
+"""
+
+
 def field_description(name: str) -> str:
     """The answers model's description of a list."""
     return (f"commands run {WHEN[name]}: a list of argv lists, or "

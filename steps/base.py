@@ -172,7 +172,8 @@ class Change:
     """One planned change: what, how, and the values before and after."""
 
     target: str
-    action: Literal["create", "update", "delete", "start", "restart", "install"]
+    # "run": a command of the answers' early/late/error_commands (wizard/commands.py).
+    action: Literal["create", "update", "delete", "start", "restart", "install", "run"]
     before: Any = None
     after: Any = None
     detail: str = ""

@@ -37,6 +37,8 @@ from ruamel.yaml.scanner import RoundTripScanner
 
 from steps import REGISTRY
 from steps.base import InputRefused, Problem, Step, is_secret, read_regular
+from wizard import commands as commands_mod
+from wizard.interactive import InteractiveEntry
 
 Loc = tuple[str | int, ...]
 
@@ -104,6 +106,9 @@ def _host_model() -> type[BaseModel]:
             "(deep-merged: mappings merged, lists replaced, null removes)"))
         for s in REGISTRY
     }
+    # The command lists too (issue 16): a host may have its own.
+    overlays.update({name: (Any, Field(None, description=f"this host's {name}"))
+                     for name in commands_mod.LISTS})
     return create_model(  # type: ignore[call-overload, no-any-return]
         "FleetHost",
         __config__=ConfigDict(extra="forbid"),
@@ -117,17 +122,22 @@ def _hosts_type() -> Any:
 
 
 def _top_model() -> type[BaseModel]:
-    names = tuple(step_names())
     sections: dict[str, Any] = {
         s.name: (s.Answers | None, Field(None, description=s.title)) for s in REGISTRY
     }
+    # Commands around the run (issue 16, wizard/commands.py).
+    sections.update({
+        name: (commands_mod.CommandList | None,
+               Field(None, description=commands_mod.field_description(name)))
+        for name in commands_mod.LISTS})
     return create_model(  # type: ignore[call-overload, no-any-return]
         "HostsetupAnswers",
         __config__=ConfigDict(extra="forbid", title="hostsetup answers file"),
         version=(Literal[1], Field(description="answers file format version")),
         interactive=(
-            list[Literal[names]],  # type: ignore[valid-type]
-            Field(default_factory=list, description="sections to ask even though answered"),
+            list[InteractiveEntry],
+            Field(default_factory=list, description="what the wizard asks even though "
+                  "answered: '*' (everything), a section, or section.key"),
         ),
         hosts=(_hosts_type() | None, Field(
             None, description="fleet runs: the hosts, each with optional per-host overrides "
@@ -450,6 +460,8 @@ class Answers:
     sections: dict[str, BaseModel]
     interactive: list[str]
     hosts: list[HostAnswers] = field(default_factory=list)
+    # early_commands / late_commands / error_commands, when answered.
+    commands: dict[str, commands_mod.CommandList] = field(default_factory=dict)
 
     def selected(self) -> list[Step]:
         """The registered steps that have a section, in registry order."""
@@ -470,7 +482,8 @@ def validate(raw: Any, path: Path | None = None) -> Answers:
 
 def _answers(doc: Any, path: Path | None, raw: Any) -> Answers:
     sections = {s.name: getattr(doc, s.name) for s in REGISTRY if getattr(doc, s.name) is not None}
-    return Answers(path, raw, sections, list(doc.interactive))
+    lists = {n: getattr(doc, n) for n in commands_mod.LISTS if getattr(doc, n) is not None}
+    return Answers(path, raw, sections, list(doc.interactive), commands=lists)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -615,7 +628,7 @@ def write(path: Path, data: dict[str, Any], header: str = "") -> None:
 TEMPLATE_HEADER = """\
 # hostsetup answers file (format version 1).
 # Each section configures one step; leave a section out to skip that step.
-# 'interactive' lists sections the wizard asks even though they are answered.
+# 'interactive' lists what the wizard asks although answered: '*', sections, section.key.
 # Secrets are references, never values: env:NAME or file:PATH.
 # Check it with: hostsetup plan --answers FILE
 """
@@ -631,7 +644,7 @@ def template() -> str:
                 section.yaml_add_eol_comment(info.description, key)
         body[step.name] = section
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
-    return TEMPLATE_HEADER + dump_yaml(body) + TEMPLATE_HOSTS
+    return TEMPLATE_HEADER + dump_yaml(body) + commands_mod.TEMPLATE + TEMPLATE_HOSTS
 
 
 TEMPLATE_HOSTS = """

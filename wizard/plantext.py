@@ -13,6 +13,7 @@ from __future__ import annotations
 import textwrap
 from typing import TYPE_CHECKING, Any
 
+from wizard.commands import LISTS
 from wizard.runner import STATUS_TEXT
 
 if TYPE_CHECKING:
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from wizard.runner import Run, StepResult
 
 DESTRUCTIVE = frozenset({"delete", "restart", "stop", "mask"})
+# The head line of a command list (wizard/commands.py), by status.
+LIST_HEAD = {"pending": "{n} command{s} to run", "applied": "ran {n} command{s}",
+             "not run": "not run ({n} command{s})"}
 NONE = "(none)"
 
 
@@ -79,8 +83,21 @@ def wrap(text: str, indent: int, width: int) -> list[str]:
                          break_on_hyphens=False, break_long_words=False) or [head.rstrip()]
 
 
+OUTPUT_LINES = 20  # of a command's output shown in the text (the report keeps it all)
+
+
+def run_change_lines(change: Change, width: int = 78) -> list[str]:
+    """A command of the answers: ``+ run: CMD (exit 0)`` and the end of its output."""
+    text = f"+ run: {change.target}" + (f" ({change.detail})" if change.detail else "")
+    output = (change.after or {}).get("output") or ""
+    tail = output.splitlines()[-OUTPUT_LINES:]
+    return wrap(text, 2, width) + [f"      | {line}"[:width] for line in tail]
+
+
 def change_lines(change: Change, width: int = 78) -> list[str]:
     """One change: its action line (marked ``+`` or ``!``), then its settings."""
+    if change.action == "run":
+        return run_change_lines(change, width)
     mark = "!" if is_destructive(change) else "+"
     text = f"{mark} {change.action} {change.target}"
     if change.detail:
@@ -101,7 +118,10 @@ def count(n: int) -> str:
 def step_lines(result: StepResult, width: int = 78, errors: bool = True) -> list[str]:
     """One step: head line with its count or status, changes, notes (and errors)."""
     n = len(result.changes)
-    if result.status == "pending":
+    if result.name in LISTS:
+        head = f"{result.name}: " + LIST_HEAD.get(result.status, "{status}").format(
+            n=n, s="" if n == 1 else "s", status=STATUS_TEXT.get(result.status, result.status))
+    elif result.status == "pending":
         head = f"{result.name}: {count(n)}"
     else:
         head = f"{result.name}: {STATUS_TEXT.get(result.status, result.status)}"

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from backends.interfaces import BackendError, Backends, BackendUnreachable
 from steps.base import Change, Context, Problem, SecretUnavailable, Step, StepFailed
+from wizard import commands
 from wizard.answers import Answers, AnswersError, located
 from wizard.exits import (
     EXIT_FAILED,
@@ -329,13 +330,17 @@ def execute(
     run = Run(mode)
     ctx = Context(backends=backends, progress=progress, log=log.info)
     try:
-        prepared = check(answers, ctx, run, concurrent)
-        code = phase1_exit(run)
-        if code is None and mode == "plan":
-            code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
+        # Commands around the run (wizard/commands.py): early ones before the check
+        # phase, late or error ones after the steps; plan only lists them.
+        code = commands.before(answers, mode, run)
         if code is None:
-            code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
-        run.exit_code = code
+            prepared = check(answers, ctx, run, concurrent)
+            code = phase1_exit(run)
+            if code is None and mode == "plan":
+                code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
+            if code is None:
+                code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
+        run.exit_code = commands.after(answers, mode, run, code)
     except KeyboardInterrupt:
         # Report what is known: the step that was running may be half done.
         run.exit_code = EXIT_INTERRUPTED

@@ -168,7 +168,7 @@ def test_invalid_command_lists_exit_3_with_lines(tmp_path: Path) -> None:
     assert "late_commands.on_failure (line 3): Input should be 'stop' or 'continue'" in res.stderr
     assert "late_commands.commands[0].argv (line 5): with shell: true, argv is one " \
         "command line (a string)" in res.stderr
-    assert "error_commands.commands[0] (line 7): expected an argv list" in res.stderr
+    assert "error_commands[0] (line 7): expected an argv list" in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -104,10 +104,12 @@ class Loaded:
     """An answers file as the wizard starts from it.
 
     ``data`` holds the sections as plain data; ``ask`` the steps to ask (missing,
-    invalid or listed under ``interactive:``); ``problems`` what is wrong in the
+    invalid or listed under ``interactive:``), ``focus`` per step the first key
+    ``interactive:`` names (its window opens there); ``problems`` what is wrong in the
     sections (shown before the first window), ``unknown`` the keys no step knows
-    (the operator may drop them) and ``bad_interactive`` the ``interactive:``
-    entries that name no step.
+    (the operator may drop them), ``bad_interactive`` the ``interactive:``
+    entries that name no step nor a step's key, and ``commands`` the lists of
+    commands around the run (``early_commands`` ...), as in the file.
     """
 
     raw: Any = None
@@ -117,6 +119,8 @@ class Loaded:
     problems: list[Issue] = field(default_factory=list)
     unknown: list[Issue] = field(default_factory=list)
     bad_interactive: list[str] = field(default_factory=list)
+    focus: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, Any] = field(default_factory=dict)
 
 
 class Unusable(Exception):
@@ -127,9 +131,12 @@ def load_answers(path: Path) -> Loaded:
     """Prefill from an answers file; sections that are invalid, missing or listed
     under ``interactive:`` are asked.  Raises :class:`Unusable` with the reason."""
     from pydantic import ValidationError
+    from pydantic_core import PydanticCustomError
 
     from steps import REGISTRY
     from wizard.answers import AnswersError, _errors, _plain, line_of, model, read_yaml
+    from wizard.commands import LISTS
+    from wizard.interactive import ALL, check_entry, interactive_keys
 
     try:
         raw = read_yaml(path)
@@ -143,16 +150,28 @@ def load_answers(path: Path) -> Loaded:
     interactive = plain.get("interactive") or []
     if not isinstance(interactive, list):
         interactive = [interactive]
-    out = Loaded(raw=raw, selected=[n for n in names if n in plain])
-    out.bad_interactive = [str(n) for n in interactive if n not in names]
+    out = Loaded(raw=raw, selected=[n for n in names if n in plain],
+                 commands={k: plain[k] for k in LISTS if k in plain})
+    good = []
+    for entry in interactive:
+        try:
+            good.append(check_entry(str(entry)))
+        except PydanticCustomError:
+            out.bad_interactive.append(str(entry))
+    asked = interactive_keys(good)
     for step in REGISTRY:
         section = plain.get(step.name)
         if not isinstance(section, dict):
             out.ask.add(step.name)
             continue
         out.data[step.name] = dict(section)
-        if step.name in interactive:
+        keys = asked.get(step.name)
+        if keys is not None:
             out.ask.add(step.name)
+            if keys != ALL:  # per key: the window opens at the first one listed
+                out.focus[step.name] = next(k for k in map(str, good)
+                                            if k.partition(".")[2] in keys
+                                            and k.startswith(step.name + "."))
     try:
         model().model_validate(plain)
     except ValidationError as exc:

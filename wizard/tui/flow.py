@@ -66,6 +66,7 @@ class Flow:
     log_path: Path | None = None
     came_back: bool = False  # the page is shown after Back on the page after it
     planned: Any = None  # (answers, prepared, plan run) once the review is confirmed
+    commands: dict[str, Any] = field(default_factory=dict)  # early/late/error_commands
 
     def step_title(self, step: Any) -> str:
         """The window title: "Step N of M: title", numbered over the selected steps."""
@@ -318,11 +319,13 @@ def review(flow: Flow) -> str:
     Apply is reached only by the Apply button and a confirmation (No focused);
     F12 does nothing here, Escape is Back.
     """
+    from wizard import commands
     from wizard.answers import AnswersError, validate
     from wizard.runner import Run, check, phase1_exit
 
     ui = flow.ui
-    doc = {"version": 1, **{n: flow.data.get(n, {}) for n in flow.selected}}
+    doc = {"version": 1, **flow.commands,
+           **{n: flow.data.get(n, {}) for n in flow.selected}}
     try:
         answers = validate(doc)
     except AnswersError as exc:
@@ -341,6 +344,9 @@ def review(flow: Flow) -> str:
                    + "\n\nThe window at fault opens next.")
         unreachable = next((r.name for r in plan_run.steps if r.status == "unreachable"), "")
         return goto_problem(flow, problems, unreachable)
+    # The commands around the run are shown where they run ("run: ..."), never run here.
+    plan_run.steps[:0] = commands.planned(answers, (commands.EARLY,))
+    commands.after(answers, "plan", plan_run, 0)
     pending = sum(len(r.changes) for r in plan_run.steps)
     win = TextWindow("Review", "\n".join(review_lines(plan_run)),
                      ["Apply" if pending else "Finish", "Back", "Cancel"],
@@ -415,8 +421,12 @@ class Progress(Window):
 
 def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
     """Apply in a worker thread under the progress window; Ctrl-C asks, then stops
-    after the running step (the rest "not run")."""
-    from wizard.runner import apply_all
+    after the running step (the rest "not run").  The commands around the run
+    (``early_commands`` ...) run as ``hostsetup apply`` runs them."""
+    from wizard import commands
+    from wizard.runner import apply_all, not_run
+
+    answers, _prepared, plan_run = flow.planned
 
     ctx = flow.ctx
     stop, asking = threading.Event(), threading.Event()
@@ -429,9 +439,20 @@ def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
             time.sleep(0.05)
         return stop.is_set()
 
+    def steps_and_commands() -> int:
+        steps = [r for r in plan_run.steps if r.name not in commands.LISTS]
+        plan_run.steps[:] = []  # the Review's listing of the commands goes
+        code = commands.before(answers, "apply", plan_run)
+        plan_run.steps += steps
+        if code is None:
+            code = apply_all(prepared, ctx, on_step, should_stop=should_stop)
+        else:
+            code = not_run(prepared, code)
+        return commands.after(answers, "apply", plan_run, code)
+
     def work() -> None:
         try:
-            box["code"] = apply_all(prepared, ctx, on_step, should_stop=should_stop)
+            box["code"] = steps_and_commands()
         except Exception:  # noqa: BLE001 - the run fails, the wizard does not
             log.exception("apply failed")
             box["code"] = EXIT_FAILED
@@ -501,8 +522,10 @@ def answers_problems(flow: Flow, loaded: Loaded, path: Path) -> None:
         if len(issue.loc) > 1 and isinstance(issue.loc[1], str):
             flow.focus.setdefault(str(issue.loc[0]), issue.loc[1])
     lines = [text(i) for i in loaded.problems]
-    lines += [f"interactive: '{n}' is not a step (steps: "
-              f"{', '.join(by_step)}); ignored" for n in loaded.bad_interactive]
+    for name, entry in loaded.focus.items():  # interactive: section.key
+        flow.focus.setdefault(name, entry.partition(".")[2])
+    lines += [f"interactive: '{n}' is neither '*', a step ({', '.join(by_step)}) nor "
+              "step.key; ignored" for n in loaded.bad_interactive]
     if lines:
         flow.ui.message("Answers file: problems", f"{path}:\n" + "\n".join(lines) +
                         "\n\nThe steps concerned are asked.")
@@ -588,6 +611,7 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
             ui.message("Answers file not usable", str(exc))
             return EXIT_INVALID
         flow.raw, flow.data, flow.ask_steps = loaded.raw, loaded.data, loaded.ask
+        flow.commands = loaded.commands
         flow.selected, flow.answers_given = loaded.selected, True
         answers_problems(flow, loaded, args.answers)
     backends = RealBackends()

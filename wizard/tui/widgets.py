@@ -77,8 +77,11 @@ def hanging(text: str, width: int) -> str:
     out = []
     for line in text.splitlines():
         lead = line[: len(line) - len(line.lstrip())]
-        out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=lead + "    ",
-                             break_on_hyphens=False, break_long_words=False) or [""]
+        # The indent is kept also when a long word (a path) comes first; such a
+        # word stays whole (copied, not read), the text box wraps it at its edge.
+        out += textwrap.wrap(line.lstrip(), width, initial_indent=lead,
+                             subsequent_indent=lead + "    ", break_on_hyphens=False,
+                             break_long_words=False) or [""]
     return "\n".join(out)
 
 

@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test check lint bench clean fuzz
 DEMO_DIR ?= /tmp/hostsetup-demo
 PY := .venv/bin/python
 
@@ -17,8 +17,24 @@ lint: setup
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 
+# Every test; the daemon-backed ones are I/O bound, so they run side by side
+# (one module per worker: module fixtures are shared sandboxes).
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 3 --dist loadgroup tests
+
+# Lint + the fast layer (fakes, models, no process, no daemon): seconds.
+check: setup
+	.venv/bin/ruff check --no-cache wizard steps backends tests bench
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider -m "not daemons and not processes" tests
+
+# The long randomized suites (make test runs a seeded sample of each): the answers
+# loader's property test, randomized, and the wizard's key-mash test, a few hundred
+# random key sequences (HOSTSETUP_FUZZ_SEED=N to vary).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=3600 tests/test_answers_fuzz.py
+	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backends.bundle import RealBackends  # noqa: E402
 from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
 from sandbox.image import domain_xml  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ivshmem import IvshmemAnswers, IvshmemStep  # noqa: E402
-from wizard.backends import RealBackends  # noqa: E402
 
 T = TypeVar("T")
 EXTRA_DOMAINS = 20

@@ -20,11 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backends.bundle import RealBackends  # noqa: E402
+from backends.interfaces.ovsdb import ovsdb_api  # noqa: E402
 from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
 from steps.base import Context  # noqa: E402
 from steps.ovs_mirror import MANAGED, OvsMirrorStep  # noqa: E402
-from wizard.backends import RealBackends  # noqa: E402
 
 PORTS = 500
 SIZES = (1, 10, 100)
@@ -51,7 +52,7 @@ def with_step(sb: Sandbox, n: int) -> tuple[float, int, int]:
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        ovsdb = backends.ovsdb(answers.db)
+        ovsdb = ovsdb_api(backends, answers.db)
         before = ovsdb.transactions
         t0 = time.perf_counter()
         changes = step.plan(answers, ctx)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wizard.procs import alive  # re-exported: the sandbox's users import it from here
+
 
 class SandboxError(Exception):
     """A sandbox daemon could not be started or stopped; says which and why."""
@@ -155,15 +157,6 @@ class Sandbox:
         self.procs = []
         self.save()
         return stopped
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def kill_group(pid: int, timeout: float) -> None:

@@ -11,11 +11,11 @@ production broker with persistence would.  Exports ``HOSTSETUP_REDIS_URL``
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from pathlib import Path
 
+from backends.hostfiles import atomic_write
 from sandbox.core import Sandbox, alive, kill_group
 
 PROC = "redis-server"
@@ -48,12 +48,12 @@ def start(sb: Sandbox, port: int) -> int:
     data = password_file(sb).parent
     password = password_file(sb).read_text().strip()
     conf = data / "redis.conf"
-    # The password goes in a 0600 config file, not on the command line.
-    conf.write_text(
+    # The password goes in a config file that is 0600 from its creation on,
+    # not on the command line.
+    atomic_write(conf, (
         f"bind 127.0.0.1\nport {port}\ndir {data}\nrequirepass {password}\n"
         'save ""\nappendonly yes\nappendfsync always\ndaemonize no\n'
-    )
-    os.chmod(conf, 0o600)
+    ).encode(), 0o600)
     return sb.spawn(PROC, ["redis-server", str(conf)],
                     ready=lambda: _answers_ping(port, password))
 
@@ -81,9 +81,7 @@ def restart(sb: Sandbox) -> int:
 def up(sb: Sandbox) -> None:
     """Start redis-server; export its URL and a reference to its password."""
     secret = password_file(sb)
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(16) + "\n")
+    atomic_write(secret, (secrets.token_hex(16) + "\n").encode(), 0o600)
     port = free_port()
     start(sb, port)
     sb.export("HOSTSETUP_REDIS_URL", f"redis://127.0.0.1:{port}/0")

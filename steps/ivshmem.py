@@ -30,17 +30,27 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.libvirt import Domain, DomainNotFound, LibvirtAPI, PciAddress, Shmem
+from backends.interfaces.dbus import dbus_api
+from backends.interfaces.libvirt import (
+    Domain,
+    DomainNotFound,
+    LibvirtAPI,
+    PciAddress,
+    Shmem,
+    libvirt_api,
+)
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.data import ivshmem_hook
+from steps.validators import DbusAddress, LibvirtUri, repeated
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
 HOOK_NAME = "hostsetup-ivshmem"
-CONFIG_NAME = "hostsetup-ivshmem.json"  # must match CONFIG_NAME in the hook
-CHAINED_NAME = "qemu.hostsetup-chained"
-HOOK_LOG = "/var/log/libvirt/hostsetup-ivshmem.log"
+CONFIG_NAME = ivshmem_hook.CONFIG_NAME
+CHAINED_NAME = ivshmem_hook.CHAINED_NAME
+HOOK_LOG = ivshmem_hook.DEFAULT_LOG
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -52,13 +62,13 @@ QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 class IvshmemAnswers(StepModel):
     """Answers of the ``ivshmem`` step."""
 
-    uri: str = Field(DEFAULT_URI, description="libvirt connection URI")
+    uri: LibvirtUri = Field(DEFAULT_URI, description="libvirt connection URI")
     hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
     name: str = Field(
         "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
         "digits, '_', '.', '-'; at most 64 characters")
     size: int | None = Field(
-        None, description="size in MiB, a power of two (model plain; default 4). "
+        4, description="size in MiB, a power of two (model plain). "
         "Not used with doorbell: the ivshmem server sets the size")
     model: Literal["plain", "doorbell"] = Field(
         "plain", description="plain: memory only (ivshmem-plain); doorbell: with interrupts "
@@ -86,10 +96,12 @@ class IvshmemAnswers(StepModel):
     hook_layout: Literal["auto", "qemu.d", "chain"] = Field(
         "auto", description="auto: qemu.d/ when libvirt >= 6.5, else chain; chain: our hook "
         "becomes 'qemu' and runs the script it replaces first")
-    hook_log: str = Field(HOOK_LOG, description="the hook's log file (as libvirtd sees it)")
+    hook_log: str = Field(
+        HOOK_LOG, description="the hook's log file (as libvirtd sees it), in a directory that "
+        "root owns and group and others cannot write (the hook runs as root)")
     restart_libvirtd: bool = Field(
         False, description="restart libvirtd (over D-Bus, systemd) when a new hook is installed")
-    bus: str = Field("system", description="D-Bus for the restart: 'system' or an address")
+    bus: DbusAddress = Field("system", description="D-Bus for the restart: 'system' or an address")
     timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for the restart")
 
     @field_validator("name")
@@ -99,6 +111,13 @@ class IvshmemAnswers(StepModel):
             raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
                              "'_', '.', '-'; starting with a letter or digit; at most 64)")
         return name
+
+    @field_validator("hook_log")
+    @classmethod
+    def _hook_log(cls, path: str) -> str:
+        if not posixpath.isabs(path):
+            raise ValueError(f"'{path}' is not an absolute path")
+        return path
 
     @field_validator("size")
     @classmethod
@@ -114,15 +133,19 @@ class IvshmemAnswers(StepModel):
 
     @field_validator("domains", mode="before")
     @classmethod
-    def _domains(cls, value: Any) -> Any:
-        if value == ["all"]:
-            return "all"
+    def _all(cls, value: Any) -> Any:
+        return "all" if value == ["all"] else value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: str | list[str]) -> str | list[str]:
+        # After the item types are checked: a list of mixed types is reported per item.
         if isinstance(value, list):
             if not value:
                 raise ValueError("list at least one domain, or 'all'")
-            dups = sorted({d for d in value if value.count(d) > 1})
+            dups = repeated(value)
             if dups:
-                raise ValueError(f"domains listed twice: {', '.join(map(str, dups))}")
+                raise ValueError(f"domains listed twice: {', '.join(dups)}")
         return value
 
     @field_validator("mode")
@@ -142,6 +165,8 @@ class IvshmemAnswers(StepModel):
     @model_validator(mode="after")
     def _model_keys(self) -> IvshmemAnswers:
         if self.model == "doorbell":
+            if "size" not in self.model_fields_set:
+                self.size = None  # the default is plain's; the server sets it
             if not self.server:
                 raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
             if "," in self.server:
@@ -164,6 +189,20 @@ class IvshmemAnswers(StepModel):
 
 
 File = tuple[bytes, int, str]  # content, mode, what it is
+# Answers key -> key in the hook configuration (hook_config), for current().
+CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib", "server": "server",
+               "vectors": "vectors", "role": "role", "domains": "domains",
+               "method": "method", "enforce": "enforce", "owner": "owner", "mode": "mode",
+               "hook_log": "log"}
+
+
+def _parse_config(content: bytes) -> dict[str, Any] | None:
+    """An installed hook configuration, or ``None`` if it is not ours / not JSON."""
+    try:
+        config = json.loads(content)
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) and config.get("version") == 1 else None
 
 
 @dataclass
@@ -256,6 +295,15 @@ def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) 
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
+def _second_device(dom: Domain, name: str) -> str:
+    """Why adding our device to ``dom`` is marked in the review: it has another one."""
+    others = [s.name for s in dom.shmems if s.name != name]
+    if not others:
+        return ""
+    return "a second ivshmem device: the domain already has " + ", ".join(
+        f"'{n}'" for n in others)
+
+
 class IvshmemStep(Step[IvshmemAnswers]):
     """Give the chosen VMs an ivshmem device and keep it there with a libvirt hook."""
 
@@ -279,11 +327,44 @@ class IvshmemStep(Step[IvshmemAnswers]):
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        lv = ctx.backends.libvirt(answers.get("uri") or DEFAULT_URI)
-        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()}}
+        """libvirt's version, the domains, and the hook configuration installed, if any."""
+        lv = libvirt_api(ctx.backends, answers.get("uri") or DEFAULT_URI)
+        section = IvshmemAnswers.model_construct(hooks_dir=answers.get("hooks_dir")
+                                                 or DEFAULT_HOOKS_DIR)
+        installed = None
+        for layout in ("qemu.d", "chain"):
+            found = lv.read_file(hook_paths(section, layout)[1])
+            if found is not None and installed is None:
+                installed = _parse_config(found.content)
+        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()},
+                "installed": installed}
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The settings of the installed hook configuration (what the last run applied);
+        without one, the first ivshmem device found on the domains and who has it."""
+        config = facts.get("installed")
+        if config:
+            out = {key: config.get(name) for key, name in CONFIG_KEYS.items()}
+            out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
+            address = config.get("address")
+            if isinstance(address, dict):
+                out["address"] = "{}:{}:{}.{}".format(*(
+                    address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+            return {k: v for k, v in out.items() if v is not None}
+        domains: dict[str, Domain] = facts.get("domains", {})
+        having = [d for d in domains.values() if d.shmems]
+        if not having:
+            return {}
+        first = having[0].shmems[0]
+        return {"name": first.name, "model": first.model.removeprefix("ivshmem-"),
+                "size": first.size_mib,
+                "domains": [d.name for d in having if d.shmem(first.name)]}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
-        names = tuple(facts.get("domains", {}))
+        domains: dict[str, Domain] = facts.get("domains", {})
+        names = tuple(domains)
+        states = tuple((d.name, d.state + "".join(f", has '{s.name}'" for s in d.shmems))
+                       for d in domains.values())
         return [
             Question("name", "Shared-memory name", required=True,
                      help="The object /dev/shm/<name> the guests share with the host."),
@@ -293,17 +374,26 @@ class IvshmemStep(Step[IvshmemAnswers]):
             Question("server", "Doorbell server socket", help="Only for model doorbell."),
             Question("vectors", "Doorbell MSI vectors", kind="int"),
             Question("role", "Migration role", kind="choice", choices=("peer", "master"),
-                     help="master: the memory migrates with the guest; peer: no migration."),
+                     help="master: the memory migrates with the guest; peer (QEMU's "
+                     "default): QEMU refuses to migrate or save the guest."),
             Question("address", "Guest PCI address", help="e.g. 0000:00:0a.0; empty: any."),
             Question("domains", "Domains", kind="multi", choices=("all", *names),
-                     help="The VMs that get the device."),
-            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper")),
+                     choice_notes=states, help="The VMs that get the device; 'all' is "
+                     "every persistent domain."),
+            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper"),
+                     help="definition: a <shmem> device in each domain's definition; "
+                     "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
+                     "managers that regenerate definitions)."),
             Question("wrapper_dir", "Wrapper directory", help="qemu-wrapper only."),
-            Question("enforce", "At start without the device", kind="choice",
-                     choices=("warn", "refuse")),
+            Question("enforce", "Start without the device", kind="choice",
+                     choices=("warn", "refuse"),
+                     help="What the hook does when a chosen domain starts without the "
+                     "device: log a warning, or refuse the start."),
             Question("owner", "Owner of /dev/shm/<name>", help="user[:group]; empty: unchanged"),
             Question("mode", "Mode of /dev/shm/<name>", help="octal, e.g. 0660"),
-            Question("restart_libvirtd", "Restart libvirtd for a new hook", kind="yesno"),
+            Question("restart_libvirtd", "Restart libvirtd", kind="yesno",
+                     help="Restart libvirtd (over D-Bus) when a new hook is installed: "
+                     "libvirtd reads hooks only when it starts."),
         ]
 
     def _layout(self, answers: IvshmemAnswers, version: tuple[int, int, int]) -> str:
@@ -327,6 +417,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 elif not domains[name].persistent:
                     problems.append(Problem(("domains", i), f"domain '{name}' is transient: "
                                             "it has no definition to change"))
+        # The hook (root) writes its log only where nobody else can plant a link
+        # or a FIFO; the same check it makes at every call, made here first.
+        unsafe = ivshmem_hook.log_problem(answers.hook_log)
+        if unsafe:
+            problems.append(Problem(("hook_log",), f"the hook would not write its log there: "
+                                    f"{unsafe} (use a directory that root owns and group and "
+                                    "others cannot write, e.g. /var/log/libvirt)"))
         version = tuple(facts["version"])
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
@@ -351,7 +448,10 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.method == "qemu-wrapper":
             old = lv.read_file(config)
             # A domain already on our wrapper: its real emulator is in the last config.
-            known = json.loads(old.content).get("wrappers", {}) if old else {}
+            try:
+                known = ivshmem_hook.parse_config(old.content)["wrappers"] if old else {}
+            except ValueError:
+                known = {}  # unusable (the hook ignores it too): this run rewrites it
             back = {w: real for real, w in known.items()}
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)
@@ -389,23 +489,25 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return changes
 
     def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
-        lv = ctx.backends.libvirt(answers.uri)
+        lv = libvirt_api(ctx.backends, answers.uri)
         want = self._desired(answers, lv)
         shmem = answers.shmem()
         changes = self._file_changes(lv, want.wrappers)
         for dom in want.domains:
             running = " (running: takes effect at its next start)" if dom.active else ""
+            second = _second_device(dom, shmem.name)
             if answers.method == "qemu-wrapper":
                 wrapper = want.emulators[dom.name]
                 if dom.emulator != wrapper:
                     changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
-                                          wrapper, "emulator" + running))
+                                          wrapper, "emulator" + running, second))
                 continue
             own = dom.shmem(shmem.name)
             if own is None or not shmem.same_as(own):
                 changes.append(Change(f"domain {dom.name}", "update",
                                       own.describe() if own else "no ivshmem device",
-                                      shmem.describe(), "shmem device" + running))
+                                      shmem.describe(), "shmem device" + running,
+                                      "" if own else second))
         changes += self._file_changes(lv, want.hook_files)
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
@@ -413,7 +515,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return changes
 
     def apply(self, answers: IvshmemAnswers, changes: list[Change], ctx: Context) -> None:
-        lv = ctx.backends.libvirt(answers.uri)
+        lv = libvirt_api(ctx.backends, answers.uri)
         done: list[Change] = []
         failed: list[str] = []
         try:
@@ -461,7 +563,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return None
 
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
-        dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)
+        dbus = dbus_api(ctx.backends, answers.bus)
         result = dbus.restart_unit(LIBVIRTD, answers.timeout)
         if result != "done":
             raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}' "

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import (
     Bridge,
     Mirror,
@@ -23,8 +23,10 @@ from backends.interfaces.ovsdb import (
     OvsdbAPI,
     OvsdbTLS,
     VswitchdTimeout,
+    ovsdb_api,
 )
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.validators import OvsdbRemote
 
 DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 MANAGED = "hostsetup-managed"  # external_ids key marking the mirrors this step owns
@@ -133,11 +135,8 @@ class MirrorAnswers(StepModel):
 class OvsMirrorAnswers(StepModel):
     """Answers of the ``ovs_mirror`` step."""
 
-    db: str = Field(
-        DEFAULT_DB,
-        description="OVSDB remote: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT",
-        pattern=r"^(unix:.+|(tcp|ssl):.+:\d+)$",
-    )
+    db: OvsdbRemote = Field(
+        DEFAULT_DB, description="OVSDB remote: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")
     ssl_key: str | None = Field(None, description="ssl: remotes: client private key file")
     ssl_cert: str | None = Field(None, description="ssl: remotes: client certificate file")
     ssl_ca: str | None = Field(None, description="ssl: remotes: CA certificate file")
@@ -185,7 +184,7 @@ def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
     """The OVSDB connection of a (possibly partial) answers section."""
     keys = (section.get("ssl_key"), section.get("ssl_cert"), section.get("ssl_ca"))
     tls = OvsdbTLS(*keys) if all(keys) else None  # type: ignore[arg-type]
-    return ctx.backends.ovsdb(section.get("db") or DEFAULT_DB, tls)
+    return ovsdb_api(ctx.backends, section.get("db") or DEFAULT_DB, tls)
 
 
 def _is_managed(m: Mirror) -> bool:
@@ -281,13 +280,15 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
                      required=True, help="The bridge whose traffic is mirrored."),
             Question("state", "State", kind="choice", choices=("present", "absent"),
-                     help="absent deletes this mirror (only if hostsetup made it)."),
+                     help="present: create or update this mirror; absent: delete it "
+                     "(only if hostsetup made it)."),
             Question("select_all", "Mirror all traffic", kind="yesno",
                      help="Every packet of every port of the bridge."),
             Question("select_src_port", "Traffic sent by (src)", kind="multi", choices=ports,
-                     help=SRC_HELP),
+                     help=SRC_HELP + " Ports of every bridge are listed; pick the bridge's."),
             Question("select_dst_port", "Traffic delivered to (dst)", kind="multi",
-                     choices=ports, help=DST_HELP),
+                     choices=ports, help=DST_HELP + " Ports of every bridge are listed; "
+                     "pick the bridge's."),
             Question("select_vlan", "Only VLANs", help="Comma-separated VLAN IDs 0-4095; "
                      "empty mirrors all VLANs."),
             Question("output_port", "Output port (SPAN)", kind="choice", choices=ports,
@@ -305,6 +306,13 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                      help="Delete mirrors made by hostsetup that are not listed here. "
                      "Mirrors made otherwise are never touched."),
         ]
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """hostsetup's mirrors on the switch (``hostsetup-managed``), as records."""
+        mirrors = [{"name": m.name, "bridge": m.bridge, **_shown(_fields(m))}
+                   for m in facts.get("mirrors", []) if _is_managed(m)]
+        return {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
+            if mirrors else {}
 
     def validate(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
         bridges: dict[str, Bridge] = facts["bridges"]
@@ -414,9 +422,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             ids[name] = {RSPAN_VLANS: ",".join(map(str, sorted(new_ours))) or None}
             new_flood = sorted((flood | set(plus)) - set(minus))
             changes.append(Change(
-                f"bridge {name} flood_vlans", "update", sorted(flood), new_flood,
-                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them"
-                + (f"; added {plus}" if plus else "") + (f"; removed {minus}" if minus else ""),
+                f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
+                {"flood_vlans": new_flood},
+                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them",
             ))
         return changes, add, remove, ids
 
@@ -444,6 +452,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 cfg = ovsdb.apply(edit, answers.timeout)
             except VswitchdTimeout as exc:
                 raise StepFailed(str(exc), done=now) from None
+            except BackendUnreachable:
+                raise  # the runner reports it (exit 5): whether it committed is unknown
             except BackendError as exc:
                 # One transaction: when it fails, none of it took effect.
                 raise StepFailed(f"{exc}", done=[]) from None
@@ -460,4 +470,3 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"tx_bytes={stats['tx_bytes']}" if "tx_packets" in stats else
                     f"mirror {m.bridge}/{m.name}: no statistics yet (ovs-vswitchd "
                     "reports them every few seconds)")
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

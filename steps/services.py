@@ -12,8 +12,9 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from backends.interfaces import BackendError
-from backends.interfaces.dbus import Unit, UnitFile
+from backends.interfaces.dbus import Unit, UnitFile, dbus_api
 from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.validators import DbusAddress
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
 # What later steps care about: fact name -> units (any active) or bus names.
@@ -28,7 +29,7 @@ KNOWN = {
 class ServicesAnswers(StepModel):
     """Answers of the ``services`` step."""
 
-    bus: str = Field(
+    bus: DbusAddress = Field(
         "system",
         description="D-Bus to talk to: 'system', or an address such as unix:path=/run/dbus/x",
     )
@@ -49,17 +50,6 @@ class ServicesAnswers(StepModel):
                 raise ValueError(f"'{name}' is not a systemd unit name (e.g. libvirtd.service)")
         return names
 
-    @field_validator("bus")
-    @classmethod
-    def _bus(cls, bus: str) -> str:
-        if bus != "system" and ":" not in bus:
-            raise ValueError(f"'{bus}' is not 'system' nor a D-Bus address (unix:path=...)")
-        return bus
-
-
-def _address(bus: str) -> str | None:
-    return None if bus == "system" else bus
-
 
 class ServicesStep(Step[ServicesAnswers]):
     """Detect the host's services and start the required ones."""
@@ -72,6 +62,7 @@ class ServicesStep(Step[ServicesAnswers]):
         "so, and each start job is waited for. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
+    may_provide = frozenset(KNOWN)
 
     def provides(self, changes: list[Change]) -> set[str]:
         """Starting e.g. ovs-vswitchd makes the 'ovs' fact true for later steps."""
@@ -82,7 +73,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        dbus = ctx.backends.dbus(_address(answers.get("bus", "system")))
+        dbus = dbus_api(ctx.backends, answers.get("bus", "system"))
         units = dbus.list_units()
         for name in answers.get("require", DEFAULT_UNITS):
             if name not in units:  # not loaded yet: ask systemd to load it
@@ -104,11 +95,14 @@ class ServicesStep(Step[ServicesAnswers]):
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         units: dict[str, Unit] = facts.get("units", {})
+        names = sorted({*units, *DEFAULT_UNITS})
         return [
             Question(
-                "require", "Required units", kind="multi",
-                choices=tuple(sorted(units)) or tuple(DEFAULT_UNITS),
-                help="Units this host needs. Inactive ones are started if 'start' is yes.",
+                "require", "Required units", kind="multi", choices=tuple(names),
+                choice_notes=tuple((n, units[n].active if n in units else "not installed")
+                                   for n in names) if units else (),
+                help="Units this host needs, with their state now. Inactive ones are "
+                "started if 'start' is yes; one not installed is refused.",
             ),
             Question("start", "Start inactive units", kind="yesno",
                      help="Start required units that are not active (mode 'replace')."),
@@ -151,7 +145,7 @@ class ServicesStep(Step[ServicesAnswers]):
         return changes
 
     def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
-        dbus = ctx.backends.dbus(_address(answers.bus))
+        dbus = dbus_api(ctx.backends, answers.bus)
         done: list[Change] = []
         for i, change in enumerate(changes):
             unit = change.target.removeprefix("unit ")
@@ -171,5 +165,3 @@ class ServicesStep(Step[ServicesAnswers]):
                                  f"({dbus.unit_result(unit)})", done)
             done.append(change)
             ctx.log(f"{change.action}: {unit}")
-        # What later steps read must reflect the units just started.
-        ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)

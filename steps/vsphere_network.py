@@ -7,8 +7,10 @@ security policy) are created or updated in place, or removed when marked
 (ReconfigVM_Task, waited on).  Only what the answers name is touched.
 
 If a change fails, what this run did is undone in reverse order (created
-objects removed, updated ones restored, adapters moved back) and the failure
-lists exactly what remains changed.
+objects removed, updated ones restored, adapters moved back).  What remains
+changed is then computed from a re-read of the inventory, not from which
+undo calls succeeded (removing a vSwitch also removes its port groups), and
+every undo call that failed is listed as an error of the step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
     Host,
     Inventory,
@@ -29,6 +31,7 @@ from backends.interfaces.vsphere import (
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
+    vsphere_api,
 )
 from steps.base import (
     Change,
@@ -41,11 +44,19 @@ from steps.base import (
     StepModel,
     resolve_secret,
 )
+from steps.validators import ServerName, repeated
 
 State = Literal["present", "absent"]
+# What ESXi creates itself: never offered as "what hostsetup manages".
+ESXI_DEFAULTS = frozenset({"vSwitch0", "VM Network", "Management Network"})
 THUMBPRINT = r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{64}$"
 SECURITY_KEYS = ("allow_promiscuous", "forged_transmits", "mac_changes")
-Settings = dict[str, Any]  # an object's managed settings, as in Change.before/after
+# The security answers as the plan names them (Change.before/after keys).
+SECURITY_WORDS = {"allow_promiscuous": "promiscuous", "forged_transmits": "forged_transmits",
+                  "mac_changes": "mac_changes"}
+# An object's managed settings, as in Change.before/after: plain values under
+# readable keys (the review shows ``promiscuous: no -> yes``).
+Settings = dict[str, Any]
 
 
 class ClusterHosts(StepModel):
@@ -99,7 +110,7 @@ class AdapterAnswer(StepModel):
 class VSphereNetworkAnswers(StepModel):
     """Answers of the ``vsphere_network`` step."""
 
-    server: str = Field(min_length=1, description="vCenter or ESXi host name or address")
+    server: ServerName = Field(description="vCenter or ESXi host name or address")
     port: int = Field(443, ge=1, le=65535, description="HTTPS port")
     user: str = Field("root", min_length=1, description="login user")
     password: SecretRef = Field(description="password reference: env:NAME or file:PATH")
@@ -131,7 +142,7 @@ class VSphereNetworkAnswers(StepModel):
             raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
         for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
                             ("port group", [p.name for p in self.portgroups])):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            dupes = repeated(names)
             if dupes:
                 raise ValueError(f"{kind} {', '.join(dupes)} listed more than once")
         nics = [n for v in self.vswitches if v.state == "present" for n in v.nics]
@@ -154,10 +165,16 @@ def connection(section: dict[str, Any]) -> VSphereConn:
     """The connection from an answers section (the password reference is resolved)."""
     return VSphereConn(
         server=section["server"], port=int(section.get("port") or 443),
-        user=section.get("user") or "root", password=resolve_secret(section["password"]),
+        user=section.get("user") or "root",
+        password=resolve_secret(section["password"], "password"),
         thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
         insecure=bool(section.get("insecure")),
     )
+
+
+def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
+    """The VMs whose adapters the answers move: the only ones whose devices are read."""
+    return {a.vm for a in answers.vm_adapters}
 
 
 def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]:
@@ -175,11 +192,16 @@ Call = tuple[str, tuple[Any, ...]]
 
 @dataclass
 class Op:
-    """A planned change with the backend calls that make and undo it."""
+    """A planned change with the backend calls that make and undo it.
+
+    ``in_effect`` tells from a (re-read) inventory whether the change is in
+    effect there, i.e. the object is not as it was before the run.
+    """
 
     change: Change
     do: Call
     undo: Call | None
+    in_effect: Callable[[Inventory], bool]
 
 
 def part_progress(ctx: Context, start: float, count: int, text: str, frac: float) -> None:
@@ -199,18 +221,13 @@ def invoke(api: VSphereAPI, call: Call, progress: Callable[[float], None] | None
 
 def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """A vSwitch's managed settings, for Change before/after."""
-    return {"num_ports": num_ports, "mtu": mtu, "nics": sorted(nics)}
+    return {"ports": num_ports, "mtu": mtu, "uplinks": sorted(nics)}
 
 
 def portgroup_dict(vswitch: str, vlan: int, sec: Security) -> dict[str, Any]:
     """A port group's managed settings, for Change before/after."""
     return {"vswitch": vswitch, "vlan": vlan,
-            **{k: getattr(sec, k) for k in SECURITY_KEYS}}
-
-
-def settings(after: dict[str, Any]) -> str:
-    """``key value, ...``: the settings of a new object, for its Change's detail."""
-    return ", ".join(f"{k} {v}" for k, v in after.items())
+            **{SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}}
 
 
 def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
@@ -256,6 +273,28 @@ PORTGROUP = Kind(
 )
 
 
+def finder(kind: Kind, host: str, name: str) -> Callable[[Inventory], Any]:
+    """Looks up one host object in an inventory (``None`` when it is not there)."""
+    def find(inv: Inventory) -> Any:
+        h = inv.host(host)
+        return kind.find(h, name) if h is not None else None
+    return find
+
+
+def exists(find: Callable[[Inventory], Any], created: bool) -> Callable[[Inventory], bool]:
+    """In effect: the object exists (a creation) or does not (a removal)."""
+    return lambda inv: (find(inv) is not None) == created
+
+
+def differs(kind: Kind, find: Callable[[Inventory], Any],
+            before: Settings) -> Callable[[Inventory], bool]:
+    """In effect: the object is gone or one of ``before``'s settings is not restored."""
+    def check(inv: Inventory) -> bool:
+        obj = find(inv)
+        return obj is None or any(kind.current(obj).get(k) != v for k, v in before.items())
+    return check
+
+
 def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[Op]:
     """Create/update (or, with ``absent``, remove) the answered objects on ``host``."""
     ops = []
@@ -264,20 +303,34 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
         have = kind.find(host, item.name)
         target = f"{h}: {kind.label} {item.name}"
         remove: Call = (f"remove_{kind.api}", (h, item.name))
+        find = finder(kind, h, item.name)
         if absent:
             if item.state == "absent" and have is not None:
-                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None))
+                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None,
+                              exists(find, False)))
         elif item.state == "present":
             after = kind.wanted(item, have)
             if have is None:
-                ops.append(Op(Change(target, "create", after=after, detail=settings(after)),
-                              (f"add_{kind.api}", (h, kind.spec(item))), remove))
+                ops.append(Op(Change(target, "create", after=after),
+                              (f"add_{kind.api}", (h, kind.spec(item))), remove,
+                              exists(find, True)))
             elif kind.current(have) != after:
                 update = f"update_{kind.api}"
-                ops.append(Op(Change(target, "update", *changed(kind.current(have), after)),
+                before, wanted = changed(kind.current(have), after)
+                ops.append(Op(Change(target, "update", before, wanted),
                               (update, (h, item.name, kind.spec(item))),
-                              (update, (h, item.name, kind.spec_of(have)))))
+                              (update, (h, item.name, kind.spec_of(have))),
+                              differs(kind, find, before)))
     return ops
+
+
+def adapter_moved(vm: str, label: str, old: str | None) -> Callable[[Inventory], bool]:
+    """In effect: the adapter is not on its old network any more."""
+    def check(inv: Inventory) -> bool:
+        found = inv.vm(vm)
+        adapter = found.adapter(label) if found else None
+        return adapter is None or adapter.network != old
+    return check
 
 
 def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
@@ -290,9 +343,11 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
             continue
         old = adapter.network
         ops.append(Op(
-            Change(f"VM {a.vm}: {a.adapter}", "update", before=old, after=a.portgroup),
+            Change(f"VM {a.vm}: {a.adapter}", "update", before={"port_group": old},
+                   after={"port_group": a.portgroup}),
             ("move_adapter", (a.vm, a.adapter, a.portgroup)),
             ("move_adapter", (a.vm, a.adapter, old)) if old else None,
+            adapter_moved(a.vm, a.adapter, old),
         ))
     return ops
 
@@ -353,17 +408,26 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                      help="a reference env:NAME or file:PATH, or the password itself: the "
                      "wizard keeps a typed password in memory only and records it as a "
                      "reference (env:HOSTSETUP_SECRET_PASSWORD)"),
-            Question("thumbprint", "Certificate SHA-256 thumbprint",
-                     help="pins the server certificate (AA:BB:... or hex)"),
+            Question("thumbprint", "Certificate thumbprint",
+                     help="pins the server certificate by its SHA-256 thumbprint "
+                     "(AA:BB:... or hex)"),
             Question("ca_file", "CA file (PEM)", help="to verify the server certificate"),
-            Question("insecure", "Skip TLS verification (lab only)", kind="yesno"),
+            Question("insecure", "Skip TLS verification", kind="yesno",
+                     help="lab only: the certificate is not checked at all (logged as a "
+                     "warning)"),
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """The inventory (hosts, switches, port groups, NICs, VMs), read in bulk."""
-        api = ctx.backends.vsphere(connection(answers))
-        inv = api.inventory()
-        return {"inventory": inv}
+        """The inventory (hosts, switches, port groups, NICs, VMs with their adapters),
+        read in bulk: what the wizard's choices need."""
+        api = vsphere_api(ctx.backends, connection(answers))
+        return {"inventory": api.inventory()}
+
+    def facts_for(self, answers: VSphereNetworkAnswers, ctx: Context) -> dict[str, Any]:
+        """The inventory with the adapters of the VMs the answers name only: the
+        hosts' networking and VM names are small, every VM's devices are not."""
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
+        return {"inventory": api.inventory(vms=named_vms(answers))}
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
@@ -372,33 +436,75 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         vswitches = sorted({v.name for h in inv.hosts for v in h.vswitches})
         pgs = sorted({p.name for h in inv.hosts for p in h.portgroups})
         labels = sorted({a.label for v in inv.vms for a in v.adapters})
-        state = Question("state", "State", kind="choice", choices=("present", "absent"))
+        state = Question("state", "State", kind="choice", choices=("present", "absent"),
+                         help="present: create or update it; absent: remove it.")
         yes = {k: Question(k, k.replace("_", " ").capitalize(), kind="yesno")
                for k in SECURITY_KEYS}
         return [
             Question("hosts", "Hosts", kind="multi",
                      choices=("all", *(h.name for h in inv.hosts)),
-                     help="the ESXi hosts to configure, or 'all' ({cluster: NAME} in a file)"),
-            Question("vswitches", "vSwitches", kind="records", summary="name", fields=(
+                     help="The ESXi hosts to configure, or 'all' ({cluster: NAME} in a "
+                     "file)."),
+            Question("vswitches", "vSwitches", kind="records", summary="name",
+                     help="Standard vSwitches to create or update on every selected host "
+                     "(vSwitch0 is ESXi's own).", fields=(
                 Question("name", "Name", required=True),
                 Question("num_ports", "Ports", kind="int"),
                 Question("mtu", "MTU", kind="int", help="1280-9000"),
-                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics)),
+                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics),
+                         help="Free physical NICs of the hosts (not an uplink of another "
+                         "vSwitch)."),
                 state,
             )),
-            Question("portgroups", "Port groups", kind="records", summary="name", fields=(
+            Question("portgroups", "Port groups", kind="records", summary="name",
+                     help="Port groups on a vSwitch: VLAN and security policy (unset "
+                     "security fields inherit the vSwitch's).", fields=(
                 Question("name", "Name", required=True),
-                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches)),
+                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches),
+                         refs="vswitches", help="The vSwitch the port group is on: one the "
+                         "hosts have, or one answered above (new)."),
                 Question("vlan", "VLAN", kind="int", help="0-4095; 4095 = trunk"),
                 *yes.values(),
                 state,
             )),
-            Question("vm_adapters", "VM adapters", kind="records", summary="vm", fields=(
-                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms)),
-                Question("adapter", "Adapter", kind="choice", choices=tuple(labels)),
-                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs)),
+            Question("vm_adapters", "VM adapters", kind="records", summary="vm",
+                     help="VM network adapters to move onto a port group (one the hosts "
+                     "have, or one answered under Port groups).", fields=(
+                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms),
+                         help="The virtual machine whose adapter moves."),
+                Question("adapter", "Adapter", kind="choice", choices=tuple(labels),
+                         help="The VM's network adapter, by its label."),
+                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs),
+                         refs="portgroups", help="The port group the adapter moves to: one "
+                         "the hosts have, or one answered above (new)."),
             )),
         ]
+
+    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The standard vSwitches and port groups on the hosts other than ESXi's own
+        (vSwitch0, VM Network, Management Network), as records.
+
+        vSphere has no place to mark an object as hostsetup's, so "managed" means
+        what the answers could edit: every vSwitch and port group an operator or
+        hostsetup added.  Where hosts differ, the first host having it is shown.
+        VM adapters are not prefilled: an adapter record is a move to make.
+        """
+        inv: Inventory | None = facts.get("inventory")
+        vswitches: dict[str, dict[str, Any]] = {}
+        portgroups: dict[str, dict[str, Any]] = {}
+        for host in inv.hosts if inv else ():
+            for v in host.vswitches:
+                if v.name not in ESXI_DEFAULTS:
+                    vswitches.setdefault(v.name, {"name": v.name, "num_ports": v.num_ports,
+                                                  "mtu": v.mtu, "nics": sorted(v.nics)})
+            for p in host.portgroups:
+                if p.name not in ESXI_DEFAULTS:
+                    portgroups.setdefault(p.name, {
+                        "name": p.name, "vswitch": p.vswitch, "vlan": p.vlan,
+                        **{k: getattr(p.security, k) for k in SECURITY_KEYS
+                           if getattr(p.security, k) is not None}})
+        found = {"vswitches": list(vswitches.values()), "portgroups": list(portgroups.values())}
+        return {k: v for k, v in found.items() if v}
 
     def validate(self, answers: VSphereNetworkAnswers, facts: dict[str, Any]) -> list[Problem]:
         """Hosts, NICs, vSwitches, VMs and adapters named in the answers exist and fit."""
@@ -480,15 +586,15 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         return [op.change for op in operations(answers, self._inventory(answers, ctx))]
 
     def _inventory(self, answers: VSphereNetworkAnswers, ctx: Context) -> Inventory:
-        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+        facts = ctx.facts.get(self.name) or self.facts_for(answers, ctx)
         inv: Inventory = facts["inventory"]
         return inv
 
     def apply(self, answers: VSphereNetworkAnswers, changes: list[Change], ctx: Context) -> None:
         """Make the planned changes; on failure undo this run's and raise StepFailed."""
-        api = ctx.backends.vsphere(connection(answers.model_dump()))
+        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
         wanted = {(c.target, c.action) for c in changes}
-        ops = [op for op in operations(answers, api.inventory())
+        ops = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
                if (op.change.target, op.change.action) in wanted]
         done: list[Op] = []
         try:
@@ -498,32 +604,57 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 invoke(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
                 done.append(op)
                 ctx.log(f"vsphere_network: {text}")
+        except BackendUnreachable:
+            # Without the server nothing can be undone: say what took effect (the
+            # runner reports the step unreachable, exit 5, with these notes).
+            ctx.notes.append("applied before vSphere was lost, not undone: "
+                             + (", ".join(op.change.describe() for op in done) or "nothing"))
+            raise
         except BackendError as exc:
-            remains = self._compensate(api, done, ctx)
-            self._refresh(answers, ctx)
-            undone = len(done) - len(remains)
-            failed = ops[len(done)].change
+            failed = ops[len(done)]
+            not_undone, errors = self._compensate(api, done, ctx)
+            remains = self._remains(answers, ctx, [*done, failed], not_undone, errors)
+            undone = sum(op.change not in remains for op in done)
             raise StepFailed(
-                f"{failed.action} {failed.target} failed: {exc}; "
-                f"undid {undone} change(s) made by this run", remains) from None
+                f"{failed.change.action} {failed.change.target} failed: {exc}; "
+                f"undid {undone} change(s) made by this run", remains, errors) from None
         ctx.progress(1.0, "vSphere networking done")
         ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
-        self._refresh(answers, ctx)
 
-    def _compensate(self, api: VSphereAPI, done: list[Op], ctx: Context) -> list[Change]:
-        """Undo ``done`` in reverse; returns the changes that remain in effect."""
-        remains = []
+    def _compensate(self, api: VSphereAPI, done: list[Op],
+                    ctx: Context) -> tuple[list[Op], list[str]]:
+        """Undo ``done`` in reverse; returns the ops not undone and one error per
+        undo call that failed."""
+        not_undone, errors = [], []
         for op in reversed(done):
             if op.undo is None:
-                remains.append(op.change)
+                not_undone.append(op)
                 continue
             try:
                 invoke(api, op.undo)
                 ctx.log(f"vsphere_network: undid {op.change.describe()}")
             except BackendError as exc:
-                ctx.log(f"vsphere_network: could not undo {op.change.describe()}: {exc}")
-                remains.append(op.change)
-        return list(reversed(remains))
+                errors.append(f"undo of '{op.change.describe()}' failed "
+                              f"({op.undo[0]}): {exc}")
+                ctx.log(f"vsphere_network: {errors[-1]}")
+                not_undone.append(op)
+        return list(reversed(not_undone)), errors
+
+    def _remains(self, answers: VSphereNetworkAnswers, ctx: Context, tried: list[Op],
+                 not_undone: list[Op], errors: list[str]) -> list[Change]:
+        """What remains changed, from a re-read of the inventory after the undo.
+
+        If the inventory cannot be re-read, the ops not undone are reported, and
+        why the list is not checked is added to ``errors``.
+        """
+        self._refresh(answers, ctx)
+        facts = ctx.facts.get(self.name)
+        if facts is None:
+            errors.append("could not re-read the inventory after the undo: what remains "
+                          "changed is inferred from the calls that succeeded")
+            return [op.change for op in not_undone]
+        inv: Inventory = facts["inventory"]
+        return [op.change for op in tried if op.in_effect(inv)]
 
     def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
         """Re-read the inventory so verify() and later steps see the new state."""

@@ -1,29 +1,23 @@
-"""Shared fixtures: the CLI as a subprocess, and a sandbox host (real systemd)."""
+"""Shared fixtures: a sandbox host (real systemd) and the test layers (helpers are in
+helpers.py)."""
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
-import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+# Re-exported for test modules that still import them from here; new tests
+# import helpers (ROOT, hostsetup, ...) from helpers.py.
+from helpers import ROOT, hostsetup  # noqa: F401
+
 from sandbox import manage
 from sandbox.core import Sandbox
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def hostsetup(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the CLI (``python -m wizard``) with no terminal and no stdin."""
-    return subprocess.run(
-        [sys.executable, "-m", "wizard", *args],
-        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture
@@ -41,22 +35,58 @@ def dbus_host(tmp_path: Path) -> Iterator[Sandbox]:
         manage.down(directory)
 
 
-def add_unit(sb: Sandbox, name: str, text: str, reload: bool = True) -> Path:
-    """Write a unit file into a sandbox host's /etc/systemd/system (its overlay), as an
-    operator would; with ``reload``, then ask its systemd to ``Reload``."""
-    path = Path(sb.env["HOSTSETUP_HOST_ROOT"], "etc/systemd/system", name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    if reload:
-        systemd_call(sb, "Reload")
-    return path
+# Modules whose sandboxes share names (fleet host tags hs1..hsN): one worker runs them.
+SAME_WORKER = {"test_fleet": "fleet", "test_fleet_sandbox": "fleet"}
+# Fixtures that start real services.
+DAEMON_FIXTURES = {"dbus_host"}
 
 
-def systemd_call(sb: Sandbox, method: str, signature: str = "", *args: str) -> str:
-    """Call a method of a host's systemd Manager with busctl (independently of our backend)."""
-    return subprocess.run(
-        ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "call",
-         "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-         "org.freedesktop.systemd1.Manager", method,
-         *([signature, *args] if signature else [])],
-        capture_output=True, text=True, check=True, timeout=60).stdout
+def layer(module: ModuleType) -> str | None:
+    """``daemons`` for a test module that starts real services (it uses the sandbox
+    or tmux), ``processes`` for one that runs the CLI or the hook as a process,
+    ``None`` for the fast layer.  Read from what the module imports, so a new
+    test module is classified without anyone remembering to mark it."""
+    found = vars(module).values()
+    if any(getattr(v, "__name__" if isinstance(v, ModuleType) else "__module__", "")
+           .startswith(("sandbox", "tmux")) for v in found):
+        return "daemons"
+    if any(v is subprocess or v is hostsetup for v in found):
+        return "processes"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer (``make check`` deselects ``daemons`` and
+    ``processes``).  Under ``-n N --dist loadgroup``, a module's tests stay on one
+    worker (its module-scoped sandbox is started once); the fleet modules share one."""
+    for item in items:
+        module = item.module
+        if module is None:
+            continue
+        kind = layer(module)
+        if kind is None and DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            kind = "daemons"
+        if kind is not None:
+            item.add_marker(getattr(pytest.mark, kind))
+        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module.__name__,
+                                                                module.__name__)))
+
+
+SHORT_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, a short base directory of our own: the workers' ``popen-gwN``
+    level would push the sandboxes' socket paths past their length limit
+    (dbus-daemon: "Socket name too long")."""
+    if getattr(config, "workerinput", None) is None and config.getoption(
+            "numprocesses", None) and config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="hs-")
+        config.stash[SHORT_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the base directory made by :func:`pytest_configure`."""
+    made = config.stash.get(SHORT_BASETEMP, None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)

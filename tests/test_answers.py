@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 
 from wizard import answers
 
@@ -45,7 +45,7 @@ def test_missing_version_and_unreadable_file(tmp_path: Path) -> None:
     f = tmp_path / "a.yaml"
     f.write_text("services: {}\n")
     res = hostsetup("apply", "--answers", str(f))
-    assert res.returncode == 3 and "version: required answer missing" in res.stderr
+    assert res.returncode == 3 and "version (line 1): required answer missing" in res.stderr
     res = hostsetup("apply", "--answers", str(tmp_path / "none.yaml"))
     assert res.returncode == 3 and "cannot read" in res.stderr
 

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, add_unit, hostsetup, systemd_call
-from test_services import unit_state
+from helpers import ROOT, add_unit, hostsetup, systemd_call, unit_state
 
 from sandbox import host as host_mod
 from sandbox import manage
@@ -255,6 +254,7 @@ def test_detach_then_status(fleet: Sandbox, tmp_path: Path) -> None:
 
 
 def test_status_of_a_run_whose_process_died(fleet: Sandbox, tmp_path: Path) -> None:
+    # hv1's apply takes long enough for the run to be killed before hv2's batch.
     slow_start(member(fleet, "hv1"))
     res = hostsetup("fleet", "apply", "--answers", answers(fleet), "--detach", env=env(fleet))
     run_id = res.stdout.strip()

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 
 from wizard import answers, fleet
 

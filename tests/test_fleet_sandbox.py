@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup
 
 from sandbox import host
 from sandbox.core import Sandbox, alive

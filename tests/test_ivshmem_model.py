@@ -31,6 +31,15 @@ def test_bad_names(name: str) -> None:
     assert "is not a valid shared-memory name" in errors(name=name)
 
 
+def test_size_default_is_shown_and_left_to_the_server_for_doorbell() -> None:
+    from wizard.tui.questions import defaults
+
+    assert defaults(IvshmemAnswers)["size"] == 4  # the wizard's field shows it
+    door = IvshmemAnswers(model="doorbell", server="/run/ivs.sock")
+    assert door.size is None
+    assert IvshmemAnswers.model_validate(door.model_dump()).size is None  # replayable
+
+
 def test_doorbell_keys() -> None:
     assert "model doorbell needs 'server'" in errors(model="doorbell")
     assert "leave it out" in errors(model="doorbell", server="/run/ivs.sock", size=4)

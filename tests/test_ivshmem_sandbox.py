@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
+from backends.adapters.libvirt import LibvirtBackend
+from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
-from backends.interfaces.libvirt import DomainNotFound, Shmem
-from backends.libvirt import LibvirtBackend
+from backends.interfaces.libvirt import DomainNotFound, Shmem, libvirt_api
 from sandbox import host, manage
 from sandbox.core import Sandbox
 from sandbox.image import EMULATOR, domain_xml
 from sandbox.manage import write_yaml
 from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
-from wizard.backends import RealBackends
 
 REPO = Path(__file__).resolve().parents[1]
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
@@ -143,6 +143,18 @@ def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "ivshmem: nothing to change" in again.stdout
 
+    # A re-run of the wizard starts from what was applied (Step.current).
+    step, backends = IvshmemStep(), RealBackends()
+    try:
+        current = step.current(step.discover(section, Context(backends=backends)))
+    finally:
+        backends.close()
+    assert {k: current.get(k) for k in ("name", "size", "model", "enforce", "domains")} == {
+        "name": section["name"], "size": 4, "model": "plain", "enforce": "refuse",
+        "domains": "all"}
+    assert IvshmemAnswers.model_validate({**section, **current}) == \
+        IvshmemAnswers.model_validate(section)
+
 
 def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> None:
     sb = ivs_clean
@@ -159,6 +171,25 @@ def test_real_libvirtd_refuses_a_domain_without_device(ivs_clean: Sandbox) -> No
         assert plan.returncode == 4 and "update domain bare" in plan.stdout
     finally:
         virsh(sb, "undefine", "bare")
+
+
+def test_a_second_device_is_marked_in_the_plan(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    define(sb, "twin")
+    try:
+        lv = LibvirtBackend(sb.env["HOSTSETUP_LIBVIRT_URI"])
+        try:
+            lv.set_shmem("twin", Shmem("theirs", size_mib=2))
+        finally:
+            lv.close()
+        plan = cli(sb, "plan", answers(sb, domains=["twin"]))
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        text = " ".join(plan.stdout.split())
+        assert ("! update domain twin: shmem device [a second ivshmem device: the domain "
+                "already has 'theirs']") in text
+        assert "destructive (!)" in text
+    finally:
+        virsh(sb, "undefine", "twin")
 
 
 def save(sb: Sandbox, name: str) -> str:
@@ -209,7 +240,7 @@ def test_qemu_wrapper_method(ivs_clean: Sandbox) -> None:
                           enforce="refuse", role="master")
         plan = cli(sb, "plan", section)
         assert plan.returncode == 4, plan.stderr
-        assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in plan.stdout
+        assert "wrapper emulator for /usr/bin/qemu-system-x86_64" in " ".join(plan.stdout.split())
         applied = cli(sb, "apply", section)
         assert applied.returncode == 0, applied.stdout + applied.stderr
         dumped = ET.fromstring(virsh(sb, "dumpxml", "--inactive", "wrapped"))
@@ -292,7 +323,7 @@ def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
             IvshmemStep().apply(section, changes, ctx)
         assert "domain 'gone' not found" in str(failed.value)
         assert failed.value.done == [c for c in changes if c.target != "domain gone"]
-        stays = backends.libvirt(section.uri).domain("stays")
+        stays = libvirt_api(backends, section.uri).domain("stays")
         assert stays.shmem(section.name) is not None
         assert IvshmemStep().plan(section, ctx) == []  # 'gone' is gone: nothing left to do
     finally:
@@ -333,7 +364,8 @@ def test_chain_layout_keeps_the_third_party_hook(ivs_sb: Sandbox, tmp_path: Path
     assert cli(ivs_sb, "plan", section, inside=False).returncode == 4
     applied = cli(ivs_sb, "apply", section, inside=False)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "restart libvirtd.service so that it loads the new hook" in applied.stdout
+    assert "restart libvirtd.service so that it loads the new hook" in " ".join(
+        applied.stdout.split())
     chained = hooks / "qemu.hostsetup-chained"
     assert chained.read_text() == third_party and chained.stat().st_mode & 0o777 == 0o750
     assert b"hostsetup-ivshmem-hook" in (hooks / "qemu").read_bytes()

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 
+from backends.adapters.ovsdb import OvsdbBackend
+from backends.bundle import RealBackends
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import Mirror, MirrorEdit
-from backends.ovsdb import OvsdbBackend
 from sandbox import host, manage
 from sandbox.core import Sandbox, SandboxError, kill_group
 from steps.base import Context, StepFailed
 from steps.ovs_mirror import MANAGED, OvsMirrorStep
 from wizard.answers import write
-from wizard.backends import RealBackends
 
 _TAGS = itertools.count()
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -142,15 +142,15 @@ def test_flow_revalidation_or_a_note_saying_how(ovs_clean: Sandbox, tmp_path: Pa
         ovs_clean, tmp_path / "b.yaml", [{**SPAN, "snaplen": 200}],
         vswitchd_ctl=str(tmp_path / "none.ctl")))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "Note: ovs-vswitchd control socket" in res.stdout
-    assert "ovs-appctl revalidator/purge" in res.stdout
+    assert "Note: ovs-vswitchd control socket" in " ".join(res.stdout.split())
+    assert "ovs-appctl revalidator/purge" in " ".join(res.stdout.split())
     # The default for a unix: db is the local daemon, found by its pidfile as
     # ovs-appctl finds it: in OVS_RUNDIR, here an empty directory.
     res = hostsetup("apply", "--answers", answers_file(
         ovs_clean, tmp_path / "c.yaml", [{**SPAN, "snaplen": 300}], vswitchd_ctl=None),
         env={"OVS_RUNDIR": str(tmp_path)})
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"cannot read pidfile \"{tmp_path}/ovs-vswitchd.pid\"" in res.stdout
+    assert f"cannot read pidfile \"{tmp_path}/ovs-vswitchd.pid\"" in " ".join(res.stdout.split())
 
 
 def test_update_in_place_keeps_the_row(ovs_clean: Sandbox, tmp_path: Path) -> None:
@@ -457,7 +457,7 @@ def test_vswitchd_down_reports_what_is_committed(ovs_fresh: Sandbox, tmp_path: P
     res = hostsetup("apply", "--answers", path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "ovs-vswitchd has not applied it" in res.stderr
-    assert "remains changed: create mirror br0/span-vm1" in res.stdout
+    assert "remains changed: create mirror br0/span-vm1" in " ".join(res.stdout.split())
     assert mirror_names(ovs_fresh) == {"span-vm1"}
 
 
@@ -563,3 +563,38 @@ def test_ssl_remote(tmp_path: Path) -> None:
         assert f"OVSDB unreachable at ssl:127.0.0.1:{port}" in res.stderr
     finally:
         sb.stop()
+
+
+def test_ovsdb_lost_between_check_and_apply_is_exit_5(tmp_path: Path) -> None:
+    """ovsdb-server dies after the check: the services step before it is applied and
+    reported, ovs_mirror is 'unreachable' naming the address, the run exits 5."""
+    from wizard import answers as answers_mod
+    from wizard.runner import Run, apply_all, check, phase1_exit
+
+    backends = RealBackends()
+    with running_host(tmp_path / "host") as sb:
+        try:
+            db = sb.env["HOSTSETUP_OVSDB"]
+            path = answers_file(sb, tmp_path / "a.yaml", [SPAN])
+            data = {**answers_mod.read_yaml(Path(path))}
+            data["services"] = {"bus": sb.env["HOSTSETUP_DBUS_ADDRESS"],
+                                "require": ["libvirtd.service"], "start": True}
+            write(tmp_path / "b.yaml", {"version": 1, "services": data["services"],
+                                        "ovs_mirror": dict(data["ovs_mirror"])})
+            answers = answers_mod.load(tmp_path / "b.yaml")
+            ctx = Context(backends=backends)
+            run = Run("apply")
+            prepared = check(answers, ctx, run)
+            assert phase1_exit(run) is None
+            assert [(s.name, s.status) for s in run.steps] == [("services", "pending"),
+                                                               ("ovs_mirror", "pending")]
+            systemctl(sb, "stop", "ovsdb-server.service")
+            code = apply_all(prepared, ctx, lambda _i, _s: None)
+        finally:
+            backends.close()
+    services, mirror = run.as_dict()["steps"]
+    assert code == 5
+    assert services["status"] == "applied" and services["changes"]
+    assert mirror["status"] == "unreachable", mirror
+    assert any(f"OVSDB unreachable at {db}" in e for e in mirror["errors"]), mirror
+    assert "applied before it: services (1 change(s))" in mirror["notes"]

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 from tmux import Terminal
 
 from sandbox.core import Sandbox, alive

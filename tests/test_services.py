@@ -6,28 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import add_unit, hostsetup, systemd_call
+from helpers import add_unit, hostsetup, systemd_call, unit_prop, unit_state
 
 from sandbox import host
 from sandbox.core import Sandbox
-
-
-def unit_prop(sb: Sandbox, unit: str, prop: str) -> str:
-    """A unit's property read with busctl, independently of our backend.
-
-    ``LoadUnit`` first: real systemd has no object for a unit nothing references.
-    """
-    path = systemd_call(sb, "LoadUnit", "s", unit).split()[1].strip('"')
-    out = subprocess.run(
-        ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
-         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", prop],
-        capture_output=True, text=True, check=True).stdout
-    return out.split()[1].strip('"')
-
-
-def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState, read with busctl."""
-    return unit_prop(sb, unit, "ActiveState")
 
 
 def test_plan_apply_plan(dbus_host: Sandbox, tmp_path: Path) -> None:
@@ -114,9 +96,9 @@ def test_bus_unreachable_exits_5_naming_address(tmp_path: Path) -> None:
 
 
 def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
+    from backends.bundle import RealBackends
     from steps.base import Context
     from steps.services import ServicesStep
-    from wizard.backends import RealBackends
 
     backends = RealBackends()
     try:
@@ -138,19 +120,24 @@ def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> 
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     add_unit(dbus_host, "slow.service", "[Service]\nType=oneshot\nExecStart=/bin/sleep 20\n")
     answers = tmp_path / "a.yaml"
     answers.write_text(
         f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
         "  require: [slow.service, libvirtd.service]\n")
-    report = tmp_path / "r.json"
+    report, log = tmp_path / "r.json", tmp_path / "run.log"
     proc = subprocess.Popen([sys.executable, "-m", "wizard", "apply", "--answers",
-                             str(answers), "--report", str(report)],
+                             str(answers), "--report", str(report), "--log", str(log)],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2)  # the first start job takes 20 s
+    # Interrupt once the services step is applying (its first start job takes 20 s).
+    deadline = time.monotonic() + 30
+    while "services: applying" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and proc.poll() is None, "apply never started"
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, out + err

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_services import unit_state
-from tmux import Terminal
+from helpers import ROOT, hostsetup, unit_state
+from tmux import Terminal, apply_and_finish
 
 from sandbox import manage
 from sandbox.core import Sandbox
@@ -47,15 +46,6 @@ def set_timeout(t: Terminal, text: str) -> None:
     t.type(text)
 
 
-def apply_and_finish(t: Terminal) -> int:
-    """From the questions of the last step: Next, Apply on the review, OK on the summary."""
-    t.send("F12")
-    t.wait_for("Review")
-    t.send("Enter")
-    t.wait_for("Summary")
-    t.send("Enter")
-    return t.exit_code()
-
 
 def restored(t: Terminal) -> bool:
     """newt switches the terminal to raw mode; after exit it must be cooked again."""
@@ -71,11 +61,17 @@ def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Pa
     review = term.wait_for("Review")
     assert "start unit libvirtd.service" in review
     assert unit_state(dbus_host, "libvirtd.service") == "inactive"  # nothing before Apply
-    term.send("Enter")  # Apply has the focus
+    term.send("Tab", "Enter")  # Apply
+    term.wait_for("Apply? ")
+    term.send("Left", "Enter")  # Yes
     summary = term.wait_for("Report:")
     assert "services: changed" in summary
     assert "Log:" in summary and "wizard.log" in summary
     assert "report.j" in summary
+    term.resize(70, 20)  # the summary redraws after a resize, too
+    term.wait_for("terminal too small: need 80x24")
+    term.resize(80, 24)
+    term.wait_for("services: changed")
     term.send("Enter")
     assert term.exit_code() == 0
     assert unit_state(dbus_host, "libvirtd.service") == "active"
@@ -84,12 +80,26 @@ def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Pa
     assert restored(term)
 
 
+@pytest.mark.parametrize("key", ["C-c", "Escape", "Enter"])
+def test_exit_code_is_the_runs_whatever_closes_the_summary(term: Terminal, key: str) -> None:
+    to_questions(term)
+    term.send("F12")
+    term.wait_for("Review")
+    term.send("Tab", "Enter")
+    term.wait_for("Apply? ")
+    term.send("Left", "Enter")
+    term.wait_for("services: changed")
+    term.send(key)
+    assert term.exit_code() == 0
+    assert restored(term)
+
+
 def test_back_from_review_keeps_answers(term: Terminal) -> None:
     to_questions(term)
     set_timeout(term, "45")
     term.send("F12")
     term.wait_for("Review")
-    term.send("Tab", "Enter")  # Back
+    term.send("Tab", "Tab", "Enter")  # Back
     screen = term.wait_for("Start timeout (s)")
     assert "45____" in screen
     term.send("Tab", "Tab", "Tab", "Tab", "Enter")  # Back again: the connection window
@@ -102,10 +112,10 @@ def test_bad_value_is_refused_with_reason(term: Terminal) -> None:
     set_timeout(term, "abc")
     term.send("F12")
     screen = term.wait_for("Not accepted")
-    assert "services.timeout: Input should be a valid number" in screen
+    assert "Start timeout (s): Input should be a valid number" in screen
     term.send("Enter")
-    screen = term.wait_for("Start timeout (s)")  # the same window, value kept
-    assert "abc___" in screen
+    screen = term.wait_for("abc___")  # the same window, value kept
+    assert "Not accepted" not in screen
     set_timeout(term, "0")
     term.send("F12")
     assert "greater than 0" in term.wait_for("Not accepted")
@@ -114,8 +124,9 @@ def test_bad_value_is_refused_with_reason(term: Terminal) -> None:
 def test_f1_help(term: Terminal) -> None:
     to_questions(term)
     term.send("F1")
-    screen = term.wait_for("Reads systemd and NetworkManager over D-Bus")
-    assert "Start timeout (s): Seconds to wait" in screen  # each question's help too
+    term.wait_for("Reads systemd and NetworkManager over D-Bus")
+    term.send("NPage")  # each question's help too, further down: PgDn scrolls
+    term.wait_for("Start timeout (s): Seconds to wait")
     term.send("Enter")
     term.wait_for("Start timeout (s)")
 
@@ -130,6 +141,22 @@ def test_cancel_and_ctrl_c_restore_terminal(term: Terminal, dbus_host: Sandbox, 
     assert term.exit_code() == 130
     assert restored(term)
     assert "Host services" not in term.screen()  # the windows are gone
+    assert unit_state(dbus_host, "libvirtd.service") == "inactive"
+
+
+def test_cancel_asks_once_something_was_typed(term: Terminal, dbus_host: Sandbox) -> None:
+    to_questions(term)
+    set_timeout(term, "45")
+    term.send("Tab", "Tab", "Tab", "Enter")  # Cancel
+    term.wait_for("Leave hostsetup?")
+    term.send("Enter")  # Stay has the focus
+    screen = term.wait_gone("Leave hostsetup?")
+    assert "45____" in screen  # nothing lost
+    term.send("C-c")
+    term.wait_for("Leave hostsetup?")
+    term.send("Left", "Enter")  # Leave
+    assert term.exit_code() == 130
+    assert restored(term)
     assert unit_state(dbus_host, "libvirtd.service") == "inactive"
 
 
@@ -166,7 +193,7 @@ def test_answered_sections_are_not_asked(dbus_host: Sandbox, tmp_path: Path) -> 
         t.send("F12")
         screen = t.wait_for("start unit libvirtd.service")
         assert "Review" in screen and "Start timeout" not in screen
-        t.send("Tab", "Tab", "Enter")  # Cancel
+        t.send("Tab", "Tab", "Tab", "Enter")  # Cancel: nothing was entered, no question
         assert t.exit_code() == 130
     finally:
         t.close()
@@ -190,3 +217,32 @@ def test_unusable_answers_file_is_explained_and_terminal_restored(
         assert restored(t)
     finally:
         t.close()
+
+
+def test_internal_error_keeps_the_answers_and_names_the_log(dbus_host: Sandbox,
+                                                           tmp_path: Path) -> None:
+    """A bug (simulated: the review's text raises) ends with exit 1, the traceback in
+    the log, and the answers typed so far saved on request (0600, --record's file)."""
+    answers, saved = tmp_path / "answers.yaml", tmp_path / "saved.yaml"
+    answers.write_text((dbus_host.dir / "answers.yaml").read_text().replace(
+        "version: 1", "version: 1\ninteractive: [services]"))
+    bug = ("import sys, wizard.tui.flow as f; f.review_lines = lambda run: 1 / 0; "
+           "from wizard.cli import main; sys.exit(main(sys.argv[1:]))")
+    t = Terminal(f"{ROOT}/.venv/bin/python -c '{bug}' --answers {answers} "
+                 f"--log {tmp_path}/w.log --record {saved}", cwd=tmp_path)
+    try:
+        to_questions(t)
+        set_timeout(t, "43")
+        t.send("F12")
+        screen = t.wait_for("Internal error")
+        assert "The traceback is in" in screen and "w.log" in screen
+        assert "Save the answers" in screen
+        t.send("Left", "Enter")  # Save (Don't save has the focus)
+        assert t.exit_code() == 1
+        assert restored(t)
+        assert "ZeroDivisionError" in t.screen()
+    finally:
+        t.close()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert "timeout: 43" in saved.read_text() or "timeout: '43'" in saved.read_text()
+    assert "Traceback" in (tmp_path / "w.log").read_text()

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, hostsetup
-from test_tui import apply_and_finish
-from tmux import Terminal
+from helpers import ROOT, hostsetup
+from tmux import Terminal, apply_and_finish
 
 from sandbox import vcsim
 from sandbox.core import Sandbox
@@ -35,14 +34,18 @@ def test_typed_password_is_recorded_as_reference(vsphere_host: Sandbox, tmp_path
     t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} --record {rec} "
                  f"--log {tmp_path}/w.log --report {tmp_path}/r.json", cwd=tmp_path)
     try:
+        screen = t.wait_for("Answers file: problems")  # with the field's label and line
+        assert "vSphere networking: Password (line 2): required answer missing" in screen
+        t.send("Enter")
         t.wait_for("[*] vSphere networking")
         t.send("F12")
         t.wait_for("Password")
-        t.send("Tab", "Tab", "Tab")  # server, port, user -> password
-        t.type(password)
+        t.type(password)  # the window opens at the field the answers file lacks
         screen = t.screen()
         assert password not in screen  # typed as stars
         t.send("F12")
+        t.wait_for("held as env:HOSTSETUP_SECRET_PASSWORD")  # said on screen, once
+        t.send("Enter")
         t.wait_for("vSwitches")
         assert apply_and_finish(t) == 0
     finally:

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from pydantic import ValidationError
 
+from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
-from backends.interfaces.vsphere import Inventory, VSphereConn
+from backends.interfaces.vsphere import Inventory, VSphereConn, vsphere_api
 from sandbox import vcsim
 from sandbox.core import Sandbox
 from sandbox.manage import write_yaml
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
-from wizard.backends import RealBackends
+from wizard.plantext import run_lines
+from wizard.runner import Run, StepResult
 
 STEP = VSphereNetworkStep()
 Start = Callable[..., vcsim.Vcsim]
@@ -51,7 +53,7 @@ def read_back(section: dict[str, Any]) -> Inventory:
     """The inventory through a fresh session (logged out afterwards)."""
     backends = RealBackends()
     try:
-        return backends.vsphere(connection(section)).inventory()
+        return vsphere_api(backends, connection(section)).inventory()
     finally:
         backends.close()
 
@@ -62,11 +64,12 @@ def run(section: dict[str, Any], apply: bool = True) -> list[Change]:
     backends = RealBackends()
     ctx = Context(backends=backends)
     try:
-        ctx.facts[STEP.name] = STEP.discover(section, ctx)
+        ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)
         assert STEP.validate(answers, ctx.facts[STEP.name]) == []
         changes = STEP.plan(answers, ctx)
         if apply and changes:
             STEP.apply(answers, changes, ctx)
+            ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)  # the runner refreshes it
             assert STEP.verify(answers, ctx) == []
         return changes
     finally:
@@ -99,11 +102,12 @@ def test_esx_plan_apply_replan(vs_start: Start) -> None:
     host = sim.hosts[0]
     plan = {(c.action, c.target): c for c in run(section, apply=False)}
     assert plan[("create", f"{host}: vSwitch vSwitch1")].after == {
-        "num_ports": 128, "mtu": 9000, "nics": ["vmnic1"]}
+        "ports": 128, "mtu": 9000, "uplinks": ["vmnic1"]}
     assert plan[("create", f"{host}: port group Monitoring")].after["vlan"] == 4095
     assert ("create", f"{host}: port group EastWest-20") in plan
     move = plan[("update", f"VM {sim.vms[0]}: Network adapter 1")]
-    assert (move.before, move.after) == ("VM Network", "Monitoring")
+    assert (move.before, move.after) == ({"port_group": "VM Network"},
+                                         {"port_group": "Monitoring"})
     assert len(plan) == 4
     # plan changed nothing
     assert read_back(section).host(host).vswitch("vSwitch1") is None  # type: ignore[union-attr]
@@ -155,8 +159,8 @@ def test_updates_apply_in_place(vs_start: Start) -> None:
     assert {c.action for c in plan} == {"update"}, plan
     assert len(plan) == 6  # vSwitch1, EastWest-20 and Monitoring on two hosts
     ew = next(c for c in plan if c.target.endswith("port group EastWest-20"))
-    assert (ew.before, ew.after) == ({"vlan": 20, "allow_promiscuous": False},
-                                     {"vlan": 30, "allow_promiscuous": True})
+    assert (ew.before, ew.after) == ({"vlan": 20, "promiscuous": False},
+                                     {"vlan": 30, "promiscuous": True})
     inv = read_back(section)
     for h in inv.hosts:
         vs = h.vswitch("vSwitch1")
@@ -273,8 +277,66 @@ def test_injected_failure_is_compensated(vs_start: Start) -> None:
         run(section)
     assert [(c.action, c.target) for c in err.value.done] == [
         ("create", f"{sim.hosts[0]}: vSwitch vSwitch1")]
+    assert len(err.value.errors) == 1
+    assert err.value.errors[0].startswith(
+        f"undo of 'create {sim.hosts[0]}: vSwitch vSwitch1' failed (remove_vswitch)")
+    assert "(remove_vswitch)" in err.value.errors[0] and "fault injected" in err.value.errors[0]
     h = read_back(section).host(sim.hosts[0])
     assert h is not None and h.vswitch("vSwitch1") and h.portgroup("Monitoring") is None
+
+
+def in_effect(inv: Inventory, changes: list[Change]) -> list[tuple[str, str]]:
+    """Which of the run's creations exist in ``inv`` (by action and target)."""
+    found = []
+    for change in changes:
+        host, _, what = change.target.partition(": ")
+        kind, _, name = what.rpartition(" ")
+        h = inv.host(host)
+        obj = None if h is None else h.vswitch(name) if kind == "vSwitch" else h.portgroup(name)
+        if (obj is not None) == (change.action == "create"):
+            found.append((change.action, change.target))
+    return found
+
+
+def test_two_faults_remains_come_from_a_re_read(vs_start: Start, tmp_path: Path) -> None:
+    """An add fails, then the undo (a remove) of an earlier add fails: removing the
+    vSwitch takes that port group with it, so nothing remains, and the report says so."""
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    host = sim.hosts[0]
+    sim.faults.write_text("AddPortGroup:EastWest-20\nRemovePortGroup:Monitoring\n")
+    with pytest.raises(StepFailed) as err:
+        run(section)
+    inv = read_back(section)
+    created = [Change(f"{host}: vSwitch vSwitch1", "create"),
+               Change(f"{host}: port group Monitoring", "create")]
+    assert in_effect(inv, created) == [] and err.value.done == []
+    assert "undid 2 change(s)" in str(err.value)
+    [undo] = err.value.errors
+    assert f"undo of 'create {host}: port group Monitoring" in undo and "fault injected" in undo
+
+    # The same through the CLI: the report's errors and notes.
+    rc, out, report = cli(tmp_path, section, "apply")
+    assert rc == 1, out
+    [step] = report["steps"]
+    assert step["status"] == "failed"
+    assert "remains changed: nothing" in step["notes"]
+    assert any("add EastWest-20" in e or "port group EastWest-20 failed" in e
+               for e in step["errors"]), step["errors"]
+    assert any(e.startswith(f"undo of 'create {host}: port group Monitoring")
+               for e in step["errors"]), step["errors"]
+    assert in_effect(read_back(section), created) == []
+
+    # Only the removal of the port group fails, and the vSwitch's too: both remain,
+    # as the re-read shows, and both failed undo calls are errors.
+    sim.faults.write_text("AddPortGroup:EastWest-20\nRemovePortGroup:Monitoring\n"
+                          "RemoveVirtualSwitch:vSwitch1\n")
+    with pytest.raises(StepFailed) as err:
+        run(section)
+    remains = [(c.action, c.target) for c in err.value.done]
+    assert remains == in_effect(read_back(section), created) == [
+        (c.action, c.target) for c in created]
+    assert len(err.value.errors) == 2
 
 
 def test_failure_after_adapter_move_moves_it_back(vs_start: Start) -> None:
@@ -320,7 +382,7 @@ def test_round_trips_do_not_grow_with_inventory(vs_start: Start) -> None:
         sim = vs_start(model="vcenter", hosts=3, vms=vms)
         backends = RealBackends()
         try:
-            api = backends.vsphere(connection(vcsim.answers(sim)))
+            api = vsphere_api(backends, connection(vcsim.answers(sim)))
             before = api.round_trips
             assert len(api.inventory().vms) == vms
             counts.append(api.round_trips - before)
@@ -346,7 +408,7 @@ def test_sessions_are_logged_out(vs_start: Start) -> None:
     # a fresh session sees only itself: every earlier one logged out
     backends = RealBackends()
     try:
-        api = backends.vsphere(connection(section))
+        api = vsphere_api(backends, connection(section))
         sessions = api._content.sessionManager.sessionList  # type: ignore[attr-defined]
         assert len(sessions) == 1
     finally:
@@ -413,3 +475,49 @@ def test_cli_wrong_password_never_shown(vs_start: Start, tmp_path: Path) -> None
     for path in tmp_path.rglob("*"):
         if path.is_file() and path != sim.password_file:
             assert wrong.encode() not in path.read_bytes(), path
+
+
+def test_plan_prints_the_review_text(vs_start: Start, tmp_path: Path) -> None:
+    """`hostsetup plan` prints exactly plantext.run_lines of its run (the Review's text)."""
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    run({**section, "vm_adapters": []})
+    section["portgroups"][1]["allow_promiscuous"] = True
+    answers, report = tmp_path / "answers.yaml", tmp_path / "report.json"
+    write_yaml(answers, {"version": 1, "vsphere_network": section})
+    res = hostsetup("plan", "--answers", str(answers), "--report", str(report))
+    assert res.returncode == 4, res.stdout + res.stderr
+    steps = [StepResult(s["name"], s["status"], [Change(**c) for c in s["changes"]],
+                        s["errors"], s["notes"]) for s in json.loads(report.read_text())["steps"]]
+    assert res.stdout.splitlines() == run_lines(Run("plan", steps=steps), width=1 << 20)
+    host = sim.hosts[0]
+    assert res.stdout.splitlines() == [
+        "vsphere_network: 2 changes",
+        f"  + update {host}: port group EastWest-20",
+        "      promiscuous: no -> yes",
+        f"  + update VM {sim.vms[0]}: Network adapter 1",
+        "      port group: VM Network -> Monitoring",
+    ]
+
+
+def test_simulator_lost_mid_apply_is_unreachable_with_what_was_applied(
+        vs_start: Start, tmp_path: Path) -> None:
+    sim = vs_start(model="esx", vms=2)
+    section = vcsim.answers(sim)
+    answers = VSphereNetworkAnswers.model_validate(section)
+    backends = RealBackends()
+
+    def progress(_frac: float, text: str) -> None:
+        if text.startswith("create") and "EastWest-20" in text:
+            Sandbox.load(tmp_path / "vs").stop()  # the server goes away mid-apply
+
+    ctx = Context(backends=backends, progress=progress)
+    try:
+        changes = STEP.plan(answers, ctx)
+        with pytest.raises(BackendUnreachable, match="vSphere unreachable at 127.0.0.1"):
+            STEP.apply(answers, changes, ctx)
+    finally:
+        backends.close()
+    host = sim.hosts[0]
+    assert ctx.notes == [f"applied before vSphere was lost, not undone: create {host}: "
+                         f"vSwitch vSwitch1, create {host}: port group Monitoring"]

@@ -18,10 +18,49 @@ from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
 from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
+from wizard.session import check_outputs, reported
 
 if TYPE_CHECKING:
     from wizard.runner import Run
 
+
+
+ANSWERS_CA_HELP = "CA certificate(s) to verify an https:// --answers server with"
+
+
+def answers_arg(text: str) -> Path | str:
+    """argparse type of ``--answers``: a URL stays text (a Path would fold its ``//``)."""
+    return text if "://" in text else Path(text)
+
+
+def fetch_answers(args: argparse.Namespace) -> int | None:
+    """``--answers https://...`` (or, for the wizard without ``--answers``,
+    ``hostsetup.answers=`` on the kernel command line): fetch the answers into a
+    private file and point ``args.answers`` at it (``args.answers_source`` keeps
+    the URL for messages).  Returns the exit code if they cannot be had."""
+    if not hasattr(args, "answers") or getattr(args, "fleet_command", None) == "status":
+        return None
+    from wizard import fetch
+
+    if args.answers is None and args.command is None:
+        found, ca = fetch.cmdline_answers()
+        if found:
+            args.answers = answers_arg(found)
+            args.answers_ca = args.answers_ca or ca
+    if not isinstance(args.answers, str):
+        return None
+    args.answers_source = args.answers
+    try:
+        args.answers = fetch.private_copy(fetch.fetch(args.answers, args.answers_ca))
+    except fetch.FetchError as exc:
+        if exc.code == EXIT_INVALID:
+            return answers_invalid(args, [str(exc)], {"mode": args.command or "wizard",
+                                                      "steps": []})
+        print(f"hostsetup: {exc}", file=sys.stderr)
+        return reported(args.report, {"version": 1, "mode": args.command or "wizard",
+                                      "steps": [], "exit_code": exc.code,
+                                      "errors": [str(exc)]}, exc.code)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,18 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"hostsetup {__version__}")
-    p.add_argument("--answers", type=Path, metavar="FILE",
+    p.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
                    help="prefill the wizard; it asks only what is missing or listed "
-                   "under 'interactive:'")
+                   "under 'interactive:' (default: hostsetup.answers= on the kernel "
+                   "command line)")
+    p.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
     p.add_argument("--record", type=Path, metavar="FILE",
                    help="save the answers used (mode 0600, secrets as references)")
+    p.add_argument("--console", action="store_true",
+                   help="the wizard on a fresh host's console (hostsetup-console.service): "
+                   "exits at once if the host is configured; exit 0 marks it configured")
+    p.add_argument("--reset-console", action="store_true",
+                   help="start the console wizard again at the next boot (removes its marker)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     for name, text in (("plan", "check mode: print the changes, change nothing "
                                 "(exit 4 if changes are pending)"),
                        ("apply", "unattended: apply the answers; never prompts")):
         sp = sub.add_parser(name, help=text, description=text, parents=[common])
-        sp.add_argument("--answers", type=Path, metavar="FILE", required=True)
+        sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
+        sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
 
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
@@ -63,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "and DIR/fleet-answers.yaml")
     sb.add_argument("--host", metavar="NAME", help="shell: which host of a fleet (default hv1)")
     add_fleet_parsers(sub, common)
+    rp = sub.add_parser("report", help="read a JSON report")
+    rsub = rp.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    show = rsub.add_parser("show", help="print a report (plan or apply, one host or a fleet) "
+                           "as the same text as the command that wrote it")
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.add_argument("--host", metavar="NAME", help="fleet report: this host's own report")
     return p
 
 
@@ -85,7 +138,8 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in (("plan", "plan on every host (exit 4 if any has changes pending)"),
                        ("apply", "plan everywhere, then apply in batches: canary first")):
         sp = fsub.add_parser(name, help=text, description=text, parents=[common, broker])
-        sp.add_argument("--answers", type=Path, metavar="FILE", required=True)
+        sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
+        sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
         sp.add_argument("--canary", type=int, default=1, metavar="N",
                         help="hosts in the first batch (default 1)")
         sp.add_argument("--batch-size", type=int, default=0, metavar="N",
@@ -111,56 +165,39 @@ def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def setup_logging(path: Path | None) -> None:
-    """Log to ``path`` (INFO) if given; warnings always go to stderr."""
-    root = logging.getLogger("hostsetup")
-    root.setLevel(logging.INFO)
-    if path is not None:
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-
-
-def write_report(path: Path | None, report: dict[str, Any]) -> None:
-    """Write the JSON report atomically."""
-    if path is None:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def print_run(run: Run) -> None:
-    """The plan/apply result for a terminal or a log: one block per step."""
-    from wizard.runner import STATUS_TEXT
+    """The plan/apply result for a terminal or a log: one block per step, the same
+    text as the wizard's Review (:mod:`wizard.plantext`); errors go to stderr, one
+    line each (for logs and grep).  Wrapped to a terminal's width; not wrapped when
+    the output goes to a pipe or a file, so that each change stays one greppable line."""
+    import shutil
 
+    from wizard.plantext import step_lines
+
+    width = shutil.get_terminal_size().columns - 2 if sys.stdout.isatty() else 1 << 20
     for result in run.steps:
-        verb = STATUS_TEXT.get(result.status, result.status)
-        print(f"{result.name}: {verb}" + (f" ({len(result.changes)})" if result.changes else ""))
-        for change in result.changes:
-            before = "" if change.before is None else f"  [{change.before} -> {change.after}]"
-            print(f"  {'+' if result.status != 'unchanged' else ' '} {change.describe()}{before}")
-        for note in result.notes:
-            print(f"  . {note}")
+        print("\n".join(step_lines(result, width=width, errors=False)))
         for err in result.errors:
             print(f"  ! {err}", file=sys.stderr)
 
 
 def answers_invalid(args: argparse.Namespace, problems: list[str], report: dict[str, Any]) -> int:
     """Every problem of the answers file on stderr (and in the report): exit 3."""
-    print(f"hostsetup: {args.answers}: answers invalid ({len(problems)} problem(s)):",
+    source = getattr(args, "answers_source", None)
+    if source:  # fetched: name the URL, not the private copy
+        problems = [p.replace(str(args.answers), source) for p in problems]
+    print(f"hostsetup: {source or args.answers}: answers invalid ({len(problems)} problem(s)):",
           file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
-    write_report(args.report, {"version": 1, **report, "exit_code": EXIT_INVALID,
-                               "errors": problems})
-    return EXIT_INVALID
+    return reported(args.report, {"version": 1, **report, "exit_code": EXIT_INVALID,
+                                  "errors": problems}, EXIT_INVALID)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``plan`` / ``apply``."""
+    from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.backends import RealBackends
     from wizard.runner import execute
 
     try:
@@ -177,8 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         backends.close()
     print_run(run)
-    write_report(args.report, run.as_dict())
-    return run.exit_code
+    return reported(args.report, run.as_dict(), run.exit_code)
 
 
 SANDBOX_MISSING = (
@@ -287,7 +323,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                          args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
                                                                          flush=True))
     if args.detach:
-        run.runner_pid = fleet_detach(args, run.run_id)
+        from backends.interfaces import BackendError
+
+        try:
+            run.runner_pid = fleet_detach(args, run.run_id)
+        except BackendError as exc:  # its log refused: nothing was started
+            print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         run.save(initial=True)  # so that 'fleet status' knows the run at once
         return 0
     print(f"fleet {args.fleet_command}: run {run.run_id}, {len(run.hosts)} host(s)", flush=True)
@@ -304,8 +346,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         code = run.run()
     report = run.report()
     print_fleet(report)
-    write_report(args.report, report)
-    return code
+    return reported(args.report, report, code)
 
 
 def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
@@ -313,17 +354,23 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
     import subprocess
     import tempfile
 
+    # Fetched answers: the background run fetches them again (the private copy
+    # goes away with this process).
+    source = getattr(args, "answers_source", None) or str(args.answers.resolve())
     argv = [sys.executable, "-m", "wizard", "fleet", args.fleet_command,
-            "--answers", str(args.answers.resolve()), "--run-id", run_id,
+            "--answers", source, "--run-id", run_id,
             "--canary", str(args.canary), "--batch-size", str(args.batch_size),
             "--max-fail", args.max_fail, "--timeout", str(args.timeout),
             "--agent-wait", str(args.agent_wait), "--config", str(args.config)]
     for flag, value in (("--broker", args.broker), ("--password", args.password),
+                        ("--answers-ca", args.answers_ca and args.answers_ca.resolve()),
                         ("--report", args.report and args.report.resolve())):
         if value:
             argv += [flag, str(value)]
     log_path = args.log or Path(tempfile.gettempdir()) / f"hostsetup-fleet-{run_id}.log"
-    with open(log_path, "ab") as out:
+    from backends.hostfiles import open_log
+
+    with open_log(log_path) as out:  # a predictable name in /tmp: never through a link
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=Path(__file__).resolve().parent.parent)
@@ -334,17 +381,26 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
 
 
 def print_fleet(report: dict[str, Any]) -> None:
-    """Per host: status and per-step results; then the totals."""
-    print(f"run {report['run_id']} ({report['mode']}): {report['state']}"
-          + (f", exit {report['exit_code']}" if report["exit_code"] is not None else ""))
-    for host in report["hosts"]:
-        steps = " ".join(f"{k}={v}" for k, v in host["steps"].items())
-        print(f"  {host['name']:20} {host['status']:12} {steps}")
-        for err in host["errors"]:
-            print(f"    ! {err}")
-    if report["stopped"]:
-        print(f"  stopped: {report['stopped']}")
-    print("  " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
+    """Per host: status and per-step results; then the totals (as `report show`)."""
+    from wizard.reportshow import fleet_lines
+
+    print("\n".join(fleet_lines(report)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report show FILE [--host NAME]``: exit 0, or 2 if FILE is not a report."""
+    import shutil
+
+    from wizard.reportshow import ReportError, read_report, report_lines
+
+    width = shutil.get_terminal_size().columns - 2 if sys.stdout.isatty() else 1 << 20
+    try:
+        lines = report_lines(read_report(args.file), args.host, width)
+    except ReportError as exc:
+        print(f"hostsetup: report show: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    return 0
 
 
 def fleet_status(app: Any, args: argparse.Namespace) -> int:
@@ -357,8 +413,8 @@ def fleet_status(app: Any, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     print_fleet(report)
-    write_report(args.report, report)
-    return 0 if report["state"] == "running" else int(report["exit_code"])
+    return reported(args.report, report,
+                    0 if report["state"] == "running" else int(report["exit_code"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,8 +426,21 @@ def main(argv: list[str] | None = None) -> int:
         argv, inside = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
     args.inside = inside
-    setup_logging(args.log)
+    if args.reset_console or args.console:
+        from wizard import console
+
+        if args.reset_console:
+            return console.reset()
+        if console.configured():  # at every boot: nothing to do, at once
+            return 0
+    problem = check_outputs(args)
+    if problem:
+        print(f"hostsetup: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        code = fetch_answers(args)
+        if code is not None:
+            return code
         if args.command in ("plan", "apply"):
             return cmd_run(args)
         if args.command == "schema":
@@ -390,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_agent(args)
         if args.command == "fleet":
             return cmd_fleet(args)
+        if args.command == "report":
+            return cmd_report(args)
         if not on_terminal():
             # Never wait for a person who is not there: scripts use plan/apply.
             print("hostsetup: the wizard needs a terminal; without one use "
@@ -397,7 +468,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         from wizard.tui import run_wizard
 
-        return run_wizard(args)
+        code = run_wizard(args)
+        if args.console:
+            from wizard.console import mark
+
+            mark(code)
+        return code
     except KeyboardInterrupt:
         print("hostsetup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

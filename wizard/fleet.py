@@ -48,6 +48,7 @@ from wizard.exits import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
+from wizard.procs import alive
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -68,7 +69,6 @@ TASK_TIME_LIMIT = 3600
 VISIBILITY_TIMEOUT = 4200
 RESULT_EXPIRES = 7 * 24 * 3600
 RUN_KEY = "hostsetup:fleet:run:"
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # Per-host outcome -> its weight for the fleet's exit code (highest wins).
 STATUS_EXIT = {"unchanged": EXIT_OK, "applied": EXIT_OK, "pending": EXIT_PENDING,
@@ -207,6 +207,8 @@ def make_app(cfg: BrokerConfig) -> Celery:
         result_expires=RESULT_EXPIRES, broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE_PREFIX + "unrouted", worker_hijack_root_logger=False,
         broker_use_ssl=cfg.ssl_options(), redis_backend_use_ssl=cfg.ssl_options(),
+        # kombu's Redis transport, but one undecodable queue entry is dropped, not fatal.
+        broker_transport="wizard.fleet_transport:Transport",
     )
     app.task(name=TASK_RUN, bind=True)(run_task)
     # Only our task is accepted: drop Celery's built-in ones (celery.chord,
@@ -226,8 +228,8 @@ AGENT: dict[str, list[str]] = {"names": []}  # the host(s) this agent serves (ru
 
 def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """The task: validate this host's answers and run them with the local runner."""
+    from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.backends import RealBackends
     from wizard.runner import execute
 
     host, mode = payload.get("host"), payload.get("mode")
@@ -258,6 +260,40 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {**run.as_dict(), **{k: base[k] for k in ("host", "agent", "machine", "redelivered")}}
 
 
+LOG_LINE_LIMIT = 2000  # characters of one log record's message (and of its traceback)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= LOG_LINE_LIMIT:
+        return text
+    return f"{text[:LOG_LINE_LIMIT]}... [{len(text)} characters, truncated]"
+
+
+class BoundedRecords(logging.Filter):
+    """Cut each record's message and traceback to :data:`LOG_LINE_LIMIT` characters.
+
+    Celery logs a refused message (unregistered task name, pickle, malformed)
+    with its headers and the exception naming it: a 20 MB header must not
+    become a 20 MB log line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _cut(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _cut(record.exc_text)
+        return True
+
+
+def _bound_handlers(logger: logging.Logger | None = None, **_kw: Any) -> None:
+    """Add :class:`BoundedRecords` to every handler Celery set up (signal receiver)."""
+    for lg in {logging.getLogger(), logger or logging.getLogger()}:
+        for handler in lg.handlers:
+            if not any(isinstance(f, BoundedRecords) for f in handler.filters):
+                handler.addFilter(BoundedRecords())
+
+
 def run_agent(cfg: BrokerConfig, names: list[str], loglevel: str = "INFO",
               concurrency: int = 1) -> int:
     """Run the agent of host ``names[0]`` in the foreground until stopped.
@@ -265,10 +301,17 @@ def run_agent(cfg: BrokerConfig, names: list[str], loglevel: str = "INFO",
     One agent serves one host; several names (one worker consuming several
     host queues) are for benchmarks of the dispatch path.
     """
+    from wizard.answers import HOST_NAME
+
     for name in names:
-        if not HOST_NAME.match(name):
+        if not re.match(HOST_NAME, name):
             raise FleetError(f"agent name '{name}' is not a host name (letters, digits, '.-_')")
     AGENT["names"] = list(names)
+    from celery import signals
+
+    # In the worker and in each pool process, once Celery has set up logging.
+    signals.after_setup_logger.connect(_bound_handlers, weak=False)
+    signals.after_setup_task_logger.connect(_bound_handlers, weak=False)
     app = make_app(cfg)
     worker = app.Worker(
         hostname=f"hostsetup@{names[0]}" + (f"+{len(names) - 1}" if len(names) > 1 else ""),
@@ -606,20 +649,11 @@ def load_run(app: Celery, run_id: str) -> dict[str, Any] | None:
     report: dict[str, Any] = json.loads(data)
     runner = report.get("runner", {})
     if report["state"] == "running" and runner.get("machine") == socket.gethostname() \
-            and not _alive(int(runner.get("pid", 0))):
+            and not alive(int(runner.get("pid", 0))):
         report["state"], report["exit_code"] = "abandoned", EXIT_FAILED
         report["stopped"] = (f"the run's process (pid {runner.get('pid')}) is gone; "
                              "hosts not reported above are in an unknown state")
     return report
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return pid > 0 and f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def connect(cfg: BrokerConfig) -> Celery:

@@ -5,7 +5,9 @@ validate the answers against it, plan.  Any invalid answer stops the run
 before anything is changed (exit 3); an unreachable backend likewise (exit 5).
 Phase 2 (``apply`` only): each step applies its plan, then ``verify`` checks
 that planning again finds nothing left.  The first failing step stops the
-run; the steps after it are reported as not run.
+run; the steps after it are reported as not run.  A backend lost during
+phase 2 makes that step "unreachable" (exit 5, the message names the backend
+and its address); the steps applied before it keep their "applied" results.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from backends.interfaces import BackendError, Backends, BackendUnreachable
-from steps.base import Change, Context, SecretUnavailable, Step, StepFailed
+from steps.base import Change, Context, Problem, SecretUnavailable, Step, StepFailed
+from wizard import commands
 from wizard.answers import Answers, AnswersError, located
 from wizard.exits import (
     EXIT_FAILED,
@@ -121,7 +125,7 @@ def prepare(item: Prepared, ctx: Context) -> None:
     result.errors = []
     try:
         with Timer(result, "discover"):
-            facts = step.discover(section.model_dump(), ctx)
+            facts = step.facts_for(section, ctx)
             ctx.facts[step.name] = facts
         problems = step.validate(section, facts)
         if problems:
@@ -133,26 +137,35 @@ def prepare(item: Prepared, ctx: Context) -> None:
     except BackendUnreachable as exc:
         result.status, result.errors = "unreachable", [str(exc)]
     except SecretUnavailable as exc:
-        result.status, result.errors = "invalid", [f"{step.name}: {exc}"]
+        problem = Problem(exc.path, str(exc))
+        result.status, result.errors = "invalid", [str(located([problem], step.name, item.raw)[0])]
     except (BackendError, StepFailed, ValueError) as exc:
         result.status, result.errors = "failed", [str(exc)]
     else:
         result.status = "pending" if result.changes else "unchanged"
 
 
-def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
+def check(answers: Answers, ctx: Context, run: Run, concurrent: bool = True) -> list[Prepared]:
     """Phase 1 for every selected step: discover, validate, plan (read-only).
 
+    Steps are checked at the same time (``concurrent``), so the phase costs
+    about its slowest step; see :func:`prepare_concurrently` for who waits.
     A step whose system is unreachable but will be started by an earlier step
     (e.g. the services step starts Open vSwitch) is deferred: it is checked in
     phase 2, right after the steps before it are applied.
     """
+    items = [Prepared(step, answers.sections[step.name], StepResult(step.name), answers.raw)
+             for step in answers.selected()]
+    run.steps.extend(item.result for item in items)
+    if concurrent and len(items) > 1:
+        prepare_concurrently(items, ctx)
+    else:
+        for item in items:
+            prepare(item, ctx)
     prepared = []
     coming: set[str] = set()  # facts the plans so far will make true
-    for step in answers.selected():
-        item = Prepared(step, answers.sections[step.name], StepResult(step.name), answers.raw)
-        run.steps.append(item.result)
-        prepare(item, ctx)
+    for item in items:
+        step = item.step
         if item.result.status == "unreachable" and step.requires in coming:
             item.deferred = True
             item.result.status = "deferred"
@@ -166,6 +179,29 @@ def check(answers: Answers, ctx: Context, run: Run) -> list[Prepared]:
     return prepared
 
 
+def prepare_concurrently(items: list[Prepared], ctx: Context) -> None:
+    """:func:`prepare` every item in a thread of its own (the work is waiting on
+    daemons).  A step whose ``requires`` an earlier step may provide (its
+    ``may_provide``) waits until that step is planned: it depends on it."""
+    pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="check")
+    try:
+        futures: list[Future[None]] = []
+        for i, item in enumerate(items):
+            needs = [futures[j] for j in range(i)
+                     if item.step.requires in items[j].step.may_provide]
+            futures.append(pool.submit(_prepare_after, needs, item, ctx))
+        for future in futures:
+            future.result()  # re-raises what a step raised, as the sequential loop would
+    finally:
+        # On Ctrl-C, do not wait for the threads: each read is bounded by its backend.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare_after(needs: list[Future[None]], item: Prepared, ctx: Context) -> None:
+    wait(needs)
+    prepare(item, ctx)
+
+
 def phase1_exit(run: Run) -> int | None:
     """The exit code if phase 1 found a reason to stop, else ``None``."""
     statuses = {s.status for s in run.steps}
@@ -177,20 +213,35 @@ def phase1_exit(run: Run) -> int | None:
 
 
 def apply_all(
-    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None]
+    prepared: list[Prepared], ctx: Context, on_step: Callable[[int, Step[Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Phase 2: apply each step's plan and verify it; stop at the first failure.
 
-    The steps after a failure are reported as "not run".
+    ``should_stop`` is asked between steps (the wizard's "stop after the running
+    step"): when true, the rest is not run and the run is interrupted (130).
+    The steps after a failure or a stop are reported as "not run".
     """
     for i, item in enumerate(prepared):
+        if should_stop():
+            log.warning("stopped by the operator before %s", item.step.name)
+            return not_run(prepared[i:], EXIT_INTERRUPTED)
         on_step(i, item.step)
         code = apply_one(item, ctx)
+        if code == EXIT_UNREACHABLE:
+            applied = [f"{p.result.name} ({len(p.result.changes)} change(s))"
+                       for p in prepared[:i] if p.result.status == "applied"]
+            item.result.notes.append("applied before it: " + (", ".join(applied) or "nothing"))
         if code is not None:
-            for later in prepared[i + 1:]:
-                later.result.status = "not run"
-            return code
+            return not_run(prepared[i + 1:], code)
     return EXIT_OK
+
+
+def not_run(rest: list[Prepared], code: int) -> int:
+    """Mark the steps ``rest`` "not run"; returns ``code``."""
+    for item in rest:
+        item.result.status = "not run"
+    return code
 
 
 def apply_one(item: Prepared, ctx: Context) -> int | None:
@@ -202,14 +253,22 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
             return code
     if not result.changes:
         return None
+    log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.changes, ctx)
         with Timer(result, "verify"):
+            # The facts cache is the runner's: re-read what the step changed, so that
+            # verify (and the steps after it) do not plan against the state before.
+            ctx.facts.pop(item.step.name, None)
+            ctx.facts[item.step.name] = item.step.facts_for(item.answers, ctx)
             left = item.step.verify(item.answers, ctx)
+    except BackendUnreachable as exc:
+        return unreachable(item, exc, ctx)
     except (StepFailed, BackendError, ValueError) as exc:
         result.status = "failed"
         result.errors.append(str(exc))
+        result.errors.extend(getattr(exc, "errors", []))
         done = getattr(exc, "done", None)
         if done is not None:
             result.notes.append(
@@ -226,6 +285,23 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
     result.status = "applied"
     log.info("%s applied %d change(s)", item.step.name, len(result.changes))
     return None
+
+
+def unreachable(item: Prepared, exc: BackendUnreachable, ctx: Context) -> int:
+    """A backend was lost while the step applied: exit 5, naming it and its address.
+
+    Whether the step's own change took effect is unknown (a transaction may
+    have been committed just before the connection broke): say how to find out.
+    """
+    result = item.result
+    result.status = "unreachable"
+    result.errors.append(f"{item.step.name}: {exc} (lost during apply)")
+    result.notes.extend(ctx.notes)
+    ctx.notes.clear()
+    result.notes.append("whether this step's changes took effect is unknown: run 'plan' "
+                        "once the backend is back")
+    log.error("%s: %s during apply", item.step.name, exc)
+    return EXIT_UNREACHABLE
 
 
 def prepare_deferred(item: Prepared, ctx: Context) -> int | None:
@@ -246,18 +322,25 @@ def execute(
     mode: Literal["plan", "apply"],
     backends: Backends,
     progress: Callable[[float, str], None] = lambda _f, _t: None,
+    concurrent: bool = True,
 ) -> Run:
-    """Run ``plan`` or ``apply`` for the answered steps; never prompts."""
+    """Run ``plan`` or ``apply`` for the answered steps; never prompts.
+
+    ``concurrent=False`` checks the steps one after the other (benchmarks)."""
     run = Run(mode)
     ctx = Context(backends=backends, progress=progress, log=log.info)
     try:
-        prepared = check(answers, ctx, run)
-        code = phase1_exit(run)
-        if code is None and mode == "plan":
-            code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
+        # Commands around the run (wizard/commands.py): early ones before the check
+        # phase, late or error ones after the steps; plan only lists them.
+        code = commands.before(answers, mode, run)
         if code is None:
-            code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
-        run.exit_code = code
+            prepared = check(answers, ctx, run, concurrent)
+            code = phase1_exit(run)
+            if code is None and mode == "plan":
+                code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
+            if code is None:
+                code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
+        run.exit_code = commands.after(answers, mode, run, code)
     except KeyboardInterrupt:
         # Report what is known: the step that was running may be half done.
         run.exit_code = EXIT_INTERRUPTED

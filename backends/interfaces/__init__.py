@@ -6,13 +6,8 @@ stays light and testable against any implementation of the protocols.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from backends.interfaces.dbus import DBusAPI
-    from backends.interfaces.libvirt import LibvirtAPI
-    from backends.interfaces.ovsdb import OvsdbAPI, OvsdbTLS
-    from backends.interfaces.vsphere import VSphereAPI, VSphereConn
+from collections.abc import Hashable
+from typing import Any, Protocol
 
 
 class BackendError(Exception):
@@ -30,24 +25,16 @@ class BackendUnreachable(BackendError):
 
 
 class Backends(Protocol):
-    """The bundle a step is handed: one factory per system.
+    """The bundle a step is handed: connections by kind, opened on first use.
 
-    Connections are cached per address for the run and closed by the owner of
-    the bundle, so a step can ask for the same backend in plan and apply.
+    A step does not call :meth:`get` itself: each interface module has a typed
+    accessor (e.g. :func:`backends.interfaces.dbus.dbus_api`) that asks for its
+    kind and returns its protocol.  Connections are cached per (kind, arguments)
+    for the run and closed by the owner of the bundle, so a step can ask for
+    the same backend in discover, plan and apply.  The real bundle is
+    :class:`backends.bundle.RealBackends`; tests use ``tests/fakes.py``.
     """
 
-    def dbus(self, address: str | None) -> DBusAPI:
-        """The D-Bus backend: ``None`` means the system bus."""
-        ...
-
-    def ovsdb(self, remote: str, tls: OvsdbTLS | None = None) -> OvsdbAPI:
-        """The OVSDB backend for ``remote`` (``unix:``, ``tcp:`` or ``ssl:``)."""
-        ...
-
-    def vsphere(self, conn: VSphereConn) -> VSphereAPI:
-        """A logged-in vSphere session (logged out when the bundle closes)."""
-        ...
-
-    def libvirt(self, uri: str) -> LibvirtAPI:
-        """A libvirt connection to ``uri``."""
+    def get(self, kind: str, *args: Hashable) -> Any:
+        """The connection of ``kind`` opened with ``args`` (cached)."""
         ...

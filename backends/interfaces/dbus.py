@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
+
+from backends.interfaces import Backends
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,13 @@ class DBusAPI(Protocol):
     def unit_result(self, name: str) -> str:
         """Why ``name`` is not active: its state, ``Result`` and main exit status."""
         ...
+
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "dbus"
+
+
+def dbus_api(backends: Backends, bus: str | None) -> DBusAPI:
+    """The D-Bus connection to ``bus``: ``"system"`` (or ``None``) for the system bus,
+    else a D-Bus address such as ``unix:path=...``."""
+    return cast(DBusAPI, backends.get(KIND, None if bus in (None, "system") else bus))

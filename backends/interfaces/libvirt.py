@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, Backends
 
 ShmemModel = Literal["ivshmem-plain", "ivshmem-doorbell", "ivshmem"]
 
@@ -154,3 +154,11 @@ class LibvirtAPI(Protocol):
         Returns the backup's path, or ``None`` when nothing was replaced.
         """
         ...
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "libvirt"
+
+
+def libvirt_api(backends: Backends, uri: str) -> LibvirtAPI:
+    """A libvirt connection to ``uri``."""
+    return cast(LibvirtAPI, backends.get(KIND, uri))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
-from backends.interfaces import BackendError
+from backends.interfaces import BackendError, Backends
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,11 @@ class OvsdbAPI(Protocol):
         control socket path) to revalidate its cached datapath flows, so that a
         mirror change applies to traffic already flowing.  Raises ``BackendError``."""
         ...
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "ovsdb"
+
+
+def ovsdb_api(backends: Backends, remote: str, tls: OvsdbTLS | None = None) -> OvsdbAPI:
+    """The OVSDB connection to ``remote`` (``unix:``, ``tcp:`` or ``ssl:`` with ``tls``)."""
+    return cast(OvsdbAPI, backends.get(KIND, remote, tls))

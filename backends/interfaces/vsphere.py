@@ -7,9 +7,11 @@ VMs with their network adapters).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
+
+from backends.interfaces import Backends
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class Adapter:
 
 @dataclass(frozen=True)
 class VM:
-    """A virtual machine, the host it runs on and its network adapters."""
+    """A virtual machine, the host it runs on and its network adapters (those two
+    only when the inventory was asked for this VM's details)."""
 
     name: str
     host: str | None
@@ -156,8 +159,10 @@ class VSphereAPI(Protocol):
         """SOAP requests sent since login (for benchmarks and tests)."""
         ...
 
-    def inventory(self) -> Inventory:
-        """Hosts, vSwitches, port groups, NICs, VMs and adapters, in bulk."""
+    def inventory(self, vms: Collection[str] | None = None) -> Inventory:
+        """Hosts, vSwitches, port groups, NICs and every VM's name, in bulk; the host
+        and network adapters only of the VMs named in ``vms`` (of all VMs for ``None``;
+        the others have ``host=None`` and no adapters)."""
         ...
 
     def add_vswitch(self, host: str, spec: VSwitchSpec) -> None:
@@ -194,3 +199,11 @@ class VSphereAPI(Protocol):
     def close(self) -> None:
         """Log out; safe to call twice."""
         ...
+
+# The bundle's table names this interface's adapter under KIND (backends/bundle.py).
+KIND = "vsphere"
+
+
+def vsphere_api(backends: Backends, conn: VSphereConn) -> VSphereAPI:
+    """A logged-in vSphere session (logged out when the bundle closes)."""
+    return cast(VSphereAPI, backends.get(KIND, conn))

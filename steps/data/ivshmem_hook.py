@@ -12,144 +12,519 @@ with the domain XML on stdin.  Its configuration is the JSON file
   whose output libvirt reads.
 - ``prepare begin``: a chosen domain without the device is logged and,
   with ``enforce: refuse``, refused (non-zero exit stops the start); the
-  host side of the shared-memory object (``/dev/shm/<name>``) is prepared
-  with its size, owner and mode.
-- With ``chain`` set (libvirt without ``qemu.d/``), the hook that was
-  installed before this one runs first with the same arguments and input.
+  host side of the shared-memory object (``/dev/shm/<name>``) is made by
+  the hook itself, with its size, owner and mode.
+- When ``qemu.hostsetup-chained`` is next to this script (libvirt without
+  ``qemu.d/``), the hook installed before this one runs first with the
+  same arguments and input, bounded in time and output.
+
+It runs as root in libvirtd's path for every domain, so it fails safe:
+
+- Only ``prepare begin`` of a chosen domain under ``enforce: refuse`` may
+  exit non-zero on our account; every other call exits 0 whatever happens
+  (an incoming XML we cannot fix is passed on unchanged).  A failing
+  ``reconnect`` would make libvirtd stop a running VM.
+- A configuration that cannot be read or is invalid counts as "not
+  configured" (exit 0 for every call), and the reason is logged.
+- It never blocks: its input and the chained hook are bounded in size and
+  time; the log is opened without following links and without blocking,
+  and only in a directory that root owns and nobody else may write.
+- ``/dev/shm`` is writable by everyone: an object there that the hook did
+  not make (not a regular file, extra hard links, another owner) is moved
+  aside and a fresh one is made, so a squatter never shares a VM's memory.
 
 Python standard library only; it never calls libvirt (that would deadlock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import json
 import os
 import pwd
+import re
+import selectors
+import signal
 import stat
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import IO, Any
 
 CONFIG_NAME = "hostsetup-ivshmem.json"
+CHAINED_NAME = "qemu.hostsetup-chained"
+DEFAULT_LOG = "/var/log/libvirt/hostsetup-ivshmem.log"  # until the configuration names one
+SHM_DIR = "/dev/shm"
 OUTPUT_OPS = ("migrate", "restore")
+# Operations libvirt refuses when a hook fails, before the guest runs here:
+# a chained hook that hangs vetoes these, and never the others (a failing
+# ``reconnect`` or ``started`` would stop a running guest).
+VETO_OPS = ("prepare", "start", "migrate", "restore")
 NAMESPACES = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0"}
+MAX_INPUT = 16 * 1024 * 1024  # domain XML on stdin, and the chained hook's output
+MAX_CONFIG = 1024 * 1024
+INPUT_TIMEOUT = 30.0  # seconds to read the domain XML
+CHAIN_TIMEOUT = 30.0  # seconds for the chained hook
+LOCK_TIMEOUT = 10.0  # seconds to wait for another call preparing the object
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as the step validates it
+
+
+class Unsafe(Exception):
+    """A path the hook, as root, must not write to; the message says why."""
+
+
+def _str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _int_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# Every key the step writes, with what it must hold.
+CONFIG_KEYS: dict[str, Callable[[Any], bool]] = {
+    "version": lambda v: v == 1,
+    "name": lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None,
+    "model": lambda v: v in ("ivshmem-plain", "ivshmem-doorbell"),
+    "size_mib": _int_or_none,
+    "server": _str_or_none,
+    "vectors": _int_or_none,
+    "address": lambda v: v is None or _str_map(v),
+    "role": lambda v: v in (None, "peer", "master"),
+    "domains": lambda v: v == "all" or (isinstance(v, list)
+                                        and all(isinstance(d, str) for d in v)),
+    "method": lambda v: v in ("definition", "qemu-wrapper"),
+    "wrappers": _str_map,
+    "enforce": lambda v: v in ("warn", "refuse"),
+    "owner": _str_or_none,
+    "mode": lambda v: isinstance(v, str) and re.fullmatch(r"0?[0-7]{3}", v) is not None,
+    "log": lambda v: v is None or (isinstance(v, str) and os.path.isabs(v)),
+    "chain": _str_or_none,
+}
+
+
+def _check_dir(fd: int, where: str, last: bool) -> None:
+    st = os.fstat(fd)
+    if st.st_uid != 0:
+        raise Unsafe(f"{where} is owned by uid {st.st_uid}, not root")
+    # A sticky ancestor (/tmp) is fine: nobody else can rename what root owns in it.
+    if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+        raise Unsafe(f"{where} is writable by group or others")
+
+
+def open_safe_dir(path: str) -> int:
+    """Open directory ``path`` for ``dir_fd`` use; raises :class:`Unsafe`.
+
+    Safe means: the directory and every directory above it are owned by root,
+    the directory is not writable by group or others, and its ancestors are
+    not either unless sticky.  The walk opens each component without following
+    links, so what is checked is what is returned.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    where = "/"
+    try:
+        for part in [p for p in os.path.realpath(path).split("/") if p]:
+            _check_dir(fd, where, last=False)
+            try:
+                child = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise Unsafe(f"{os.path.join(where, part)}: {exc.strerror}") from None
+            os.close(fd)
+            fd, where = child, os.path.join(where, part)
+        _check_dir(fd, where, last=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _log_file_problem(st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != 0 or st.st_nlink != 1:
+        return "is not a file of root's with a single link"
+    return None
+
+
+def log_problem(path: str) -> str | None:
+    """Why the hook would not write its log at ``path``, or ``None`` (the step's check).
+
+    Reads only: the file itself is created by the hook at its first call.
+    """
+    if not os.path.isabs(path):
+        return f"{path} is not an absolute path"
+    try:
+        os.close(open_safe_dir(os.path.dirname(path)))
+        st = os.lstat(path)
+    except Unsafe as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return None
+    problem = _log_file_problem(st)
+    return f"{path} {problem}" if problem else None
+
+
+def open_log(path: str) -> int:
+    """Open the log for appending, never blocking and never following a link."""
+    if not os.path.isabs(path):
+        raise Unsafe(f"{path} is not an absolute path")
+    dir_fd = open_safe_dir(os.path.dirname(path))
+    try:
+        # O_NONBLOCK: a FIFO planted as the log must not hold libvirtd up.
+        fd = os.open(os.path.basename(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o640,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        raise Unsafe(f"{path}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    problem = _log_file_problem(os.fstat(fd))
+    if problem:
+        os.close(fd)
+        raise Unsafe(f"{path} {problem}")
+    return fd
+
+
+def pump(src: IO[bytes], dst: IO[bytes] | None, data: bytes, limit: int,
+         deadline: float) -> bytes:
+    """Read ``src`` to its end (at most ``limit`` bytes) while writing ``data`` to ``dst``.
+
+    Raises ``TimeoutError`` at ``deadline`` (``time.monotonic``) and
+    ``OverflowError`` past ``limit``; ``dst`` is closed once written.
+    """
+    out = bytearray()
+    pending = memoryview(data)
+    # poll, not epoll: stdin may be a regular file when the hook is run by hand.
+    with selectors.PollSelector() as sel:
+        sel.register(src, selectors.EVENT_READ)
+        if dst is not None:
+            os.set_blocking(dst.fileno(), False)
+            sel.register(dst, selectors.EVENT_WRITE)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            for key, _events in sel.select(left):
+                if key.fileobj is src:
+                    chunk = os.read(src.fileno(), 65536)
+                    if not chunk:
+                        sel.unregister(src)
+                    elif len(out) + len(chunk) > limit:
+                        raise OverflowError(f"more than {limit} bytes")
+                    out += chunk
+                    continue
+                assert dst is not None
+                try:
+                    pending = pending[os.write(dst.fileno(), pending[:65536]):]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:  # the reader does not want the rest
+                    pending = pending[:0]
+                if not pending:
+                    sel.unregister(dst)
+                    dst.close()
+    return bytes(out)
+
+
+def load_config(path: str) -> dict[str, Any] | None:
+    """The configuration, ``None`` when absent; raises ``ValueError`` saying what is wrong."""
+    try:
+        # O_NONBLOCK: a FIFO in its place must not block the read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"cannot open it: {exc.strerror}") from None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        return parse_config(f.read(MAX_CONFIG + 1))
+
+
+def parse_config(raw: bytes) -> dict[str, Any]:
+    """The configuration from its bytes; raises ``ValueError`` unless it is all valid."""
+    if len(raw) > MAX_CONFIG:
+        raise ValueError(f"larger than {MAX_CONFIG} bytes")
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON ({exc.__class__.__name__}: {exc})"[:300]) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    bad = [key for key, ok in CONFIG_KEYS.items() if key not in config or not ok(config[key])]
+    if bad:
+        raise ValueError(f"missing or invalid: {', '.join(bad)}")
+    return config
 
 
 class Hook:
-    """One invocation: the configuration, the arguments and a logger."""
+    """One invocation: the arguments, the configuration (once loaded) and a logger."""
 
-    def __init__(self, config: dict, argv: list[str]) -> None:
-        self.cfg = config
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
         self.domain, self.op, self.subop = (argv + ["-", "-", "-"])[:3]
+        self.here = os.path.dirname(os.path.abspath(__file__))
+        self.cfg: dict[str, Any] | None = None
+        self.log_path = DEFAULT_LOG
+        self.log_fd: int | None = None
+        self.log_problem: str | None = None
 
     def log(self, message: str) -> None:
-        """Append a line to the hook's log (stderr if the log cannot be written)."""
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.domain} {self.op} {self.subop}: "
+        """Append a line to the hook's log (to stderr, which libvirt keeps, if it is unsafe)."""
+        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.domain} {self.op} {self.subop}: "
+                f"{message}".replace("\n", "\\n") + "\n").encode(errors="replace")
+        if self.log_fd is None and self.log_problem is None:
+            try:
+                self.log_fd = open_log(self.log_path)
+            except (Unsafe, OSError) as exc:
+                self.log_problem = str(exc)
+                line = f"hostsetup ivshmem hook: log not used: {exc}\n".encode() + line
+        if self.log_fd is not None:
+            try:
+                os.write(self.log_fd, line)
+                return
+            except OSError:
+                pass
         try:
-            with open(self.cfg.get("log") or "/dev/stderr", "a") as f:
-                f.write(line + message + "\n")
-        except OSError:
-            sys.stderr.write(line + message + "\n")
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # nowhere left to say it; never fail for that
+
+    def enforcing(self) -> bool:
+        """True for the one call that may fail: ``prepare begin`` of a chosen domain, refuse."""
+        return (self.cfg is not None and self.op == "prepare" and self.subop == "begin"
+                and self.cfg["enforce"] == "refuse" and self.chosen())
 
     def chosen(self) -> bool:
         """True when this domain is one the device is for."""
-        domains = self.cfg.get("domains", "all")
+        assert self.cfg is not None
+        domains = self.cfg["domains"]
         return domains == "all" or self.domain in domains
 
     def has_device(self, root: ET.Element) -> bool:
         """True when the domain XML already carries the device (or the wrapper)."""
-        if self.cfg.get("method") == "qemu-wrapper":
+        assert self.cfg is not None
+        if self.cfg["method"] == "qemu-wrapper":
             emulator = root.findtext("devices/emulator", "").strip()
-            return emulator in self.cfg.get("wrappers", {}).values()
+            return emulator in self.cfg["wrappers"].values()
         return any(s.get("name") == self.cfg["name"] for s in root.iterfind("devices/shmem"))
 
     def add_device(self, root: ET.Element) -> str:
         """Give the domain XML the device (or point it at the wrapper emulator); says what."""
+        cfg = self.cfg
+        assert cfg is not None
         devices = root.find("devices")
         if devices is None:
             devices = ET.SubElement(root, "devices")
-        if self.cfg.get("method") == "qemu-wrapper":
+        if cfg["method"] == "qemu-wrapper":
             emulator = devices.find("emulator")
             if emulator is None:
                 emulator = ET.SubElement(devices, "emulator")
             real = (emulator.text or "").strip()
-            wrappers = self.cfg.get("wrappers", {})
+            wrappers = cfg["wrappers"]
             # One wrapper per real emulator; with a single one, use it for any.
             wrapper = wrappers.get(real) or next(iter(wrappers.values()), None)
             if not wrapper:
                 return "no wrapper emulator configured: XML unchanged"
             emulator.text = wrapper
             return f"pointed the incoming XML at the wrapper emulator {wrapper}"
-        cfg = self.cfg
         shmem = ET.SubElement(devices, "shmem", name=cfg["name"])
-        if cfg.get("role"):
+        if cfg["role"]:
             shmem.set("role", cfg["role"])
-        ET.SubElement(shmem, "model", type=cfg.get("model", "ivshmem-plain"))
-        if cfg.get("size_mib"):
+        ET.SubElement(shmem, "model", type=cfg["model"])
+        if cfg["size_mib"]:
             ET.SubElement(shmem, "size", unit="M").text = str(cfg["size_mib"])
-        if cfg.get("server"):
+        if cfg["server"]:
             ET.SubElement(shmem, "server", path=cfg["server"])
-        if cfg.get("vectors"):
+        if cfg["vectors"]:
             ET.SubElement(shmem, "msi", vectors=str(cfg["vectors"]))
-        if cfg.get("address"):
+        if cfg["address"]:
             ET.SubElement(shmem, "address", dict(cfg["address"], type="pci"))
         return f"added the device '{cfg['name']}' to the incoming XML"
 
-    def prepare_shm(self) -> None:
-        """Create ``/dev/shm/<name>`` with at least its size, then set owner and mode."""
-        if self.cfg.get("model", "ivshmem-plain") != "ivshmem-plain":
-            return  # a doorbell's memory belongs to its ivshmem server
-        path = os.path.join("/dev/shm", self.cfg["name"])
-        size = int(self.cfg.get("size_mib") or 4) * 1024 * 1024
-        # /dev/shm is world-writable: never follow a planted symlink as root.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    def _owner(self) -> tuple[int, int]:
+        """The configured (uid, gid); -1 for what is left unchanged."""
+        assert self.cfg is not None
+        user, _, group = (self.cfg["owner"] or "").partition(":")
+        uid = gid = -1
+        if user:
+            uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        return uid, gid
+
+    def _open_existing(self, path: str, uid: int) -> int | str:
+        """An fd of the object at ``path`` if it is one the hook made, else why not."""
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{path} is not a regular file")
-            # Grow only: shrinking memory that guests or the host map would crash them.
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            owner = self.cfg.get("owner")
-            if owner:
-                user, _, group = owner.partition(":")
-                uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
-                gid = -1
-                if group:
-                    gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, int(self.cfg.get("mode", "0660"), 8))
-        finally:
+            # Opening never blocks (a FIFO) nor follows a link; a directory fails.
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            return f"cannot be opened as a file ({exc.strerror})"
+        st = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(st.st_mode):
+            why = "is not a regular file"
+        elif st.st_nlink != 1:
+            why = f"has {st.st_nlink} links"
+        elif st.st_uid not in (0, uid):
+            why = f"is owned by uid {st.st_uid}, neither root nor the configured owner"
+        if why:
             os.close(fd)
-        self.log(f"prepared {path}: {size} bytes, owner {self.cfg.get('owner') or 'unchanged'}, "
-                 f"mode {self.cfg.get('mode', '0660')}")
+            return why
+        return fd
 
-    def run_chained(self, argv: list[str], xml: bytes) -> tuple[int, bytes]:
+    def _claim_shm(self, path: str, uid: int) -> int:
+        """An fd of ``path``, made by the hook (or by an earlier call of it)."""
+        for _attempt in range(3):
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                               | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                pass
+            try:
+                found = self._open_existing(path, uid)
+            except FileNotFoundError:
+                continue  # gone meanwhile: create it
+            if isinstance(found, int):
+                return found
+            # Someone else made it (/dev/shm is world-writable): whoever holds it
+            # open keeps only that old object, never the one the VMs will share.
+            aside = f"{path}.hostsetup-refused.{os.urandom(4).hex()}"
+            try:
+                os.rename(path, aside)  # root may move any entry of the sticky /dev/shm
+            except FileNotFoundError:
+                continue
+            self.log(f"refused {path}: it {found} (not made by hostsetup); moved it to "
+                     f"{aside} and made a new one")
+        raise OSError(f"{path} keeps being replaced by someone else")
+
+    def _lock(self) -> int | None:
+        """Lock out other calls of this hook while it checks and makes the object.
+
+        Two domains starting together must not take each other's fresh object
+        for a planted one.  Bounded: after ``LOCK_TIMEOUT`` it goes on unlocked.
+        """
+        fd = os.open(self.here, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    self.log(f"another call held the lock for {LOCK_TIMEOUT:g} s: going on")
+                    return None
+                time.sleep(0.05)
+
+    def prepare_shm(self) -> None:
+        """Make ``/dev/shm/<name>`` with at least its size, then set owner and mode."""
+        cfg = self.cfg
+        assert cfg is not None
+        if cfg["model"] != "ivshmem-plain":
+            return  # a doorbell's memory belongs to its ivshmem server
+        path = os.path.join(SHM_DIR, cfg["name"])
+        size = int(cfg["size_mib"] or 4) * 1024 * 1024
+        uid, gid = self._owner()
+        lock = self._lock()
+        try:
+            fd = self._claim_shm(path, uid)
+            try:
+                # Grow only: shrinking memory that guests or the host map would crash them.
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                if uid != -1 or gid != -1:
+                    os.fchown(fd, uid, gid)
+                os.fchmod(fd, int(cfg["mode"], 8))
+            finally:
+                os.close(fd)
+        finally:
+            if lock is not None:
+                os.close(lock)
+        self.log(f"prepared {path}: {size} bytes, owner {cfg['owner'] or 'unchanged'}, "
+                 f"mode {cfg['mode']}")
+
+    def run_chained(self, xml: bytes) -> tuple[int, bytes]:
         """Run the hook this one replaced (chain layout); returns (exit code, output)."""
-        chained = self.cfg.get("chain")
-        if not chained:
+        path = os.path.join(self.here, CHAINED_NAME)
+        if not os.path.exists(path):
             return 0, b""
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), chained)
         if not os.access(path, os.X_OK):
-            self.log(f"chained hook {path} is missing or not executable: skipped")
+            self.log(f"chained hook {path} is not executable: skipped")
             return 0, b""
-        res = subprocess.run([path, *argv], input=xml, stdout=subprocess.PIPE)
-        return res.returncode, res.stdout
+        deadline = time.monotonic() + CHAIN_TIMEOUT
+        try:
+            proc = subprocess.Popen([path, *self.argv], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return self._no_verdict(f"chained hook {path} cannot run ({exc.strerror})")
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            out = pump(proc.stdout, proc.stdin, xml, MAX_INPUT, deadline)
+            return proc.wait(max(deadline - time.monotonic(), 0.01)), out
+        except (TimeoutError, subprocess.TimeoutExpired, OverflowError) as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: with what it started
+                proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+            return self._no_verdict(f"chained hook {path} killed: {exc} (limits "
+                                    f"{CHAIN_TIMEOUT:g} s, {MAX_INPUT} bytes of output)")
+        finally:
+            proc.stdout.close()
+            if not proc.stdin.closed:
+                proc.stdin.close()
 
-    def run(self, argv: list[str], xml: bytes) -> int:
+    def _no_verdict(self, why: str) -> tuple[int, bytes]:
+        """The chained hook gave no answer: a veto where the guest does not run here yet."""
+        code = 1 if self.op in VETO_OPS else 0
+        self.log(f"{why}; counted as exit {code}")
+        return code, b""
+
+    def run(self) -> int:
         """Handle one call; returns the exit code."""
-        code, chained_out = self.run_chained(argv, xml)
+        config_path = os.path.join(self.here, CONFIG_NAME)
+        try:
+            self.cfg = load_config(config_path)
+        except (ValueError, OSError) as exc:
+            self.log(f"configuration {config_path} unusable ({exc}): treated as not "
+                     "configured, no domain is checked or refused")
+        if self.cfg is not None and self.cfg["log"]:
+            self.log_path = self.cfg["log"]
+        try:
+            xml = pump(sys.stdin.buffer, None, b"", MAX_INPUT,
+                       time.monotonic() + INPUT_TIMEOUT)
+        except (TimeoutError, OverflowError, OSError) as exc:
+            self.log(f"domain XML on stdin not read ({exc}): nothing done")
+            return 1 if self.enforcing() else 0
+        code, chained_out = self.run_chained(xml)
         if code != 0:
             self.log(f"chained hook exited {code}: its failure is passed on to libvirt")
             return code
         if self.op in OUTPUT_OPS and chained_out.strip():
             xml = chained_out  # the chained hook's XML is the input to ours
-        if not self.chosen():
+        if self.cfg is None or not self.chosen():
             sys.stdout.buffer.write(chained_out if self.op in OUTPUT_OPS else b"")
             return 0
         if self.op in OUTPUT_OPS:
-            return self.fix_incoming(xml)
+            try:
+                return self.fix_incoming(xml)
+            except Exception as exc:
+                self.log(f"incoming XML passed on unchanged: {exc!r}")
+                sys.stdout.buffer.write(chained_out)
+                return 0
         if self.op == "prepare" and self.subop == "begin":
             return self.check_start(xml)
         return 0
@@ -166,17 +541,24 @@ class Hook:
 
     def check_start(self, xml: bytes) -> int:
         """prepare begin: enforce the device, then prepare the shared-memory object."""
-        refuse = self.cfg.get("enforce") == "refuse"
-        if not self.has_device(ET.fromstring(xml)):
-            self.log(f"domain lacks the ivshmem device '{self.cfg['name']}'"
+        assert self.cfg is not None
+        refuse = self.cfg["enforce"] == "refuse"
+        name = self.cfg["name"]
+        try:
+            has = self.has_device(ET.fromstring(xml))
+        except ET.ParseError as exc:
+            self.log(f"domain XML on stdin is not valid XML: {exc}")
+            return 1 if refuse else 0
+        if not has:
+            self.log(f"domain lacks the ivshmem device '{name}'"
                      + (": start refused" if refuse else " (enforce: warn)"))
             if refuse:
                 sys.stderr.write(f"hostsetup ivshmem hook: domain '{self.domain}' lacks the "
-                                 f"ivshmem device '{self.cfg['name']}'; start refused\n")
+                                 f"ivshmem device '{name}'; start refused\n")
                 return 1
         try:
             self.prepare_shm()
-        except (OSError, KeyError, ValueError) as exc:
+        except Exception as exc:
             self.log(f"cannot prepare the shared-memory object: {exc}")
             if refuse:
                 sys.stderr.write(f"hostsetup ivshmem hook: {exc}\n")
@@ -184,30 +566,17 @@ class Hook:
         return 0
 
 
-def load_config() -> dict | None:
-    """The JSON configuration next to this script, ``None`` when absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), CONFIG_NAME)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
 def main(argv: list[str]) -> int:
     """Entry point: ``hook <domain> <operation> <sub-operation> <extra>``."""
     for prefix, uri in NAMESPACES.items():
         ET.register_namespace(prefix, uri)
-    xml = sys.stdin.buffer.read()
-    config = load_config()
-    if config is None:
-        return 0  # not configured: never block a domain for that
-    hook = Hook(config, argv)
+    hook = Hook(argv)
     try:
-        return hook.run(argv, xml)
-    except ET.ParseError as exc:
-        hook.log(f"domain XML on stdin is not valid XML: {exc}")
-        return 1 if hook.op == "prepare" and config.get("enforce") == "refuse" else 0
+        return hook.run()
+    except Exception as exc:
+        # Last resort: a bug of ours must not block or stop a VM, nor print a traceback.
+        hook.log(f"unexpected error: {exc!r}")
+        return 1 if hook.enforcing() else 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ untrusted certificate before pyVmomi looks at the thumbprint, and on a match
 pyVmomi turns verification off in the shared SSL context.)  ``insecure`` turns
 verification off and is logged as a warning.
 
-The inventory is one PropertyCollector retrieval over a ContainerView, so the
-number of SOAP round trips does not grow with the number of hosts or VMs;
+The inventory is one PropertyCollector retrieval over a ContainerView (hosts'
+networking, every VM's name), plus one for the host and devices of the VMs a
+step names, so the number of SOAP round trips does not grow with the number
+of hosts or VMs, and the bulk of the data (device lists) only with the VMs named;
 :attr:`VSphereBackend.round_trips` counts them.  Neither SOAP traffic nor the
 password is ever logged.
 """
@@ -22,7 +24,7 @@ import http.client
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -198,8 +200,10 @@ class VSphereBackend:
             objects.extend(result.objects)
         return objects
 
-    def inventory(self) -> Inventory:
-        """Hosts, their networking, VMs and adapters: one bulk retrieval."""
+    def inventory(self, vms: Collection[str] | None = None) -> Inventory:
+        """Hosts with their networking and every VM's name in one bulk retrieval;
+        the host and adapters only of the VMs in ``vms`` (all when ``None``), in
+        one more.  The round trips never grow with the number of VMs or hosts."""
         with self._guard("inventory"):
             content = self._content
             view = content.viewManager.CreateContainerView(
@@ -212,20 +216,33 @@ class VSphereBackend:
                                          type=vim.view.ContainerView)])],
                     propSet=[
                         PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
-                        PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS),
-                        *(PC.PropertySpec(type=t, pathSet=["name"]) for t in NAMED),
+                        *(PC.PropertySpec(type=t, pathSet=["name"])
+                          for t in (vim.VirtualMachine, *NAMED)),
                     ],
                 )
                 objects = self._retrieve([spec])
             finally:
                 view.Destroy()
-            return self._build(objects, content.about.apiType)
+            return self._build(objects, content.about.apiType, vms)
 
-    def _build(self, objects: list[Any], api_type: str) -> Inventory:
+    def _vm_details(self, names: Collection[str] | None) -> dict[str, dict[str, Any]]:
+        """Host and devices of the VMs called ``names`` (every VM for ``None``)."""
+        objs = [o for n, o in self._vms.items() if names is None or n in names]
+        if not objs:
+            return {}
+        found = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=o) for o in objs],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS)])])
+        return {o.obj._moId: {p.name: p.val for p in o.propSet} for o in found}
+
+    def _build(self, objects: list[Any], api_type: str,
+               detailed: Collection[str] | None) -> Inventory:
         props = {o.obj._moId: (o.obj, {p.name: p.val for p in o.propSet}) for o in objects}
         names = {moid: p.get("name") for moid, (_obj, p) in props.items()}
-        hosts, vms = [], []
-        self._hosts, self._netsys, self._vms = {}, {}, {}
+        hosts = []
+        self._hosts, self._netsys = {}, {}
+        self._vms = {p["name"]: obj for obj, p in props.values()
+                     if isinstance(obj, vim.VirtualMachine)}
         for obj, p in props.values():
             if isinstance(obj, vim.HostSystem):
                 self._hosts[p["name"]] = obj
@@ -234,14 +251,15 @@ class VSphereBackend:
                 cluster = (names.get(parent._moId)
                            if isinstance(parent, vim.ClusterComputeResource) else None)
                 hosts.append(host_value(p, cluster))
-            elif isinstance(obj, vim.VirtualMachine):
-                self._vms[p["name"]] = obj
-                host = p.get("runtime.host")
-                vms.append(VM(
-                    name=p["name"],
-                    host=names.get(host._moId) if host is not None else None,
-                    adapters=adapters(p.get("config.hardware.device") or [], names),
-                ))
+        details = self._vm_details(detailed)
+        vms = []
+        for name, obj in self._vms.items():
+            d = details.get(obj._moId, {})
+            host = d.get("runtime.host")
+            vms.append(VM(
+                name=name, host=names.get(host._moId) if host is not None else None,
+                adapters=adapters(d.get("config.hardware.device") or [], names),
+            ))
         kind = "vcenter" if api_type == "VirtualCenter" else "esx"
         return Inventory(kind, tuple(sorted(hosts, key=lambda h: h.name)),
                          tuple(sorted(vms, key=lambda v: v.name)))
@@ -250,7 +268,7 @@ class VSphereBackend:
 
     def _network_system(self, host: str) -> Any:
         if not self._netsys:
-            self.inventory()
+            self.inventory(vms=())
         if host not in self._netsys:
             raise BackendError(f"vSphere host '{host}' not found")
         return self._netsys[host]
@@ -298,7 +316,7 @@ class VSphereBackend:
         """ReconfigVM_Task editing the adapter's backing; waits for the task."""
         with self._guard(f"move '{adapter}' of VM '{vm}' to '{portgroup}'"):
             if not self._vms:
-                self.inventory()
+                self.inventory(vms=())
             obj = self._vms.get(vm)
             if obj is None:
                 raise BackendError(f"vSphere VM '{vm}' not found")

@@ -1,0 +1,392 @@
+"""In-memory fakes of every backend interface, and a bundle that hands them out.
+
+Each fake keeps the state of its system in plain Python objects and changes
+it the way the real adapter does, so a step can be discovered, planned,
+applied and verified against it in milliseconds.  The daemon-backed tests
+(marked ``daemons``) keep checking the real adapters against the real services.
+
+:func:`sample_backends` is a host on which every step's ``example()`` fits.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from backends.interfaces import BackendError, BackendUnreachable
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit
+from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, Shmem
+from backends.interfaces.ovsdb import Bridge, Mirror, MirrorEdit, Port
+from backends.interfaces.vsphere import (
+    VM,
+    Adapter,
+    Host,
+    Inventory,
+    PhysicalNic,
+    PortGroup,
+    PortGroupSpec,
+    Security,
+    VSwitch,
+    VSwitchSpec,
+)
+
+# -- D-Bus -------------------------------------------------------------------
+
+
+def unit(name: str, active: str = "active") -> Unit:
+    """A loaded unit in state ``active`` (``inactive``, ``failed``...)."""
+    return Unit(name, "loaded", active, "running" if active == "active" else "dead")
+
+
+@dataclass
+class FakeDBus:
+    """systemd and NetworkManager: units, start/restart jobs, bus names."""
+
+    units: dict[str, Unit] = field(default_factory=dict)
+    # Installed but not loaded: ListUnits does not show them, LoadUnit does.
+    unloaded: dict[str, Unit] = field(default_factory=dict)
+    network_state: NetworkState = NetworkState(True, "connected global",
+                                               (NetDevice("eth0", "ethernet", "activated"),))
+    bus: dict[str, list[str]] = field(default_factory=dict)
+    # Units whose start job ends with "failed".
+    failing: set[str] = field(default_factory=set)
+    restarted: list[str] = field(default_factory=list)
+    address: str = "fake:dbus"
+
+    def list_units(self) -> dict[str, Unit]:
+        return dict(self.units)
+
+    def load_unit(self, name: str) -> Unit | None:
+        found = self.unloaded.pop(name, None)
+        if found is not None:
+            self.units[name] = found
+        return found
+
+    def network(self) -> NetworkState:
+        return self.network_state
+
+    def bus_services(self) -> dict[str, list[str]]:
+        return dict(self.bus)
+
+    def start_unit(self, name: str, timeout: float) -> str:
+        if name in self.failing:
+            self.units[name] = unit(name, "failed")
+            return "failed"
+        self.units[name] = unit(name)
+        return "done"
+
+    def restart_unit(self, name: str, timeout: float) -> str:
+        self.restarted.append(name)
+        return self.start_unit(name, timeout)
+
+    def close(self) -> None:
+        pass
+
+
+# -- OVSDB -------------------------------------------------------------------
+
+
+@dataclass
+class FakeOvsdb:
+    """Bridges, their ports and the Mirror table; an edit is all or nothing."""
+
+    bridges_: dict[str, Bridge] = field(default_factory=dict)
+    mirrors_: dict[str, Mirror] = field(default_factory=dict)  # by uuid
+    snaplen: bool = True
+    # revalidate() fails with this text (e.g. "control socket unreachable").
+    revalidate_error: str = ""
+    revalidated: list[str] = field(default_factory=list)
+    remote: str = "unix:fake.sock"
+    transactions: int = 0
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def add_bridge(self, name: str, *ports: str, flood_vlans: tuple[int, ...] = ()) -> None:
+        """A bridge with ports (test set-up)."""
+        self.bridges_[name] = Bridge(name, tuple(ports), flood_vlans, "netdev", {},
+                                     f"bridge-{name}")
+
+    def add_mirror(self, mirror: Mirror) -> Mirror:
+        """A mirror row as if made by someone (test set-up)."""
+        row = replace(mirror, uuid=mirror.uuid or f"mirror-{next(self._ids)}",
+                      statistics={"tx_packets": 0, "tx_bytes": 0})
+        self.mirrors_[row.uuid] = row
+        return row
+
+    def has_column(self, table: str, column: str) -> bool:
+        return (table, column) != ("Mirror", "snaplen") or self.snaplen
+
+    def bridges(self) -> dict[str, Bridge]:
+        return dict(self.bridges_)
+
+    def ports(self) -> dict[str, Port]:
+        return {p: Port(p, b.name) for b in self.bridges_.values() for p in b.ports}
+
+    def mirrors(self) -> list[Mirror]:
+        return list(self.mirrors_.values())
+
+    def apply(self, edit: MirrorEdit, timeout: float) -> int:
+        self.transactions += 1
+        for m in edit.put:  # checked first: a bad reference changes nothing
+            ports = self.bridges_[m.bridge].ports if m.bridge in self.bridges_ else ()
+            for port in (*m.select_src_port, *m.select_dst_port, *filter(None, [m.output_port])):
+                if port not in ports:
+                    raise BackendError(f"transaction refused: no port '{port}' on "
+                                       f"bridge '{m.bridge}'")
+        for m in edit.delete:
+            self.mirrors_.pop(m.uuid, None)
+        for m in edit.put:
+            self.add_mirror(m)
+        for name, bridge in list(self.bridges_.items()):
+            flood = (set(bridge.flood_vlans) | set(edit.flood_add.get(name, ()))) - set(
+                edit.flood_remove.get(name, ()))
+            ids = dict(bridge.external_ids)
+            for key, value in edit.bridge_ids.get(name, {}).items():
+                if value is None:
+                    ids.pop(key, None)
+                else:
+                    ids[key] = value
+            self.bridges_[name] = replace(bridge, flood_vlans=tuple(sorted(flood)),
+                                          external_ids=ids)
+        return self.transactions
+
+    def revalidate(self, target: str) -> None:
+        if self.revalidate_error:
+            raise BackendError(self.revalidate_error)
+        self.revalidated.append(target)
+
+    def close(self) -> None:
+        pass
+
+
+# -- vSphere -----------------------------------------------------------------
+
+
+@dataclass
+class FakeVSphere:
+    """Hosts with standard vSwitches and port groups, VMs with adapters."""
+
+    hosts: dict[str, Host] = field(default_factory=dict)
+    vms: dict[str, VM] = field(default_factory=dict)
+    kind: str = "vcenter"
+    # (method, object name) pairs that fail, as vcsim's fault injection does.
+    fail: set[tuple[str, str]] = field(default_factory=set)
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    logged_out: bool = False
+
+    @property
+    def round_trips(self) -> int:
+        return len(self.calls)
+
+    def _call(self, method: str, name: str, *args: Any) -> None:
+        self.calls.append((method, (name, *args)))
+        if (method, name) in self.fail:
+            raise BackendError(f"vSphere {method} failed: injected fault on '{name}'")
+
+    def inventory(self, vms: Collection[str] | None = None) -> Inventory:
+        self.calls.append(("inventory", (vms,)))
+        return Inventory(self.kind, tuple(self.hosts.values()), tuple(
+            v if vms is None or v.name in vms else VM(v.name, None)
+            for v in self.vms.values()))
+
+    def _host(self, name: str) -> Host:
+        if name not in self.hosts:
+            raise BackendError(f"no host '{name}'")
+        return self.hosts[name]
+
+    def _set_switches(self, host: Host, switches: list[VSwitch], pgs: list[PortGroup]) -> None:
+        uplink = {n: v.name for v in switches for n in v.nics}
+        switches = [replace(v, portgroups=tuple(p.name for p in pgs if p.vswitch == v.name))
+                    for v in switches]
+        self.hosts[host.name] = replace(
+            host, vswitches=tuple(switches), portgroups=tuple(pgs),
+            pnics=tuple(PhysicalNic(n.device, uplink.get(n.device)) for n in host.pnics))
+
+    def add_vswitch(self, host: str, spec: VSwitchSpec) -> None:
+        self._call("add_vswitch", spec.name, host)
+        h = self._host(host)
+        if h.vswitch(spec.name):
+            raise BackendError(f"vSwitch '{spec.name}' already exists")
+        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics)
+        self._set_switches(h, [*h.vswitches, new], list(h.portgroups))
+
+    def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
+        self._call("update_vswitch", name, host)
+        h = self._host(host)
+        self._set_switches(h, [replace(v, num_ports=spec.num_ports, mtu=spec.mtu,
+                                       nics=spec.nics) if v.name == name else v
+                               for v in h.vswitches], list(h.portgroups))
+
+    def remove_vswitch(self, host: str, name: str) -> None:
+        self._call("remove_vswitch", name, host)
+        h = self._host(host)
+        self._set_switches(h, [v for v in h.vswitches if v.name != name],
+                           [p for p in h.portgroups if p.vswitch != name])
+
+    def _portgroup(self, spec: PortGroupSpec) -> PortGroup:
+        # Unset security fields read back as the vSwitch's (here: all off).
+        sec = Security(*(bool(getattr(spec.security, k)) for k in
+                         ("allow_promiscuous", "forged_transmits", "mac_changes")))
+        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec)
+
+    def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
+        self._call("add_portgroup", spec.name, host)
+        h = self._host(host)
+        if h.portgroup(spec.name) or not h.vswitch(spec.vswitch):
+            raise BackendError(f"cannot add port group '{spec.name}'")
+        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(spec)])
+
+    def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
+        self._call("update_portgroup", name, host)
+        h = self._host(host)
+        self._set_switches(h, list(h.vswitches), [self._portgroup(spec) if p.name == name else p
+                                                  for p in h.portgroups])
+
+    def remove_portgroup(self, host: str, name: str) -> None:
+        self._call("remove_portgroup", name, host)
+        h = self._host(host)
+        self._set_switches(h, list(h.vswitches), [p for p in h.portgroups if p.name != name])
+
+    def move_adapter(self, vm: str, adapter: str, portgroup: str,
+                     progress: Callable[[float], None] | None = None) -> None:
+        self._call("move_adapter", vm, adapter, portgroup)
+        found = self.vms[vm]
+        self.vms[vm] = replace(found, adapters=tuple(
+            replace(a, network=portgroup) if a.label == adapter else a for a in found.adapters))
+        if progress:
+            progress(1.0)
+
+    def close(self) -> None:
+        self.logged_out = True
+
+
+# -- libvirt -----------------------------------------------------------------
+
+
+def domain(name: str, state: str = "shut off", *shmems: Shmem) -> Domain:
+    """A persistent domain (test set-up)."""
+    return Domain(name, f"uuid-{name}", state, state == "running", True,
+                  "/usr/bin/qemu-system-x86_64", tuple(shmems))
+
+
+@dataclass
+class FakeLibvirt:
+    """Domains and the libvirt host's files."""
+
+    domains_: dict[str, Domain] = field(default_factory=dict)
+    files: dict[str, HostFile] = field(default_factory=dict)
+    version_: tuple[int, int, int] = (9, 0, 0)
+    uri: str = "qemu:///fake"
+    backups: int = 0
+
+    def version(self) -> tuple[int, int, int]:
+        return self.version_
+
+    def domains(self) -> list[Domain]:
+        return [self.domains_[n] for n in sorted(self.domains_)]
+
+    def domain(self, name: str) -> Domain:
+        if name not in self.domains_:
+            raise DomainNotFound(name, self.uri)
+        return self.domains_[name]
+
+    def set_shmem(self, name: str, shmem: Shmem) -> None:
+        dom = self.domain(name)
+        others = tuple(s for s in dom.shmems if s.name != shmem.name)
+        self.domains_[name] = replace(dom, shmems=(*others, shmem))
+
+    def set_emulator(self, name: str, emulator: str) -> None:
+        self.domains_[name] = replace(self.domain(name), emulator=emulator)
+
+    def read_file(self, path: str) -> HostFile | None:
+        return self.files.get(path)
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o755) -> str | None:
+        old = self.files.get(path)
+        self.files[path] = HostFile(path, content, mode)
+        if old is None or old.content == content:
+            return None
+        self.backups += 1
+        backup = f"{path}.hostsetup-bak.{self.backups}"
+        self.files[backup] = old
+        return backup
+
+    def close(self) -> None:
+        pass
+
+
+# -- the bundle --------------------------------------------------------------
+
+# Interface kind -> fake class (the conformance test checks every kind has one).
+FAKES: Mapping[str, type] = {
+    "dbus": FakeDBus, "ovsdb": FakeOvsdb, "vsphere": FakeVSphere, "libvirt": FakeLibvirt,
+}
+
+
+@dataclass
+class FakeBackends:
+    """A :class:`backends.interfaces.Backends` bundle of fakes, one per kind.
+
+    Every address of a kind reaches the same fake; ``opened`` records what was
+    asked for, and a kind in ``unreachable`` raises ``BackendUnreachable``.
+    """
+
+    systems: dict[str, Any] = field(default_factory=dict)
+    unreachable: set[str] = field(default_factory=set)
+    opened: list[tuple[Hashable, ...]] = field(default_factory=list)
+
+    def get(self, kind: str, *args: Hashable) -> Any:
+        self.opened.append((kind, *args))
+        if kind in self.unreachable:
+            where = getattr(args[0], "address", args[0]) if args else ""
+            raise BackendUnreachable(kind, str(where), "fake: down")
+        if kind not in self.systems:
+            self.systems[kind] = FAKES[kind]()
+        return self.systems[kind]
+
+    @property
+    def dbus(self) -> FakeDBus:
+        return self.get("dbus", None)  # type: ignore[no-any-return]
+
+    @property
+    def ovsdb(self) -> FakeOvsdb:
+        return self.get("ovsdb", "")  # type: ignore[no-any-return]
+
+    @property
+    def vsphere(self) -> FakeVSphere:
+        return self.get("vsphere", None)  # type: ignore[no-any-return]
+
+    @property
+    def libvirt(self) -> FakeLibvirt:
+        return self.get("libvirt", "")  # type: ignore[no-any-return]
+
+
+def sample_backends() -> FakeBackends:
+    """A virtualization host on which every step's ``example()`` validates.
+
+    Units of a host with Open vSwitch and libvirt installed but stopped;
+    bridge br0 with vnet0, vnet1 and mon0; a vCenter cluster Cluster1 of two
+    hosts with a free vmnic1 and VM sensor01; domains vm1 (running) and vm2.
+    """
+    fb = FakeBackends()
+    fb.systems["dbus"] = FakeDBus(units={
+        n: unit(n, "inactive") for n in ("openvswitch-switch.service", "libvirtd.service",
+                                        "ovs-vswitchd.service", "ovsdb-server.service")}
+        | {"NetworkManager.service": unit("NetworkManager.service")},
+        bus={"org.freedesktop.NetworkManager": ["/org/freedesktop/NetworkManager"]})
+    ovs = fb.systems["ovsdb"] = FakeOvsdb()
+    ovs.add_bridge("br0", "vnet0", "vnet1", "mon0")
+    default = VSwitch("vSwitch0", 128, 1500, ("vmnic0",), ("VM Network",))
+    fb.systems["vsphere"] = FakeVSphere(
+        hosts={h: Host(h, "Cluster1", (default,),
+                       (PortGroup("VM Network", "vSwitch0", 0,
+                                  Security(False, False, False)),),
+                       (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")))
+               for h in ("esx01", "esx02")},
+        vms={"sensor01": VM("sensor01", "esx01", (
+            Adapter("Network adapter 1", 4000, "VM Network"),
+            Adapter("Network adapter 2", 4001, "VM Network")))})
+    fb.systems["libvirt"] = FakeLibvirt(domains_={"vm1": domain("vm1", "running"),
+                                                  "vm2": domain("vm2")})
+    return fb

@@ -1,0 +1,128 @@
+"""The vsphere_network step on the vSphere fake: plan, apply, verify, undo, validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fakes import FakeBackends, sample_backends
+from helpers import run, statuses
+
+from backends.interfaces.vsphere import VM, Adapter, Security
+from steps.base import Context
+from steps.vsphere_network import VSphereNetworkStep
+from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
+
+PG = {"name": "Monitoring", "vswitch": "vSwitch1", "vlan": 4095, "allow_promiscuous": True}
+
+
+@pytest.fixture(autouse=True)
+def password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HS_TEST_VSPHERE_PASSWORD", "secret-value")
+
+
+def section(**extra: Any) -> dict[str, Any]:
+    return {"vsphere_network": {"server": "vc.example", "user": "admin",
+                                "password": "env:HS_TEST_VSPHERE_PASSWORD",
+                                "insecure": True, **extra}}
+
+
+FULL = section(hosts={"cluster": "Cluster1"},
+               vswitches=[{"name": "vSwitch1", "mtu": 9000, "nics": ["vmnic1"]}],
+               portgroups=[PG],
+               vm_adapters=[{"vm": "sensor01", "adapter": "Network adapter 2",
+                             "portgroup": "Monitoring"}])
+
+
+def test_plan_apply_plan_in_a_safe_order() -> None:
+    fb = sample_backends()
+    planned = run("plan", FULL, fb)
+    assert planned.exit_code == EXIT_PENDING
+    assert [(c.action, c.target) for c in planned.steps[0].changes] == [
+        ("create", "esx01: vSwitch vSwitch1"), ("create", "esx01: port group Monitoring"),
+        ("create", "esx02: vSwitch vSwitch1"), ("create", "esx02: port group Monitoring"),
+        ("update", "VM sensor01: Network adapter 2")]
+    assert fb.vsphere.hosts["esx01"].vswitch("vSwitch1") is None
+    applied = run("apply", FULL, fb)
+    assert statuses(applied) == {"vsphere_network": "applied"}
+    esx02 = fb.vsphere.hosts["esx02"]
+    assert esx02.vswitch("vSwitch1") is not None and esx02.vswitch("vSwitch1").mtu == 9000
+    assert esx02.portgroup("Monitoring").security == Security(True, False, False)
+    assert fb.vsphere.vms["sensor01"].adapter("Network adapter 2").network == "Monitoring"
+    assert run("plan", FULL, fb).exit_code == EXIT_OK
+    # The password was resolved for the connection, and is in no report.
+    conn = next(args[1] for args in fb.opened if args[0] == "vsphere")
+    assert conn.password == "secret-value"
+    assert "secret-value" not in repr(conn) and "secret-value" not in str(applied.as_dict())
+
+
+def test_update_shows_only_what_changes_and_removal_goes_last() -> None:
+    fb = sample_backends()
+    run("apply", FULL, fb)
+    later = section(hosts=["esx01"], portgroups=[{**PG, "vlan": 20}, {"name": "VM Network",
+                                                                       "state": "absent"}])
+    changes = run("plan", later, fb).steps[0].changes
+    assert [(c.action, c.target, c.before, c.after) for c in changes] == [
+        ("update", "esx01: port group Monitoring", {"vlan": 4095}, {"vlan": 20}),
+        ("delete", "esx01: port group VM Network",
+         {"vswitch": "vSwitch0", "vlan": 0, "promiscuous": False, "forged_transmits": False,
+          "mac_changes": False}, None)]
+
+
+def test_a_failure_undoes_what_the_run_did() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_portgroup", "Monitoring"))
+    result = run("apply", FULL, fb)
+    assert result.exit_code == EXIT_FAILED
+    step = result.steps[0]
+    assert step.errors == ["create esx01: port group Monitoring failed: vSphere add_portgroup "
+                           "failed: injected fault on 'Monitoring'; undid 1 change(s) made by "
+                           "this run"]
+    assert step.notes == ["remains changed: nothing"]
+    assert fb.vsphere.hosts["esx01"].vswitch("vSwitch1") is None  # removed again
+    writes = [c[0] for c in fb.vsphere.calls if c[0] != "inventory"]
+    assert writes == ["add_vswitch", "add_portgroup", "remove_vswitch"]
+
+
+def test_host_problems_all_listed_nothing_called() -> None:
+    fb = sample_backends()
+    bad = section(hosts=["esx01", "esx09"],
+                  vswitches=[{"name": "vSwitch1", "nics": ["vmnic0", "vmnic7"]}],
+                  portgroups=[{"name": "P", "vswitch": "vSwitchX"}],
+                  vm_adapters=[{"vm": "sensor01", "adapter": "Network adapter 9",
+                                "portgroup": "Nowhere"}, {"vm": "ghost", "adapter":
+                                                          "Network adapter 1", "portgroup": "P"}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.hosts[1]: no host 'esx09' (hosts: esx01, esx02)",
+        "vsphere_network.vswitches[0].nics[0]: 'vmnic0' on host 'esx01' is already an uplink "
+        "of vSwitch 'vSwitch0'",
+        "vsphere_network.vswitches[0].nics[1]: 'vmnic7' is not a physical NIC of host 'esx01' "
+        "(has: vmnic0, vmnic1)",
+        "vsphere_network.portgroups[0].vswitch: vSwitch 'vSwitchX' is neither on host 'esx01' "
+        "nor in the answers' vswitches",
+        "vsphere_network.vm_adapters[0].adapter: VM 'sensor01' has no 'Network adapter 9' "
+        "(has: Network adapter 1, Network adapter 2)",
+        "vsphere_network.vm_adapters[0].portgroup: port group 'Nowhere' is not on host "
+        "'esx01' of VM 'sensor01' and the answers do not create it there",
+        "vsphere_network.vm_adapters[1].vm: no VM 'ghost'",
+    ]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_unreachable_server_exits_5() -> None:
+    fb = FakeBackends(unreachable={"vsphere"})
+    result = run("plan", FULL, fb)
+    assert result.exit_code == 5
+    assert result.steps[0].errors == ["vsphere unreachable at vc.example:443: fake: down"]
+
+
+def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> None:
+    fb = sample_backends()
+    fb.vsphere.vms["other"] = VM("other", "esx02", (Adapter("Network adapter 1", 4000, "x"),))
+    run("apply", FULL, fb)
+    reads = [args[0] for method, args in fb.vsphere.calls if method == "inventory"]
+    assert reads and all(vms == {"sensor01"} for vms in reads)
+    facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
+    assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all

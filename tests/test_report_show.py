@@ -1,7 +1,7 @@
 """``hostsetup report show FILE``: reports of plan, apply and a fleet run, read back as
 the same text the commands printed.  The reports are made by real runs: the
-services step on a private dbus-daemon, and a fleet of two sandbox hosts with
-their agents (whose answers carry per-host late_commands: each agent runs its own)."""
+services step on a sandbox host's systemd, and a fleet of two sandbox hosts with
+their agent units (whose answers carry per-host late_commands: each agent runs its own)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from conftest import hostsetup
 
 from sandbox import manage
 from sandbox.core import Sandbox
+from wizard.answers import read_yaml
 
 
 def test_plan_and_apply_reports_read_as_the_cli_printed_them(
@@ -76,10 +77,16 @@ def test_not_a_report_is_refused_clearly(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """Two light sandbox hosts with an agent each, and Redis."""
+    """Two sandbox hosts with the agent unit each, and Redis; the fleet answers keep the
+    services and ovs_mirror steps (hosts with changes: a host with none is not applied)."""
     directory = tmp_path_factory.mktemp("fleet")
     try:
-        yield manage.up_fleet(directory, 2, components=["wizard.sandbox.dbus"])
+        fleet = manage.up_fleet(directory, 2, components=[manage.HOST])
+        data = read_yaml(directory / "fleet-answers.yaml")
+        for section in (data, *data["hosts"]):
+            section.pop("ivshmem", None)
+        manage.write_yaml(directory / "fleet-answers.yaml", data)
+        yield fleet
     finally:
         manage.down(directory)
 
@@ -87,7 +94,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def test_fleet_report_and_per_host_late_commands(fleet: Sandbox, tmp_path: Path) -> None:
     base = (fleet.dir / "fleet-answers.yaml").read_text()
     answers = tmp_path / "fleet.yaml"
-    trace = tmp_path / "trace"
+    # A file in each host's own /var/log (the agent unit has a private /tmp), read here
+    # through the host's root.
+    trace = "/var/log/hostsetup-test-trace"
     # Each host overrides late_commands: every agent runs its own host's list.
     lines = []
     for line in base.splitlines():
@@ -100,7 +109,8 @@ def test_fleet_report_and_per_host_late_commands(fleet: Sandbox, tmp_path: Path)
     res = hostsetup("fleet", "apply", "--answers", str(answers), "--report", str(report),
                     env=dict(fleet.env), timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert sorted(trace.read_text().split()) == ["hv1", "hv2"]
+    assert [Path(Sandbox.load(fleet.dir / h).env["HOSTSETUP_HOST_ROOT"], trace[1:]).read_text()
+            for h in ("hv1", "hv2")] == ["hv1\n", "hv2\n"]
 
     shown = hostsetup("report", "show", str(report))
     assert shown.returncode == 0, shown.stderr

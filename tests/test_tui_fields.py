@@ -14,6 +14,7 @@ from conftest import ROOT
 from tmux import Terminal
 
 from backends.bundle import RealBackends
+from sandbox import host as host_mod
 from sandbox import manage
 from sandbox.core import Sandbox
 from sandbox.manage import write_yaml
@@ -21,17 +22,19 @@ from steps import REGISTRY
 from steps.base import Question
 from wizard.tui.questions import LABEL_W, record_model, shorten, show_value
 
-HOST_COMPONENTS = ["wizard.sandbox.dbus", "wizard.sandbox.ovs", "wizard.sandbox.vcsim",
-                   "wizard.sandbox.libvirt"]
+HOST_COMPONENTS = [manage.HOST, "sandbox.vcsim"]
 CASES = {"empty": "", "junk": "abc!", "long": "x" * 1500, "unicode": "ñ€✓ü"}
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """One sandbox host (bus, OVS, vSphere simulator, libvirt) for the module."""
+    """One sandbox host (its systemd started OVS and libvirtd) and the vSphere simulator,
+    for the module."""
     directory = tmp_path_factory.mktemp("tuifields") / "host"
-    sb = manage.up(directory, tag="tuifld", components=HOST_COMPONENTS)
     try:
+        sb = manage.up(directory, tag="tuifld", components=HOST_COMPONENTS)
+        host_mod.run_inside(sb, "systemctl", "systemctl", "start",
+                            "openvswitch-switch.service", "libvirtd.service")
         yield sb
     finally:
         manage.down(directory)

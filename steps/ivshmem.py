@@ -569,7 +569,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
             raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}' "
                                f"({dbus.unit_result(LIBVIRTD)})")
         # The restart closed our connection: verify and later steps need a live one.
-        ctx.backends.libvirt(answers.uri).reconnect()
+        libvirt_api(ctx.backends, answers.uri).reconnect()
 
     def _notes(self, new_hook: bool, done: list[Change], ctx: Context) -> None:
         restarted = any(c.action == "restart" for c in done)

@@ -24,7 +24,7 @@ import test_ivshmem_hook as hook_tests
 import test_ivshmem_sandbox as sandbox_tests
 from test_ivshmem_hook import DOMAIN, SHMEM, call, configure
 
-from sandbox import libvirt as sandbox_libvirt
+from sandbox import host
 from sandbox.core import Sandbox
 from steps.ivshmem import CHAINED_NAME, CONFIG_NAME, HOOK_SOURCE
 
@@ -414,7 +414,9 @@ def test_step_refuses_an_unsafe_log_directory(ivs_sb: Sandbox, tmp_path: Path) -
              str(tmp_path / "link.log"): f"{tmp_path / 'link.log'} is not a regular file",
              "relative.log": "'relative.log' is not an absolute path"}
     for hook_log, message in cases.items():
-        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(ivs_sb, hook_log=hook_log))
+        # From outside: the step checks the log's directory where it runs.
+        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(ivs_sb, hook_log=hook_log),
+                                inside=False)
         assert res.returncode == 3, res.stdout + res.stderr
         assert "ivshmem.hook_log" in res.stderr and message in res.stderr
 
@@ -426,7 +428,8 @@ def test_step_rewrites_a_corrupt_installed_config(ivs_sb: Sandbox) -> None:
     config.write_text('{"wrappers": ')
     try:
         res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(
-            ivs_sb, method="qemu-wrapper", domains=["vm1"], restart_libvirtd=False))
+            ivs_sb, method="qemu-wrapper", domains=["vm1"], restart_libvirtd=False),
+            inside=False)  # from outside: the plan names the hooks directory seen here
         assert res.returncode == 4, res.stdout + res.stderr
         assert f"update file {config}" in res.stdout and "Traceback" not in res.stderr
     finally:
@@ -441,36 +444,39 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
     section = sandbox_tests.answers(sb, enforce="refuse")
     applied = sandbox_tests.cli(sb, "apply", section)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    sandbox_libvirt.restart(sb)
+    sandbox_tests.systemctl(sb, "restart", "libvirtd.service")
     hooks = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"]) / "qemu.d"
-    shm = Path("/dev/shm", section["name"])
+    shm = sandbox_tests.shm(sb, section["name"])  # the host's /dev/shm, from outside
     good = (hooks / CONFIG_NAME).read_bytes()
     try:
         # A squatter made the object first and holds it open: vm1 starts on a fresh one.
         _plant_foreign_file(shm, sb.dir)
         held = os.open(shm, os.O_RDONLY)
-        sandbox_libvirt.virsh(sb, "start", "vm1")
-        assert os.stat(shm).st_uid == 0 and os.fstat(held).st_ino != os.stat(shm).st_ino
+        sandbox_tests.virsh(sb, "start", "vm1")
+        owner = section["owner"].split(":")[0]  # the answers' owner, a user of the host
+        passwd = Path(sb.env["HOSTSETUP_HOST_ROOT"], "etc/passwd").read_text().splitlines()
+        uid = next(int(e.split(":")[2]) for e in passwd if e.split(":")[0] == owner)
+        assert os.stat(shm).st_uid == uid and os.fstat(held).st_ino != os.stat(shm).st_ino
         os.close(held)
         # A corrupt configuration: vm2 still starts, and a libvirtd restart (reconnect
         # hooks) keeps both running.
         (hooks / CONFIG_NAME).write_bytes(good[: len(good) // 2])
-        sandbox_libvirt.virsh(sb, "start", "vm2")
-        pids = sandbox_libvirt.qemu_pids(sb)
-        sandbox_libvirt.restart(sb)
+        sandbox_tests.virsh(sb, "start", "vm2")
+        pids = host.qemu_pids(sb)
+        sandbox_tests.systemctl(sb, "restart", "libvirtd.service")
         log_file = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log")
         reconnected = [f"{vm} reconnect begin: configuration" for vm in ("vm1", "vm2")]
         deadline = time.monotonic() + 30  # libvirtd reconnects in the background
         while not all(r in log_file.read_text() for r in reconnected):
             assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.1)
-        assert sandbox_libvirt.qemu_pids(sb) == pids and set(pids) == {"vm1", "vm2"}
+        assert host.qemu_pids(sb) == pids and set(pids) == {"vm1", "vm2"}
         for vm in ("vm1", "vm2"):
-            assert "running" in sandbox_libvirt.virsh(sb, "domstate", vm)
+            assert "running" in sandbox_tests.virsh(sb, "domstate", vm)
         log = log_file.read_text()
-        assert f"refused {shm}: it is owned by uid {NOBODY}" in log
+        assert f"refused /dev/shm/{shm.name}: it is owned by uid {NOBODY}" in log
         assert "vm2 prepare begin: configuration" in log
     finally:
         (hooks / CONFIG_NAME).write_bytes(good)
-        for aside in Path("/dev/shm").glob(f"{shm.name}.hostsetup-refused.*"):
+        for aside in shm.parent.glob(f"{shm.name}.hostsetup-refused.*"):
             aside.unlink()

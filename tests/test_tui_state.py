@@ -15,8 +15,7 @@ import pytest
 from helpers import ROOT, hostsetup
 from tmux import Terminal
 
-from sandbox import ovs as ovs_component
-from sandbox import vcsim
+from sandbox import host, manage, vcsim
 from sandbox.core import Sandbox
 from sandbox.manage import write_yaml
 
@@ -39,13 +38,14 @@ def apply(tmp: Path, doc: dict[str, Any]) -> None:
 
 @pytest.fixture
 def ovs_host(tmp_path: Path) -> Iterator[Sandbox]:
-    sb = Sandbox(dir=tmp_path / "host", tag="tuist")
+    """A sandbox host whose systemd started Open vSwitch."""
+    directory = tmp_path / "host"
     try:
-        ovs_component.up(sb)
+        sb = manage.up(directory, tag="tuist", components=[manage.HOST])
+        host.run_inside(sb, "systemctl", "systemctl", "start", "openvswitch-switch.service")
         yield sb
     finally:
-        sb.stop()
-        ovs_component.down(sb)
+        manage.down(directory)
 
 
 @pytest.fixture
@@ -104,8 +104,9 @@ def test_unit_picker_shows_states_and_review_before_after(
                if "Start timeout (s)" in line)
     assert " 30___" in row  # whole seconds: 30, not 30.0
     t.send("Enter")  # the Required units picker
-    picker = t.wait_for("libvirtd.service  (inactive)")
-    assert "NetworkManager.service  (active)" in picker
+    # A real host's units (scrolled list): each with its state, the required ones checked.
+    picker = t.wait_for("[*] NetworkManager.service  (active)")
+    assert "apt-daily.timer  (inactive)" in picker
     t.send("Tab", "Enter")  # OK
     t.wait_for("Start timeout (s)")
     t.send("F12")
@@ -113,7 +114,7 @@ def test_unit_picker_shows_states_and_review_before_after(
     lines = review.splitlines()
     at = next(i for i, line in enumerate(lines) if "+ start unit libvirtd.service" in line)
     assert "      inactive (dead) -> active" in lines[at + 1]
-    assert "services: 3 changes" in review
+    assert "services: 2 changes" in review  # openvswitch-switch and libvirtd
 
 
 def test_same_run_portgroup_offered_new_and_review_shows_the_diff(

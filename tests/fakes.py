@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import NetDevice, NetworkState, Unit
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitFile
 from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, Shmem
 from backends.interfaces.ovsdb import Bridge, Mirror, MirrorEdit, Port
 from backends.interfaces.vsphere import (
@@ -54,6 +54,10 @@ class FakeDBus:
     failing: set[str] = field(default_factory=set)
     restarted: list[str] = field(default_factory=list)
     address: str = "fake:dbus"
+    # Unit file states (default "enabled"); names changed on disk since the last reload.
+    file_states: dict[str, str] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
+    reloads: int = 0
 
     def list_units(self) -> dict[str, Unit]:
         return dict(self.units)
@@ -80,6 +84,21 @@ class FakeDBus:
     def restart_unit(self, name: str, timeout: float) -> str:
         self.restarted.append(name)
         return self.start_unit(name, timeout)
+
+    def unit_file(self, name: str) -> UnitFile:
+        return UnitFile(self.file_states.get(name, "enabled"), name in self.stale)
+
+    def enable_unit(self, name: str) -> None:
+        self.file_states[name] = "enabled"
+        self.reload()
+
+    def reload(self) -> None:
+        self.reloads += 1
+        self.stale.clear()
+
+    def unit_result(self, name: str) -> str:
+        found = self.units.get(name)
+        return f"unit {found.active if found else 'not-found'}"
 
     def close(self) -> None:
         pass
@@ -279,6 +298,7 @@ class FakeLibvirt:
     version_: tuple[int, int, int] = (9, 0, 0)
     uri: str = "qemu:///fake"
     backups: int = 0
+    reconnects: int = 0
 
     def version(self) -> tuple[int, int, int]:
         return self.version_
@@ -311,6 +331,9 @@ class FakeLibvirt:
         backup = f"{path}.hostsetup-bak.{self.backups}"
         self.files[backup] = old
         return backup
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
 
     def close(self) -> None:
         pass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -40,15 +41,17 @@ def cache_dir() -> Path:
 
 
 def build() -> Path:
-    """Build the simulator if missing or older than its source; returns the binary."""
+    """Build the simulator unless built from this very source; returns the binary."""
     cache = cache_dir()
-    binary = cache / "vcsim"
+    # Named by the source's digest: checkouts with another main.go (other branches,
+    # other worktrees) share the cache without running each other's simulator.
+    binary = cache / f"vcsim-{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]}"
     # Several sandboxes may start at once: one builds, the others wait and reuse.
     with open(cache / "vcsim.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+        if binary.exists():
             return binary
-        tmp = cache / "vcsim.new"
+        tmp = cache / f"{binary.name}.new"
         env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off",
                "GOCACHE": str(cache / "go-build"), "GOFLAGS": ""}
         res = subprocess.run(

@@ -1,29 +1,17 @@
 """early_commands / late_commands / error_commands (wizard/commands.py), against the
-services step on a real private dbus-daemon (the sandbox's D-Bus host)."""
+services step on a sandbox host's real systemd."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup, unit_state
 
 from sandbox.core import Sandbox
 from wizard import answers
 from wizard.commands import OUTPUT_LIMIT, run_command
-
-
-def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState read with busctl, independently of our backend.  (Main has this in
-    tests/helpers.py since the contract merge; this branch predates it.)"""
-    path = "/org/freedesktop/systemd1/unit/" + unit.replace(".", "_").replace("-", "_")
-    out = subprocess.run(
-        ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
-         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"],
-        capture_output=True, text=True, check=True).stdout
-    return out.split()[1].strip('"')
 
 
 def answers_with(sb: Sandbox, tmp_path: Path, extra: str) -> str:

@@ -110,7 +110,9 @@ def test_product_inside_a_host_on_default_answers(tmp_path: Path) -> None:
             t.wait_for("[*] Host services")
             t.send("F12")
             t.wait_for("Review")
-            t.send("Enter")
+            t.send("Tab", "Enter")  # the Apply button
+            t.wait_for("Apply? ")
+            t.send("Left", "Enter")  # Yes
             t.wait_for("Summary", timeout=180)
             t.send("Enter")
             assert t.exit_code() == 0

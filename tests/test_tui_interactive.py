@@ -15,8 +15,10 @@ from wizard.answers import dump_yaml
 
 
 def wizard(sb: Sandbox, tmp: Path, **top: object) -> Terminal:
-    """The wizard on the sandbox's complete answers with ``top`` keys added."""
+    """The wizard on the sandbox host's services answers (complete) with ``top`` keys
+    added."""
     data = YAML(typ="safe").load((sb.dir / "answers.yaml").read_text())
+    data = {"version": data["version"], "services": data["services"]}
     answers = tmp / "answers.yaml"
     answers.write_text(dump_yaml({**data, **top}))
     return Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "

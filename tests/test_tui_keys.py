@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, hostsetup
+from helpers import add_unit
 from test_tui import restored
 from test_tui_fields import host, wizard_on  # noqa: F401 - the module's sandbox fixture
 from tmux import Terminal
 
 from sandbox.core import Sandbox
+from sandbox.host import BROKEN_UNIT
 from sandbox.manage import write_yaml
 
 
@@ -187,12 +189,14 @@ def test_resize_at_every_window(host: Sandbox, tmp_path: Path) -> None:  # noqa:
 
 def test_unknown_keys_can_be_dropped_and_bad_interactive_is_reported(
         host: Sandbox, tmp_path: Path) -> None:  # noqa: F811
-    services = dict(host.answers["services"], startt=True)
+    # The shared host's required units run already: one inactive unit gives a change.
+    services = dict(host.answers["services"], startt=True,
+                    require=[*host.answers["services"]["require"], BROKEN_UNIT])
     t = run_wizard(tmp_path, {"version": 1, "interactive": ["nosuchstep"],
                               "services": services})
     try:
         screen = t.wait_for("Answers file: problems")
-        assert "interactive: 'nosuchstep' is not a step" in screen
+        assert "interactive: 'nosuchstep' is neither '*', a step" in screen
         t.send("Enter")
         screen = t.wait_for("Answers file: unknown keys")
         assert "Host services: startt (line" in screen and "unknown key" in screen
@@ -277,8 +281,12 @@ def test_a_key_stops_a_stalled_wait(host: Sandbox, tmp_path: Path) -> None:  # n
 
 def test_ctrl_c_while_applying_stops_after_the_running_step(
         host: Sandbox, tmp_path: Path) -> None:  # noqa: F811
-    t = run_wizard(tmp_path, dict(host.answers) | {"version": 1},
-                   f"--report {tmp_path}/r.json")
+    # The services step starts a unit whose start takes 10 s: Ctrl-C comes during it.
+    add_unit(host, "slow-start.service",
+             "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sleep 10\n")
+    answers = dict(host.answers) | {"version": 1}
+    answers["services"] = {**answers["services"], "require": ["slow-start.service"]}
+    t = run_wizard(tmp_path, answers, f"--report {tmp_path}/r.json")
     try:
         t.wait_for("[*] Host services")
         to_review(t)
@@ -294,7 +302,7 @@ def test_ctrl_c_while_applying_stops_after_the_running_step(
         screen = t.wait_for("Summary", timeout=120)
         assert "not run" in screen
         t.send("Enter")
-        assert t.exit_code() == 130
+        assert t.exit_code() == 130, (tmp_path / "r.json").read_text()
     finally:
         t.close()
 

@@ -86,7 +86,9 @@ def test_console_wizard_marks_the_host_configured(dbus_host: Sandbox, tmp_path: 
         t.wait_for("[*] Host services")
         t.send("F12")
         t.wait_for("Review")
-        t.send("Enter")
+        t.send("Tab", "Enter")  # the Apply button
+        t.wait_for("Apply? ")
+        t.send("Left", "Enter")  # Yes
         t.wait_for("Summary")
         t.send("Enter")
         assert t.exit_code() == 0

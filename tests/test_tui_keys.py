@@ -192,7 +192,7 @@ def test_unknown_keys_can_be_dropped_and_bad_interactive_is_reported(
                               "services": services})
     try:
         screen = t.wait_for("Answers file: problems")
-        assert "interactive: 'nosuchstep' is not a step" in screen
+        assert "interactive: 'nosuchstep' is neither '*', a step" in screen
         t.send("Enter")
         screen = t.wait_for("Answers file: unknown keys")
         assert "Host services: startt (line" in screen and "unknown key" in screen

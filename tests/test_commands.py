@@ -4,26 +4,14 @@ services step on a real private dbus-daemon (the sandbox's D-Bus host)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup, unit_state
 
 from wizard import answers
 from wizard.commands import OUTPUT_LIMIT, run_command
 from wizard.sandbox.core import Sandbox
-
-
-def unit_state(sb: Sandbox, unit: str) -> str:
-    """ActiveState read with busctl, independently of our backend.  (Main has this in
-    tests/helpers.py since the contract merge; this branch predates it.)"""
-    path = "/org/freedesktop/systemd1/unit/" + unit.replace(".", "_").replace("-", "_")
-    out = subprocess.run(
-        ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"], "get-property",
-         "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"],
-        capture_output=True, text=True, check=True).stdout
-    return out.split()[1].strip('"')
 
 
 def answers_with(sb: Sandbox, tmp_path: Path, extra: str) -> str:

@@ -430,10 +430,27 @@ def _read(ovsdb: OvsdbAPI) -> dict[str, Any]:
     }
 
 
+def _ask(model: type[StepModel], key: str, label: str, **kw: Any) -> Question:
+    """A question on a record field, its help the field's description."""
+    return Question(key, label, help=model.model_fields[key].description or "", **kw)
+
+
 def _port_fields(p: Port) -> dict[str, Any]:
     """A port's compared settings, JSON-friendly (options flattened)."""
     return {"type": p.type or "system", **dict(sorted(p.options.items())), "tag": p.tag,
             "trunks": list(p.trunks), "vlan_mode": p.vlan_mode}
+
+
+def _port_record(p: Port) -> dict[str, Any]:
+    """A managed port as a ``ports`` answer (prefills the wizard)."""
+    rec: dict[str, Any] = {"name": p.name, "bridge": p.bridge, "type": p.type or "system"}
+    for key, value in p.options.items():
+        if key in ("erspan_idx", "erspan_hwid"):
+            rec[key] = int(value, 16)
+        elif key in PortAnswers.model_fields:
+            rec[key] = int(value) if value.isdigit() and "ip" not in key else value
+    rec.update({k: getattr(p, k) for k in ("tag", "vlan_mode") if getattr(p, k) is not None})
+    return {**rec, "trunks": list(p.trunks)} if p.trunks else rec
 
 
 def describe_port(p: Port) -> str:
@@ -556,7 +573,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         fields = [
             Question("name", "Mirror name", required=True, help="Unique on its bridge."),
             Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
-                     required=True, help="The bridge whose traffic is mirrored."),
+                     required=True, help="The bridge whose traffic is mirrored.", refs="bridges"),
             Question("state", "State", kind="choice", choices=("present", "absent"),
                      help="present: create or update this mirror; absent: delete it "
                      "(only if hostsetup made it)."),
@@ -570,14 +587,54 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             Question("select_vlan", "Only VLANs", help="Comma-separated VLAN IDs 0-4095; "
                      "empty mirrors all VLANs."),
             Question("output_port", "Output port (SPAN)", kind="choice", choices=ports,
-                     help="The port that receives the copies; it then carries nothing else. "
-                     "Leave empty for RSPAN."),
+                     help="The port that receives the copies (a tunnel port sends them to a "
+                     "remote analyser); it then carries nothing else. Leave empty for RSPAN.",
+                     refs="ports"),
             Question("output_vlan", "Output VLAN (RSPAN)", kind="int", help=RSPAN_HELP),
         ]
         if facts.get("snaplen", True):
             fields.append(Question("snaplen", "Snap length", kind="int",
                                    help="Truncate each copy to this many bytes (14-65535)."))
+        if facts.get("filter", False):
+            fields.append(_ask(MirrorAnswers, "filter", "Only packets matching"))
+        state = ("present", "absent")
+        bridge_fields = (
+            _ask(BridgeAnswers, "name", "Bridge name", required=True),
+            _ask(BridgeAnswers, "state", "State", kind="choice", choices=state),
+            _ask(BridgeAnswers, "datapath_type", "Datapath type", kind="choice",
+                 choices=tuple(facts.get("datapath_types", ()))),
+            _ask(BridgeAnswers, "fail_mode", "Fail mode", kind="choice",
+                 choices=("standalone", "secure")),
+            _ask(BridgeAnswers, "flood_vlans", "Flood VLANs (RSPAN in)"),
+        )
+        port_fields = (
+            _ask(PortAnswers, "name", "Port name", required=True),
+            Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
+                     required=True, refs="bridges", help="The bridge the port is on."),
+            _ask(PortAnswers, "state", "State", kind="choice", choices=state),
+            _ask(PortAnswers, "type", "Type", kind="choice", choices=(
+                "system", "internal", "patch", *TUNNELS)),
+            _ask(PortAnswers, "tag", "Access VLAN", kind="int"),
+            _ask(PortAnswers, "vlan_mode", "VLAN mode", kind="choice", choices=(
+                "trunk", "access", "native-tagged", "native-untagged")),
+            _ask(PortAnswers, "trunks", "Trunk VLANs"),
+            _ask(PortAnswers, "peer", "Patch peer"),
+            _ask(PortAnswers, "remote_ip", "Tunnel remote IP"),
+            _ask(PortAnswers, "local_ip", "Tunnel local IP"),
+            _ask(PortAnswers, "key", "Tunnel key", kind="int"),
+            _ask(PortAnswers, "erspan_ver", "ERSPAN version", kind="int"),
+            _ask(PortAnswers, "erspan_idx", "ERSPAN v1 index", kind="int"),
+            _ask(PortAnswers, "erspan_dir", "ERSPAN v2 direction", kind="int"),
+            _ask(PortAnswers, "erspan_hwid", "ERSPAN v2 hardware ID", kind="int"),
+        )
         return [
+            Question("bridges", "Bridges", kind="records", fields=bridge_fields,
+                     summary="name", help="Bridges to create, update or delete (only the "
+                     "settings given are touched)."),
+            Question("ports", "Ports and tunnels", kind="records", fields=port_fields,
+                     summary="name", help="Ports to create, update or delete: system devices, "
+                     "internal ports, patch links between bridges, and GRE / ERSPAN / VXLAN "
+                     "tunnels that carry mirrored copies to a remote analyser."),
             Question("mirrors", "Port mirrors", kind="records", fields=tuple(fields),
                      summary="name", help=self.help),
             Question("prune", "Delete unlisted mirrors", kind="yesno",
@@ -589,8 +646,11 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         """hostsetup's mirrors on the switch (``hostsetup-managed``), as records."""
         mirrors = [{"name": m.name, "bridge": m.bridge, **_shown(_fields(m))}
                    for m in facts.get("mirrors", []) if _is_managed(m)]
-        return {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
+        out = {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
             if mirrors else {}
+        ports = [_port_record(p) for _n, p in sorted(facts.get("ports", {}).items())
+                 if _is_managed(p)]
+        return {"ports": ports, **out} if ports else out
 
     def validate(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
         bridges: dict[str, Bridge] = facts["bridges"]

@@ -414,7 +414,9 @@ class OvsdbBackend:
             else:
                 row = txn.insert(self.idl.tables["Port"])
                 row.name = p.name
-                row.interfaces = [txn.insert(self.idl.tables["Interface"])]
+                iface = txn.insert(self.idl.tables["Interface"])
+                iface.name = p.name  # immutable once created
+                row.interfaces = [iface]
                 bridge(p.bridge).addvalue("ports", row)
                 on_bridge(p.bridge)[p.name] = row
             self._write_port(row, p)
@@ -482,7 +484,6 @@ class OvsdbBackend:
         row.vlan_mode = [p.vlan_mode] if p.vlan_mode else []
         row.external_ids = dict(p.external_ids)
         iface = row.interfaces[0]
-        iface.name = p.name
         iface.type = p.type
         iface.options = dict(p.options)
 

@@ -105,7 +105,8 @@ class Change:
     """One planned change: what, how, and the values before and after."""
 
     target: str
-    action: Literal["create", "update", "delete", "start", "restart", "install"]
+    action: Literal["create", "update", "delete", "start", "restart", "install",
+                    "stop", "enable", "disable", "mask"]
     before: Any = None
     after: Any = None
     detail: str = ""

@@ -628,6 +628,11 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             _ask(PortAnswers, "erspan_hwid", "ERSPAN v2 hardware ID", kind="int"),
         )
         return [
+            Question("mirrors", "Port mirrors", kind="records", fields=tuple(fields),
+                     summary="name", help=self.help),
+            Question("prune", "Delete unlisted mirrors", kind="yesno",
+                     help="Delete mirrors made by hostsetup that are not listed here. "
+                     "Mirrors made otherwise are never touched."),
             Question("bridges", "Bridges", kind="records", fields=bridge_fields,
                      summary="name", help="Bridges to create, update or delete (only the "
                      "settings given are touched)."),
@@ -635,11 +640,6 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                      summary="name", help="Ports to create, update or delete: system devices, "
                      "internal ports, patch links between bridges, and GRE / ERSPAN / VXLAN "
                      "tunnels that carry mirrored copies to a remote analyser."),
-            Question("mirrors", "Port mirrors", kind="records", fields=tuple(fields),
-                     summary="name", help=self.help),
-            Question("prune", "Delete unlisted mirrors", kind="yesno",
-                     help="Delete mirrors made by hostsetup that are not listed here. "
-                     "Mirrors made otherwise are never touched."),
         ]
 
     def current(self, facts: dict[str, Any]) -> dict[str, Any]:

@@ -127,7 +127,9 @@ class ServicesStep(Step[ServicesAnswers]):
     help = (
         "Reads systemd and NetworkManager over D-Bus. Units listed as required must be\n"
         "installed; inactive ones are started (StartUnit, mode 'replace') if you answer\n"
-        "so, and each start job is waited for. 'bus' is 'system' on a real host."
+        "so, and each job is waited for. Enable/disable/mask change the unit files\n"
+        "(persistent across reboots), followed by a Reload; drop-ins amend a unit and\n"
+        "restart it if it runs. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
 
@@ -172,7 +174,12 @@ class ServicesStep(Step[ServicesAnswers]):
             Question("start", "Start inactive units", kind="yesno",
                      help="Start required units that are not active (mode 'replace')."),
             Question("timeout", "Start timeout (s)", kind="int",
-                     help="Seconds to wait for each start job."),
+                     help="Seconds to wait for each start, stop or restart job."),
+            *(Question(key, label, kind="multi", choices=tuple(names),
+                       help=str(ServicesAnswers.model_fields[key].description) + ".")
+              for key, label in (("enable", "Enable at boot"), ("disable", "Disable at boot"),
+                                 ("mask", "Mask"), ("stop", "Stop"),
+                                 ("restart", "Restart after a change"))),
         ]
 
     def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:

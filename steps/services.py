@@ -127,9 +127,7 @@ class ServicesStep(Step[ServicesAnswers]):
     help = (
         "Reads systemd and NetworkManager over D-Bus. Units listed as required must be\n"
         "installed; inactive ones are started (StartUnit, mode 'replace') if you answer\n"
-        "so, and each job is waited for. Enable/disable/mask change the unit files\n"
-        "(persistent across reboots), followed by a Reload; drop-ins amend a unit and\n"
-        "restart it if it runs. 'bus' is 'system' on a real host."
+        "so, and each start job is waited for. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
 
@@ -174,12 +172,7 @@ class ServicesStep(Step[ServicesAnswers]):
             Question("start", "Start inactive units", kind="yesno",
                      help="Start required units that are not active (mode 'replace')."),
             Question("timeout", "Start timeout (s)", kind="int",
-                     help="Seconds to wait for each start, stop or restart job."),
-            *(Question(key, label, kind="multi", choices=tuple(names),
-                       help=str(ServicesAnswers.model_fields[key].description) + ".")
-              for key, label in (("enable", "Enable at boot"), ("disable", "Disable at boot"),
-                                 ("mask", "Mask"), ("stop", "Stop"),
-                                 ("restart", "Restart after a change"))),
+                     help="Seconds to wait for each start job."),
         ]
 
     def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:
@@ -245,7 +238,9 @@ class ServicesStep(Step[ServicesAnswers]):
         dropins = _dropin_paths(answers)
         done: list[Change] = []
         for i, change in enumerate(changes):
-            ctx.progress(i / max(len(changes), 1), change.describe())
+            doing = {"start": "starting", "stop": "stopping", "restart": "restarting"}
+            ctx.progress(i / max(len(changes), 1), f"{doing[change.action]} {change.target[5:]}"
+                         if change.action in doing else change.describe())
             unit = change.target.removeprefix("unit ")
             try:
                 if change.action == "install":

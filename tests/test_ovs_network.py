@@ -149,9 +149,9 @@ def test_host_rules_exit_3_with_path_and_line(switch: Sandbox, tmp_path: Path) -
         {"name": "pb", "bridge": "br0", "type": "patch", "peer": "pa"},
         {"name": "pc", "bridge": "br0", "type": "patch", "peer": "nosuch"},
         {"name": "l1a", "bridge": "br0", "type": "patch", "peer": "l1b"},
-        {"name": "l1b", "bridge": "br-ul", "type": "patch", "peer": "l1a"},
+        {"name": "l1b", "bridge": "wan0", "type": "patch", "peer": "l1a"},
         {"name": "l2a", "bridge": "br0", "type": "patch", "peer": "l2b"},
-        {"name": "l2b", "bridge": "br-ul", "type": "patch", "peer": "l2a"},
+        {"name": "l2b", "bridge": "wan0", "type": "patch", "peer": "l2a"},
         {"name": "t9", "bridge": "br0", "type": "internal", "state": "absent"},
     ]
     mirrors = [
@@ -172,7 +172,7 @@ def test_host_rules_exit_3_with_path_and_line(switch: Sandbox, tmp_path: Path) -
         ("ports", 1, "bridge", "bridge 'br9' does not exist"),
         ("ports", 2, "peer", "on the same bridge 'br0': a patch link within one bridge"),
         ("ports", 4, "peer", "'nosuch' must be a patch port whose peer is 'pc'"),
-        ("ports", 7, "peer", "closes a loop: bridges 'br0' and 'br-ul' are already connected"),
+        ("ports", 7, "peer", "closes a loop: bridges 'br0' and 'wan0' are already connected"),
         ("ports", 9, "state", "port 't9' is deleted but mirrors[3] use it"),
         ("mirrors", 0, "filter", "no Mirror.filter (it came with Open vSwitch 3.4)"),
         ("mirrors", 2, "output_port", "'mon0' is a source of mirrors[1]"),
@@ -207,7 +207,7 @@ def test_bridges_and_ports_created_updated_deleted(switch: Sandbox, tmp_path: Pa
     res = hostsetup("plan", "--answers", path)
     assert res.returncode == 4, res.stdout + res.stderr
     assert "create bridge br-x" in res.stdout and "create port br-x/vx0" in res.stdout
-    assert vsctl(switch, "list-br").split() == ["br-ul", "br0"]  # plan changed nothing
+    assert vsctl(switch, "list-br").split() == ["br0", "wan0"]  # plan changed nothing
     res = hostsetup("apply", "--answers", path)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -248,7 +248,7 @@ def test_bridges_and_ports_created_updated_deleted(switch: Sandbox, tmp_path: Pa
     res = hostsetup("apply", "--answers", write_network(switch, tmp_path / "c.yaml", gone))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "delete bridge br-x" in res.stdout
-    assert vsctl(switch, "list-br").split() == ["br-ul", "br0"]
+    assert vsctl(switch, "list-br").split() == ["br0", "wan0"]
     assert vsctl(switch, "list-ports", "br0").split() == ["mon0", "vm1", "vm2"]
     assert hostsetup("plan", "--answers", str(tmp_path / "c.yaml")).returncode == 0
 
@@ -292,7 +292,7 @@ def test_failed_transaction_builds_nothing(switch: Sandbox) -> None:
     with pytest.raises(StepFailed, match="port 'vm2'") as err:
         _step_run(switch, TUNNEL_MIRROR, lambda: vsctl(switch, "del-port", "br0", "vm2"))
     assert err.value.done == []
-    assert vsctl(switch, "list-br").split() == ["br-ul", "br0"]
+    assert vsctl(switch, "list-br").split() == ["br0", "wan0"]
     assert "gre9" not in vsctl(switch, "list-ports", "br0").split()
 
 
@@ -322,3 +322,20 @@ def test_unsupported_tunnel_type_refused(tmp_path: Path) -> None:
         assert "ports[1]" not in res.stderr
     finally:
         sb.stop()
+
+
+def test_unmanaged_bridge_gets_only_flood_vlans(switch: Sandbox, tmp_path: Path) -> None:
+    """br0 (made by the sandbox, not hostsetup) may be listed to flood an RSPAN VLAN;
+    the VLAN goes again when no longer listed, and the bridge is otherwise untouched."""
+    vsctl(switch, "set", "Bridge", "br0", "flood_vlans=50")  # the operator's own
+    path = write_network(switch, tmp_path / "a.yaml",
+                         {"bridges": [{"name": "br0", "flood_vlans": [999]}]})
+    res = hostsetup("apply", "--answers", path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert vsctl(switch, "get", "Bridge", "br0", "flood_vlans") == "[50, 999]"
+    assert MANAGED not in vsctl(switch, "get", "Bridge", "br0", "external_ids")  # not adopted
+    assert hostsetup("plan", "--answers", path).returncode == 0
+    path = write_network(switch, tmp_path / "b.yaml", {"bridges": [{"name": "br0"}]})
+    res = hostsetup("apply", "--answers", path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert vsctl(switch, "get", "Bridge", "br0", "flood_vlans") == "[50]"

@@ -1,7 +1,7 @@
 """Remote mirroring with real packets: GRE and ERSPAN to an analyser, RSPAN across bridges.
 
 The sandbox switch (userspace datapath) reaches a separate "analyser" network
-namespace over its underlay bridge ``br-ul``.  The step builds the tunnel
+namespace over its underlay bridge ``wan0``.  The step builds the tunnel
 port and the mirror from the answers; vm1 sends ICMP echo requests to vm2; a
 tcpdump in the analyser namespace (or on the far bridge's monitor port)
 captures what arrives, and the frames are decoded here: outer IPv4 + GRE

@@ -12,7 +12,7 @@ where mirrored traffic can be captured.
 
 A remote "analyser" host for tunnelled mirrors: the namespace
 ``<tag>-<digest>-ana`` whose ``eth0`` has :data:`ANALYSER_IP`, reached from the
-switch over the underlay bridge ``br-ul`` (port ``ana0``, the veth's other
+switch over the underlay bridge ``wan0`` (port ``wan-ana``, the veth's other
 end; the bridge's local port has :data:`UNDERLAY_IP`).  The userspace datapath
 routes and resolves tunnel endpoints itself, so the route and the analyser's
 MAC are given to ovs-vswitchd (``ovs/route/add``, ``tnl/neigh/set``), as the
@@ -40,9 +40,11 @@ VMS = ("vm1", "vm2")  # bridge port names; each peer is eth0 in namespace <tag><
 MONITOR = "mon0"  # the mirror output port; capture on its peer CAPTURE
 CAPTURE = "mon0c"
 VM_ADDRESSES = {"vm1": "10.250.0.1", "vm2": "10.250.0.2"}
-UNDERLAY = "br-ul"  # the bridge towards the analyser; its port ANALYSER_PORT
-ANALYSER_PORT = "ana0"
-UNDERLAY_IP = "10.251.0.1"  # the switch's address on br-ul
+# The bridge towards the analyser and its port there; named to sort after br0 and
+# the VM ports, so that pickers keep their order.
+UNDERLAY = "wan0"
+ANALYSER_PORT = "wan-ana"
+UNDERLAY_IP = "10.251.0.1"  # the switch's address on wan0
 ANALYSER_IP = "10.251.0.2"  # the analyser's eth0
 
 
@@ -187,7 +189,7 @@ def up(sb: Sandbox) -> None:
 
 
 def _analyser(sb: Sandbox, lay: OvsLayout) -> None:
-    """The analyser namespace behind the underlay bridge br-ul, routed for tunnels."""
+    """The analyser namespace behind the underlay bridge wan0, routed for tunnels."""
     sw, ana = lay.switch_ns, lay.analyser_ns
     sb.run("ip link add", ["ip", "link", "add", ANALYSER_PORT, "netns", sw, "type", "veth",
                            "peer", "name", "eth0", "netns", ana])

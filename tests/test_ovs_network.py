@@ -339,3 +339,26 @@ def test_unmanaged_bridge_gets_only_flood_vlans(switch: Sandbox, tmp_path: Path)
     res = hostsetup("apply", "--answers", path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert vsctl(switch, "get", "Bridge", "br0", "flood_vlans") == "[50]"
+
+
+def test_wizard_prefills_managed_ports_as_valid_answers(switch: Sandbox, tmp_path: Path) -> None:
+    """A re-run in the wizard starts from hostsetup's ports, which must read back as the
+    same answers (hexadecimal ERSPAN fields, numbers, addresses)."""
+    erspan = {"name": "ers0", "bridge": "br0", "type": "erspan", "remote_ip": "10.251.0.2",
+              "key": 3, "erspan_ver": 2, "erspan_dir": 1, "erspan_hwid": 12}
+    network = {**NETWORK, "ports": [*NETWORK["ports"], erspan]}
+    assert hostsetup("apply", "--answers", write_network(
+        switch, tmp_path / "a.yaml", network)).returncode == 0
+    step = OvsMirrorStep()
+    backends = RealBackends()
+    try:
+        facts = step.discover({"db": switch.env["HOSTSETUP_OVSDB"]}, Context(backends=backends))
+    finally:
+        backends.close()
+    records = step.current(facts)["ports"]
+    answered = {p["name"]: step.Answers.model_validate({"ports": [p]}).ports[0]  # type: ignore[attr-defined]
+                for p in network["ports"]}
+    assert {r["name"] for r in records} == set(answered)
+    for rec in records:
+        again = step.Answers.model_validate({"ports": [rec]}).ports[0]  # type: ignore[attr-defined]
+        assert again.desired() == answered[rec["name"]].desired(), rec

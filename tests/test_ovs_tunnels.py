@@ -199,7 +199,8 @@ def test_rspan_copies_cross_on_the_vlan_to_the_far_monitor_port(
     bridges = [{"name": "br-far", "datapath_type": "netdev", "flood_vlans": [999]}]
     ports = [{"name": "trunk-near", "bridge": "br0", "type": "patch", "peer": "trunk-far"},
              {"name": "trunk-far", "bridge": "br-far", "type": "patch", "peer": "trunk-near"},
-             {"name": "mon-far", "bridge": "br-far", "type": "internal"}]
+             {"name": "mon-far", "bridge": "br-far", "type": "internal"},
+             {"name": "acc-far", "bridge": "br-far", "type": "internal", "tag": 999}]
     mirrors = [{"name": "rspan-out", "bridge": "br0", "select_src_port": ["vm1"],
                 "output_vlan": 999},
                {"name": "rspan-in", "bridge": "br-far", "select_all": True,
@@ -213,3 +214,8 @@ def test_rspan_copies_cross_on_the_vlan_to_the_far_monitor_port(
     copies = [inner_icmp(f) for f in frames if b"RSPANMARK" in f]
     assert len(copies) >= 3
     assert set(copies) == {(VM1, VM2, 8, 999)}  # vm1's requests, still on the mirror VLAN
+    # The other way to end an RSPAN: an access port on the mirror VLAN gets them untagged.
+    subprocess.run(["ip", "-n", sw, "link", "set", "acc-far", "up"], check=True)
+    frames = capture(switch, sw, "acc-far", tmp_path / "acc.pcap", "ACCESSMARK", "icmp")
+    copies = [inner_icmp(f) for f in frames if b"ACCESSMARK" in f]
+    assert len(copies) >= 3 and set(copies) == {REQUEST}

@@ -973,7 +973,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             changes.append(Change(
                 f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
                 {"flood_vlans": new_flood},
-                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them",
+                "RSPAN VLANs (mirror outputs, or a receiving end's) are flooded and OVS "
+                "learns no MAC addresses on them",
             ))
         return changes, add, remove, ids
 

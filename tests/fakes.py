@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import NetDevice, NetworkState, Unit
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitStatus
 from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, Shmem
-from backends.interfaces.ovsdb import Bridge, Mirror, MirrorEdit, Port
+from backends.interfaces.ovsdb import Bridge, BridgePut, Mirror, MirrorEdit, Port
 from backends.interfaces.vsphere import (
     VM,
     Adapter,
@@ -54,6 +54,10 @@ class FakeDBus:
     failing: set[str] = field(default_factory=set)
     restarted: list[str] = field(default_factory=list)
     address: str = "fake:dbus"
+    # Unit file states (enabled, disabled, masked...); a unit not listed is "disabled".
+    enablement: dict[str, str] = field(default_factory=dict)
+    files: dict[str, HostFile] = field(default_factory=dict)
+    reloads: int = 0
 
     def list_units(self) -> dict[str, Unit]:
         return dict(self.units)
@@ -80,6 +84,35 @@ class FakeDBus:
     def restart_unit(self, name: str, timeout: float) -> str:
         self.restarted.append(name)
         return self.start_unit(name, timeout)
+
+    def stop_unit(self, name: str, timeout: float) -> str:
+        self.units[name] = unit(name, "inactive")
+        return "done"
+
+    def unit_status(self, name: str) -> UnitStatus | None:
+        found = self.units.get(name) or self.load_unit(name)
+        if found is None:
+            return None
+        return UnitStatus(name, found.load, found.active, found.sub,
+                          self.enablement.get(name, "disabled"), False,
+                          "exit-code" if found.active == "failed" else "success")
+
+    def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
+        state = {"enable": "enabled", "disable": "disabled", "mask": "masked"}[action]
+        for name in names:
+            self.enablement[name] = state
+        return [("symlink", f"/etc/systemd/system/{n}", "") for n in names]
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def read_file(self, path: str) -> HostFile | None:
+        return self.files.get(path)
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
+        old = self.files.get(path)
+        self.files[path] = HostFile(path, content, mode)
+        return f"{path}.bak" if old is not None and old.content != content else None
 
     def close(self) -> None:
         pass
@@ -117,23 +150,64 @@ class FakeOvsdb:
     def has_column(self, table: str, column: str) -> bool:
         return (table, column) != ("Mirror", "snaplen") or self.snaplen
 
+    # Ports written by an edit (type, options, VLANs); others are plain system ports.
+    ports_: dict[str, Port] = field(default_factory=dict)
+
     def bridges(self) -> dict[str, Bridge]:
         return dict(self.bridges_)
 
     def ports(self) -> dict[str, Port]:
-        return {p: Port(p, b.name) for b in self.bridges_.values() for p in b.ports}
+        return {p: self.ports_.get(p) or Port(p, b.name, uuid=f"port-{p}")
+                for b in self.bridges_.values() for p in b.ports}
+
+    def iface_types(self) -> tuple[str, ...]:
+        return ("erspan", "geneve", "gre", "internal", "ip6erspan", "ip6gre", "patch",
+                "system", "tap", "vxlan")
+
+    def datapath_types(self) -> tuple[str, ...]:
+        return ("netdev", "system")
+
+    def _put_bridge(self, put: BridgePut) -> None:
+        old = self.bridges_.get(put.name) or Bridge(put.name, (put.name,), uuid=f"br-{put.name}")
+        ids = {k: v for k, v in {**old.external_ids, **put.external_ids}.items() if v is not None}
+        other = {k: v for k, v in {**old.other_config, **put.other_config}.items()
+                 if v is not None}
+        self.bridges_[put.name] = replace(
+            old, datapath_type=put.datapath_type or old.datapath_type,
+            fail_mode=put.fail_mode if put.fail_mode is not None else old.fail_mode,
+            external_ids=ids, other_config=other)
+
+    def _edit_ports(self, edit: MirrorEdit) -> None:
+        for port in edit.ports_delete:
+            self.ports_.pop(port.name, None)
+            bridge = self.bridges_[port.bridge]
+            self.bridges_[port.bridge] = replace(
+                bridge, ports=tuple(p for p in bridge.ports if p != port.name))
+        for port in edit.ports_put:
+            self.ports_[port.name] = replace(port, uuid=port.uuid or f"port-{port.name}")
+            bridge = self.bridges_[port.bridge]
+            if port.name not in bridge.ports:
+                self.bridges_[port.bridge] = replace(bridge, ports=(*bridge.ports, port.name))
 
     def mirrors(self) -> list[Mirror]:
         return list(self.mirrors_.values())
 
     def apply(self, edit: MirrorEdit, timeout: float) -> int:
         self.transactions += 1
+        made = {(p.bridge, p.name) for p in edit.ports_put} | {
+            (b.name, b.name) for b in edit.bridges_put}
         for m in edit.put:  # checked first: a bad reference changes nothing
             ports = self.bridges_[m.bridge].ports if m.bridge in self.bridges_ else ()
+            ports = (*ports, *(p for b, p in made if b == m.bridge))
             for port in (*m.select_src_port, *m.select_dst_port, *filter(None, [m.output_port])):
                 if port not in ports:
                     raise BackendError(f"transaction refused: no port '{port}' on "
                                        f"bridge '{m.bridge}'")
+        for put in edit.bridges_put:
+            self._put_bridge(put)
+        self._edit_ports(edit)
+        for gone in edit.bridges_delete:
+            self.bridges_.pop(gone.name, None)
         for m in edit.delete:
             self.mirrors_.pop(m.uuid, None)
         for m in edit.put:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from backends.interfaces import Backends
+from backends.interfaces.libvirt import HostFile
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,21 @@ class Unit:
     active: str
     sub: str
     description: str = ""
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """A unit's state as its properties tell it: ``ActiveState``/``SubState``,
+    the enablement (``UnitFileState``: enabled, disabled, masked, static...),
+    ``NeedDaemonReload`` and, for a service, ``Result`` (e.g. exit-code)."""
+
+    name: str
+    load: str
+    active: str
+    sub: str
+    enablement: str
+    need_reload: bool
+    result: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,34 @@ class DBusAPI(Protocol):
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
+
+    def stop_unit(self, name: str, timeout: float) -> str:
+        """Stop ``name`` (mode ``replace``), wait for its job; returns the job result."""
+        ...
+
+    def unit_status(self, name: str) -> UnitStatus | None:
+        """A unit's state and enablement (loads it if needed); ``None`` if systemd has
+        no such unit."""
+        ...
+
+    def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
+        """``enable``, ``disable`` or ``mask`` the unit files of ``names`` (persistent,
+        not runtime); returns systemd's changes (type, file, destination).  A
+        ``Reload`` is still needed for systemd to see them."""
+        ...
+
+    def reload(self) -> None:
+        """``Reload`` systemd (daemon-reload): re-read unit files and drop-ins."""
+        ...
+
+    def read_file(self, path: str) -> HostFile | None:
+        """A host file (e.g. a drop-in) and its mode; ``None`` if it does not exist."""
+        ...
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
+        """Write a host file atomically; returns the backup of what it replaced."""
+        ...
+
 
 # The bundle's table names this interface's adapter under KIND (backends/bundle.py).
 KIND = "dbus"

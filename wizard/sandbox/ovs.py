@@ -10,9 +10,19 @@ host's.  The bridge ``br0`` (``datapath_type=netdev``) has three veth ports:
 ``mon0``, a monitoring port whose peer ``mon0c`` (in the switch namespace) is
 where mirrored traffic can be captured.
 
+A remote "analyser" host for tunnelled mirrors: the namespace
+``<tag>-<digest>-ana`` whose ``eth0`` has :data:`ANALYSER_IP`, reached from the
+switch over the underlay bridge ``wan0`` (port ``wan-ana``, the veth's other
+end; the bridge's local port has :data:`UNDERLAY_IP`).  The userspace datapath
+routes and resolves tunnel endpoints itself, so the route and the analyser's
+MAC are given to ovs-vswitchd (``ovs/route/add``, ``tnl/neigh/set``), as the
+kernel's tables would be on a real host.  A GRE or ERSPAN port on br0 with
+``remote_ip`` = :data:`ANALYSER_IP` then carries mirrored copies there.
+
 Exports ``HOSTSETUP_OVSDB`` (for ``ovs-vsctl --db``), ``HOSTSETUP_OVS_CTL``
-(for ``ovs-appctl -t``) and ``HOSTSETUP_OVS_NETNS``; ``down`` deletes the
-namespaces and with them every device made here.
+(for ``ovs-appctl -t``), ``HOSTSETUP_OVS_NETNS``, ``HOSTSETUP_OVS_ANALYSER_NETNS``
+and ``HOSTSETUP_OVS_ANALYSER_IP``; ``down`` deletes the namespaces and with
+them every device made here.
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ VMS = ("vm1", "vm2")  # bridge port names; each peer is eth0 in namespace <tag><
 MONITOR = "mon0"  # the mirror output port; capture on its peer CAPTURE
 CAPTURE = "mon0c"
 VM_ADDRESSES = {"vm1": "10.250.0.1", "vm2": "10.250.0.2"}
+# The bridge towards the analyser and its port there; named to sort after br0 and
+# the VM ports, so that pickers keep their order.
+UNDERLAY = "wan0"
+ANALYSER_PORT = "wan-ana"
+UNDERLAY_IP = "10.251.0.1"  # the switch's address on wan0
+ANALYSER_IP = "10.251.0.2"  # the analyser's eth0
 
 
 @dataclass(frozen=True)
@@ -74,8 +90,13 @@ class OvsLayout:
         return f"{self.prefix}-{vm}"
 
     @property
+    def analyser_ns(self) -> str:
+        """The remote analyser's namespace (receives tunnelled mirror copies)."""
+        return f"{self.prefix}-ana"
+
+    @property
     def namespaces(self) -> list[str]:
-        return [self.switch_ns, *(self.vm_ns(vm) for vm in VMS)]
+        return [self.switch_ns, *(self.vm_ns(vm) for vm in VMS), self.analyser_ns]
 
 
 def layout(sb: Sandbox) -> OvsLayout:
@@ -149,6 +170,7 @@ def up(sb: Sandbox) -> None:
     ports = [a for p in (*VMS, MONITOR) for a in ("--", "add-port", BRIDGE, p)]
     sb.run("ovs-vsctl add-br", vsctl(lay, "add-br", BRIDGE, "--", "set", "bridge", BRIDGE,
                                      "datapath_type=netdev", *ports))
+    _analyser(sb, lay)
     sb.export("HOSTSETUP_OVSDB", lay.remote)
     sb.export("HOSTSETUP_OVS_CTL", str(lay.vswitchd_ctl))
     sb.export("HOSTSETUP_OVS_NETNS", sw)
@@ -164,6 +186,27 @@ def up(sb: Sandbox) -> None:
             "output_port": MONITOR,
         }],
     })
+
+
+def _analyser(sb: Sandbox, lay: OvsLayout) -> None:
+    """The analyser namespace behind the underlay bridge wan0, routed for tunnels."""
+    sw, ana = lay.switch_ns, lay.analyser_ns
+    sb.run("ip link add", ["ip", "link", "add", ANALYSER_PORT, "netns", sw, "type", "veth",
+                           "peer", "name", "eth0", "netns", ana])
+    sb.run("ip addr add", ["ip", "-n", ana, "addr", "add", f"{ANALYSER_IP}/24", "dev", "eth0"])
+    for ns, dev in ((ana, "lo"), (ana, "eth0"), (sw, ANALYSER_PORT)):
+        sb.run("ip link set up", ["ip", "-n", ns, "link", "set", dev, "up"])
+    sb.run("ovs-vsctl add-br", vsctl(lay, "add-br", UNDERLAY, "--", "set", "bridge", UNDERLAY,
+                                     "datapath_type=netdev", "--", "add-port", UNDERLAY,
+                                     ANALYSER_PORT))
+    sb.run("ip addr add", ["ip", "-n", sw, "addr", "add", f"{UNDERLAY_IP}/24", "dev", UNDERLAY])
+    sb.run("ip link set up", ["ip", "-n", sw, "link", "set", UNDERLAY, "up"])
+    mac = sb.run("ip link show", ["ip", "-n", ana, "-br", "link", "show", "eth0"]).split()[2]
+    appctl = ["ovs-appctl", "-t", str(lay.vswitchd_ctl)]
+    sb.run("ovs/route/add", [*appctl, "ovs/route/add", f"{ANALYSER_IP}/32", UNDERLAY])
+    sb.run("tnl/neigh/set", [*appctl, "tnl/neigh/set", UNDERLAY, ANALYSER_IP, mac])
+    sb.export("HOSTSETUP_OVS_ANALYSER_NETNS", ana)
+    sb.export("HOSTSETUP_OVS_ANALYSER_IP", ANALYSER_IP)
 
 
 def _existing_namespaces() -> set[str]:

@@ -10,7 +10,18 @@ start job takes that many seconds).  Tests can change a unit at run time
 through the mock interface: ``SetUnitState(name, active)`` and
 ``SetStartBehaviour(name, result, delay)`` (``busctl call ... SetStartBehaviour
 ssd unit.service failed 0``).
+
+Unit files as real systemd answers for them: ``GetUnitFileState``,
+``EnableUnitFiles`` / ``DisableUnitFiles`` / ``MaskUnitFiles`` (with the
+changes list systemd returns), ``Reload`` (clears every unit's
+``NeedDaemonReload``; the mock ``SetNeedDaemonReload(name, b)`` sets it, as an
+edited unit file would), ``StopUnit`` with a job, each unit's ``Result``
+(``exit-code`` after a failed start) and ``ActiveEnterTimestamp`` (moves at
+every start, so a restart is visible).  A unit's enablement comes from the
+parameters: ``{"units": {"x.service": {"active": "active", "enabled": "enabled"}}}``.
 """
+
+import time
 
 import dbus
 from dbusmock import MOCK_IFACE, mockobject
@@ -23,6 +34,7 @@ MAIN_IFACE = upstream.MAIN_IFACE
 SYSTEM_BUS = True
 UNIT_IFACE = upstream.UNIT_IFACE
 SUB_STATE = {"active": "running", "inactive": "dead", "failed": "failed"}
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 
 
 def load(mock, parameters):
@@ -33,14 +45,24 @@ def load(mock, parameters):
         upstream.AddMockUnit(mock, name)
         unit = mockobject.objects[mock.units[name]]
         unit.AddProperties(
-            UNIT_IFACE, {"SubState": "dead", "Description": spec.get("description", name)}
+            UNIT_IFACE, {"SubState": "dead", "Description": spec.get("description", name),
+                         "UnitFileState": spec.get("enabled", "disabled"),
+                         "NeedDaemonReload": dbus.Boolean(False),
+                         "ActiveEnterTimestamp": dbus.UInt64(0)}
         )
+        unit.AddProperties(SERVICE_IFACE, {"Result": "success"})
         set_state(mock, name, spec.get("active", "inactive"))
 
 
 def set_state(mock, name, active):
     unit = mockobject.objects[mock.units[name]]
-    unit.UpdateProperties(UNIT_IFACE, {"ActiveState": active, "SubState": SUB_STATE[active]})
+    props = {"ActiveState": active, "SubState": SUB_STATE[active]}
+    if active == "active":
+        props["ActiveEnterTimestamp"] = dbus.UInt64(int(time.time() * 1e6))
+    unit.UpdateProperties(UNIT_IFACE, props)
+    if SERVICE_IFACE in unit.props:
+        result = "exit-code" if active == "failed" else "success"
+        unit.UpdateProperties(SERVICE_IFACE, {"Result": result})
 
 
 def _job(mock, name, result, active):
@@ -60,11 +82,15 @@ def _job(mock, name, result, active):
     return job_path
 
 
-def _start(mock, name):
+def _known(mock, name):
     if name not in mock.units:
         raise dbus.exceptions.DBusException(
             f"Unit {name} not found.", name="org.freedesktop.systemd1.NoSuchUnit"
         )
+
+
+def _start(mock, name):
+    _known(mock, name)
     if name in mock.failing:
         return _job(mock, name, "failed", "failed")
     return _job(mock, name, "done", "active")
@@ -78,6 +104,61 @@ def StartUnit(self, name, _mode):
 @dbus.service.method(MAIN_IFACE, in_signature="ss", out_signature="o")
 def RestartUnit(self, name, _mode):
     return _start(self, str(name))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="ss", out_signature="o")
+def StopUnit(self, name, _mode):
+    _known(self, str(name))
+    return _job(self, str(name), "done", "inactive")
+
+
+def _file_state(mock, names, state, change):
+    out = []
+    for name in map(str, names):
+        _known(mock, name)
+        unit = mockobject.objects[mock.units[name]]
+        if unit.Get(UNIT_IFACE, "UnitFileState") != state:
+            unit.UpdateProperties(UNIT_IFACE, {"UnitFileState": state})
+            out.append(change(name))
+    return dbus.Array(out, signature="(sss)")
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="s", out_signature="s")
+def GetUnitFileState(self, name):
+    _known(self, str(name))
+    return mockobject.objects[self.units[str(name)]].Get(UNIT_IFACE, "UnitFileState")
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="asbb", out_signature="ba(sss)")
+def EnableUnitFiles(self, names, _runtime, _force):
+    return True, _file_state(self, names, "enabled", lambda n: (
+        "symlink", f"/etc/systemd/system/multi-user.target.wants/{n}", f"/lib/systemd/system/{n}"))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="asb", out_signature="a(sss)")
+def DisableUnitFiles(self, names, _runtime):
+    return _file_state(self, names, "disabled", lambda n: (
+        "unlink", f"/etc/systemd/system/multi-user.target.wants/{n}", ""))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="asbb", out_signature="a(sss)")
+def MaskUnitFiles(self, names, _runtime, _force):
+    return _file_state(self, names, "masked", lambda n: (
+        "symlink", f"/etc/systemd/system/{n}", "/dev/null"))
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="", out_signature="")
+def Reload(self):
+    for path in self.units.values():
+        mockobject.objects[path].UpdateProperties(
+            UNIT_IFACE, {"NeedDaemonReload": dbus.Boolean(False)})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="sb", out_signature="")
+def SetNeedDaemonReload(self, name, need):
+    """As if the unit's file or a drop-in had been edited (True) since the last Reload."""
+    mockobject.objects[self.units[str(name)]].UpdateProperties(
+        UNIT_IFACE, {"NeedDaemonReload": dbus.Boolean(bool(need))})
 
 
 @dbus.service.method(MAIN_IFACE, in_signature="", out_signature="")

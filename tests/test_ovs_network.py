@@ -18,7 +18,7 @@ from conftest import hostsetup
 from test_ovs_mirror import running_host, vsctl
 
 from backends.bundle import RealBackends
-from backends.interfaces.ovsdb import OvsdbAPI
+from backends.interfaces.ovsdb import OvsdbAPI, ovsdb_api
 from steps.base import Context, StepFailed
 from steps.ovs_mirror import MANAGED, OvsMirrorStep
 from wizard.sandbox.core import Sandbox
@@ -260,7 +260,7 @@ def _step_run(sb: Sandbox, section: dict[str, Any], between: Any = None) -> tupl
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        ovsdb: OvsdbAPI = backends.ovsdb(sb.env["HOSTSETUP_OVSDB"])
+        ovsdb: OvsdbAPI = ovsdb_api(backends, sb.env["HOSTSETUP_OVSDB"])
         changes = step.plan(answers, ctx)
         if between:
             between()

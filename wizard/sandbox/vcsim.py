@@ -40,15 +40,21 @@ def cache_dir() -> Path:
 
 
 def build() -> Path:
-    """Build the simulator if missing or older than its source; returns the binary."""
+    """Build the simulator unless a binary of this very source is cached; returns it.
+
+    The binary is named by its source's digest, so checkouts with different
+    sources (branches, worktrees) never run each other's simulator."""
+    import hashlib
+
     cache = cache_dir()
-    binary = cache / "vcsim"
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    binary = cache / f"vcsim-{digest}"
     # Several sandboxes may start at once: one builds, the others wait and reuse.
     with open(cache / "vcsim.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+        if binary.exists():
             return binary
-        tmp = cache / "vcsim.new"
+        tmp = cache / f"vcsim-{digest}.new"
         env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off",
                "GOCACHE": str(cache / "go-build"), "GOFLAGS": ""}
         res = subprocess.run(

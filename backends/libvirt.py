@@ -6,6 +6,8 @@ Definitions are edited as XML trees (ElementTree): read with
 
 from __future__ import annotations
 
+import os
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -201,16 +203,22 @@ class LibvirtBackend:
 
     def set_shmem(self, name: str, shmem: Shmem) -> None:
         """Add or replace (same name) the ``<shmem>`` device of domain ``name``."""
+        self.set_shmems(name, [shmem])
+
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        """Add or replace (same names) ``<shmem>`` devices of domain ``name``, in one
+        definition change (all or nothing)."""
 
         def change(devices: ET.Element) -> None:
-            new = shmem_element(shmem)
-            for old in devices.findall("shmem"):
-                if old.get("name") == shmem.name:
-                    # Keep the guest's PCI layout: reuse the address libvirt gave it.
-                    if shmem.address is None and old.find("address") is not None:
-                        new.append(old.find("address"))  # type: ignore[arg-type]
-                    devices.remove(old)
-            devices.append(new)
+            for shmem in shmems:
+                new = shmem_element(shmem)
+                for old in devices.findall("shmem"):
+                    if old.get("name") == shmem.name:
+                        # Keep the guest's PCI layout: reuse the address libvirt gave it.
+                        if shmem.address is None and old.find("address") is not None:
+                            new.append(old.find("address"))  # type: ignore[arg-type]
+                        devices.remove(old)
+                devices.append(new)
 
         self._edit(name, change)
 
@@ -233,3 +241,25 @@ class LibvirtBackend:
     def write_file(self, path: str, content: bytes, mode: int = 0o755) -> str | None:
         """Write a host file atomically, with a backup (see :mod:`backends.hostfiles`)."""
         return hostfiles.write_file(path, content, mode)
+
+    def list_files(self, directory: str) -> list[str]:
+        """Names of the regular files in a host directory (links are not followed)."""
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BackendError(f"cannot list {directory}: {exc.strerror}") from None
+
+    def remove_file(self, path: str) -> bool:
+        """Remove a host regular file (never a link's target); ``False`` if it was absent."""
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise BackendError(f"{path} is not a regular file: not removed")
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
+        return True

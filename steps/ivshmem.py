@@ -40,6 +40,7 @@ HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
 HOOK_NAME = "hostsetup-ivshmem"
 CONFIG_NAME = ivshmem_hook.CONFIG_NAME
+SHM_DIR = ivshmem_hook.SHM_DIR
 CHAINED_NAME = ivshmem_hook.CHAINED_NAME
 HOOK_LOG = ivshmem_hook.DEFAULT_LOG
 QEMU_D_SINCE = (6, 5, 0)
@@ -50,14 +51,24 @@ OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-
 QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 
 
-class IvshmemAnswers(StepModel):
-    """Answers of the ``ivshmem`` step."""
+PLACEHOLDERS = ("{domain}", "{uuid}")
+# The keys of one device: at the top level (one device) or in each entry of 'devices'.
+DEVICE_KEYS = ("name", "size", "model", "server", "vectors", "role", "address", "backing",
+               "per_domain", "keep")
 
-    uri: str = Field(DEFAULT_URI, description="libvirt connection URI")
-    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+
+def render(template: str, domain: Domain) -> str:
+    """A device name for one guest: ``{domain}`` and ``{uuid}`` replaced."""
+    return template.replace("{domain}", domain.name).replace("{uuid}", domain.uuid)
+
+
+class DeviceKeys(StepModel):
+    """What makes one ivshmem device (shared by the top level and ``devices`` entries)."""
+
     name: str = Field(
         "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
-        "digits, '_', '.', '-'; at most 64 characters")
+        "digits, '_', '.', '-'; at most 64 characters. With per_domain: a template with "
+        "{domain} and/or {uuid}, e.g. fg_{uuid}")
     size: int | None = Field(
         4, description="size in MiB, a power of two (model plain). "
         "Not used with doorbell: the ivshmem server sets the size")
@@ -71,6 +82,86 @@ class IvshmemAnswers(StepModel):
         "master: the guest's copy of the memory migrates with it (one master per object)")
     address: str | None = Field(
         None, description="guest PCI address, e.g. 0000:00:0a.0 (default: chosen by libvirt)")
+    backing: Literal["shm"] = Field(
+        "shm", description="shm: a file in /dev/shm (hugepages: not built yet)")
+    per_domain: bool = Field(
+        False, description="true: one object per guest, the name templated with {domain} "
+        "and/or {uuid}; false: every chosen guest maps the same object")
+    keep: bool = Field(
+        False, description="per_domain: keep a guest's object when the guest is undefined "
+        "(default: the next run removes it)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        # Each placeholder counts as one character here; the rendered names are
+        # checked against the real domains (validate).
+        plain = name.replace("{domain}", "x").replace("{uuid}", "x")
+        if not NAME_PATTERN.match(plain):
+            raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
+                             "'_', '.', '-'; starting with a letter or digit; at most 64; "
+                             "placeholders {domain} and {uuid} only with per_domain)")
+        return name
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: int | None) -> int | None:
+        if size is not None and (size < 1 or size & (size - 1) or size > 65536):
+            raise ValueError(f"{size} MiB is not a power of two between 1 and 65536")
+        return size
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, text: str | None) -> str | None:
+        return None if text is None else str(PciAddress.parse(text))
+
+    @model_validator(mode="after")
+    def _device_keys(self) -> DeviceKeys:
+        templated = any(p in self.name for p in PLACEHOLDERS)
+        if self.per_domain and not templated:
+            raise ValueError(f"name '{self.name}' needs {{domain}} or {{uuid}} with "
+                             "per_domain: true (each guest gets its own object)")
+        if templated and not self.per_domain:
+            raise ValueError(f"name '{self.name}' has a placeholder: set per_domain: true, "
+                             "or use a fixed name")
+        if self.model == "doorbell":
+            if "size" not in self.model_fields_set:
+                self.size = None  # the default is plain's; the server sets it
+            if not self.server:
+                raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
+            if "," in self.server:
+                raise ValueError(f"server path '{self.server}' must not contain ','")
+            if self.size is not None:
+                raise ValueError("'size' is set by the ivshmem server with model doorbell; "
+                                 "leave it out")
+        elif self.server is not None or self.vectors is not None:
+            raise ValueError("'server' and 'vectors' are only used with model doorbell")
+        return self
+
+    def shmem(self, domain: Domain | None = None) -> Shmem:
+        """The device for one guest (``domain`` renders a per-guest name)."""
+        name = render(self.name, domain) if domain is not None else self.name
+        address = PciAddress.parse(self.address) if self.address else None
+        if self.model == "doorbell":
+            return Shmem(name, "ivshmem-doorbell", None, self.server, self.vectors or 1,
+                         address, self.role)
+        return Shmem(name, "ivshmem-plain", self.size or 4, address=address, role=self.role)
+
+
+class DeviceAnswers(DeviceKeys):
+    """One entry of ``ivshmem.devices``."""
+
+    name: str = Field(..., description=DeviceKeys.model_fields["name"].description)
+
+
+class IvshmemAnswers(DeviceKeys):
+    """Answers of the ``ivshmem`` step (one device at the top level, or ``devices``)."""
+
+    uri: str = Field(DEFAULT_URI, description="libvirt connection URI")
+    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+    devices: list[DeviceAnswers] | None = Field(
+        None, description="several devices per guest (instead of the top-level name, size, "
+        "model, ...): each with name, size, model, role, address, per_domain, ...")
     domains: Literal["all"] | list[str] = Field(
         "all", description="'all' (every persistent domain) or a list of domain names")
     method: Literal["definition", "qemu-wrapper"] = Field(
@@ -95,32 +186,12 @@ class IvshmemAnswers(StepModel):
     bus: str = Field("system", description="D-Bus for the restart: 'system' or an address")
     timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for the restart")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
-                             "'_', '.', '-'; starting with a letter or digit; at most 64)")
-        return name
-
     @field_validator("hook_log")
     @classmethod
     def _hook_log(cls, path: str) -> str:
         if not posixpath.isabs(path):
             raise ValueError(f"'{path}' is not an absolute path")
         return path
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, size: int | None) -> int | None:
-        if size is not None and (size < 1 or size & (size - 1) or size > 65536):
-            raise ValueError(f"{size} MiB is not a power of two between 1 and 65536")
-        return size
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, text: str | None) -> str | None:
-        return None if text is None else str(PciAddress.parse(text))
 
     @field_validator("domains", mode="before")
     @classmethod
@@ -150,37 +221,56 @@ class IvshmemAnswers(StepModel):
         return owner
 
     @model_validator(mode="after")
-    def _model_keys(self) -> IvshmemAnswers:
-        if self.model == "doorbell":
-            if "size" not in self.model_fields_set:
-                self.size = None  # the default is plain's; the server sets it
-            if not self.server:
-                raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
-            if "," in self.server:
-                raise ValueError(f"server path '{self.server}' must not contain ','")
-            if self.size is not None:
-                raise ValueError("'size' is set by the ivshmem server with model doorbell; "
-                                 "leave it out")
-        elif self.server is not None or self.vectors is not None:
-            raise ValueError("'server' and 'vectors' are only used with model doorbell")
+    def _devices(self) -> IvshmemAnswers:
+        if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
+            raise ValueError("per_domain devices need method definition (the qemu-wrapper "
+                             "method gives every guest of an emulator the same command line)")
+        if self.devices is None:
+            return self
+        both = [k for k in DEVICE_KEYS if k in self.model_fields_set]
+        if both:
+            raise ValueError(f"give {', '.join(both)} in each entry of 'devices', not at the "
+                             "top level as well")
+        if not self.devices:
+            raise ValueError("'devices' lists no device (leave it out for one device)")
+        for what, values in (("names", [d.name for d in self.devices]),
+                             ("PCI addresses", [d.address for d in self.devices if d.address])):
+            dups = sorted({v for v in values if values.count(v) > 1})
+            if dups:
+                raise ValueError(f"devices with the same {what}: {', '.join(dups)}")
         return self
 
-    def shmem(self) -> Shmem:
-        """The device these answers ask for."""
-        address = PciAddress.parse(self.address) if self.address else None
-        if self.model == "doorbell":
-            return Shmem(self.name, "ivshmem-doorbell", None, self.server, self.vectors or 1,
-                         address, self.role)
-        return Shmem(self.name, "ivshmem-plain", self.size or 4, address=address,
-                     role=self.role)
+    def device_list(self) -> list[DeviceKeys]:
+        """The devices asked for: ``devices``, or the top-level keys as one device."""
+        return list(self.devices) if self.devices is not None else [self]
+
+    def shmem(self, domain: Domain | None = None) -> Shmem:
+        """The first device (the only one without ``devices``)."""
+        return DeviceKeys.shmem(self.device_list()[0], domain)
+
+    def shmems(self, domain: Domain | None = None) -> list[Shmem]:
+        """Every device, for one guest when ``domain`` is given."""
+        return [DeviceKeys.shmem(d, domain) for d in self.device_list()]
 
 
 File = tuple[bytes, int, str]  # content, mode, what it is
 # Answers key -> key in the hook configuration (hook_config), for current().
-CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib", "server": "server",
-               "vectors": "vectors", "role": "role", "domains": "domains",
-               "method": "method", "enforce": "enforce", "owner": "owner", "mode": "mode",
-               "hook_log": "log"}
+DEVICE_CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib",
+                      "server": "server", "vectors": "vectors", "role": "role",
+                      "per_domain": "per_domain", "keep": "keep"}
+CONFIG_KEYS = {"domains": "domains", "method": "method", "enforce": "enforce",
+               "owner": "owner", "mode": "mode", "hook_log": "log"}
+
+
+def _device_answers(config: dict[str, Any]) -> dict[str, Any]:
+    """One device of an installed hook configuration as answers keys."""
+    out = {key: config.get(name) for key, name in DEVICE_CONFIG_KEYS.items()}
+    out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
+    address = config.get("address")
+    if isinstance(address, dict):
+        out["address"] = "{}:{}:{}.{}".format(*(
+            address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _parse_config(content: bytes) -> dict[str, Any] | None:
@@ -223,37 +313,42 @@ def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
 def wrapper_path(answers: IvshmemAnswers, real: str) -> str:
     """Where the wrapper of emulator ``real`` goes."""
     directory = answers.wrapper_dir or posixpath.dirname(real)
-    return posixpath.join(directory, f"{posixpath.basename(real)}-ivshmem-{answers.name}")
+    name = answers.shmem().name
+    return posixpath.join(directory, f"{posixpath.basename(real)}-ivshmem-{name}")
 
 
-def qemu_args(shmem: Shmem) -> list[str]:
-    """QEMU arguments that add the device (what the wrapper appends)."""
+def qemu_args(shmem: Shmem, index: int = 0) -> list[str]:
+    """QEMU arguments that add one device (what the wrapper appends); ``index`` > 0
+    numbers the QEMU ids of the second and later devices."""
+    mem, dev = (QEMU_MEM_ID, QEMU_DEV_ID) if not index else (f"{QEMU_MEM_ID}{index}",
+                                                             f"{QEMU_DEV_ID}{index}")
     props = ""
     if shmem.address is not None:
         props = f",addr={shmem.address.slot:02x}.{shmem.address.function:x}"
     if shmem.role is not None:
         props += f",master={'on' if shmem.role == 'master' else 'off'}"
     if shmem.model == "ivshmem-doorbell":
-        return ["-chardev", f"socket,id={QEMU_MEM_ID},path={shmem.server}",
-                "-device", f"ivshmem-doorbell,id={QEMU_DEV_ID},chardev={QEMU_MEM_ID},"
+        return ["-chardev", f"socket,id={mem},path={shmem.server}",
+                "-device", f"ivshmem-doorbell,id={dev},chardev={mem},"
                 f"vectors={shmem.vectors}{props}"]
-    return ["-object", f"memory-backend-file,id={QEMU_MEM_ID},mem-path=/dev/shm/{shmem.name},"
+    return ["-object", f"memory-backend-file,id={mem},mem-path=/dev/shm/{shmem.name},"
             f"size={shmem.size_mib}M,share=on",
-            "-device", f"ivshmem-plain,id={QEMU_DEV_ID},memdev={QEMU_MEM_ID}{props}"]
+            "-device", f"ivshmem-plain,id={dev},memdev={mem}{props}"]
 
 
-def wrapper_script(shmem: Shmem, real: str) -> bytes:
-    """The wrapper emulator: adds the device when QEMU runs a guest (``-name``).
+def wrapper_script(shmems: list[Shmem], real: str) -> bytes:
+    """The wrapper emulator: adds the devices when QEMU runs a guest (``-name``).
 
     libvirt also runs the emulator to probe its capabilities (``-machine
     none``, no ``-name``); those runs pass through unchanged.
     """
-    args = " ".join(shlex.quote(a) for a in qemu_args(shmem))
+    args = " ".join(shlex.quote(a) for i, shmem in enumerate(shmems)
+                    for a in qemu_args(shmem, i))
     exe = shlex.quote(real)
     return (
         "#!/bin/sh\n"
         "# hostsetup-ivshmem-wrapper: installed by hostsetup's ivshmem step; do not edit.\n"
-        f"# Runs {real} with an ivshmem device added to every guest it starts.\n"
+        f"# Runs {real} with ivshmem devices added to every guest it starts.\n"
         "for arg do\n"
         f'    if [ "$arg" = "-name" ]; then exec {exe} "$@" {args}; fi\n'
         "done\n"
@@ -268,23 +363,37 @@ def _pci_attrs(address: PciAddress | None) -> dict[str, str] | None:
             "slot": f"0x{address.slot:02x}", "function": f"0x{address.function:x}"}
 
 
+def _device_config(device: DeviceKeys) -> dict[str, Any]:
+    """One device as the hook configuration holds it (``name`` may be a template)."""
+    shmem = device.shmem()
+    return {"name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
+            "server": shmem.server, "vectors": shmem.vectors,
+            "address": _pci_attrs(shmem.address), "role": shmem.role,
+            "per_domain": device.per_domain, "keep": device.keep}
+
+
 def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) -> bytes:
-    """The hook's JSON configuration."""
-    shmem = answers.shmem()
+    """The hook's JSON configuration.
+
+    The top-level device keys (format of one device) hold the first device;
+    ``devices`` (only written when the answers list devices) holds them all.
+    """
+    devices = [_device_config(d) for d in answers.device_list()]
+    first = {k: v for k, v in devices[0].items() if k not in ("per_domain", "keep")}
     config = {
-        "version": 1, "name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
-        "server": shmem.server, "vectors": shmem.vectors, "address": _pci_attrs(shmem.address),
-        "role": shmem.role,
+        "version": 1, **first,
         "domains": answers.domains, "method": answers.method, "wrappers": wrappers,
         "enforce": answers.enforce, "owner": answers.owner, "mode": answers.mode,
         "log": answers.hook_log, "chain": CHAINED_NAME if chain else None,
     }
+    if answers.devices is not None:
+        config["devices"] = devices
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _second_device(dom: Domain, name: str) -> str:
-    """Why adding our device to ``dom`` is marked in the review: it has another one."""
-    others = [s.name for s in dom.shmems if s.name != name]
+def _second_device(dom: Domain, names: set[str]) -> str:
+    """Why adding our devices to ``dom`` is marked in the review: it has another one."""
+    others = [s.name for s in dom.shmems if s.name not in names]
     if not others:
         return ""
     return "a second ivshmem device: the domain already has " + ", ".join(
@@ -332,11 +441,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
         config = facts.get("installed")
         if config:
             out = {key: config.get(name) for key, name in CONFIG_KEYS.items()}
-            out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
-            address = config.get("address")
-            if isinstance(address, dict):
-                out["address"] = "{}:{}:{}.{}".format(*(
-                    address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+            devices = config.get("devices")
+            if isinstance(devices, list):
+                out["devices"] = [_device_answers(d) for d in devices if isinstance(d, dict)]
+            else:
+                out.update(_device_answers(config))
             return {k: v for k, v in out.items() if v is not None}
         domains: dict[str, Domain] = facts.get("domains", {})
         having = [d for d in domains.values() if d.shmems]
@@ -415,14 +524,33 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
                                     "qemu.d/ (needs 6.5.0): use chain".format(*version)))
-        if answers.address:
-            wanted = PciAddress.parse(answers.address)
-            for dom in self._chosen(answers, domains):
-                own = dom.shmem(answers.name)
-                for device, addr in dom.pci_addresses:
-                    if addr == wanted and (own is None or own.address != addr):
-                        problems.append(Problem(("address",), f"PCI address {addr} is already "
-                                                f"used by {device} in domain '{dom.name}'"))
+        for dom in self._chosen(answers, domains):
+            problems += self._domain_problems(answers, dom)
+        return problems
+
+    def _domain_problems(self, answers: IvshmemAnswers, dom: Domain) -> list[Problem]:
+        """The devices' names and addresses against one chosen domain."""
+        problems = []
+        seen: dict[str, int] = {}
+        for i, device in enumerate(answers.device_list()):
+            where: tuple[str | int, ...] = ("devices", i) if answers.devices else ()
+            shmem = device.shmem(dom)
+            if device.per_domain and not NAME_PATTERN.match(shmem.name):
+                problems.append(Problem((*where, "name"), f"'{device.name}' gives domain "
+                                        f"'{dom.name}' the name '{shmem.name}', not a valid "
+                                        "shared-memory name (letters, digits, '_', '.', '-'; "
+                                        "at most 64): use {uuid}"))
+            if shmem.name in seen:
+                problems.append(Problem((*where, "name"), f"devices {seen[shmem.name]} and {i} "
+                                        f"both name '{shmem.name}' in domain '{dom.name}'"))
+            seen[shmem.name] = i
+            if shmem.address is None:
+                continue
+            own = dom.shmem(shmem.name)
+            for label, addr in dom.pci_addresses:
+                if addr == shmem.address and (own is None or own.address != addr):
+                    problems.append(Problem((*where, "address"), f"PCI address {addr} is "
+                                            f"already used by {label} in domain '{dom.name}'"))
         return problems
 
     def _desired(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> Desired:
@@ -443,7 +571,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)
                 wrappers[real] = want.emulators[dom.name] = wrapper_path(answers, real)
-                want.wrappers[wrappers[real]] = (wrapper_script(answers.shmem(), real), 0o755,
+                want.wrappers[wrappers[real]] = (wrapper_script(answers.shmems(), real), 0o755,
                                                  f"wrapper emulator for {real}")
         current = lv.read_file(hook)
         chain = False
@@ -459,6 +587,28 @@ class IvshmemStep(Step[IvshmemAnswers]):
         want.hook_files[hook] = (HOOK_SOURCE.read_bytes(), 0o755, "ivshmem hook")
         want.new_hook = current is None or HOOK_MARKER not in current.content
         return want
+
+    def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Change]:
+        """Per-guest objects whose guest is no longer defined (unless ``keep``)."""
+        templates = [d.name for d in answers.device_list() if d.per_domain and not d.keep]
+        if not templates:
+            return []
+        domains = lv.domains()
+        patterns = [re.compile(re.escape(t).replace(re.escape("{domain}"), r"[A-Za-z0-9_.-]+")
+                               .replace(re.escape("{uuid}"), r"[0-9a-f-]{36}"))
+                    for t in templates]
+        changes = []
+        for name in lv.list_files(SHM_DIR):
+            if ".hostsetup-refused." in name:  # moved aside by the hook: not ours
+                continue
+            for template, pattern in zip(templates, patterns, strict=True):
+                if pattern.fullmatch(name) and all(render(template, d) != name
+                                                   for d in domains):
+                    changes.append(Change(f"object {posixpath.join(SHM_DIR, name)}", "delete",
+                                          "present", "absent", f"per-guest object of "
+                                          f"'{template}': its domain is no longer defined"))
+                    break
+        return changes
 
     def _file_changes(self, lv: LibvirtAPI, files: dict[str, File]) -> list[Change]:
         changes = []
@@ -478,23 +628,27 @@ class IvshmemStep(Step[IvshmemAnswers]):
     def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
         lv = ctx.backends.libvirt(answers.uri)
         want = self._desired(answers, lv)
-        shmem = answers.shmem()
         changes = self._file_changes(lv, want.wrappers)
         for dom in want.domains:
             running = " (running: takes effect at its next start)" if dom.active else ""
-            second = _second_device(dom, shmem.name)
+            shmems = answers.shmems(dom)
+            second = _second_device(dom, {s.name for s in shmems})
             if answers.method == "qemu-wrapper":
                 wrapper = want.emulators[dom.name]
                 if dom.emulator != wrapper:
                     changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
                                           wrapper, "emulator" + running, second))
                 continue
-            own = dom.shmem(shmem.name)
-            if own is None or not shmem.same_as(own):
+            owns = {s.name: dom.shmem(s.name) for s in shmems}
+            differ = [s for s in shmems if (own := owns[s.name]) is None or not s.same_as(own)]
+            if differ:
+                before = [own.describe() for s in differ if (own := owns[s.name])]
                 changes.append(Change(f"domain {dom.name}", "update",
-                                      own.describe() if own else "no ivshmem device",
-                                      shmem.describe(), "shmem device" + running,
-                                      "" if own else second))
+                                      "; ".join(before) or "no ivshmem device",
+                                      "; ".join(s.describe() for s in differ),
+                                      ("shmem device" if len(shmems) == 1 else "shmem devices")
+                                      + running, "" if all(owns.values()) else second))
+        changes += self._orphans(answers, lv)
         changes += self._file_changes(lv, want.hook_files)
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
@@ -517,6 +671,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                         continue
                 elif kind == "unit":
                     self._restart(answers, ctx)
+                elif kind == "object":
+                    lv.remove_file(target)
                 else:
                     file = want.file(target)
                     if file is None:  # e.g. the wrapper of a domain that vanished since
@@ -540,7 +696,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
             if answers.method == "qemu-wrapper":
                 lv.set_emulator(name, str(change.after))
             else:
-                lv.set_shmem(name, answers.shmem())
+                lv.set_shmems(name, answers.shmems(lv.domain(name)))
         except DomainNotFound as exc:
             return f"{exc}: it vanished after the plan, not changed"
         except BackendUnreachable:

@@ -136,6 +136,10 @@ class LibvirtAPI(Protocol):
         """Add or replace (by name) the ``<shmem>`` device in the persistent definition."""
         ...
 
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        """Add or replace (by name) several ``<shmem>`` devices in one definition change."""
+        ...
+
     def set_emulator(self, name: str, emulator: str) -> None:
         """Set ``<emulator>`` in the persistent definition."""
         ...
@@ -149,4 +153,12 @@ class LibvirtAPI(Protocol):
 
         Returns the backup's path, or ``None`` when nothing was replaced.
         """
+        ...
+
+    def list_files(self, directory: str) -> list[str]:
+        """Names of the regular files in a host directory (links are not followed)."""
+        ...
+
+    def remove_file(self, path: str) -> bool:
+        """Remove a host regular file (never a link's target); ``False`` if it was absent."""
         ...

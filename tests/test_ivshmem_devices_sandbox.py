@@ -1,0 +1,151 @@
+"""Several ivshmem devices per guest, one object per guest, on the sandbox's real libvirtd.
+
+The guests have no OS: SeaBIOS (run by QEMU under TCG) assigns the PCI BARs,
+and the test reads guest-physical memory through the monitor (HMP ``info pci``
+for the BAR, ``xp`` for the bytes there), so what a guest would see is read
+from QEMU itself, not from the host's files.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from test_ivshmem_sandbox import answers, cli, define, ivs_clean, ivs_sb, start
+
+from wizard.sandbox import libvirt as sandbox_libvirt
+from wizard.sandbox.core import Sandbox
+
+__all__ = ["ivs_clean", "ivs_sb"]  # module fixtures, shared with test_ivshmem_sandbox
+
+BAR_WAIT = 60.0  # seconds for SeaBIOS (TCG) to assign the BARs
+
+
+def bar2(sb: Sandbox, domain: str, slot: int) -> int:
+    """Guest-physical address of BAR2 (the shared memory) of the device at 00:<slot>.0."""
+    deadline = time.monotonic() + BAR_WAIT
+    while True:
+        pci = sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", domain, "info pci")
+        block = pci.split(f"device {slot:>3}, function 0:")[1].split("Bus ")[0]
+        assert "1af4:1110" in block, block
+        found = re.search(r"BAR2: 64 bit prefetchable memory at (0x[0-9a-f]+)", block)
+        if found and int(found[1], 16) not in (0, 0xFFFFFFFFFFFFFFFF) and \
+                "0xffffffff" not in found[1][:10]:
+            return int(found[1], 16)
+        assert time.monotonic() < deadline, f"BAR2 of 00:{slot:02x}.0 unassigned: {block}"
+        time.sleep(0.5)
+
+
+def guest_byte(sb: Sandbox, domain: str, address: int) -> int:
+    """One byte of guest-physical memory, read by QEMU's monitor (``xp``)."""
+    out = sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", domain,
+                                f"xp /1xb {address:#x}")
+    return int(out.strip().rsplit(" ", 1)[-1], 16)
+
+
+def test_two_guests_each_get_their_own_objects_at_fixed_slots(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    prefix = sb.answers["ivshmem"]["name"]
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "domains": ["vm1", "vm2"], "enforce": "refuse", "devices": [
+        {"name": f"{prefix}-ag-{{domain}}", "per_domain": True, "size": 1,
+         "address": "0000:00:0a.0", "role": "master"},
+        {"name": f"{prefix}-fg_{{uuid}}", "per_domain": True, "size": 2,
+         "address": "0000:00:0b.0"},
+    ]}
+    uuids = {vm: sandbox_libvirt.virsh(sb, "domuuid", vm).strip() for vm in ("vm1", "vm2")}
+    objects = {vm: [Path(f"/dev/shm/{prefix}-ag-{vm}"), Path(f"/dev/shm/{prefix}-fg_{uuids[vm]}")]
+               for vm in ("vm1", "vm2")}
+    try:
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        flat = " ".join(plan.stdout.split())
+        assert f"ivshmem-plain '{prefix}-ag-vm1' 1 MiB role master at 0000:00:0a.0" in flat
+        assert f"ivshmem-plain '{prefix}-fg_{uuids['vm2']}' 2 MiB at 0000:00:0b.0" in flat
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert cli(sb, "plan", section).returncode == 0
+        sandbox_libvirt.restart(sb)
+        for vm in ("vm1", "vm2"):
+            _pci, cmdline = start(sb, vm)
+            for path in objects[vm]:
+                assert f"\"{path}\"" in cmdline
+        for ag, fg in objects.values():
+            assert ag.stat().st_size == 1024 * 1024 and fg.stat().st_size == 2 * 1024 * 1024
+        # The host writes into vm1's objects: vm1 sees it, vm2 (own objects) does not.
+        with objects["vm1"][0].open("r+b") as f:
+            f.write(b"\x5a")
+        with objects["vm1"][1].open("r+b") as f:
+            f.write(b"\xa5")
+        assert guest_byte(sb, "vm1", bar2(sb, "vm1", 10)) == 0x5A
+        assert guest_byte(sb, "vm1", bar2(sb, "vm1", 11)) == 0xA5
+        assert guest_byte(sb, "vm2", bar2(sb, "vm2", 10)) == 0
+        assert guest_byte(sb, "vm2", bar2(sb, "vm2", 11)) == 0
+    finally:
+        for vm in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", vm)
+        for vm in ("vm1", "vm2"):  # back to the bare definition, for the other tests
+            xml = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", vm))
+            devices = xml.find("devices")
+            assert devices is not None
+            for shmem in devices.findall("shmem"):
+                devices.remove(shmem)
+            redefined = sb.dir / f"{vm}.bare.xml"
+            redefined.write_text(ET.tostring(xml, encoding="unicode"))
+            sandbox_libvirt.virsh(sb, "define", str(redefined))
+        for paths in objects.values():
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+
+def test_objects_of_an_undefined_guest_are_removed_unless_kept(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    prefix = sb.answers["ivshmem"]["name"]
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "domains": ["short"], "devices": [
+        {"name": f"{prefix}-gone-{{domain}}", "per_domain": True, "size": 1},
+        {"name": f"{prefix}-kept-{{domain}}", "per_domain": True, "size": 1, "keep": True},
+    ]}
+    gone, kept = Path(f"/dev/shm/{prefix}-gone-short"), Path(f"/dev/shm/{prefix}-kept-short")
+    define(sb, "short")
+    try:
+        assert cli(sb, "apply", section).returncode == 0
+        sandbox_libvirt.restart(sb)
+        start(sb, "short")
+        assert gone.exists() and kept.exists()  # made by the hook at the start
+        sandbox_libvirt.virsh(sb, "destroy", "short")
+        sandbox_libvirt.virsh(sb, "undefine", "short")
+        section["domains"] = "all"
+        plan = cli(sb, "plan", section)
+        flat = " ".join(plan.stdout.split())
+        assert f"delete object {gone}" in flat and str(kept) not in flat
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert not gone.exists() and kept.exists()
+    finally:
+        if "short" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "short")
+        if "short" in sandbox_libvirt.virsh(sb, "list", "--all", "--name").split():
+            sandbox_libvirt.virsh(sb, "undefine", "short")
+        gone.unlink(missing_ok=True)
+        kept.unlink(missing_ok=True)
+
+
+def test_bad_devices_exit_3_naming_the_keys(ivs_sb: Sandbox) -> None:
+    sb = ivs_sb
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    res = cli(sb, "plan", {**base, "devices": [
+        {"name": "a", "address": "00:0a.0"}, {"name": "b", "address": "00:0a.0"}]})
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "devices with the same PCI addresses: 0000:00:0a.0" in res.stderr
+    res = cli(sb, "plan", {**base, "devices": [
+        {"name": "agent", "per_domain": True, "size": 3}]})
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "ivshmem.devices[0].size" in res.stderr and "3 MiB is not a power of two" in res.stderr
+    res = cli(sb, "plan", {**base, "devices": [{"name": "agent", "per_domain": True}]})
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "ivshmem.devices[0]" in res.stderr
+    assert "name 'agent' needs {domain} or {uuid}" in res.stderr
+    assert "Traceback" not in res.stderr

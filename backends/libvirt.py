@@ -6,6 +6,7 @@ Definitions are edited as XML trees (ElementTree): read with
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -148,9 +149,10 @@ class LibvirtBackend:
             raise self._fail(exc, "version") from None
         return v // 1_000_000, v // 1000 % 1000, v % 1000
 
-    def _domain(self, dom: libvirt.virDomain) -> Domain:
+    def _domain(self, dom: libvirt.virDomain,
+                flags: int = libvirt.VIR_DOMAIN_XML_INACTIVE) -> Domain:
         state, _reason = dom.state()
-        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        root = ET.fromstring(dom.XMLDesc(flags))
         devices = root.find("devices")
         if devices is None:
             devices = ET.Element("devices")
@@ -263,3 +265,41 @@ class LibvirtBackend:
         except OSError as exc:
             raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
         return True
+
+    def live_domain(self, name: str) -> Domain:
+        """One domain as its live XML says (what the running guest has)."""
+        dom = self._lookup(name)
+        try:
+            return self._domain(dom, 0)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "read domain", name) from None
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        """Hot-plug a ``<shmem>`` device into the running domain (and, with
+        ``persistent``, its definition in the same call: both or neither)."""
+        dom = self._lookup(name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if persistent:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        try:
+            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"), flags)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"hot-plug into '{name}'", name) from None
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        """The running guest's PCI devices as QEMU lists them (QMP ``query-pci``):
+        (address, ``vendor:device`` in hex)."""
+        import libvirt_qemu  # the QEMU-specific part of the binding, only needed here
+
+        dom = self._lookup(name)
+        try:
+            reply = libvirt_qemu.qemuMonitorCommand(dom, '{"execute": "query-pci"}', 0)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"query-pci of '{name}'", name) from None
+        found = []
+        for bus in json.loads(reply).get("return", []):
+            for dev in bus.get("devices", []):
+                ids = dev.get("id", {})
+                found.append((PciAddress(0, dev["bus"], dev["slot"], dev["function"]),
+                              f"{ids.get('vendor', 0):04x}:{ids.get('device', 0):04x}"))
+        return found

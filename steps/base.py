@@ -105,7 +105,7 @@ class Change:
     """One planned change: what, how, and the values before and after."""
 
     target: str
-    action: Literal["create", "update", "delete", "start", "restart", "install"]
+    action: Literal["create", "update", "delete", "start", "restart", "install", "hot-plug"]
     before: Any = None
     after: Any = None
     detail: str = ""

@@ -43,6 +43,9 @@ CONFIG_NAME = ivshmem_hook.CONFIG_NAME
 SHM_DIR = ivshmem_hook.SHM_DIR
 CHAINED_NAME = ivshmem_hook.CHAINED_NAME
 HOOK_LOG = ivshmem_hook.DEFAULT_LOG
+IVSHMEM_PCI_ID = "1af4:1110"  # vendor:device of ivshmem (plain and doorbell)
+HOTPLUG_SINCE = (3, 0, 0)  # libvirt hot-plugs <shmem> (ivshmem-plain/-doorbell) since 3.0
+LIVE = "into running "  # target prefix of a hot-plug change: "into running vm1"
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -167,6 +170,12 @@ class IvshmemAnswers(DeviceKeys):
     method: Literal["definition", "qemu-wrapper"] = Field(
         "definition", description="definition: <shmem> in the domain definitions; "
         "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line")
+    live: bool = Field(
+        False, description="definition: hot-plug the devices into running guests now "
+        "(libvirt attach, live and config) instead of at their next start")
+    live_fallback: bool = Field(
+        False, description="live: when the hypervisor cannot hot-plug a device, change the "
+        "definition only (the device comes at the next start) instead of failing")
     wrapper_dir: str | None = Field(
         None, description="qemu-wrapper: directory of the wrapper (default: the real emulator's)")
     enforce: Literal["warn", "refuse"] = Field(
@@ -225,6 +234,9 @@ class IvshmemAnswers(DeviceKeys):
         if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
             raise ValueError("per_domain devices need method definition (the qemu-wrapper "
                              "method gives every guest of an emulator the same command line)")
+        if self.live and self.method != "definition":
+            raise ValueError("live: true needs method definition (a command-line device "
+                             "cannot be hot-plugged by libvirt)")
         if self.devices is None:
             return self
         both = [k for k in DEVICE_KEYS if k in self.model_fields_set]
@@ -432,8 +444,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
             found = lv.read_file(hook_paths(section, layout)[1])
             if found is not None and installed is None:
                 installed = _parse_config(found.content)
-        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()},
-                "installed": installed}
+        domains = {d.name: d for d in lv.domains()}
+        # What running guests have now: a hot-plug must find its address free there too.
+        live = {d.name: lv.live_domain(d.name) for d in domains.values() if d.active}
+        return {"version": lv.version(), "domains": domains, "installed": installed,
+                "live": live}
 
     def current(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The settings of the installed hook configuration (what the last run applied);
@@ -524,8 +539,19 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
                                     "qemu.d/ (needs 6.5.0): use chain".format(*version)))
+        live: dict[str, Domain] = facts.get("live", {})
         for dom in self._chosen(answers, domains):
             problems += self._domain_problems(answers, dom)
+            if answers.live and dom.name in live:
+                problems += [p for p in self._domain_problems(answers, live[dom.name])
+                             if p.path[-1] == "address" and p not in problems]
+        if answers.live and not answers.live_fallback and version < HOTPLUG_SINCE:
+            running = [d.name for d in self._chosen(answers, domains) if d.active]
+            if running:
+                problems.append(Problem(("live",), "libvirt {}.{}.{} cannot hot-plug ivshmem "
+                                        "devices (needs 3.0.0) into running {}: set "
+                                        "live_fallback: true to add them at the next start"
+                                        .format(*version, ", ".join(running))))
         return problems
 
     def _domain_problems(self, answers: IvshmemAnswers, dom: Domain) -> list[Problem]:
@@ -588,6 +614,24 @@ class IvshmemStep(Step[IvshmemAnswers]):
         want.new_hook = current is None or HOOK_MARKER not in current.content
         return want
 
+    def _domain_work(self, answers: IvshmemAnswers, lv: LibvirtAPI,
+                     dom: Domain) -> tuple[list[Shmem], list[Shmem]]:
+        """(devices to set in the definition, devices to hot-plug) for one domain.
+
+        With ``live``, a running guest lacking a device gets it hot-plugged; one
+        also missing from the definition goes into it through the same call.  With
+        ``live_fallback``, a device already in the definition counts as done (a
+        refused hot-plug falls back to that: the device comes at the next start).
+        """
+        shmems = answers.shmems(dom)
+        differ = [s for s in shmems if (own := dom.shmem(s.name)) is None or not s.same_as(own)]
+        if not (answers.live and dom.active):
+            return differ, []
+        live = lv.live_domain(dom.name)
+        plug = [s for s in shmems if live.shmem(s.name) is None
+                and not (answers.live_fallback and dom.shmem(s.name))]
+        return [s for s in differ if s not in plug or dom.shmem(s.name)], plug
+
     def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Change]:
         """Per-guest objects whose guest is no longer defined (unless ``keep``)."""
         templates = [d.name for d in answers.device_list() if d.per_domain and not d.keep]
@@ -629,6 +673,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         lv = ctx.backends.libvirt(answers.uri)
         want = self._desired(answers, lv)
         changes = self._file_changes(lv, want.wrappers)
+        plugs: list[Change] = []  # after the hook files: the hook's lock dir must exist
         for dom in want.domains:
             running = " (running: takes effect at its next start)" if dom.active else ""
             shmems = answers.shmems(dom)
@@ -640,7 +685,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                           wrapper, "emulator" + running, second))
                 continue
             owns = {s.name: dom.shmem(s.name) for s in shmems}
-            differ = [s for s in shmems if (own := owns[s.name]) is None or not s.same_as(own)]
+            differ, plug = self._domain_work(answers, lv, dom)
             if differ:
                 before = [own.describe() for s in differ if (own := owns[s.name])]
                 changes.append(Change(f"domain {dom.name}", "update",
@@ -648,8 +693,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                       "; ".join(s.describe() for s in differ),
                                       ("shmem device" if len(shmems) == 1 else "shmem devices")
                                       + running, "" if all(owns.values()) else second))
+            if plug:
+                plugs.append(Change(f"{LIVE}{dom.name}", "hot-plug", "no ivshmem device",
+                                      "; ".join(s.describe() for s in plug),
+                                      "now, without a restart (and in its definition)",
+                                      "" if differ else second))
         changes += self._orphans(answers, lv)
-        changes += self._file_changes(lv, want.hook_files)
+        changes += self._file_changes(lv, want.hook_files) + plugs
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
                                   "new hooks when it starts"))
@@ -664,7 +714,12 @@ class IvshmemStep(Step[IvshmemAnswers]):
             for i, change in enumerate(changes):
                 ctx.progress(i / max(len(changes), 1), change.describe())
                 kind, _, target = change.target.partition(" ")
-                if kind == "domain":
+                if change.action == "hot-plug":
+                    error = self._hotplug(answers, lv, change.target.removeprefix(LIVE), ctx)
+                    if error:
+                        failed.append(error)
+                        continue
+                elif kind == "domain":
                     error = self._apply_domain(answers, lv, target, change)
                     if error:
                         failed.append(error)
@@ -696,7 +751,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
             if answers.method == "qemu-wrapper":
                 lv.set_emulator(name, str(change.after))
             else:
-                lv.set_shmems(name, answers.shmems(lv.domain(name)))
+                differ, _plug = self._domain_work(answers, lv, lv.domain(name))
+                lv.set_shmems(name, differ)
         except DomainNotFound as exc:
             return f"{exc}: it vanished after the plan, not changed"
         except BackendUnreachable:
@@ -704,6 +760,82 @@ class IvshmemStep(Step[IvshmemAnswers]):
         except BackendError as exc:
             return f"domain '{name}' not changed: {exc}"
         return None
+
+    def _hotplug(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
+                 ctx: Context) -> str | None:
+        """Hot-plug the missing devices into running ``name``; an error text, or None.
+
+        Each device goes live and into the definition in one libvirt call, so a
+        refused device leaves the domain as it was (the next plan shows it again)
+        unless ``live_fallback`` puts it in the definition for the next start.
+        """
+        try:
+            dom = lv.domain(name)
+            _differ, plug = self._domain_work(answers, lv, dom)
+            self._prepare_objects(answers, lv, dom, plug)
+            for shmem in plug:
+                persistent = dom.shmem(shmem.name) is None
+                try:
+                    lv.attach_shmem(name, shmem, persistent)
+                except (DomainNotFound, BackendUnreachable):
+                    raise
+                except BackendError as exc:
+                    if not answers.live_fallback:
+                        return (f"running domain '{name}' refused the hot-plug of "
+                                f"'{shmem.name}': {exc} (not changed; set live_fallback: true "
+                                "to add it at the next start instead)")
+                    if persistent:
+                        lv.set_shmems(name, [shmem])
+                    ctx.notes.append(f"'{shmem.name}' was not hot-plugged into '{name}' "
+                                     f"({exc}): it is in the definition, at the next start")
+        except DomainNotFound as exc:
+            return f"{exc}: it vanished after the plan, not changed"
+        except BackendUnreachable:
+            raise
+        except BackendError as exc:
+            return f"domain '{name}' not changed: {exc}"
+        return None
+
+    def _prepare_objects(self, answers: IvshmemAnswers, lv: LibvirtAPI, dom: Domain,
+                         shmems: list[Shmem]) -> None:
+        """Make the objects of devices about to be hot-plugged, as the hook makes them at
+        a start (size, owner, mode; a squatted /dev/shm name replaced): QEMU would
+        otherwise open whatever is there.  The hook's own code, under its lock."""
+        hook = ivshmem_hook.Hook([dom.name, "hot-plug", "begin"])
+        hook.cfg = ivshmem_hook.parse_config(hook_config(answers, {}, False))
+        hook.log_path = answers.hook_log
+        hook.here = posixpath.dirname(hook_paths(answers, self._layout(answers,
+                                                                        lv.version()))[0])
+        wanted = {s.name for s in shmems}
+        rendered = [dict(d, name=render(d["name"], dom))
+                    for d in hook.cfg.get("devices") or [hook.cfg]]
+        try:
+            hook.prepare_shm([d for d in rendered if d["name"] in wanted])
+        except (OSError, KeyError) as exc:
+            raise BackendError(f"cannot prepare the shared-memory objects: {exc}") from None
+
+    def verify(self, answers: IvshmemAnswers, ctx: Context) -> list[str]:
+        """The plan is empty and, with ``live``, each running guest's QEMU lists each
+        device (ivshmem's PCI id) at the address of its live XML."""
+        problems = super().verify(answers, ctx)
+        if not answers.live:
+            return problems
+        lv = ctx.backends.libvirt(answers.uri)
+        for dom in self._chosen(answers, {d.name: d for d in lv.domains()}):
+            if not dom.active:
+                continue
+            live = lv.live_domain(dom.name)
+            seen = lv.guest_pci(dom.name)
+            _differ, plug = self._domain_work(answers, lv, dom)
+            for shmem in answers.shmems(dom):
+                if answers.live_fallback and shmem not in plug and not live.shmem(shmem.name):
+                    continue  # fell back to the next start (in the definition)
+                own = live.shmem(shmem.name)
+                if own is None or (own.address, IVSHMEM_PCI_ID) not in seen:
+                    at = f" at {own.address}" if own and own.address else ""
+                    problems.append(f"running domain '{dom.name}': QEMU does not list "
+                                    f"ivshmem '{shmem.name}'{at} ({IVSHMEM_PCI_ID})")
+        return problems
 
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
         dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)

@@ -149,3 +149,80 @@ def test_bad_devices_exit_3_naming_the_keys(ivs_sb: Sandbox) -> None:
     assert "ivshmem.devices[0]" in res.stderr
     assert "name 'agent' needs {domain} or {uuid}" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def define_acpi(sb: Sandbox, name: str) -> None:
+    """Define a domain with ACPI: QEMU's i440fx bus hot-plugs PCI devices only with it."""
+    xml = sb.path("libvirt", "domains", f"{name}.xml")
+    xml.write_text(sandbox_libvirt.DOMAIN_XML.format(name=name, emulator=sandbox_libvirt.EMULATOR)
+                   .replace("</os>", "</os>\n  <features><acpi/></features>"))
+    sandbox_libvirt.virsh(sb, "define", str(xml))
+
+
+def test_live_hot_plug_into_a_running_guest(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    prefix = sb.answers["ivshmem"]["name"]
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "domains": ["hot"], "live": True, "restart_libvirtd": False,
+               "devices": [{"name": f"{prefix}-live-{{domain}}", "per_domain": True, "size": 1,
+                            "address": "0000:00:0c.0"}]}
+    obj = Path(f"/dev/shm/{prefix}-live-hot")
+    define_acpi(sb, "hot")
+    try:
+        pci, _cmdline = start(sb, "hot")
+        assert "1af4:1110" not in pci
+        pid = sandbox_libvirt.qemu_pids(sb)["hot"]
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        flat = " ".join(plan.stdout.split())
+        assert (f"+ hot-plug into running hot: now, without a restart (and in its definition) "
+                f"no ivshmem device -> ivshmem-plain '{prefix}-live-hot' 1 MiB at 0000:00:0c.0"
+                ) in flat
+        assert "update domain hot" not in flat
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert sandbox_libvirt.qemu_pids(sb)["hot"] == pid  # not restarted
+        pci = sandbox_libvirt.virsh(sb, "qemu-monitor-command", "--hmp", "hot", "info pci")
+        block = pci.split("device  12, function 0:")[1]
+        assert "1af4:1110" in block.split("Bus ")[0]
+        # Made before QEMU opened it, as the hook makes objects: size and mode.
+        assert obj.stat().st_size == 1 << 20 and obj.stat().st_mode & 0o777 == 0o660
+        inactive = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "hot"))
+        assert [s.get("name") for s in inactive.iterfind("devices/shmem")] == [obj.name]
+        assert cli(sb, "plan", section).returncode == 0  # verify read live XML + query-pci
+    finally:
+        if "hot" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "hot")
+        sandbox_libvirt.virsh(sb, "undefine", "hot")
+        for path in Path("/dev/shm").glob(f"{prefix}-*hot*"):
+            path.unlink()
+
+
+def test_a_refused_hot_plug_fails_with_nothing_half_applied(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    # QEMU refuses: the doorbell's server socket does not exist.
+    bell = {"name": "bell", "model": "doorbell", "server": str(sb.dir / "no-server.sock")}
+    section = {**base, "domains": ["cold"], "live": True, "restart_libvirtd": False,
+               "devices": [bell]}
+    define_acpi(sb, "cold")
+    try:
+        start(sb, "cold")
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 1, applied.stdout + applied.stderr
+        assert "running domain 'cold' refused the hot-plug of 'bell'" in applied.stderr
+        assert "Traceback" not in applied.stderr
+        inactive = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "cold"))
+        assert inactive.find("devices/shmem") is None  # neither live nor in the definition
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4 and "hot-plug into running cold" in plan.stdout
+        # Allowed to fall back: the definition gets it, for the next start.
+        fallback = cli(sb, "apply", {**section, "live_fallback": True})
+        assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+        assert "'bell' was not hot-plugged into 'cold'" in " ".join(fallback.stdout.split())
+        inactive = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "cold"))
+        assert [s.get("name") for s in inactive.iterfind("devices/shmem")] == ["bell"]
+    finally:
+        if "cold" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "cold")
+        sandbox_libvirt.virsh(sb, "undefine", "cold")

@@ -162,3 +162,16 @@ class LibvirtAPI(Protocol):
     def remove_file(self, path: str) -> bool:
         """Remove a host regular file (never a link's target); ``False`` if it was absent."""
         ...
+
+    def live_domain(self, name: str) -> Domain:
+        """One domain as its live XML says (what the running guest has)."""
+        ...
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        """Hot-plug a ``<shmem>`` device into the running domain (with ``persistent``,
+        into its definition too, in the same call: both or neither)."""
+        ...
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        """The running guest's PCI devices as QEMU lists them: (address, vendor:device)."""
+        ...

@@ -35,6 +35,7 @@ UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2,
          "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
          "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
 NAMESPACES = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0"}
+QEMU = "{" + NAMESPACES["qemu"] + "}"
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -165,6 +166,8 @@ class LibvirtBackend:
             emulator=devices.findtext("emulator", "").strip(),
             shmems=tuple(shmem_of(el) for el in devices.iterfind("shmem")),
             pci_addresses=pci_addresses(devices),
+            qemu_args=tuple(a.get("value", "") for a in root.iterfind(f"{QEMU}commandline/"
+                                                                       f"{QEMU}arg")),
         )
 
     def domains(self) -> list[Domain]:
@@ -190,15 +193,17 @@ class LibvirtBackend:
         except libvirt.libvirtError as exc:
             raise self._fail(exc, "read domain", name) from None
 
-    def _edit(self, name: str, change: Callable[[ET.Element], None]) -> None:
-        """Read the persistent definition, change its ``<devices>``, define it again."""
+    def _edit(self, name: str, change: Callable[[ET.Element], None],
+              whole: bool = False) -> None:
+        """Read the persistent definition, change its ``<devices>`` (or, ``whole``,
+        the root element), define it again."""
         dom = self._lookup(name)
         try:
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             devices = root.find("devices")
             if devices is None:
                 devices = ET.SubElement(root, "devices")
-            change(devices)
+            change(root if whole else devices)
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))
         except libvirt.libvirtError as exc:
             raise self._fail(exc, f"define '{name}'", name) from None
@@ -223,6 +228,29 @@ class LibvirtBackend:
                 devices.append(new)
 
         self._edit(name, change)
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        """Remove the ``<shmem>`` devices of those names from domain ``name``."""
+
+        def change(devices: ET.Element) -> None:
+            for old in devices.findall("shmem"):
+                if old.get("name") in names:
+                    devices.remove(old)
+
+        self._edit(name, change)
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        """Set every ``<qemu:commandline>`` argument of domain ``name``."""
+
+        def change(root: ET.Element) -> None:
+            for line in root.findall(f"{QEMU}commandline"):
+                root.remove(line)
+            if args:
+                line = ET.SubElement(root, f"{QEMU}commandline")
+                for value in args:
+                    ET.SubElement(line, f"{QEMU}arg", value=value)
+
+        self._edit(name, change, whole=True)
 
     def set_emulator(self, name: str, emulator: str) -> None:
         """Set the ``<emulator>`` of domain ``name``."""

@@ -38,6 +38,7 @@ DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
+WRAPPER_MARKER = b"hostsetup-ivshmem-wrapper"
 HOOK_NAME = "hostsetup-ivshmem"
 CONFIG_NAME = ivshmem_hook.CONFIG_NAME
 SHM_DIR = ivshmem_hook.SHM_DIR
@@ -50,8 +51,6 @@ QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
-# QEMU ids of what the wrapper adds (libvirt's own ids look like "shmem0").
-QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 
 
 PLACEHOLDERS = ("{domain}", "{uuid}")
@@ -167,9 +166,11 @@ class IvshmemAnswers(DeviceKeys):
         "model, ...): each with name, size, model, role, address, per_domain, ...")
     domains: Literal["all"] | list[str] = Field(
         "all", description="'all' (every persistent domain) or a list of domain names")
-    method: Literal["definition", "qemu-wrapper"] = Field(
+    method: Literal["definition", "qemu-wrapper", "commandline"] = Field(
         "definition", description="definition: <shmem> in the domain definitions; "
-        "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line")
+        "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line; "
+        "commandline: <qemu:commandline> arguments in the definitions. Switching method "
+        "removes what the previous one installed")
     live: bool = Field(
         False, description="definition: hot-plug the devices into running guests now "
         "(libvirt attach, live and config) instead of at their next start")
@@ -307,10 +308,37 @@ class Desired:
     wrappers: dict[str, File] = field(default_factory=dict)
     hook_files: dict[str, File] = field(default_factory=dict)
     new_hook: bool = False
+    all_domains: dict[str, Domain] = field(default_factory=dict)
+    installed: dict[str, Any] | None = None  # the hook configuration found (valid), if any
 
     def file(self, path: str) -> File | None:
         """The content, mode and description of one file to write."""
         return self.wrappers.get(path) or self.hook_files.get(path)
+
+
+@dataclass
+class Leftover:
+    """What another method installed on one domain: to remove when switching method."""
+
+    args: list[str] | None = None  # the <qemu:commandline> without ours (None: none there)
+    shmems: list[str] = field(default_factory=list)  # <shmem> names (method definition)
+    emulator: str | None = None  # the real emulator to point back at (method qemu-wrapper)
+
+    def describe(self) -> list[str]:
+        """What goes, in words."""
+        out = []
+        if self.args is not None:
+            out.append("ivshmem devices on its QEMU command line (method commandline)")
+        out += [f"<shmem> '{n}' (method definition)" for n in self.shmems]
+        if self.emulator:
+            out.append(f"wrapper emulator, back to {self.emulator} (method qemu-wrapper)")
+        return out
+
+
+def command_line(dom: Domain, shmems: list[Shmem]) -> list[str]:
+    """The ``<qemu:commandline>`` arguments with our devices: others' first, then ours."""
+    return ivshmem_hook.strip_ours(list(dom.qemu_args)) + [
+        a for i, s in enumerate(shmems) for a in qemu_args(s, i)]
 
 
 def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
@@ -330,22 +358,9 @@ def wrapper_path(answers: IvshmemAnswers, real: str) -> str:
 
 
 def qemu_args(shmem: Shmem, index: int = 0) -> list[str]:
-    """QEMU arguments that add one device (what the wrapper appends); ``index`` > 0
-    numbers the QEMU ids of the second and later devices."""
-    mem, dev = (QEMU_MEM_ID, QEMU_DEV_ID) if not index else (f"{QEMU_MEM_ID}{index}",
-                                                             f"{QEMU_DEV_ID}{index}")
-    props = ""
-    if shmem.address is not None:
-        props = f",addr={shmem.address.slot:02x}.{shmem.address.function:x}"
-    if shmem.role is not None:
-        props += f",master={'on' if shmem.role == 'master' else 'off'}"
-    if shmem.model == "ivshmem-doorbell":
-        return ["-chardev", f"socket,id={mem},path={shmem.server}",
-                "-device", f"ivshmem-doorbell,id={dev},chardev={mem},"
-                f"vectors={shmem.vectors}{props}"]
-    return ["-object", f"memory-backend-file,id={mem},mem-path=/dev/shm/{shmem.name},"
-            f"size={shmem.size_mib}M,share=on",
-            "-device", f"ivshmem-plain,id={dev},memdev={mem}{props}"]
+    """QEMU arguments that add one device (the wrapper's, or ``<qemu:commandline>``'s);
+    ``index`` > 0 numbers the QEMU ids of the second and later devices."""
+    return ivshmem_hook.qemu_args(_shmem_config(shmem), index)
 
 
 def wrapper_script(shmems: list[Shmem], real: str) -> bytes:
@@ -375,13 +390,17 @@ def _pci_attrs(address: PciAddress | None) -> dict[str, str] | None:
             "slot": f"0x{address.slot:02x}", "function": f"0x{address.function:x}"}
 
 
-def _device_config(device: DeviceKeys) -> dict[str, Any]:
-    """One device as the hook configuration holds it (``name`` may be a template)."""
-    shmem = device.shmem()
+def _shmem_config(shmem: Shmem) -> dict[str, Any]:
+    """One device as the hook configuration holds it."""
     return {"name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
             "server": shmem.server, "vectors": shmem.vectors,
-            "address": _pci_attrs(shmem.address), "role": shmem.role,
-            "per_domain": device.per_domain, "keep": device.keep}
+            "address": _pci_attrs(shmem.address), "role": shmem.role}
+
+
+def _device_config(device: DeviceKeys) -> dict[str, Any]:
+    """One device of the answers in the hook configuration (``name`` may be a template)."""
+    return {**_shmem_config(device.shmem()), "per_domain": device.per_domain,
+            "keep": device.keep}
 
 
 def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) -> bytes:
@@ -491,7 +510,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
             Question("domains", "Domains", kind="multi", choices=("all", *names),
                      choice_notes=states, help="The VMs that get the device; 'all' is "
                      "every persistent domain."),
-            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper"),
+            Question("method", "Method", kind="choice",
+                     choices=("definition", "qemu-wrapper", "commandline"),
                      help="definition: a <shmem> device in each domain's definition; "
                      "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
                      "managers that regenerate definitions)."),
@@ -582,17 +602,18 @@ class IvshmemStep(Step[IvshmemAnswers]):
     def _desired(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> Desired:
         """Read the host and work out every file and domain the answers call for."""
         domains = {d.name: d for d in lv.domains()}
-        want = Desired(self._chosen(answers, domains))
+        want = Desired(self._chosen(answers, domains), all_domains=domains)
         layout = self._layout(answers, lv.version())
         hook, config = hook_paths(answers, layout)
+        old = lv.read_file(config)
+        try:
+            want.installed = ivshmem_hook.parse_config(old.content) if old else None
+        except ValueError:
+            pass  # unusable (the hook ignores it too): this run rewrites it
         wrappers: dict[str, str] = {}  # real emulator -> wrapper, for the hook
         if answers.method == "qemu-wrapper":
-            old = lv.read_file(config)
             # A domain already on our wrapper: its real emulator is in the last config.
-            try:
-                known = ivshmem_hook.parse_config(old.content)["wrappers"] if old else {}
-            except ValueError:
-                known = {}  # unusable (the hook ignores it too): this run rewrites it
+            known = want.installed["wrappers"] if want.installed else {}
             back = {w: real for real, w in known.items()}
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)
@@ -613,6 +634,34 @@ class IvshmemStep(Step[IvshmemAnswers]):
         want.hook_files[hook] = (HOOK_SOURCE.read_bytes(), 0o755, "ivshmem hook")
         want.new_hook = current is None or HOOK_MARKER not in current.content
         return want
+
+    def _leftovers(self, answers: IvshmemAnswers, want: Desired) -> dict[str, Leftover]:
+        """What the methods not chosen installed on the domains (switching method)."""
+        cfg = want.installed
+        found = {}
+        for dom in want.all_domains.values():
+            left = Leftover()
+            if answers.method != "commandline":
+                left.args = ivshmem_hook.strip_ours(list(dom.qemu_args))
+                if left.args == list(dom.qemu_args):
+                    left.args = None
+            if answers.method != "definition" and cfg and cfg["method"] == "definition":
+                old = {render(d["name"], dom) for d in cfg.get("devices") or [cfg]}
+                left.shmems = [s.name for s in dom.shmems if s.name in old]
+            if answers.method != "qemu-wrapper" and cfg:
+                back = {w: real for real, w in cfg["wrappers"].items()}
+                left.emulator = back.get(dom.emulator)
+            if left.args is not None or left.shmems or left.emulator:
+                found[dom.name] = left
+        return found
+
+    def _old_wrappers(self, answers: IvshmemAnswers, want: Desired,
+                      lv: LibvirtAPI) -> list[str]:
+        """Wrapper emulators of method qemu-wrapper, when another method is chosen."""
+        if answers.method == "qemu-wrapper" or not want.installed:
+            return []
+        return [path for path in want.installed["wrappers"].values()
+                if (old := lv.read_file(path)) and WRAPPER_MARKER in old.content]
 
     def _domain_work(self, answers: IvshmemAnswers, lv: LibvirtAPI,
                      dom: Domain) -> tuple[list[Shmem], list[Shmem]]:
@@ -673,6 +722,12 @@ class IvshmemStep(Step[IvshmemAnswers]):
         lv = ctx.backends.libvirt(answers.uri)
         want = self._desired(answers, lv)
         changes = self._file_changes(lv, want.wrappers)
+        for name, left in self._leftovers(answers, want).items():
+            changes.append(Change(f"domain {name}", "delete", "; ".join(left.describe()),
+                                  "none", "what another method installed"))
+        changes += [Change(f"file {path}", "delete", "present", "absent",
+                           "wrapper emulator of method qemu-wrapper")
+                    for path in self._old_wrappers(answers, want, lv)]
         plugs: list[Change] = []  # after the hook files: the hook's lock dir must exist
         for dom in want.domains:
             running = " (running: takes effect at its next start)" if dom.active else ""
@@ -683,6 +738,17 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 if dom.emulator != wrapper:
                     changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
                                           wrapper, "emulator" + running, second))
+                continue
+            if answers.method == "commandline":
+                args = command_line(dom, shmems)
+                if args != list(dom.qemu_args):
+                    ours = [a for a in dom.qemu_args if a not in
+                            ivshmem_hook.strip_ours(list(dom.qemu_args))]
+                    changes.append(Change(f"domain {dom.name}", "update",
+                                          "; ".join(ours) or "no ivshmem device",
+                                          "; ".join(s.describe() for s in shmems),
+                                          "QEMU command line (<qemu:commandline>)" + running,
+                                          second))
                 continue
             owns = {s.name: dom.shmem(s.name) for s in shmems}
             differ, plug = self._domain_work(answers, lv, dom)
@@ -720,13 +786,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
                         failed.append(error)
                         continue
                 elif kind == "domain":
-                    error = self._apply_domain(answers, lv, target, change)
+                    error = self._apply_domain(answers, lv, target, change, want)
                     if error:
                         failed.append(error)
                         continue
                 elif kind == "unit":
                     self._restart(answers, ctx)
-                elif kind == "object":
+                elif kind == "object" or change.action == "delete":
                     lv.remove_file(target)
                 else:
                     file = want.file(target)
@@ -745,10 +811,21 @@ class IvshmemStep(Step[IvshmemAnswers]):
             raise StepFailed("; ".join(failed) + " (the other changes were applied)", done)
 
     def _apply_domain(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
-                      change: Change) -> str | None:
+                      change: Change, want: Desired) -> str | None:
         """Change one domain; returns an error text instead of raising (others go on)."""
         try:
-            if answers.method == "qemu-wrapper":
+            if change.action == "delete":
+                left = self._leftovers(answers, want).get(name)
+                if left and left.args is not None:
+                    lv.set_qemu_args(name, left.args)
+                if left and left.shmems:
+                    lv.remove_shmems(name, left.shmems)
+                if left and left.emulator:
+                    lv.set_emulator(name, left.emulator)
+            elif answers.method == "commandline":
+                dom = lv.domain(name)
+                lv.set_qemu_args(name, command_line(dom, answers.shmems(dom)))
+            elif answers.method == "qemu-wrapper":
                 lv.set_emulator(name, str(change.after))
             else:
                 differ, _plug = self._domain_work(answers, lv, lv.domain(name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,31 @@ def test_hook_makes_each_guests_own_objects(ivs_hooks: Path, tmp_path: Path,
     assert (f"vm2 restore begin: added the devices '{prefix}-a-vm2', '{prefix}-b-{UUID1}', "
             f"'{prefix}-shared' to the incoming XML") in log.read_text()
     assert f"name=\"{prefix}-a-vm2\"" in res.stdout.decode()
+
+
+def test_hook_puts_the_devices_back_on_an_incoming_command_line(ivs_hooks: Path,
+                                                                 tmp_path: Path) -> None:
+    configure(ivs_hooks, tmp_path / "hook.log", method="commandline", devices=[
+        {"name": "ag-{domain}", "per_domain": True, "size": 1, "address": "00:0a.0"},
+        {"name": "bell", "model": "doorbell", "server": "/run/ivs.sock", "vectors": 2}])
+    ns = "http://libvirt.org/schemas/domain/qemu/1.0"
+    xml = DOMAIN.format(name="vm1", extra="").replace(
+        "<domain type='qemu'>", f"<domain type='qemu' xmlns:qemu='{ns}'>").replace(
+        "</domain>", "<qemu:commandline><qemu:arg value='-no-user-config'/>"
+        "<qemu:arg value='-object'/><qemu:arg value='memory-backend-file,id=hostsetup-shm,"
+        "mem-path=/dev/shm/stale,size=4M,share=on'/></qemu:commandline></domain>")
+    res = call(ivs_hooks / "hostsetup-ivshmem", "vm1", "restore", "begin", xml)
+    assert res.returncode == 0, res.stderr
+    args = [a.get("value") for a in ET.fromstring(res.stdout).iterfind(
+        f"{{{ns}}}commandline/{{{ns}}}arg")]
+    assert args == [
+        "-no-user-config",  # someone else's: kept; our stale pair: replaced
+        "-object", "memory-backend-file,id=hostsetup-shm,mem-path=/dev/shm/ag-vm1,size=1M,"
+        "share=on", "-device", "ivshmem-plain,id=hostsetup-ivshmem,memdev=hostsetup-shm,addr=0a.0",
+        "-chardev", "socket,id=hostsetup-shm1,path=/run/ivs.sock",
+        "-device", "ivshmem-doorbell,id=hostsetup-ivshmem1,chardev=hostsetup-shm1,vectors=2"]
+    # The same XML again: nothing missing, left as it is.
+    again = call(ivs_hooks / "hostsetup-ivshmem", "vm1", "restore", "begin",
+                 res.stdout.decode())
+    assert [a.get("value") for a in ET.fromstring(again.stdout).iterfind(
+        f"{{{ns}}}commandline/{{{ns}}}arg")] == args

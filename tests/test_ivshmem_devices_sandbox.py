@@ -15,12 +15,14 @@ from pathlib import Path
 
 from test_ivshmem_sandbox import answers, cli, define, ivs_clean, ivs_sb, start
 
+from steps.data.ivshmem_hook import QEMU_NS as QEMU_NS_BRACED
 from wizard.sandbox import libvirt as sandbox_libvirt
 from wizard.sandbox.core import Sandbox
 
 __all__ = ["ivs_clean", "ivs_sb"]  # module fixtures, shared with test_ivshmem_sandbox
 
 BAR_WAIT = 60.0  # seconds for SeaBIOS (TCG) to assign the BARs
+QEMU_NS = QEMU_NS_BRACED.strip("{}")
 
 
 def bar2(sb: Sandbox, domain: str, slot: int) -> int:
@@ -226,3 +228,62 @@ def test_a_refused_hot_plug_fails_with_nothing_half_applied(ivs_clean: Sandbox) 
         if "cold" in sandbox_libvirt.qemu_pids(sb):
             sandbox_libvirt.virsh(sb, "destroy", "cold")
         sandbox_libvirt.virsh(sb, "undefine", "cold")
+
+
+def test_commandline_method_and_switching_methods_cleans_up(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    name = f"{sb.answers['ivshmem']['name']}-sw"
+    section = answers(sb, domains=["sw"], name=name, size=2, address="0000:00:0d.0",
+                      restart_libvirtd=False)
+    define(sb, "sw")
+    wrapper = Path(section["wrapper_dir"], f"qemu-system-x86_64-ivshmem-{name}")
+    # Someone else's passthrough argument: it must survive every switch.
+    theirs = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "sw"))
+    ET.register_namespace("qemu", QEMU_NS)
+    line = ET.SubElement(theirs, f"{{{QEMU_NS}}}commandline")
+    ET.SubElement(line, f"{{{QEMU_NS}}}arg", value="-no-user-config")
+    (sb.dir / "sw.xml").write_text(ET.tostring(theirs, encoding="unicode"))
+    sandbox_libvirt.virsh(sb, "define", str(sb.dir / "sw.xml"))
+
+    def state() -> tuple[list[str], list[str], str]:
+        xml = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "sw"))
+        args = [a.get("value", "") for a in xml.iterfind(f"{{{QEMU_NS}}}commandline/"
+                                                         f"{{{QEMU_NS}}}arg")]
+        return ([s.get("name", "") for s in xml.iterfind("devices/shmem")], args,
+                xml.findtext("devices/emulator") or "")
+
+    try:
+        applied = cli(sb, "apply", {**section, "method": "definition"})
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert state()[0] == [name]
+
+        plan = cli(sb, "plan", {**section, "method": "commandline"})
+        flat = " ".join(plan.stdout.split())
+        assert f"! delete domain sw: what another method installed <shmem> '{name}' " \
+               "(method definition) -> none" in flat
+        applied = cli(sb, "apply", {**section, "method": "commandline"})
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        shmems, args, emulator = state()
+        assert shmems == [] and args[0] == "-no-user-config" and len(args) == 5
+        assert f"mem-path=/dev/shm/{name},size=2M,share=on" in args[2]
+        assert cli(sb, "plan", {**section, "method": "commandline"}).returncode == 0
+        sandbox_libvirt.restart(sb)
+        pci, _cmdline = start(sb, "sw")
+        assert "1af4:1110" in pci.split("device  13, function 0:")[1].split("Bus ")[0]
+        assert Path(f"/dev/shm/{name}").stat().st_size == 2 << 20  # made by the hook
+        sandbox_libvirt.virsh(sb, "destroy", "sw")
+
+        applied = cli(sb, "apply", {**section, "method": "qemu-wrapper"})
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert state() == ([], ["-no-user-config"], str(wrapper)) and wrapper.exists()
+
+        applied = cli(sb, "apply", {**section, "method": "definition"})
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert state() == ([name], ["-no-user-config"], sandbox_libvirt.EMULATOR)
+        assert not wrapper.exists()
+        assert cli(sb, "plan", {**section, "method": "definition"}).returncode == 0
+    finally:
+        if "sw" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "sw")
+        sandbox_libvirt.virsh(sb, "undefine", "sw")
+        Path("/dev/shm", name).unlink(missing_ok=True)

@@ -96,6 +96,8 @@ class Domain:
     shmems: tuple[Shmem, ...] = ()
     # (device, address) for every device with a PCI address, e.g. ("video 'video0'", ...)
     pci_addresses: tuple[tuple[str, PciAddress], ...] = ()
+    # The values of <qemu:commandline>'s <qemu:arg> elements, in order.
+    qemu_args: tuple[str, ...] = ()
 
     def shmem(self, name: str) -> Shmem | None:
         """The ``<shmem>`` device of that name, if any."""
@@ -138,6 +140,15 @@ class LibvirtAPI(Protocol):
 
     def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
         """Add or replace (by name) several ``<shmem>`` devices in one definition change."""
+        ...
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        """Remove the ``<shmem>`` devices of those names from the persistent definition."""
+        ...
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        """Set the ``<qemu:commandline>`` arguments of the persistent definition (all of
+        them; an empty list removes the element)."""
         ...
 
     def set_emulator(self, name: str, emulator: str) -> None:

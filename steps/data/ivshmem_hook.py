@@ -69,7 +69,42 @@ MAX_CONFIG = 1024 * 1024
 INPUT_TIMEOUT = 30.0  # seconds to read the domain XML
 CHAIN_TIMEOUT = 30.0  # seconds for the chained hook
 LOCK_TIMEOUT = 10.0  # seconds to wait for another call preparing the object
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+# QEMU ids of what hostsetup puts on QEMU's command line (libvirt's own look like "shmem0").
+QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as the step validates it
+
+
+def qemu_args(dev: dict[str, Any], index: int = 0) -> list[str]:
+    """QEMU arguments that add one device (a configuration device, its name rendered);
+    ``index`` > 0 numbers the QEMU ids of the second and later devices."""
+    mem, ident = (QEMU_MEM_ID, QEMU_DEV_ID) if not index else (f"{QEMU_MEM_ID}{index}",
+                                                               f"{QEMU_DEV_ID}{index}")
+    props = ""
+    if dev["address"]:
+        props = ",addr={}.{}".format(*(dev["address"][k].removeprefix("0x")
+                                       for k in ("slot", "function")))
+    if dev["role"]:
+        props += f",master={'on' if dev['role'] == 'master' else 'off'}"
+    if dev["model"] == "ivshmem-doorbell":
+        return ["-chardev", f"socket,id={mem},path={dev['server']}",
+                "-device", f"ivshmem-doorbell,id={ident},chardev={mem},"
+                f"vectors={dev['vectors'] or 1}{props}"]
+    return ["-object", f"memory-backend-file,id={mem},mem-path={SHM_DIR}/{dev['name']},"
+            f"size={dev['size_mib'] or 4}M,share=on",
+            "-device", f"ivshmem-plain,id={ident},memdev={mem}{props}"]
+
+
+def strip_ours(args: list[str]) -> list[str]:
+    """QEMU arguments without the (option, value) pairs hostsetup added (by their ids)."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1].startswith("-") and (f"id={QEMU_MEM_ID}" in arg
+                                                or f"id={QEMU_DEV_ID}" in arg):
+            out.pop()
+            continue
+        out.append(arg)
+    return out
 
 
 class Unsafe(Exception):
@@ -128,7 +163,7 @@ CONFIG_KEYS: dict[str, Callable[[Any], bool]] = {
     **DEVICE_KEYS,
     "domains": lambda v: v == "all" or (isinstance(v, list)
                                         and all(isinstance(d, str) for d in v)),
-    "method": lambda v: v in ("definition", "qemu-wrapper"),
+    "method": lambda v: v in ("definition", "qemu-wrapper", "commandline"),
     "wrappers": _str_map,
     "enforce": lambda v: v in ("warn", "refuse"),
     "owner": _str_or_none,
@@ -364,6 +399,11 @@ class Hook:
         if self.cfg["method"] == "qemu-wrapper":
             emulator = root.findtext("devices/emulator", "").strip()
             return [] if emulator in self.cfg["wrappers"].values() else self.devices(root)
+        if self.cfg["method"] == "commandline":
+            args = [a.get("value", "") for a in root.iterfind(f"{QEMU_NS}commandline/"
+                                                               f"{QEMU_NS}arg")]
+            return [d for i, d in enumerate(self.devices(root))
+                    if qemu_args(d, i)[1] not in args]
         have = {s.get("name") for s in root.iterfind("devices/shmem")}
         return [d for d in self.devices(root) if d["name"] not in have]
 
@@ -387,19 +427,31 @@ class Hook:
             emulator.text = wrapper
             return f"pointed the incoming XML at the wrapper emulator {wrapper}"
         added = self.missing(root)
-        for dev in added:
-            shmem = ET.SubElement(devices, "shmem", name=dev["name"])
-            if dev["role"]:
-                shmem.set("role", dev["role"])
-            ET.SubElement(shmem, "model", type=dev["model"])
-            if dev["size_mib"]:
-                ET.SubElement(shmem, "size", unit="M").text = str(dev["size_mib"])
-            if dev["server"]:
-                ET.SubElement(shmem, "server", path=dev["server"])
-            if dev["vectors"]:
-                ET.SubElement(shmem, "msi", vectors=str(dev["vectors"]))
-            if dev["address"]:
-                ET.SubElement(shmem, "address", dict(dev["address"], type="pci"))
+        if cfg["method"] == "commandline":
+            line = root.find(f"{QEMU_NS}commandline")
+            if line is None:
+                line = ET.SubElement(root, f"{QEMU_NS}commandline")
+            args = [a.get("value", "") for a in line.findall(f"{QEMU_NS}arg")]
+            for arg in line.findall(f"{QEMU_NS}arg"):
+                line.remove(arg)
+            # Ours from another configuration go; everyone else's stay, first.
+            for value in strip_ours(args) + [a for i, d in enumerate(self.devices(root))
+                                             for a in qemu_args(d, i)]:
+                ET.SubElement(line, f"{QEMU_NS}arg", value=value)
+        else:
+            for dev in added:
+                shmem = ET.SubElement(devices, "shmem", name=dev["name"])
+                if dev["role"]:
+                    shmem.set("role", dev["role"])
+                ET.SubElement(shmem, "model", type=dev["model"])
+                if dev["size_mib"]:
+                    ET.SubElement(shmem, "size", unit="M").text = str(dev["size_mib"])
+                if dev["server"]:
+                    ET.SubElement(shmem, "server", path=dev["server"])
+                if dev["vectors"]:
+                    ET.SubElement(shmem, "msi", vectors=str(dev["vectors"]))
+                if dev["address"]:
+                    ET.SubElement(shmem, "address", dict(dev["address"], type="pci"))
         names = ", ".join(f"'{d['name']}'" for d in added)
         return f"added the device{'s' if len(added) > 1 else ''} {names} to the incoming XML"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -331,3 +332,63 @@ class LibvirtBackend:
                 found.append((PciAddress(0, dev["bus"], dev["slot"], dev["function"]),
                               f"{ids.get('vendor', 0):04x}:{ids.get('device', 0):04x}"))
         return found
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        """Where dpkg diverts ``path`` to (``dpkg-divert --truename``), ``None`` if not."""
+        true = _dpkg_divert(admindir, "--truename", path)
+        return None if true == path else true
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        """Divert ``path`` to ``real`` (dpkg-divert) and put ``content`` in its place.
+
+        No moment without an executable at ``path``: the new file is written
+        aside, the original is hard-linked to ``real`` (the same bytes, the
+        same inode), then the new file is renamed over ``path``.  A failure
+        undoes what was done.
+        """
+        if os.path.lexists(real):
+            raise BackendError(f"{real} exists already: not overwritten (remove it, or undo "
+                               "the diversion it belongs to)")
+        new = f"{path}.hostsetup-new"
+        hostfiles.atomic_write(new, content, 0o755)
+        try:
+            _dpkg_divert(admindir, "--no-rename", "--divert", real, "--add", path)
+            try:
+                os.link(path, real)
+                os.rename(new, path)
+            except OSError as exc:
+                if os.path.lexists(real) and os.path.exists(path):
+                    os.unlink(real)
+                _dpkg_divert(admindir, "--no-rename", "--remove", path)
+                raise BackendError(f"cannot swap {path}: {exc.strerror}") from None
+        finally:
+            if os.path.lexists(new):
+                os.unlink(new)
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        """Put the diverted original back at ``path`` (one rename) and remove the diversion."""
+        try:
+            os.rename(real, path)
+        except FileNotFoundError:
+            if _dpkg_divert(admindir, "--truename", path) != real:
+                return  # neither moved nor diverted: nothing to undo
+            raise BackendError(f"{path} is diverted to {real}, which is missing: restore "
+                               "the emulator (reinstall its package) and run again") from None
+        except OSError as exc:
+            raise BackendError(f"cannot restore {path}: {exc.strerror}") from None
+        _dpkg_divert(admindir, "--no-rename", "--remove", path)
+
+
+DPKG_TIMEOUT = 60.0  # seconds for one dpkg-divert call (it takes dpkg's lock)
+
+
+def _dpkg_divert(admindir: str, *args: str) -> str:
+    """Run ``dpkg-divert --admindir ADMINDIR ARGS``; its output, or a BackendError."""
+    try:
+        done = subprocess.run(["dpkg-divert", "--admindir", admindir, *args],
+                              capture_output=True, text=True, timeout=DPKG_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"dpkg-divert {' '.join(args)}: {exc}") from None
+    if done.returncode != 0:
+        raise BackendError(f"dpkg-divert {' '.join(args)}: {done.stderr.strip()[:500]}")
+    return done.stdout.strip()

@@ -49,6 +49,8 @@ HOTPLUG_SINCE = (3, 0, 0)  # libvirt hot-plugs <shmem> (ivshmem-plain/-doorbell)
 LIVE = "into running "  # target prefix of a hot-plug change: "into running vm1"
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+REAL_SUFFIX = ".hostsetup-real"  # emulator-swap: where dpkg diverts the real emulator
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
@@ -166,11 +168,22 @@ class IvshmemAnswers(DeviceKeys):
         "model, ...): each with name, size, model, role, address, per_domain, ...")
     domains: Literal["all"] | list[str] = Field(
         "all", description="'all' (every persistent domain) or a list of domain names")
-    method: Literal["definition", "qemu-wrapper", "commandline"] = Field(
+    method: Literal["definition", "qemu-wrapper", "commandline", "emulator-swap"] = Field(
         "definition", description="definition: <shmem> in the domain definitions; "
         "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line; "
-        "commandline: <qemu:commandline> arguments in the definitions. Switching method "
-        "removes what the previous one installed")
+        "commandline: <qemu:commandline> arguments in the definitions; emulator-swap: "
+        "the emulator binary itself is replaced by a wrapper (dpkg-divert), for managers "
+        "that regenerate the XML at each start. Switching method removes what the "
+        "previous one installed")
+    state: Literal["present", "absent"] = Field(
+        "present", description="absent: remove what this step installed (devices, "
+        "command-line arguments, wrappers, the emulator swap, the hook)")
+    emulator: str = Field(
+        DEFAULT_EMULATOR, description="emulator-swap: the emulator binary to replace (the "
+        "chosen domains' <emulator>)")
+    dpkg_admindir: str = Field(
+        "/var/lib/dpkg", description="emulator-swap: dpkg's database, where the diversion "
+        "is recorded (another one only for tests)")
     live: bool = Field(
         False, description="definition: hot-plug the devices into running guests now "
         "(libvirt attach, live and config) instead of at their next start")
@@ -235,6 +248,9 @@ class IvshmemAnswers(DeviceKeys):
         if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
             raise ValueError("per_domain devices need method definition (the qemu-wrapper "
                              "method gives every guest of an emulator the same command line)")
+        for key in ("emulator", "dpkg_admindir"):
+            if not posixpath.isabs(getattr(self, key)):
+                raise ValueError(f"{key} '{getattr(self, key)}' is not an absolute path")
         if self.live and self.method != "definition":
             raise ValueError("live: true needs method definition (a command-line device "
                              "cannot be hot-plugged by libvirt)")
@@ -264,6 +280,10 @@ class IvshmemAnswers(DeviceKeys):
     def shmems(self, domain: Domain | None = None) -> list[Shmem]:
         """Every device, for one guest when ``domain`` is given."""
         return [DeviceKeys.shmem(d, domain) for d in self.device_list()]
+
+    def keeps(self, method: str) -> bool:
+        """True when what ``method`` installs stays (chosen, and state present)."""
+        return self.state == "present" and self.method == method
 
 
 File = tuple[bytes, int, str]  # content, mode, what it is
@@ -310,6 +330,7 @@ class Desired:
     new_hook: bool = False
     all_domains: dict[str, Domain] = field(default_factory=dict)
     installed: dict[str, Any] | None = None  # the hook configuration found (valid), if any
+    swap: bytes | None = None  # emulator-swap: the wrapper that replaces the emulator
 
     def file(self, path: str) -> File | None:
         """The content, mode and description of one file to write."""
@@ -333,6 +354,32 @@ class Leftover:
         if self.emulator:
             out.append(f"wrapper emulator, back to {self.emulator} (method qemu-wrapper)")
         return out
+
+
+def swap_script(answers: IvshmemAnswers, domains: list[Domain]) -> bytes:
+    """emulator-swap: the wrapper put in the emulator's place.
+
+    It adds each chosen guest's devices (found by ``-name guest=<name>``, the
+    names rendered here per guest) and runs the real, diverted emulator;
+    other guests and libvirt's capability probes pass through unchanged.
+    """
+    real = shlex.quote(answers.emulator + REAL_SUFFIX)
+    lines = [
+        "#!/bin/sh",
+        "# hostsetup-ivshmem-wrapper: installed by hostsetup's ivshmem step (emulator-swap);",
+        f"# do not edit. The real emulator is {answers.emulator + REAL_SUFFIX} (dpkg-divert).",
+        "guest= prev=",
+        "for arg do",
+        '    if [ "$prev" = "-name" ]; then guest=${arg#guest=}; guest=${guest%%,*}; fi',
+        '    prev=$arg',
+        "done",
+    ]
+    for dom in domains:
+        args = " ".join(shlex.quote(a) for i, s in enumerate(answers.shmems(dom))
+                        for a in qemu_args(s, i))
+        lines.append(f'if [ "$guest" = {shlex.quote(dom.name)} ]; then exec {real} "$@" {args}; fi')
+    lines.append(f'exec {real} "$@"')
+    return ("\n".join(lines) + "\n").encode()
 
 
 def command_line(dom: Domain, shmems: list[Shmem]) -> list[str]:
@@ -419,6 +466,9 @@ def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) 
     }
     if answers.devices is not None:
         config["devices"] = devices
+    if answers.keeps("emulator-swap"):
+        config["swap"] = {"emulator": answers.emulator, "real": answers.emulator + REAL_SUFFIX,
+                          "admindir": answers.dpkg_admindir}
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -466,8 +516,20 @@ class IvshmemStep(Step[IvshmemAnswers]):
         domains = {d.name: d for d in lv.domains()}
         # What running guests have now: a hot-plug must find its address free there too.
         live = {d.name: lv.live_domain(d.name) for d in domains.values() if d.active}
-        return {"version": lv.version(), "domains": domains, "installed": installed,
-                "live": live}
+        facts: dict[str, Any] = {"version": lv.version(), "domains": domains,
+                                 "installed": installed, "live": live}
+        if answers.get("method") == "emulator-swap":
+            emulator = str(answers.get("emulator") or DEFAULT_EMULATOR)
+            try:
+                facts["diversion"] = lv.diversion(emulator, str(answers.get("dpkg_admindir")
+                                                                or "/var/lib/dpkg"))
+            except BackendUnreachable:
+                raise
+            except BackendError as exc:
+                facts["diversion_error"] = str(exc)
+            facts["emulator_present"] = posixpath.basename(emulator) in lv.list_files(
+                posixpath.dirname(emulator))
+        return facts
 
     def current(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The settings of the installed hook configuration (what the last run applied);
@@ -559,6 +621,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
                                     "qemu.d/ (needs 6.5.0): use chain".format(*version)))
+        if answers.state == "absent" and self._layout(answers, version) == "chain":
+            problems.append(Problem(("state",), "state absent with the chain hook layout is "
+                                    "not supported yet: remove the hook by hand"))
+        if answers.keeps("emulator-swap"):
+            problems += self._swap_problems(answers, facts)
         live: dict[str, Domain] = facts.get("live", {})
         for dom in self._chosen(answers, domains):
             problems += self._domain_problems(answers, dom)
@@ -572,6 +639,26 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                         "devices (needs 3.0.0) into running {}: set "
                                         "live_fallback: true to add them at the next start"
                                         .format(*version, ", ".join(running))))
+        return problems
+
+    def _swap_problems(self, answers: IvshmemAnswers, facts: dict[str, Any]) -> list[Problem]:
+        """emulator-swap: the emulator is there, not diverted by another, and used."""
+        emulator, real = answers.emulator, answers.emulator + REAL_SUFFIX
+        if "diversion_error" in facts:
+            return [Problem(("dpkg_admindir",), f"dpkg-divert cannot use "
+                            f"'{answers.dpkg_admindir}': {facts['diversion_error']}")]
+        diverted = facts.get("diversion")
+        if diverted not in (None, real):
+            return [Problem(("emulator",), f"{emulator} is already diverted to {diverted} "
+                            "(not by hostsetup): not swapped")]
+        problems = []
+        if diverted is None and not facts.get("emulator_present"):
+            problems.append(Problem(("emulator",), f"{emulator} does not exist"))
+        for dom in self._chosen(answers, facts["domains"]):
+            if dom.emulator != emulator:
+                problems.append(Problem(("emulator",), f"domain '{dom.name}' runs "
+                                        f"{dom.emulator}, not {emulator}: the swap would "
+                                        "not give it the devices"))
         return problems
 
     def _domain_problems(self, answers: IvshmemAnswers, dom: Domain) -> list[Problem]:
@@ -611,7 +698,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         except ValueError:
             pass  # unusable (the hook ignores it too): this run rewrites it
         wrappers: dict[str, str] = {}  # real emulator -> wrapper, for the hook
-        if answers.method == "qemu-wrapper":
+        if answers.keeps("qemu-wrapper"):
             # A domain already on our wrapper: its real emulator is in the last config.
             known = want.installed["wrappers"] if want.installed else {}
             back = {w: real for real, w in known.items()}
@@ -620,6 +707,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 wrappers[real] = want.emulators[dom.name] = wrapper_path(answers, real)
                 want.wrappers[wrappers[real]] = (wrapper_script(answers.shmems(), real), 0o755,
                                                  f"wrapper emulator for {real}")
+        if answers.keeps("emulator-swap"):
+            want.swap = swap_script(answers, want.domains)
         current = lv.read_file(hook)
         chain = False
         if layout == "chain":
@@ -641,24 +730,74 @@ class IvshmemStep(Step[IvshmemAnswers]):
         found = {}
         for dom in want.all_domains.values():
             left = Leftover()
-            if answers.method != "commandline":
+            if not answers.keeps("commandline"):
                 left.args = ivshmem_hook.strip_ours(list(dom.qemu_args))
                 if left.args == list(dom.qemu_args):
                     left.args = None
-            if answers.method != "definition" and cfg and cfg["method"] == "definition":
+            if not answers.keeps("definition") and cfg and cfg["method"] == "definition":
                 old = {render(d["name"], dom) for d in cfg.get("devices") or [cfg]}
                 left.shmems = [s.name for s in dom.shmems if s.name in old]
-            if answers.method != "qemu-wrapper" and cfg:
+            if not answers.keeps("qemu-wrapper") and cfg:
                 back = {w: real for real, w in cfg["wrappers"].items()}
                 left.emulator = back.get(dom.emulator)
             if left.args is not None or left.shmems or left.emulator:
                 found[dom.name] = left
         return found
 
+    def _swap_changes(self, answers: IvshmemAnswers, want: Desired,
+                      lv: LibvirtAPI) -> list[Change]:
+        """emulator-swap: install or update the swap, or undo the one installed."""
+        changes = []
+        old = want.installed.get("swap") if want.installed else None
+        if isinstance(old, dict) and not (answers.keeps("emulator-swap")
+                                          and old["emulator"] == answers.emulator):
+            if lv.diversion(old["emulator"], old["admindir"]) == old["real"]:
+                changes.append(Change(f"emulator {old['emulator']}", "delete",
+                                      f"wrapper; the real one at {old['real']}",
+                                      "the real emulator, not diverted",
+                                      "emulator-swap undone (dpkg-divert --remove)"))
+        if want.swap is None:
+            return changes
+        real = answers.emulator + REAL_SUFFIX
+        if lv.diversion(answers.emulator, answers.dpkg_admindir) is None:
+            changes.append(Change(f"emulator {answers.emulator}", "install",
+                                  "the real emulator", f"wrapper; the real one diverted to {real}",
+                                  "emulator-swap (dpkg-divert: a QEMU upgrade installs "
+                                  "the new emulator under the diverted name)"))
+        elif (now := lv.read_file(answers.emulator)) is None or now.content != want.swap:
+            changes.append(Change(f"emulator {answers.emulator}", "update",
+                                  f"{len(now.content) if now else 0} bytes",
+                                  f"{len(want.swap)} bytes", "emulator-swap wrapper"))
+        return changes
+
+    def _hook_removal(self, lv: LibvirtAPI, want: Desired) -> list[Change]:
+        """state absent: the hook and its configuration, when they are there and ours."""
+        changes = []
+        for path, (_content, _mode, what) in want.hook_files.items():
+            found = lv.read_file(path)
+            if found is None or (what == "ivshmem hook" and HOOK_MARKER not in found.content):
+                continue
+            if what in ("ivshmem hook", "hook configuration"):
+                changes.append(Change(f"file {path}", "delete", "present", "absent", what))
+        return changes
+
+    def _apply_swap(self, answers: IvshmemAnswers, lv: LibvirtAPI, change: Change,
+                    want: Desired) -> None:
+        """Install, update or undo the emulator swap of one change."""
+        path = change.target.partition(" ")[2]
+        if change.action == "delete":
+            old = want.installed["swap"] if want.installed else None
+            if isinstance(old, dict) and old["emulator"] == path:
+                lv.swap_out(path, old["real"], old["admindir"])
+        elif want.swap is not None and change.action == "install":
+            lv.swap_in(path, path + REAL_SUFFIX, want.swap, answers.dpkg_admindir)
+        elif want.swap is not None:
+            lv.write_file(path, want.swap, 0o755)
+
     def _old_wrappers(self, answers: IvshmemAnswers, want: Desired,
                       lv: LibvirtAPI) -> list[str]:
         """Wrapper emulators of method qemu-wrapper, when another method is chosen."""
-        if answers.method == "qemu-wrapper" or not want.installed:
+        if answers.keeps("qemu-wrapper") or not want.installed:
             return []
         return [path for path in want.installed["wrappers"].values()
                 if (old := lv.read_file(path)) and WRAPPER_MARKER in old.content]
@@ -728,8 +867,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
         changes += [Change(f"file {path}", "delete", "present", "absent",
                            "wrapper emulator of method qemu-wrapper")
                     for path in self._old_wrappers(answers, want, lv)]
+        swaps = self._swap_changes(answers, want, lv)
+        if answers.state == "absent":
+            return changes + swaps + self._hook_removal(lv, want)
         plugs: list[Change] = []  # after the hook files: the hook's lock dir must exist
-        for dom in want.domains:
+        # emulator-swap: nothing in the definitions (a manager may regenerate them).
+        chosen = [] if answers.method == "emulator-swap" else want.domains
+        for dom in chosen:
             running = " (running: takes effect at its next start)" if dom.active else ""
             shmems = answers.shmems(dom)
             second = _second_device(dom, {s.name for s in shmems})
@@ -761,11 +905,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                       + running, "" if all(owns.values()) else second))
             if plug:
                 plugs.append(Change(f"{LIVE}{dom.name}", "hot-plug", "no ivshmem device",
-                                      "; ".join(s.describe() for s in plug),
-                                      "now, without a restart (and in its definition)",
-                                      "" if differ else second))
+                                    "; ".join(s.describe() for s in plug),
+                                    "now, without a restart (and in its definition)",
+                                    "" if differ else second))
         changes += self._orphans(answers, lv)
-        changes += self._file_changes(lv, want.hook_files) + plugs
+        changes += self._file_changes(lv, want.hook_files) + swaps + plugs
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
                                   "new hooks when it starts"))
@@ -792,6 +936,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                         continue
                 elif kind == "unit":
                     self._restart(answers, ctx)
+                elif kind == "emulator":
+                    self._apply_swap(answers, lv, change, want)
                 elif kind == "object" or change.action == "delete":
                     lv.remove_file(target)
                 else:

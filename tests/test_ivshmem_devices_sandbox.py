@@ -8,7 +8,10 @@ from QEMU itself, not from the host's files.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -287,3 +290,85 @@ def test_commandline_method_and_switching_methods_cleans_up(ivs_clean: Sandbox) 
             sandbox_libvirt.virsh(sb, "destroy", "sw")
         sandbox_libvirt.virsh(sb, "undefine", "sw")
         Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def test_emulator_swap_survives_a_regenerated_xml_and_is_undone_byte_for_byte(
+        ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    prefix = sb.answers["ivshmem"]["name"]
+    # Never the machine's own emulator: a copy under the sandbox, a private dpkg database.
+    # QEMU finds its modules and firmware relative to its binary: ../lib, ../share.
+    emulator = sb.dir / "emu" / "usr" / "bin" / "qemu-system-x86_64"
+    emulator.parent.mkdir(parents=True, exist_ok=True)
+    for part in ("lib", "share"):
+        if not (emulator.parents[1] / part).exists():
+            (emulator.parents[1] / part).symlink_to(f"/usr/{part}")
+    shutil.copy2(sandbox_libvirt.EMULATOR, emulator)
+    original = hashlib.sha256(emulator.read_bytes()).hexdigest()
+    admindir = sb.dir / "dpkg"
+    admindir.mkdir(exist_ok=True)
+    (admindir / "diversions").touch()
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "method": "emulator-swap", "emulator": str(emulator),
+               "dpkg_admindir": str(admindir), "domains": ["mgr"], "enforce": "refuse",
+               "restart_libvirtd": False,
+               "devices": [{"name": f"{prefix}-swap-{{domain}}", "per_domain": True, "size": 1,
+                            "address": "0000:00:0e.0"}]}
+    template = sb.dir / "mgr-template.xml"
+    template.write_text(sandbox_libvirt.DOMAIN_XML.format(name="mgr", emulator=emulator))
+    obj = Path(f"/dev/shm/{prefix}-swap-mgr")
+
+    def regenerate() -> None:
+        """What a manager does at each start: the domain defined afresh from its template."""
+        if "mgr" in sandbox_libvirt.virsh(sb, "list", "--all", "--name").split():
+            sandbox_libvirt.virsh(sb, "undefine", "mgr")
+        sandbox_libvirt.virsh(sb, "define", str(template))
+
+    def diversions() -> str:
+        return subprocess.run(["dpkg-divert", "--admindir", str(admindir), "--list"],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
+    regenerate()
+    try:
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        assert f"install emulator {emulator}" in plan.stdout
+        assert "domain mgr" not in plan.stdout  # nothing in the definition
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        real = Path(f"{emulator}.hostsetup-real")
+        assert hashlib.sha256(real.read_bytes()).hexdigest() == original
+        assert emulator.read_bytes().startswith(b"#!/bin/sh\n# hostsetup-ivshmem-wrapper")
+        assert f"diversion of {emulator} to {real}" in diversions()
+        assert cli(sb, "plan", section).returncode == 0
+        sandbox_libvirt.restart(sb)
+        regenerate()
+        pci, _cmdline = start(sb, "mgr")
+        assert "1af4:1110" in pci.split("device  14, function 0:")[1].split("Bus ")[0]
+        assert obj.stat().st_size == 1 << 20  # made by the hook before QEMU started
+        sandbox_libvirt.virsh(sb, "destroy", "mgr")
+
+        absent = cli(sb, "apply", {**section, "state": "absent"})
+        assert absent.returncode == 0, absent.stdout + absent.stderr
+        assert hashlib.sha256(emulator.read_bytes()).hexdigest() == original
+        assert not real.exists() and str(emulator) not in diversions()
+        assert not Path(section["hooks_dir"], "qemu.d", "hostsetup-ivshmem").exists()
+        assert cli(sb, "plan", {**section, "state": "absent"}).returncode == 0
+    finally:
+        if "mgr" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "mgr")
+        sandbox_libvirt.virsh(sb, "undefine", "mgr")
+        obj.unlink(missing_ok=True)
+
+
+def test_emulator_swap_refuses_a_domain_on_another_emulator(ivs_sb: Sandbox) -> None:
+    sb = ivs_sb
+    admindir = sb.dir / "dpkg-empty"
+    admindir.mkdir(exist_ok=True)
+    (admindir / "diversions").touch()
+    res = cli(sb, "plan", answers(sb, method="emulator-swap", domains=["vm1"],
+                                  emulator=str(sb.dir / "no-such-qemu"),
+                                  dpkg_admindir=str(admindir)))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"{sb.dir / 'no-such-qemu'} does not exist" in res.stderr
+    assert f"domain 'vm1' runs {sandbox_libvirt.EMULATOR}, not" in res.stderr

@@ -186,3 +186,16 @@ class LibvirtAPI(Protocol):
     def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
         """The running guest's PCI devices as QEMU lists them: (address, vendor:device)."""
         ...
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        """Where dpkg diverts ``path`` to, ``None`` if it is not diverted."""
+        ...
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        """Divert ``path`` to ``real`` (dpkg-divert; the original keeps its bytes there)
+        and put ``content`` (mode 0755) in its place, never leaving ``path`` missing."""
+        ...
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        """Put the diverted original back at ``path`` and remove the diversion."""
+        ...

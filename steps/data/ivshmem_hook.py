@@ -163,7 +163,7 @@ CONFIG_KEYS: dict[str, Callable[[Any], bool]] = {
     **DEVICE_KEYS,
     "domains": lambda v: v == "all" or (isinstance(v, list)
                                         and all(isinstance(d, str) for d in v)),
-    "method": lambda v: v in ("definition", "qemu-wrapper", "commandline"),
+    "method": lambda v: v in ("definition", "qemu-wrapper", "commandline", "emulator-swap"),
     "wrappers": _str_map,
     "enforce": lambda v: v in ("warn", "refuse"),
     "owner": _str_or_none,
@@ -325,6 +325,11 @@ def parse_config(raw: bytes) -> dict[str, Any]:
     bad = [key for key, ok in CONFIG_KEYS.items() if key not in config or not ok(config[key])]
     if "devices" in config and not _device_list(config["devices"]):
         bad.append("devices")
+    swap = config.get("swap")  # emulator-swap: {"emulator", "real", "admindir"}
+    if "swap" in config and not (_str_map(swap) and {"emulator", "real"} <= set(swap or ())):
+        bad.append("swap")
+    if config.get("method") == "emulator-swap" and "swap" not in config:
+        bad.append("swap")
     if bad:
         raise ValueError(f"missing or invalid: {', '.join(bad)}")
     return config
@@ -399,6 +404,10 @@ class Hook:
         if self.cfg["method"] == "qemu-wrapper":
             emulator = root.findtext("devices/emulator", "").strip()
             return [] if emulator in self.cfg["wrappers"].values() else self.devices(root)
+        if self.cfg["method"] == "emulator-swap":
+            # Whatever the XML holds, the swapped emulator adds the devices.
+            emulator = root.findtext("devices/emulator", "").strip()
+            return [] if emulator == self.cfg["swap"]["emulator"] else self.devices(root)
         if self.cfg["method"] == "commandline":
             args = [a.get("value", "") for a in root.iterfind(f"{QEMU_NS}commandline/"
                                                                f"{QEMU_NS}arg")]
@@ -427,6 +436,12 @@ class Hook:
             emulator.text = wrapper
             return f"pointed the incoming XML at the wrapper emulator {wrapper}"
         added = self.missing(root)
+        if cfg["method"] == "emulator-swap":
+            emulator = devices.find("emulator")
+            if emulator is None:
+                emulator = ET.SubElement(devices, "emulator")
+            emulator.text = cfg["swap"]["emulator"]
+            return f"pointed the incoming XML at the swapped emulator {emulator.text}"
         if cfg["method"] == "commandline":
             line = root.find(f"{QEMU_NS}commandline")
             if line is None:

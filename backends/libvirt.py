@@ -378,6 +378,46 @@ class LibvirtBackend:
             raise BackendError(f"cannot restore {path}: {exc.strerror}") from None
         _dpkg_divert(admindir, "--no-rename", "--remove", path)
 
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        """(huge page size in bytes, free and unreserved pages of that size) of the
+        hugetlbfs mounted at ``path``; ``None`` when no hugetlbfs is mounted there."""
+        target = os.path.realpath(path)
+        try:
+            with open("/proc/self/mounts", encoding="utf-8") as f:
+                mounts = [line.split() for line in f.read(1 << 20).splitlines()]
+            page = _default_hugepage()
+            for fields in mounts:
+                if len(fields) >= 4 and fields[2] == "hugetlbfs" and \
+                        fields[1].replace("\\040", " ") == target:
+                    for option in fields[3].split(","):
+                        if option.startswith("pagesize="):
+                            page = _size_bytes(option.removeprefix("pagesize="))
+                    pool = f"/sys/kernel/mm/hugepages/hugepages-{page // 1024}kB/"
+                    # Reserved pages (mapped, not touched yet) count as free there.
+                    with open(pool + "free_hugepages", encoding="ascii") as f:
+                        free = int(f.read(64).strip())
+                    with open(pool + "resv_hugepages", encoding="ascii") as f:
+                        return page, free - int(f.read(64).strip())
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the huge pages of {path}: {exc}") from None
+        return None
+
+
+def _size_bytes(text: str) -> int:
+    """``2M``, ``1G``, ``2048k`` (a mount option) in bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    unit = units.get(text[-1:].lower(), 1)
+    return int(text[:-1] if unit != 1 else text) * unit
+
+
+def _default_hugepage() -> int:
+    """The system's default huge page size (``Hugepagesize`` of /proc/meminfo), in bytes."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f.read(1 << 16).splitlines():
+            if line.startswith("Hugepagesize:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no Hugepagesize in /proc/meminfo")
+
 
 DPKG_TIMEOUT = 60.0  # seconds for one dpkg-divert call (it takes dpkg's lock)
 

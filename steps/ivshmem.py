@@ -86,8 +86,9 @@ class DeviceKeys(StepModel):
         "master: the guest's copy of the memory migrates with it (one master per object)")
     address: str | None = Field(
         None, description="guest PCI address, e.g. 0000:00:0a.0 (default: chosen by libvirt)")
-    backing: Literal["shm"] = Field(
-        "shm", description="shm: a file in /dev/shm (hugepages: not built yet)")
+    backing: Literal["shm", "hugepages"] = Field(
+        "shm", description="shm: a file in /dev/shm; hugepages: a file on the hugetlbfs "
+        "mount 'hugetlbfs' (methods commandline, qemu-wrapper, emulator-swap)")
     per_domain: bool = Field(
         False, description="true: one object per guest, the name templated with {domain} "
         "and/or {uuid}; false: every chosen guest maps the same object")
@@ -184,6 +185,9 @@ class IvshmemAnswers(DeviceKeys):
     dpkg_admindir: str = Field(
         "/var/lib/dpkg", description="emulator-swap: dpkg's database, where the diversion "
         "is recorded (another one only for tests)")
+    hugetlbfs: str = Field(
+        "/dev/hugepages", description="backing hugepages: the hugetlbfs mount the objects "
+        "go on (enough free huge pages are checked)")
     live: bool = Field(
         False, description="definition: hot-plug the devices into running guests now "
         "(libvirt attach, live and config) instead of at their next start")
@@ -248,9 +252,13 @@ class IvshmemAnswers(DeviceKeys):
         if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
             raise ValueError("per_domain devices need method definition (the qemu-wrapper "
                              "method gives every guest of an emulator the same command line)")
-        for key in ("emulator", "dpkg_admindir"):
+        for key in ("emulator", "dpkg_admindir", "hugetlbfs"):
             if not posixpath.isabs(getattr(self, key)):
                 raise ValueError(f"{key} '{getattr(self, key)}' is not an absolute path")
+        if self.method == "definition" and any(d.backing == "hugepages"
+                                               for d in self.device_list()):
+            raise ValueError("backing hugepages needs method commandline, qemu-wrapper or "
+                             "emulator-swap (libvirt's <shmem> maps /dev/shm only)")
         if self.live and self.method != "definition":
             raise ValueError("live: true needs method definition (a command-line device "
                              "cannot be hot-plugged by libvirt)")
@@ -280,6 +288,15 @@ class IvshmemAnswers(DeviceKeys):
     def shmems(self, domain: Domain | None = None) -> list[Shmem]:
         """Every device, for one guest when ``domain`` is given."""
         return [DeviceKeys.shmem(d, domain) for d in self.device_list()]
+
+    def directory(self, device: DeviceKeys) -> str:
+        """Where the device's object is: /dev/shm, or the hugetlbfs mount."""
+        return self.hugetlbfs if device.backing == "hugepages" else SHM_DIR
+
+    def device_args(self, domain: Domain | None = None) -> list[str]:
+        """QEMU arguments that add every device (for one guest: names rendered)."""
+        return [a for i, d in enumerate(self.device_list())
+                for a in ivshmem_hook.qemu_args(_device_config(self, d, domain), i)]
 
     def keeps(self, method: str) -> bool:
         """True when what ``method`` installs stays (chosen, and state present)."""
@@ -375,17 +392,15 @@ def swap_script(answers: IvshmemAnswers, domains: list[Domain]) -> bytes:
         "done",
     ]
     for dom in domains:
-        args = " ".join(shlex.quote(a) for i, s in enumerate(answers.shmems(dom))
-                        for a in qemu_args(s, i))
+        args = " ".join(shlex.quote(a) for a in answers.device_args(dom))
         lines.append(f'if [ "$guest" = {shlex.quote(dom.name)} ]; then exec {real} "$@" {args}; fi')
     lines.append(f'exec {real} "$@"')
     return ("\n".join(lines) + "\n").encode()
 
 
-def command_line(dom: Domain, shmems: list[Shmem]) -> list[str]:
+def command_line(dom: Domain, answers: IvshmemAnswers) -> list[str]:
     """The ``<qemu:commandline>`` arguments with our devices: others' first, then ours."""
-    return ivshmem_hook.strip_ours(list(dom.qemu_args)) + [
-        a for i, s in enumerate(shmems) for a in qemu_args(s, i)]
+    return ivshmem_hook.strip_ours(list(dom.qemu_args)) + answers.device_args(dom)
 
 
 def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
@@ -410,14 +425,13 @@ def qemu_args(shmem: Shmem, index: int = 0) -> list[str]:
     return ivshmem_hook.qemu_args(_shmem_config(shmem), index)
 
 
-def wrapper_script(shmems: list[Shmem], real: str) -> bytes:
+def wrapper_script(answers: IvshmemAnswers, real: str) -> bytes:
     """The wrapper emulator: adds the devices when QEMU runs a guest (``-name``).
 
     libvirt also runs the emulator to probe its capabilities (``-machine
     none``, no ``-name``); those runs pass through unchanged.
     """
-    args = " ".join(shlex.quote(a) for i, shmem in enumerate(shmems)
-                    for a in qemu_args(shmem, i))
+    args = " ".join(shlex.quote(a) for a in answers.device_args())
     exe = shlex.quote(real)
     return (
         "#!/bin/sh\n"
@@ -444,10 +458,15 @@ def _shmem_config(shmem: Shmem) -> dict[str, Any]:
             "address": _pci_attrs(shmem.address), "role": shmem.role}
 
 
-def _device_config(device: DeviceKeys) -> dict[str, Any]:
-    """One device of the answers in the hook configuration (``name`` may be a template)."""
-    return {**_shmem_config(device.shmem()), "per_domain": device.per_domain,
-            "keep": device.keep}
+def _device_config(answers: IvshmemAnswers, device: DeviceKeys,
+                   domain: Domain | None = None) -> dict[str, Any]:
+    """One device of the answers in the hook configuration (``name`` a template unless
+    ``domain`` renders it); ``dir`` only for hugepages (older hooks know no such key)."""
+    config = {**_shmem_config(device.shmem(domain)), "per_domain": device.per_domain,
+              "keep": device.keep}
+    if device.backing == "hugepages":
+        config["dir"] = answers.directory(device)
+    return config
 
 
 def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) -> bytes:
@@ -456,7 +475,7 @@ def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) 
     The top-level device keys (format of one device) hold the first device;
     ``devices`` (only written when the answers list devices) holds them all.
     """
-    devices = [_device_config(d) for d in answers.device_list()]
+    devices = [_device_config(answers, d) for d in answers.device_list()]
     first = {k: v for k, v in devices[0].items() if k not in ("per_domain", "keep")}
     config = {
         "version": 1, **first,
@@ -518,6 +537,12 @@ class IvshmemStep(Step[IvshmemAnswers]):
         live = {d.name: lv.live_domain(d.name) for d in domains.values() if d.active}
         facts: dict[str, Any] = {"version": lv.version(), "domains": domains,
                                  "installed": installed, "live": live}
+        listed = answers.get("devices")
+        raw: list[Any] = listed if isinstance(listed, list) else [answers]
+        if any(isinstance(d, dict) and d.get("backing") == "hugepages" for d in raw):
+            mount = str(answers.get("hugetlbfs") or "/dev/hugepages")
+            facts["hugetlbfs"] = lv.hugetlbfs(mount)
+            facts["huge_files"] = lv.list_files(mount) if facts["hugetlbfs"] else []
         if answers.get("method") == "emulator-swap":
             emulator = str(answers.get("emulator") or DEFAULT_EMULATOR)
             try:
@@ -626,6 +651,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                     "not supported yet: remove the hook by hand"))
         if answers.keeps("emulator-swap"):
             problems += self._swap_problems(answers, facts)
+        if answers.state == "present":
+            problems += self._hugepage_problems(answers, facts)
         live: dict[str, Domain] = facts.get("live", {})
         for dom in self._chosen(answers, domains):
             problems += self._domain_problems(answers, dom)
@@ -639,6 +666,37 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                         "devices (needs 3.0.0) into running {}: set "
                                         "live_fallback: true to add them at the next start"
                                         .format(*version, ", ".join(running))))
+        return problems
+
+    def _hugepage_problems(self, answers: IvshmemAnswers,
+                           facts: dict[str, Any]) -> list[Problem]:
+        """backing hugepages: a hugetlbfs mount with enough free pages for the objects
+        not made yet (one per chosen guest with per_domain), sizes in whole pages."""
+        huge = [(i, d) for i, d in enumerate(answers.device_list()) if d.backing == "hugepages"]
+        if not huge:
+            return []
+        info = facts.get("hugetlbfs")
+        if info is None:
+            return [Problem(("hugetlbfs",), f"{answers.hugetlbfs} is not a hugetlbfs mount "
+                            f"(mount -t hugetlbfs none {answers.hugetlbfs})")]
+        page, free = info
+        problems, made, needed = [], set(facts.get("huge_files", [])), 0
+        chosen = self._chosen(answers, facts["domains"])
+        for i, device in huge:
+            where: tuple[str | int, ...] = ("devices", i) if answers.devices else ()
+            size = (device.size or 4) * 1024 * 1024
+            if size % page:
+                problems.append(Problem((*where, "size"), f"{device.size} MiB is not a whole "
+                                        f"number of {page // 1024} KiB huge pages"))
+                continue
+            names = {device.shmem(d).name for d in chosen} if device.per_domain else {
+                device.name}
+            needed += len(names - made) * (size // page)
+            made |= names
+        if needed > free:
+            problems.append(Problem(("hugetlbfs",), f"{needed} free huge pages of "
+                                    f"{page // 1024} KiB needed on {answers.hugetlbfs}, "
+                                    f"{free} free: reserve more (/proc/sys/vm/nr_hugepages)"))
         return problems
 
     def _swap_problems(self, answers: IvshmemAnswers, facts: dict[str, Any]) -> list[Problem]:
@@ -705,7 +763,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)
                 wrappers[real] = want.emulators[dom.name] = wrapper_path(answers, real)
-                want.wrappers[wrappers[real]] = (wrapper_script(answers.shmems(), real), 0o755,
+                want.wrappers[wrappers[real]] = (wrapper_script(answers, real), 0o755,
                                                  f"wrapper emulator for {real}")
         if answers.keeps("emulator-swap"):
             want.swap = swap_script(answers, want.domains)
@@ -884,7 +942,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                           wrapper, "emulator" + running, second))
                 continue
             if answers.method == "commandline":
-                args = command_line(dom, shmems)
+                args = command_line(dom, answers)
                 if args != list(dom.qemu_args):
                     ours = [a for a in dom.qemu_args if a not in
                             ivshmem_hook.strip_ours(list(dom.qemu_args))]
@@ -970,7 +1028,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
                     lv.set_emulator(name, left.emulator)
             elif answers.method == "commandline":
                 dom = lv.domain(name)
-                lv.set_qemu_args(name, command_line(dom, answers.shmems(dom)))
+                lv.set_qemu_args(name, command_line(dom, answers))
             elif answers.method == "qemu-wrapper":
                 lv.set_emulator(name, str(change.after))
             else:

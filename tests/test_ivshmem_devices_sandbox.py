@@ -9,6 +9,7 @@ from QEMU itself, not from the host's files.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -372,3 +373,56 @@ def test_emulator_swap_refuses_a_domain_on_another_emulator(ivs_sb: Sandbox) -> 
     assert res.returncode == 3, res.stdout + res.stderr
     assert f"{sb.dir / 'no-such-qemu'} does not exist" in res.stderr
     assert f"domain 'vm1' runs {sandbox_libvirt.EMULATOR}, not" in res.stderr
+
+
+def test_hugepage_backed_device(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    mount = Path(sb.env["HOSTSETUP_HUGETLBFS"])
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "method": "commandline", "domains": ["huge"], "restart_libvirtd": False,
+               "devices": [{"name": "hp-{domain}", "per_domain": True, "size": 2,
+                            "backing": "hugepages", "address": "0000:00:0f.0"}]}
+    pool = Path(sandbox_libvirt.NR_HUGEPAGES).parent
+
+    def available() -> int:
+        """Free huge pages not reserved by a mapping yet."""
+        return int((pool / "free_hugepages").read_text()) - int(
+            (pool / "resv_hugepages").read_text())
+
+    define(sb, "huge")
+    try:
+        assert available() >= 1, "the sandbox reserved no huge page"
+        too_big = cli(sb, "plan", {**section, "devices": [
+            {**section["devices"][0], "size": 4096}]})
+        assert too_big.returncode == 3, too_big.stdout + too_big.stderr
+        assert f"2048 free huge pages of 2048 KiB needed on {mount}, {available()} free: " \
+            "reserve more" in " ".join(too_big.stderr.split())
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        sandbox_libvirt.restart(sb)
+        before = available()
+        pci, cmdline = start(sb, "huge")
+        assert "1af4:1110" in pci.split("device  15, function 0:")[1].split("Bus ")[0]
+        assert f"mem-path={mount}/hp-huge,size=2M,share=on" in cmdline
+        assert (mount / "hp-huge").stat().st_size == 2 << 20  # made there by the hook
+        assert available() == before - 1  # one 2 MiB page, mapped by QEMU
+    finally:
+        if "huge" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "huge")
+        sandbox_libvirt.virsh(sb, "undefine", "huge")
+        (mount / "hp-huge").unlink(missing_ok=True)
+
+
+def test_the_sandbox_gives_its_huge_pages_back(tmp_path: Path) -> None:
+    sb = Sandbox(dir=tmp_path / "sb")
+    pool = Path(sandbox_libvirt.NR_HUGEPAGES)
+    before = int(pool.read_text())
+    sandbox_libvirt.hugepages_up(sb)
+    try:
+        mount = Path(sb.env["HOSTSETUP_HUGETLBFS"])
+        assert int(pool.read_text()) == before + sandbox_libvirt.HUGEPAGES
+        assert any(line.split()[1:3] == [str(mount), "hugetlbfs"]
+                   for line in Path("/proc/self/mounts").read_text().splitlines())
+    finally:
+        sandbox_libvirt.hugepages_down(sb)
+    assert int(pool.read_text()) == before and not os.path.ismount(mount)

@@ -199,3 +199,8 @@ class LibvirtAPI(Protocol):
     def swap_out(self, path: str, real: str, admindir: str) -> None:
         """Put the diverted original back at ``path`` and remove the diversion."""
         ...
+
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        """(huge page size in bytes, free pages of that size) of the hugetlbfs mounted
+        at ``path``; ``None`` when no hugetlbfs is mounted there."""
+        ...

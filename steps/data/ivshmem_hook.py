@@ -90,9 +90,14 @@ def qemu_args(dev: dict[str, Any], index: int = 0) -> list[str]:
         return ["-chardev", f"socket,id={mem},path={dev['server']}",
                 "-device", f"ivshmem-doorbell,id={ident},chardev={mem},"
                 f"vectors={dev['vectors'] or 1}{props}"]
-    return ["-object", f"memory-backend-file,id={mem},mem-path={SHM_DIR}/{dev['name']},"
+    return ["-object", f"memory-backend-file,id={mem},mem-path={object_path(dev)},"
             f"size={dev['size_mib'] or 4}M,share=on",
             "-device", f"ivshmem-plain,id={ident},memdev={mem}{props}"]
+
+
+def object_path(dev: dict[str, Any]) -> str:
+    """The host file of a device's memory: in /dev/shm, or on a hugetlbfs mount (``dir``)."""
+    return os.path.join(dev.get("dir") or SHM_DIR, dev["name"])
 
 
 def strip_ours(args: list[str]) -> list[str]:
@@ -151,10 +156,16 @@ LIST_KEYS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+def _dir_ok(device: dict[str, Any]) -> bool:
+    # Optional (hugepages only): an absolute directory, the hugetlbfs mount.
+    value = device.get("dir")
+    return value is None or (isinstance(value, str) and os.path.isabs(value))
+
+
 def _device_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(
         isinstance(d, dict) and all(k in d and ok(d[k]) for k, ok in LIST_KEYS.items())
-        for d in value)
+        and _dir_ok(d) for d in value)
 
 
 # Every key the step writes, with what it must hold.
@@ -325,6 +336,8 @@ def parse_config(raw: bytes) -> dict[str, Any]:
     bad = [key for key, ok in CONFIG_KEYS.items() if key not in config or not ok(config[key])]
     if "devices" in config and not _device_list(config["devices"]):
         bad.append("devices")
+    if not _dir_ok(config):
+        bad.append("dir")
     swap = config.get("swap")  # emulator-swap: {"emulator", "real", "admindir"}
     if "swap" in config and not (_str_map(swap) and {"emulator", "real"} <= set(swap or ())):
         bad.append("swap")
@@ -560,7 +573,7 @@ class Hook:
         lock = self._lock()
         try:
             for dev in plain:
-                path = os.path.join(SHM_DIR, dev["name"])
+                path = object_path(dev)
                 size = int(dev["size_mib"] or 4) * 1024 * 1024
                 fd = self._claim_shm(path, uid)
                 try:

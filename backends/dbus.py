@@ -117,6 +117,12 @@ class DBusBackend:
         """Restart ``name`` (mode ``replace``) and wait for its job; returns the job result."""
         return self._job("RestartUnit", name, timeout)
 
+    def enable_unit_file(self, path: str) -> None:
+        """Reload systemd's unit files, then enable the unit file at ``path``."""
+        self._call(SYSTEMD, "/org/freedesktop/systemd1", "Reload")
+        self._call(SYSTEMD, "/org/freedesktop/systemd1", "EnableUnitFiles", [path], False,
+                   True)
+
     def _job(self, method: str, name: str, timeout: float) -> str:
         results: dict[str, str] = {}
         # systemd emits job signals only to subscribed clients; subscribe

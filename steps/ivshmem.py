@@ -37,6 +37,7 @@ from steps.data import ivshmem_hook
 DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
+SERVER_SOURCE = Path(__file__).parent / "data" / "ivshmem_server.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
 WRAPPER_MARKER = b"hostsetup-ivshmem-wrapper"
 HOOK_NAME = "hostsetup-ivshmem"
@@ -58,7 +59,7 @@ OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-
 PLACEHOLDERS = ("{domain}", "{uuid}")
 # The keys of one device: at the top level (one device) or in each entry of 'devices'.
 DEVICE_KEYS = ("name", "size", "model", "server", "vectors", "role", "address", "backing",
-               "per_domain", "keep")
+               "per_domain", "keep", "serve")
 
 
 def render(template: str, domain: Domain) -> str:
@@ -95,6 +96,9 @@ class DeviceKeys(StepModel):
     keep: bool = Field(
         False, description="per_domain: keep a guest's object when the guest is undefined "
         "(default: the next run removes it)")
+    serve: bool = Field(
+        False, description="doorbell: run the ivshmem server on 'server' as a systemd unit "
+        "(hostsetup-ivshmem-<name>.service, started and enabled); 'size' is its memory")
 
     @field_validator("name")
     @classmethod
@@ -134,20 +138,27 @@ class DeviceKeys(StepModel):
                 self.size = None  # the default is plain's; the server sets it
             if not self.server:
                 raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
-            if "," in self.server:
-                raise ValueError(f"server path '{self.server}' must not contain ','")
-            if self.size is not None:
+            if not re.fullmatch(r"/[A-Za-z0-9_./-]+", self.server):
+                raise ValueError(f"server path '{self.server}' must be absolute, of letters, "
+                                 "digits, '_', '.', '-' and '/'")
+            if self.serve:
+                self.size = self.size or 4  # the memory of the server hostsetup runs
+                if self.per_domain:
+                    raise ValueError("serve: one server per device; per_domain is not "
+                                     "supported with it")
+            elif self.size is not None:
                 raise ValueError("'size' is set by the ivshmem server with model doorbell; "
-                                 "leave it out")
-        elif self.server is not None or self.vectors is not None:
-            raise ValueError("'server' and 'vectors' are only used with model doorbell")
+                                 "leave it out (or serve: true)")
+        elif self.server is not None or self.vectors is not None or self.serve:
+            raise ValueError("'server', 'vectors' and 'serve' are only used with model "
+                             "doorbell")
         return self
 
     def shmem(self, domain: Domain | None = None) -> Shmem:
         """The device for one guest (``domain`` renders a per-guest name)."""
         name = render(self.name, domain) if domain is not None else self.name
         address = PciAddress.parse(self.address) if self.address else None
-        if self.model == "doorbell":
+        if self.model == "doorbell":  # the server's size is not the device's
             return Shmem(name, "ivshmem-doorbell", None, self.server, self.vectors or 1,
                          address, self.role)
         return Shmem(name, "ivshmem-plain", self.size or 4, address=address, role=self.role)
@@ -185,6 +196,11 @@ class IvshmemAnswers(DeviceKeys):
     dpkg_admindir: str = Field(
         "/var/lib/dpkg", description="emulator-swap: dpkg's database, where the diversion "
         "is recorded (another one only for tests)")
+    server_bin: str = Field(
+        "/usr/local/libexec/hostsetup-ivshmem-server", description="serve: where the "
+        "ivshmem server (Python standard library) is installed")
+    units_dir: str = Field(
+        "/etc/systemd/system", description="serve: where the server's unit file goes")
     hugetlbfs: str = Field(
         "/dev/hugepages", description="backing hugepages: the hugetlbfs mount the objects "
         "go on (enough free huge pages are checked)")
@@ -252,7 +268,7 @@ class IvshmemAnswers(DeviceKeys):
         if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
             raise ValueError("per_domain devices need method definition (the qemu-wrapper "
                              "method gives every guest of an emulator the same command line)")
-        for key in ("emulator", "dpkg_admindir", "hugetlbfs"):
+        for key in ("emulator", "dpkg_admindir", "hugetlbfs", "server_bin", "units_dir"):
             if not posixpath.isabs(getattr(self, key)):
                 raise ValueError(f"{key} '{getattr(self, key)}' is not an absolute path")
         if self.method == "definition" and any(d.backing == "hugepages"
@@ -348,6 +364,7 @@ class Desired:
     all_domains: dict[str, Domain] = field(default_factory=dict)
     installed: dict[str, Any] | None = None  # the hook configuration found (valid), if any
     swap: bytes | None = None  # emulator-swap: the wrapper that replaces the emulator
+    units: dict[str, str] = field(default_factory=dict)  # serve: unit name -> unit file
 
     def file(self, path: str) -> File | None:
         """The content, mode and description of one file to write."""
@@ -396,6 +413,26 @@ def swap_script(answers: IvshmemAnswers, domains: list[Domain]) -> bytes:
         lines.append(f'if [ "$guest" = {shlex.quote(dom.name)} ]; then exec {real} "$@" {args}; fi')
     lines.append(f'exec {real} "$@"')
     return ("\n".join(lines) + "\n").encode()
+
+
+def server_unit(answers: IvshmemAnswers, device: DeviceKeys) -> tuple[str, bytes]:
+    """serve: the doorbell server's unit: (its name, the unit file)."""
+    name = f"hostsetup-ivshmem-{device.name}.service"
+    argv = ["/usr/bin/python3", answers.server_bin, "--socket", str(device.server),
+            "--size", str(device.size), "--vectors", str(device.vectors or 1),
+            "--mode", answers.mode]
+    if answers.owner:
+        argv += ["--owner", answers.owner]
+    return name, (
+        "# Installed by hostsetup's ivshmem step; do not edit.\n"
+        "[Unit]\n"
+        f"Description=ivshmem doorbell server for '{device.name}' (hostsetup)\n"
+        "Before=libvirtd.service\n\n"
+        "[Service]\n"
+        f"ExecStart={' '.join(argv)}\n"
+        "Restart=on-failure\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n").encode()
 
 
 def command_line(dom: Domain, answers: IvshmemAnswers) -> list[str]:
@@ -767,6 +804,14 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                                  f"wrapper emulator for {real}")
         if answers.keeps("emulator-swap"):
             want.swap = swap_script(answers, want.domains)
+        served = [d for d in answers.device_list() if d.serve] if answers.state == "present" else []
+        if served:
+            want.wrappers[answers.server_bin] = (SERVER_SOURCE.read_bytes(), 0o755,
+                                                 "ivshmem doorbell server")
+        for device in served:
+            unit, text = server_unit(answers, device)
+            want.units[unit] = posixpath.join(answers.units_dir, unit)
+            want.wrappers[want.units[unit]] = (text, 0o644, "ivshmem doorbell server unit")
         current = lv.read_file(hook)
         chain = False
         if layout == "chain":
@@ -919,6 +964,16 @@ class IvshmemStep(Step[IvshmemAnswers]):
         lv = ctx.backends.libvirt(answers.uri)
         want = self._desired(answers, lv)
         changes = self._file_changes(lv, want.wrappers)
+        if want.units:
+            dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)
+            written = {c.target.partition(" ")[2] for c in changes}
+            for unit, path in want.units.items():
+                found = dbus.load_unit(unit)
+                up = found is not None and found.active == "active"
+                if path in written or not up:
+                    # A running server restarted: its clients (guests) lose their doorbell.
+                    changes.append(Change(f"unit {unit}", "restart" if up else "start",
+                                          detail="ivshmem doorbell server (enabled)"))
         for name, left in self._leftovers(answers, want).items():
             changes.append(Change(f"domain {name}", "delete", "; ".join(left.describe()),
                                   "none", "what another method installed"))
@@ -992,6 +1047,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                     if error:
                         failed.append(error)
                         continue
+                elif kind == "unit" and target in want.units:
+                    self._serve(answers, ctx, target, want.units[target])
                 elif kind == "unit":
                     self._restart(answers, ctx)
                 elif kind == "emulator":
@@ -1117,6 +1174,14 @@ class IvshmemStep(Step[IvshmemAnswers]):
                     problems.append(f"running domain '{dom.name}': QEMU does not list "
                                     f"ivshmem '{shmem.name}'{at} ({IVSHMEM_PCI_ID})")
         return problems
+
+    def _serve(self, answers: IvshmemAnswers, ctx: Context, unit: str, path: str) -> None:
+        """Enable and (re)start a doorbell server's unit (a changed unit file: restarted)."""
+        dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)
+        dbus.enable_unit_file(path)
+        result = dbus.restart_unit(unit, answers.timeout)
+        if result != "done":
+            raise BackendError(f"start of {unit} ended with job result '{result}'")
 
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
         dbus = ctx.backends.dbus(None if answers.bus == "system" else answers.bus)

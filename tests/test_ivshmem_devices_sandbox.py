@@ -12,6 +12,8 @@ import hashlib
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -426,3 +428,65 @@ def test_the_sandbox_gives_its_huge_pages_back(tmp_path: Path) -> None:
     finally:
         sandbox_libvirt.hugepages_down(sb)
     assert int(pool.read_text()) == before and not os.path.ismount(mount)
+
+
+def test_doorbell_server_unit_and_a_real_guest_as_its_peer(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    sock = sb.dir / "bell.sock"
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "domains": ["rung"], "restart_libvirtd": False,
+               "server_bin": str(sb.dir / "bin" / "ivshmem-server"),
+               "units_dir": str(sb.dir / "units"),
+               "devices": [{"name": "bell", "model": "doorbell", "server": str(sock),
+                            "vectors": 2, "serve": True, "size": 1,
+                            "address": "0000:00:10.0"}]}
+    unit = sb.dir / "units" / "hostsetup-ivshmem-bell.service"
+    define(sb, "rung")
+    server = None
+    try:
+        plan = cli(sb, "plan", section)
+        assert plan.returncode == 4, plan.stdout + plan.stderr
+        assert "start unit hostsetup-ivshmem-bell.service" in plan.stdout
+        applied = cli(sb, "apply", section)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        text = unit.read_text()
+        assert "Before=libvirtd.service" in text and "WantedBy=multi-user.target" in text
+        # systemd (the D-Bus mock) was asked to enable and start it.
+        busctl = ["busctl", "--address", sb.env["HOSTSETUP_DBUS_ADDRESS"]]
+        path = subprocess.run(
+            [*busctl, "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+             "org.freedesktop.systemd1.Manager", "LoadUnit", "s", unit.name],
+            capture_output=True, text=True, timeout=30, check=True).stdout.split()[1]
+        state = subprocess.run(
+            [*busctl, "get-property", "org.freedesktop.systemd1", path.strip('"'),
+             "org.freedesktop.systemd1.Unit", "UnitFileState", "ActiveState"],
+            capture_output=True, text=True, timeout=30)
+        assert state.stdout.split() == ['s', '"enabled"', 's', '"active"'], state
+        assert cli(sb, "plan", section).returncode == 0
+        # The mock runs nothing: run the unit's ExecStart as systemd would.
+        argv = next(line for line in text.splitlines()
+                    if line.startswith("ExecStart=")).removeprefix("ExecStart=").split()
+        server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and "ivshmem server on" in server.stdout.readline()
+        pci, _cmdline = start(sb, "rung")
+        assert "1af4:1110" in pci.split("device  16, function 0:")[1].split("Bus ")[0]
+        # The guest's QEMU is peer 0: a host client is told of its two doorbells.
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(10)
+        client.connect(str(sock))
+        got = []
+        while len(got) < 3 + 2:
+            data, fds, _flags, _addr = socket.recv_fds(client, 8, 1)
+            got.append((struct.unpack("<q", data)[0], bool(fds)))
+            for fd in fds:
+                os.close(fd)
+        assert got[:3] == [(0, False), (1, False), (-1, True)]
+        assert got[3:] == [(0, True), (0, True)]  # peer 0's two vectors
+        client.close()
+    finally:
+        if "rung" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "rung")
+        sandbox_libvirt.virsh(sb, "undefine", "rung")
+        if server is not None:
+            server.terminate()
+            server.wait(10)

@@ -60,6 +60,10 @@ class DBusAPI(Protocol):
         """Start ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
 
+    def enable_unit_file(self, path: str) -> None:
+        """Reload systemd's unit files, then enable the unit file at ``path``."""
+        ...
+
     def restart_unit(self, name: str, timeout: float) -> str:
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...

@@ -116,6 +116,33 @@ def ListUnits(self):
     return rows
 
 
+@dbus.service.method(MAIN_IFACE, in_signature="", out_signature="")
+def Reload(self):
+    """Real systemd reads its unit files again; the mock learns units at EnableUnitFiles."""
+
+
+@dbus.service.method(MAIN_IFACE, in_signature="asbb", out_signature="ba(sss)")
+def EnableUnitFiles(self, files, _runtime, _force):
+    """Enable unit files: the mock makes each a (loaded, inactive) unit, UnitFileState
+    'enabled', so that it can be started and the test can see it was enabled."""
+    changes = []
+    for path in files:
+        name = str(path).rsplit("/", 1)[-1]
+        if name not in self.units:
+            upstream.AddMockUnit(self, name)
+            mockobject.objects[self.units[name]].AddProperties(
+                UNIT_IFACE, {"SubState": "dead", "Description": name})
+            set_state(self, name, "inactive")
+        unit = mockobject.objects[self.units[name]]
+        if "UnitFileState" in unit.props.get(UNIT_IFACE, {}):
+            unit.UpdateProperties(UNIT_IFACE, {"UnitFileState": "enabled"})
+        else:
+            unit.AddProperties(UNIT_IFACE, {"UnitFileState": "enabled"})
+        changes.append(("symlink", f"/etc/systemd/system/multi-user.target.wants/{name}",
+                        str(path)))
+    return True, changes
+
+
 @dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="")
 def SetUnitState(self, name, active):
     """Put a unit back in a state (e.g. 'inactive'), as if stopped outside hostsetup."""

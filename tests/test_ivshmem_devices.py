@@ -16,7 +16,7 @@ from test_ivshmem_hook import DOMAIN, SHMEM, call, configure, ivs_hooks
 
 from backends.interfaces.libvirt import Domain, PciAddress, Shmem
 from steps.data.ivshmem_hook import parse_config
-from steps.ivshmem import IvshmemAnswers, IvshmemStep, hook_config
+from steps.ivshmem import IvshmemAnswers, IvshmemStep, hook_config, server_unit
 
 __all__ = ["ivs_hooks"]  # fixture shared with test_ivshmem_hook
 
@@ -64,9 +64,30 @@ def test_devices_list_and_the_one_device_form() -> None:
     ({"devices": [{"size": 2}]}, "devices.0.name"),
     ({"name": "a-{domain}", "per_domain": True, "method": "qemu-wrapper"},
      "per_domain devices need method definition"),
+    ({"devices": [{"name": "a", "backing": "hugepages"}]},
+     "backing hugepages needs method commandline, qemu-wrapper or emulator-swap"),
+    ({"devices": [{"name": "a", "serve": True}]}, "'serve' are only used with model doorbell"),
+    ({"devices": [{"name": "b", "model": "doorbell", "server": "/run/a b.sock"}]},
+     "server path '/run/a b.sock' must be absolute"),
+    ({"devices": [{"name": "b-{domain}", "per_domain": True, "model": "doorbell",
+                   "server": "/run/b.sock", "serve": True}]}, "one server per device"),
+    ({"live": True, "method": "commandline"}, "live: true needs method definition"),
+    ({"emulator": "qemu"}, "emulator 'qemu' is not an absolute path"),
 ])
 def test_bad_devices(answers: dict[str, Any], message: str) -> None:
     assert message in errors(**answers)
+
+
+def test_a_served_doorbell_has_its_size_and_unit() -> None:
+    answers = IvshmemAnswers(owner="libvirt-qemu:kvm", devices=[
+        {"name": "bell", "model": "doorbell", "server": "/run/bell.sock", "serve": True}])
+    device = answers.device_list()[0]
+    assert device.size == 4 and answers.shmem().size_mib is None  # the server's, not QEMU's
+    name, unit = server_unit(answers, device)
+    assert name == "hostsetup-ivshmem-bell.service"
+    assert ("ExecStart=/usr/bin/python3 /usr/local/libexec/hostsetup-ivshmem-server --socket "
+            "/run/bell.sock --size 4 --vectors 1 --mode 0660 --owner libvirt-qemu:kvm\n"
+            ) in unit.decode()
 
 
 def test_devices_against_each_domain() -> None:

@@ -332,6 +332,8 @@ def _device_answers(config: dict[str, Any]) -> dict[str, Any]:
     """One device of an installed hook configuration as answers keys."""
     out = {key: config.get(name) for key, name in DEVICE_CONFIG_KEYS.items()}
     out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
+    if config.get("dir"):
+        out["backing"] = "hugepages"
     address = config.get("address")
     if isinstance(address, dict):
         out["address"] = "{}:{}:{}.{}".format(*(
@@ -691,7 +693,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.state == "present":
             problems += self._hugepage_problems(answers, facts)
         live: dict[str, Domain] = facts.get("live", {})
-        for dom in self._chosen(answers, domains):
+        for dom in self._chosen(answers, domains) if answers.state == "present" else []:
             problems += self._domain_problems(answers, dom)
             if answers.live and dom.name in live:
                 problems += [p for p in self._domain_problems(answers, live[dom.name])
@@ -925,24 +927,24 @@ class IvshmemStep(Step[IvshmemAnswers]):
 
     def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Change]:
         """Per-guest objects whose guest is no longer defined (unless ``keep``)."""
-        templates = [d.name for d in answers.device_list() if d.per_domain and not d.keep]
-        if not templates:
+        devices = [d for d in answers.device_list() if d.per_domain and not d.keep]
+        if not devices:
             return []
         domains = lv.domains()
-        patterns = [re.compile(re.escape(t).replace(re.escape("{domain}"), r"[A-Za-z0-9_.-]+")
-                               .replace(re.escape("{uuid}"), r"[0-9a-f-]{36}"))
-                    for t in templates]
         changes = []
-        for name in lv.list_files(SHM_DIR):
-            if ".hostsetup-refused." in name:  # moved aside by the hook: not ours
-                continue
-            for template, pattern in zip(templates, patterns, strict=True):
+        for device in devices:
+            template, directory = device.name, answers.directory(device)
+            pattern = re.compile(re.escape(template)
+                                 .replace(re.escape("{domain}"), r"[A-Za-z0-9_.-]+")
+                                 .replace(re.escape("{uuid}"), r"[0-9a-f-]{36}"))
+            for name in lv.list_files(directory):
+                if ".hostsetup-refused." in name:  # moved aside by the hook: not ours
+                    continue
                 if pattern.fullmatch(name) and all(render(template, d) != name
                                                    for d in domains):
-                    changes.append(Change(f"object {posixpath.join(SHM_DIR, name)}", "delete",
-                                          "present", "absent", f"per-guest object of "
-                                          f"'{template}': its domain is no longer defined"))
-                    break
+                    changes.append(Change(f"object {posixpath.join(directory, name)}",
+                                          "delete", "present", "absent", f"per-guest object "
+                                          f"of '{template}': its domain is no longer defined"))
         return changes
 
     def _file_changes(self, lv: LibvirtAPI, files: dict[str, File]) -> list[Change]:

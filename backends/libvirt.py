@@ -158,6 +158,7 @@ class LibvirtBackend:
         devices = root.find("devices")
         if devices is None:
             devices = ET.Element("devices")
+        os_type = root.find("os/type")
         return Domain(
             name=dom.name(),
             uuid=dom.UUIDString(),
@@ -169,6 +170,8 @@ class LibvirtBackend:
             pci_addresses=pci_addresses(devices),
             qemu_args=tuple(a.get("value", "") for a in root.iterfind(f"{QEMU}commandline/"
                                                                        f"{QEMU}arg")),
+            machine=os_type.get("machine", "") if os_type is not None else "",
+            acpi=root.find("features/acpi") is not None,
         )
 
     def domains(self) -> list[Domain]:

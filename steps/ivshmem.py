@@ -698,6 +698,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
             if answers.live and dom.name in live:
                 problems += [p for p in self._domain_problems(answers, live[dom.name])
                              if p.path[-1] == "address" and p not in problems]
+                why = live[dom.name].hotplug_problem()
+                if why and not answers.live_fallback:
+                    problems.append(Problem(("live",), f"running domain '{dom.name}' cannot "
+                                            f"get a device hot-plugged: {why} (set "
+                                            "live_fallback: true to add it at its next start)"))
         if answers.live and not answers.live_fallback and version < HOTPLUG_SINCE:
             running = [d.name for d in self._chosen(answers, domains) if d.active]
             if running:
@@ -921,6 +926,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if not (answers.live and dom.active):
             return differ, []
         live = lv.live_domain(dom.name)
+        if live.hotplug_problem():  # refused at check time unless live_fallback
+            return differ, []
         plug = [s for s in shmems if live.shmem(s.name) is None
                 and not (answers.live_fallback and dom.shmem(s.name))]
         return [s for s in differ if s not in plug or dom.shmem(s.name)], plug

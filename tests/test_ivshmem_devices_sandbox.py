@@ -490,3 +490,25 @@ def test_doorbell_server_unit_and_a_real_guest_as_its_peer(ivs_clean: Sandbox) -
         if server is not None:
             server.terminate()
             server.wait(10)
+
+
+def test_a_guest_that_cannot_hot_plug_is_refused_at_check_time(ivs_clean: Sandbox) -> None:
+    sb = ivs_clean
+    base = {k: v for k, v in answers(sb).items() if k not in ("name", "size", "model")}
+    section = {**base, "domains": ["flat"], "live": True, "restart_libvirtd": False,
+               "devices": [{"name": "flat-{domain}", "per_domain": True, "size": 1}]}
+    define(sb, "flat")  # i440fx without <acpi/>: QEMU cannot hot-plug into its bus
+    try:
+        start(sb, "flat")
+        res = cli(sb, "plan", section)
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert "running domain 'flat' cannot get a device hot-plugged: pc-i440fx" in res.stderr
+        assert "without <acpi/> has no hot-pluggable PCI bus" in res.stderr
+        fallback = cli(sb, "plan", {**section, "live_fallback": True})
+        assert fallback.returncode == 4, fallback.stdout + fallback.stderr
+        flat = " ".join(fallback.stdout.split())
+        assert "update domain flat: shmem device (running: takes effect at its next start)" \
+            in flat and "hot-plug" not in flat
+    finally:
+        sandbox_libvirt.virsh(sb, "destroy", "flat")
+        sandbox_libvirt.virsh(sb, "undefine", "flat")

@@ -98,6 +98,14 @@ class Domain:
     pci_addresses: tuple[tuple[str, PciAddress], ...] = ()
     # The values of <qemu:commandline>'s <qemu:arg> elements, in order.
     qemu_args: tuple[str, ...] = ()
+    machine: str = ""  # <os><type machine=...>, e.g. "pc-i440fx-7.2"
+    acpi: bool = True  # <features><acpi/>: an i440fx guest hot-plugs PCI devices only with it
+
+    def hotplug_problem(self) -> str | None:
+        """Why QEMU cannot hot-plug a PCI device into this guest, if it is known to."""
+        if self.machine.startswith("pc") and "q35" not in self.machine and not self.acpi:
+            return f"{self.machine} without <acpi/> has no hot-pluggable PCI bus"
+        return None
 
     def shmem(self, name: str) -> Shmem | None:
         """The ``<shmem>`` device of that name, if any."""

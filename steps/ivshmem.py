@@ -1,20 +1,32 @@
-"""Step ``ivshmem``: give VMs an ivshmem shared-memory device, through libvirt.
+"""Step ``ivshmem``: give VMs ivshmem shared-memory devices, through libvirt.
 
-Two methods put the device on the chosen domains:
+One device (top-level keys) or several (``devices``), each shared by the
+chosen guests or one object per guest (``per_domain``: ``{domain}``/``{uuid}``
+in the name), in ``/dev/shm`` or on a hugetlbfs mount.  Four methods put them
+on the chosen domains:
 
-- ``definition``: a ``<shmem>`` device in each domain's persistent
-  definition (running domains get it at their next start);
+- ``definition``: ``<shmem>`` devices in each domain's persistent definition
+  (running domains get them at their next start, or now with ``live``:
+  libvirt's attach with the live and config flags);
 - ``qemu-wrapper``: a wrapper emulator next to the real one appends the
-  memory backend and the device to QEMU's command line, and the domains'
-  ``<emulator>`` points at it (for managers that regenerate definitions).
+  memory backends and devices to QEMU's command line, and the domains'
+  ``<emulator>`` points at it (for managers that regenerate definitions);
+- ``commandline``: ``<qemu:commandline>`` passthrough arguments in each
+  definition (for managers that keep the XML);
+- ``emulator-swap``: the emulator binary itself is replaced by a wrapper and
+  the real one diverted with ``dpkg-divert`` (for managers that regenerate
+  the whole XML, naming the stock emulator).
 
-Both install a libvirt QEMU hook (``steps/data/ivshmem_hook.py``, a
-standalone script) configured by a JSON file next to it: it adds the device
-to incoming migrations and restores, checks it at ``prepare begin`` (warn or
-refuse), and prepares ``/dev/shm/<name>`` (size, owner, mode).  The hook goes
-into ``qemu.d/`` (libvirt >= 6.5), or else becomes ``qemu`` and runs the
-script it replaces first (chained).  libvirtd reads new hooks when it starts:
-the step restarts it over D-Bus when answered so, or says it must be done.
+Switching method, or ``state: absent``, removes what the others installed.
+All install a libvirt QEMU hook (``steps/data/ivshmem_hook.py``, a
+standalone script) configured by a JSON file next to it: it adds the devices
+to incoming migrations and restores, checks them at ``prepare begin`` (warn or
+refuse), and makes each object (size, owner, mode).  The hook goes into
+``qemu.d/`` (libvirt >= 6.5), or else becomes ``qemu`` and runs the script it
+replaces first (chained).  libvirtd reads new hooks when it starts: the step
+restarts it over D-Bus when answered so, or says it must be done.  A doorbell
+device with ``serve`` gets its ivshmem server (``steps/data/ivshmem_server.py``)
+as a systemd unit, enabled and started over D-Bus.
 """
 
 from __future__ import annotations
@@ -170,11 +182,15 @@ class DeviceAnswers(DeviceKeys):
     name: str = Field(..., description=DeviceKeys.model_fields["name"].description)
 
 
-class IvshmemAnswers(DeviceKeys):
-    """Answers of the ``ivshmem`` step (one device at the top level, or ``devices``)."""
+class Connection(StepModel):
+    """Where libvirt and its hooks are (first in the answers section)."""
 
     uri: str = Field(DEFAULT_URI, description="libvirt connection URI")
     hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+
+
+class IvshmemAnswers(DeviceKeys, Connection):
+    """Answers of the ``ivshmem`` step (one device at the top level, or ``devices``)."""
     devices: list[DeviceAnswers] | None = Field(
         None, description="several devices per guest (instead of the top-level name, size, "
         "model, ...): each with name, size, model, role, address, per_domain, ...")
@@ -637,10 +653,12 @@ class IvshmemStep(Step[IvshmemAnswers]):
                      choice_notes=states, help="The VMs that get the device; 'all' is "
                      "every persistent domain."),
             Question("method", "Method", kind="choice",
-                     choices=("definition", "qemu-wrapper", "commandline"),
+                     choices=("definition", "qemu-wrapper", "commandline", "emulator-swap"),
                      help="definition: a <shmem> device in each domain's definition; "
                      "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
-                     "managers that regenerate definitions)."),
+                     "managers that regenerate definitions); commandline: <qemu:commandline> "
+                     "in the definition; emulator-swap: the emulator itself is replaced "
+                     "(dpkg-divert), for managers that regenerate the whole XML."),
             Question("wrapper_dir", "Wrapper directory", help="qemu-wrapper only."),
             Question("enforce", "Start without the device", kind="choice",
                      choices=("warn", "refuse"),

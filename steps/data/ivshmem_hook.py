@@ -7,13 +7,17 @@ with the domain XML on stdin.  Its configuration is the JSON file
 ``hostsetup-ivshmem.json`` next to this script (written by hostsetup).
 
 - ``migrate`` / ``restore``: the incoming XML of a chosen domain gets the
-  device (or, for the qemu-wrapper method, the wrapper emulator) and is
-  printed; libvirt uses the printed XML.  These are the only operations
-  whose output libvirt reads.
+  devices it lacks (method definition: ``<shmem>``; commandline: our
+  ``<qemu:commandline>`` arguments; qemu-wrapper: the wrapper emulator;
+  emulator-swap: the swapped emulator) and is printed; libvirt uses the
+  printed XML.  These are the only operations whose output libvirt reads.
+- The configuration holds one device at the top level, or several in
+  ``devices``; a name with ``{domain}``/``{uuid}`` (per_domain) is rendered
+  for each guest (its name, the ``<uuid>`` of its XML).
 - ``prepare begin``: a chosen domain without the device is logged and,
   with ``enforce: refuse``, refused (non-zero exit stops the start); the
-  host side of the shared-memory object (``/dev/shm/<name>``) is made by
-  the hook itself, with its size, owner and mode.
+  host side of each shared-memory object (``/dev/shm/<name>``, or on a
+  hugetlbfs mount) is made by the hook itself, with its size, owner and mode.
 - When ``qemu.hostsetup-chained`` is next to this script (libvirt without
   ``qemu.d/``), the hook installed before this one runs first with the
   same arguments and input, bounded in time and output.

@@ -174,7 +174,7 @@ class Change:
     target: str
     # "run": a command of the answers' early/late/error_commands (wizard/commands.py).
     action: Literal["create", "update", "delete", "start", "restart", "install", "run",
-                    "stop", "enable", "disable", "mask"]
+                    "stop", "enable", "disable", "mask", "hot-plug"]
     before: Any = None
     after: Any = None
     detail: str = ""

@@ -17,7 +17,7 @@ from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitStatus
-from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, Shmem
+from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, PciAddress, Shmem
 from backends.interfaces.ovsdb import Bridge, BridgePut, Mirror, MirrorEdit, Port
 from backends.interfaces.vsphere import (
     VM,
@@ -370,8 +370,67 @@ class FakeLibvirt:
         others = tuple(s for s in dom.shmems if s.name != shmem.name)
         self.domains_[name] = replace(dom, shmems=(*others, shmem))
 
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        for shmem in shmems:
+            self.set_shmem(name, shmem)
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        dom = self.domain(name)
+        self.domains_[name] = replace(dom, shmems=tuple(s for s in dom.shmems
+                                                        if s.name not in names))
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        self.domains_[name] = replace(self.domain(name), qemu_args=tuple(args))
+
     def set_emulator(self, name: str, emulator: str) -> None:
         self.domains_[name] = replace(self.domain(name), emulator=emulator)
+
+    def list_files(self, directory: str) -> list[str]:
+        prefix = directory.rstrip("/") + "/"
+        return sorted(p[len(prefix):] for p in self.files
+                      if p.startswith(prefix) and "/" not in p[len(prefix):])
+
+    def remove_file(self, path: str) -> bool:
+        return self.files.pop(path, None) is not None
+
+    # The running guests' devices (the live XML); a domain not listed has what its
+    # definition had when it started, i.e. its definition now.
+    live: dict[str, Domain] = field(default_factory=dict)
+
+    def live_domain(self, name: str) -> Domain:
+        return self.live.get(name) or self.domain(name)
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        dom = self.live_domain(name)
+        others = tuple(s for s in dom.shmems if s.name != shmem.name)
+        self.live[name] = replace(dom, shmems=(*others, shmem))
+        if persistent:
+            self.set_shmem(name, shmem)
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        return [(s.address, "1af4:1110") for s in self.live_domain(name).shmems
+                if s.address is not None]
+
+    # dpkg diversions: path -> where the original went.
+    diversions: dict[str, str] = field(default_factory=dict)
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        return self.diversions.get(path)
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        self.files[real] = self.files.get(path) or HostFile(real, b"", 0o755)
+        self.diversions[path] = real
+        self.files[path] = HostFile(path, content, 0o755)
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        self.files[path] = self.files.pop(real)
+        self.diversions.pop(path, None)
+
+    # hugetlbfs mount point -> (page size in bytes, free pages).
+    hugepages: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        return self.hugepages.get(path)
 
     def read_file(self, path: str) -> HostFile | None:
         return self.files.get(path)

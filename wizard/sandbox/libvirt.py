@@ -15,6 +15,7 @@ kills them through the pid files libvirt keeps in ``/run/libvirt/qemu``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
@@ -70,6 +71,49 @@ DOMAIN_XML = """\
   </devices>
 </domain>
 """
+
+
+# Huge pages the sandbox reserves for hugepage-backed ivshmem objects (given back at down).
+HUGEPAGES = 4
+NR_HUGEPAGES = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+
+
+def hugepages_up(sb: Sandbox) -> None:
+    """Reserve ``HUGEPAGES`` 2 MiB pages and mount hugetlbfs at ``DIR/libvirt/hugepages``.
+
+    Done before libvirtd starts: its private namespace gets the mount too.
+    The pool is the machine's: what was added is recorded and taken off at down.
+    """
+    mount = root(sb) / "hugepages"
+    mount.mkdir(parents=True, exist_ok=True)
+    with open(NR_HUGEPAGES, "r+", encoding="ascii") as pool:
+        fcntl.flock(pool, fcntl.LOCK_EX)  # other sandboxes adjust it too
+        before = int(pool.read())
+        pool.seek(0)
+        pool.write(str(before + HUGEPAGES))
+        pool.flush()
+        pool.seek(0)
+        added = int(pool.read()) - before  # the kernel may find fewer
+    (root(sb) / "hugepages.added").write_text(str(added))
+    if not os.path.ismount(mount):
+        sb.run("mount", ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M,mode=0755",
+                         "hostsetup-hugepages", str(mount)])
+    sb.export("HOSTSETUP_HUGETLBFS", str(mount))
+
+
+def hugepages_down(sb: Sandbox) -> None:
+    """Unmount the sandbox's hugetlbfs (its files go) and give the pages it added back."""
+    mount = root(sb) / "hugepages"
+    if os.path.ismount(mount):
+        sb.run("umount", ["umount", str(mount)])
+    added = root(sb) / "hugepages.added"
+    if added.exists():
+        with open(NR_HUGEPAGES, "r+", encoding="ascii") as pool:
+            fcntl.flock(pool, fcntl.LOCK_EX)
+            now = int(pool.read())
+            pool.seek(0)
+            pool.write(str(max(now - int(added.read_text()), 0)))
+        added.unlink()
 
 
 def root(sb: Sandbox, part: str = "") -> Path:
@@ -151,6 +195,7 @@ def up(sb: Sandbox) -> None:
     hooks.mkdir(exist_ok=True)
     wrappers = root(sb) / "bin"
     wrappers.mkdir(exist_ok=True)
+    hugepages_up(sb)
     start(sb)
     for name in DOMAINS:
         xml = sb.path("libvirt", "domains", f"{name}.xml")
@@ -172,6 +217,7 @@ def up(sb: Sandbox) -> None:
         "mode": "0660",
         # The same path inside the namespace and out: the hook can also be run by hand.
         "hook_log": str(root(sb, "log") / "hostsetup-ivshmem.log"),
+        "hugetlbfs": str(root(sb) / "hugepages"),
         "restart_libvirtd": True,
         "bus": sb.env.get("HOSTSETUP_DBUS_ADDRESS", "system"),
     })
@@ -207,6 +253,7 @@ def down(sb: Sandbox) -> None:
     name = sb.answers.get("ivshmem", {}).get("name")
     if name:
         Path("/dev/shm", name).unlink(missing_ok=True)
+    hugepages_down(sb)
 
 
 __all__ = ["up", "down", "start", "stop", "restart", "uri", "virsh", "qemu_pids"]

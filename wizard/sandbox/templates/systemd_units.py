@@ -130,7 +130,19 @@ def GetUnitFileState(self, name):
 
 
 @dbus.service.method(MAIN_IFACE, in_signature="asbb", out_signature="ba(sss)")
-def EnableUnitFiles(self, names, _runtime, _force):
+def EnableUnitFiles(self, files, _runtime, _force):
+    """Names or paths; a unit file given by path that the mock does not know yet
+    becomes a (loaded, inactive) unit, as real systemd finds it after Reload."""
+    names = []
+    for path in map(str, files):
+        name = path.rsplit("/", 1)[-1]
+        if "/" in path and name not in self.units:
+            upstream.AddMockUnit(self, name)
+            mockobject.objects[self.units[name]].AddProperties(
+                UNIT_IFACE, {"SubState": "dead", "Description": name,
+                             "UnitFileState": "disabled"})
+            set_state(self, name, "inactive")
+        names.append(name)
     return True, _file_state(self, names, "enabled", lambda n: (
         "symlink", f"/etc/systemd/system/multi-user.target.wants/{n}", f"/lib/systemd/system/{n}"))
 

@@ -42,16 +42,22 @@ def load(mock, parameters):
     mock.failing = set(parameters.get("failing", []))
     mock.slow = {str(k): float(v) for k, v in parameters.get("slow", {}).items()}
     for name, spec in parameters.get("units", {}).items():
-        upstream.AddMockUnit(mock, name)
-        unit = mockobject.objects[mock.units[name]]
-        unit.AddProperties(
-            UNIT_IFACE, {"SubState": "dead", "Description": spec.get("description", name),
-                         "UnitFileState": spec.get("enabled", "disabled"),
-                         "NeedDaemonReload": dbus.Boolean(False),
-                         "ActiveEnterTimestamp": dbus.UInt64(0)}
-        )
-        unit.AddProperties(SERVICE_IFACE, {"Result": "success"})
-        set_state(mock, name, spec.get("active", "inactive"))
+        add_unit(mock, name, spec.get("description", name), spec.get("enabled", "disabled"),
+                 spec.get("active", "inactive"))
+
+
+def add_unit(mock, name, description, enabled, active):
+    """A loaded unit with the properties systemd gives it."""
+    upstream.AddMockUnit(mock, name)
+    unit = mockobject.objects[mock.units[name]]
+    unit.AddProperties(
+        UNIT_IFACE, {"SubState": "dead", "Description": description,
+                     "UnitFileState": enabled,
+                     "NeedDaemonReload": dbus.Boolean(False),
+                     "ActiveEnterTimestamp": dbus.UInt64(0)}
+    )
+    unit.AddProperties(SERVICE_IFACE, {"Result": "success"})
+    set_state(mock, name, active)
 
 
 def set_state(mock, name, active):
@@ -137,11 +143,7 @@ def EnableUnitFiles(self, files, _runtime, _force):
     for path in map(str, files):
         name = path.rsplit("/", 1)[-1]
         if "/" in path and name not in self.units:
-            upstream.AddMockUnit(self, name)
-            mockobject.objects[self.units[name]].AddProperties(
-                UNIT_IFACE, {"SubState": "dead", "Description": name,
-                             "UnitFileState": "disabled"})
-            set_state(self, name, "inactive")
+            add_unit(self, name, name, "disabled", "inactive")
         names.append(name)
     return True, _file_state(self, names, "enabled", lambda n: (
         "symlink", f"/etc/systemd/system/multi-user.target.wants/{n}", f"/lib/systemd/system/{n}"))

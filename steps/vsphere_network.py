@@ -1,10 +1,17 @@
 """Step ``vsphere_network``: standard vSwitches, port groups and VM adapters.
 
 On every selected ESXi host (all, those of a cluster, or named ones) the
-answered vSwitches (ports, MTU, uplink NICs) and port groups (vSwitch, VLAN,
-security policy) are created or updated in place, or removed when marked
-``state: absent``; then VM network adapters are moved onto port groups
+answered vSwitches (ports, MTU, uplink NICs, policy) and port groups (vSwitch,
+VLAN, policy overrides) are created or updated in place, or removed when
+marked ``state: absent``; then VM network adapters are moved onto port groups
 (ReconfigVM_Task, waited on).  Only what the answers name is touched.
+
+A policy is security (``allow_promiscuous``, ``forged_transmits``,
+``mac_changes``), ``teaming`` (load balancing, active/standby NIC order,
+notify switches, failback, failure detection) and ``shaping``.  On a vSwitch
+the fields left out keep their value (ESXi's default on a new one); on a port
+group they are inherited from the vSwitch when it is created and left as they
+are when it is updated.
 
 If a change fails, what this run did is undone in reverse order (created
 objects removed, updated ones restored, adapters moved back).  What remains
@@ -28,9 +35,12 @@ from backends.interfaces.vsphere import (
     Inventory,
     PortGroupSpec,
     Security,
+    Shaping,
+    Teaming,
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
+    overlay,
     vsphere_api,
 )
 from steps.base import (
@@ -65,7 +75,86 @@ class ClusterHosts(StepModel):
     cluster: str = Field(min_length=1, description="cluster name (vCenter)")
 
 
-class VSwitchAnswer(StepModel):
+class TeamingAnswer(StepModel):
+    """NIC teaming and failover; fields left out are not changed (or inherited)."""
+
+    load_balancing: Literal["loadbalance_srcid", "loadbalance_ip", "loadbalance_srcmac",
+                            "failover_explicit"] | None = Field(
+        None, description="loadbalance_srcid (port ID), loadbalance_ip (IP hash), "
+        "loadbalance_srcmac (MAC hash) or failover_explicit (explicit failover order)")
+    active_nics: list[str] | None = Field(
+        None, min_length=1, description="active uplinks in failover order, e.g. [vmnic1]")
+    standby_nics: list[str] | None = Field(None, description="standby uplinks, in order")
+    notify_switches: bool | None = Field(None, description="notify physical switches on failover")
+    failback: bool | None = Field(None, description="return to an active NIC once it recovers")
+    failure_detection: Literal["link", "beacon"] | None = Field(
+        None, description="link (link status only) or beacon (beacon probing)")
+
+    @model_validator(mode="after")
+    def _order(self) -> TeamingAnswer:
+        order = [*(self.active_nics or ()), *(self.standby_nics or ())]
+        dupes = repeated(order)
+        if dupes:
+            raise ValueError(f"NIC {', '.join(dupes)} listed more than once in "
+                             "active_nics/standby_nics")
+        return self
+
+    def value(self) -> Teaming:
+        """The answered teaming (unset fields stay unset)."""
+        return Teaming(self.load_balancing,
+                       None if self.active_nics is None else tuple(self.active_nics),
+                       None if self.standby_nics is None else tuple(self.standby_nics),
+                       self.notify_switches, self.failback, self.failure_detection)
+
+
+MAX_KBPS = 100_000_000  # 100 Gbit/s
+
+
+class ShapingAnswer(StepModel):
+    """Outbound traffic shaping; fields left out are not changed (or inherited)."""
+
+    enabled: bool | None = Field(None, description="shape outbound traffic")
+    average_kbps: int | None = Field(None, ge=1, le=MAX_KBPS,
+                                     description="average bandwidth in kbit/s")
+    peak_kbps: int | None = Field(None, ge=1, le=MAX_KBPS, description="peak bandwidth in kbit/s")
+    burst_kb: int | None = Field(None, ge=1, le=MAX_KBPS, description="burst size in KB")
+
+    @model_validator(mode="after")
+    def _peak(self) -> ShapingAnswer:
+        if self.average_kbps and self.peak_kbps and self.peak_kbps < self.average_kbps:
+            raise ValueError(f"peak_kbps {self.peak_kbps} is below average_kbps "
+                             f"{self.average_kbps}; the peak must be at least the average")
+        return self
+
+    def value(self) -> Shaping:
+        """The answered shaping (unset fields stay unset)."""
+        return Shaping(self.enabled, self.average_kbps, self.peak_kbps, self.burst_kb)
+
+
+class PolicyAnswer(StepModel):
+    """Security, teaming and shaping of a vSwitch or port group; unset = not changed
+    (on a new port group: inherited from its vSwitch)."""
+
+    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
+    forged_transmits: bool | None = Field(None, description="allow forged transmits")
+    mac_changes: bool | None = Field(None, description="allow MAC address changes")
+    teaming: TeamingAnswer | None = Field(None, description="NIC teaming and failover order")
+    shaping: ShapingAnswer | None = Field(None, description="outbound traffic shaping")
+
+    def security(self) -> Security:
+        """The answered security policy (unset fields stay unset)."""
+        return Security(self.allow_promiscuous, self.forged_transmits, self.mac_changes)
+
+    def teaming_value(self) -> Teaming:
+        """The answered teaming (all unset when not answered)."""
+        return self.teaming.value() if self.teaming else Teaming()
+
+    def shaping_value(self) -> Shaping:
+        """The answered shaping (all unset when not answered)."""
+        return self.shaping.value() if self.shaping else Shaping()
+
+
+class VSwitchAnswer(PolicyAnswer):
     """One standard vSwitch."""
 
     name: str = Field(min_length=1, max_length=32, description="vSwitch name, e.g. vSwitch1")
@@ -76,15 +165,12 @@ class VSwitchAnswer(StepModel):
     state: State = Field("present", description="present, or absent to remove it")
 
 
-class PortGroupAnswer(StepModel):
-    """One standard port group; unset security fields inherit the vSwitch's."""
+class PortGroupAnswer(PolicyAnswer):
+    """One standard port group; unset policy fields inherit the vSwitch's."""
 
     name: str = Field(min_length=1, max_length=59, description="port group name")
     vswitch: str | None = Field(None, description="vSwitch it is on (required when present)")
     vlan: int = Field(0, ge=0, le=4095, description="VLAN ID 0-4095; 0 = none, 4095 = trunk")
-    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
-    forged_transmits: bool | None = Field(None, description="allow forged transmits")
-    mac_changes: bool | None = Field(None, description="allow MAC address changes")
     state: State = Field("present", description="present, or absent to remove it")
 
     @model_validator(mode="after")
@@ -92,10 +178,6 @@ class PortGroupAnswer(StepModel):
         if self.state == "present" and not self.vswitch:
             raise ValueError(f"port group '{self.name}': 'vswitch' is required when present")
         return self
-
-    def security(self) -> Security:
-        """The answered security policy (unset fields stay unset)."""
-        return Security(self.allow_promiscuous, self.forged_transmits, self.mac_changes)
 
 
 class AdapterAnswer(StepModel):
@@ -224,24 +306,40 @@ def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) ->
     return {"ports": num_ports, "mtu": mtu, "uplinks": sorted(nics)}
 
 
-def portgroup_dict(vswitch: str, vlan: int, sec: Security) -> dict[str, Any]:
+def portgroup_dict(vswitch: str, vlan: int) -> dict[str, Any]:
     """A port group's managed settings, for Change before/after."""
-    return {"vswitch": vswitch, "vlan": vlan,
-            **{SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}}
+    return {"vswitch": vswitch, "vlan": vlan}
+
+
+def policy_dict(sec: Security, team: Teaming, shape: Shaping) -> Settings:
+    """A policy's settings that are set, for Change before/after: flat readable keys
+    (``shaping`` is whether shaping is on), NIC orders as lists."""
+    found: Settings = {SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}
+    found |= {k: list(v) if isinstance(v, tuple) else v for k, v in vars(team).items()}
+    found |= {"shaping": shape.enabled, "average_kbps": shape.average_kbps,
+              "peak_kbps": shape.peak_kbps, "burst_kb": shape.burst_kb}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def policy_of(obj: Any) -> Settings:
+    """The policy settings of a vSwitch or port group (value or spec)."""
+    return policy_dict(obj.security, obj.teaming, obj.shaping)
+
+
+def wanted_policy(answer: PolicyAnswer, have: Any) -> Settings:
+    """The policy to reach: the answered fields over ``have``'s (only the answered
+    ones when ``have`` is ``None``, i.e. created)."""
+    if have is None:
+        return policy_dict(answer.security(), answer.teaming_value(), answer.shaping_value())
+    return policy_dict(overlay(have.security, answer.security()),
+                       overlay(have.teaming, answer.teaming_value()),
+                       overlay(have.shaping, answer.shaping_value()))
 
 
 def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
     """Only the settings that differ, before and after (what `plan` shows)."""
     keys = [k for k in after if before.get(k) != after[k]]
     return {k: before.get(k) for k in keys}, {k: after[k] for k in keys}
-
-
-def wanted_portgroup(pg: PortGroupAnswer, current: Security | None) -> dict[str, Any]:
-    """The port group settings to reach: unanswered security fields keep their value."""
-    keep = current or Security()
-    sec = Security(*(getattr(pg, k) if getattr(pg, k) is not None else getattr(keep, k)
-                     for k in SECURITY_KEYS))
-    return portgroup_dict(pg.vswitch or "", pg.vlan, sec)
 
 
 @dataclass(frozen=True)
@@ -259,17 +357,22 @@ class Kind:
 
 VSWITCH = Kind(
     "vSwitch", "vswitch", Host.vswitch,
-    current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics),
-    wanted=lambda a, _have: vswitch_dict(a.num_ports, a.mtu, a.nics),
-    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics)),
-    spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics),
+    current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics) | policy_of(v),
+    wanted=lambda a, have: vswitch_dict(a.num_ports, a.mtu, a.nics) | wanted_policy(a, have),
+    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics), a.security(),
+                               a.teaming_value(), a.shaping_value()),
+    spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics, v.security, v.teaming,
+                                  v.shaping),
 )
+# A port group's undo restores its computed policy as explicit overrides.
 PORTGROUP = Kind(
     "port group", "portgroup", Host.portgroup,
-    current=lambda p: portgroup_dict(p.vswitch, p.vlan, p.security),
-    wanted=lambda a, have: wanted_portgroup(a, have.security if have else None),
-    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security()),
-    spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security),
+    current=lambda p: portgroup_dict(p.vswitch, p.vlan) | policy_of(p),
+    wanted=lambda a, have: portgroup_dict(a.vswitch or "", a.vlan) | wanted_policy(a, have),
+    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security(),
+                                 a.teaming_value(), a.shaping_value()),
+    spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security, p.teaming,
+                                    p.shaping),
 )
 
 
@@ -314,7 +417,7 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
                 ops.append(Op(Change(target, "create", after=after),
                               (f"add_{kind.api}", (h, kind.spec(item))), remove,
                               exists(find, True)))
-            elif kind.current(have) != after:
+            elif changed(kind.current(have), after)[1]:
                 update = f"update_{kind.api}"
                 before, wanted = changed(kind.current(have), after)
                 ops.append(Op(Change(target, "update", before, wanted),
@@ -513,7 +616,37 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         hosts = selected_hosts(answers, inv)
         for host in hosts:
             problems += self._switch_problems(answers, host)
+            problems += self._teaming_problems(answers, host)
         problems += self._adapter_problems(answers, inv, hosts)
+        # A rule on answered values only (an answered vSwitch's uplinks) fails
+        # alike on every host: say it once.
+        return list(dict.fromkeys(problems))
+
+    def _teaming_problems(self, answers: VSphereNetworkAnswers, host: Host) -> list[Problem]:
+        """Active/standby NICs are uplinks of the vSwitch: the answered uplinks of an
+        answered vSwitch, else those the host's vSwitch has."""
+        problems = []
+        answered = {v.name: v.nics for v in answers.vswitches if v.state == "present"}
+        items: list[tuple[str, list[Any]]] = [("vswitches", list(answers.vswitches)),
+                                              ("portgroups", list(answers.portgroups))]
+        for key, records in items:
+            for i, item in enumerate(records):
+                if item.state == "absent" or item.teaming is None:
+                    continue
+                switch = item.name if key == "vswitches" else item.vswitch or ""
+                have = host.vswitch(switch)
+                if switch in answered:
+                    uplinks, where = answered[switch], "in the answers"
+                elif have is not None:
+                    uplinks, where = list(have.nics), f"on host '{host.name}'"
+                else:
+                    continue  # an unknown vSwitch is reported by _switch_problems
+                for field in ("active_nics", "standby_nics"):
+                    for j, nic in enumerate(getattr(item.teaming, field) or ()):
+                        if nic not in uplinks:
+                            problems.append(Problem((key, i, "teaming", field, j), (
+                                f"'{nic}' is not an uplink of vSwitch '{switch}' {where} "
+                                f"(uplinks: {', '.join(uplinks) or 'none'})")))
         return problems
 
     def _host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory) -> list[Problem]:

@@ -30,6 +30,7 @@ from backends.interfaces.vsphere import (
     Security,
     VSwitch,
     VSwitchSpec,
+    overlay,
 )
 
 # -- D-Bus -------------------------------------------------------------------
@@ -208,15 +209,20 @@ class FakeVSphere:
         h = self._host(host)
         if h.vswitch(spec.name):
             raise BackendError(f"vSwitch '{spec.name}' already exists")
-        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics)
+        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics, (),
+                      spec.security, spec.teaming, spec.shaping)
         self._set_switches(h, [*h.vswitches, new], list(h.portgroups))
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
         self._call("update_vswitch", name, host)
         h = self._host(host)
-        self._set_switches(h, [replace(v, num_ports=spec.num_ports, mtu=spec.mtu,
-                                       nics=spec.nics) if v.name == name else v
-                               for v in h.vswitches], list(h.portgroups))
+        # As the adapter: policy fields the spec leaves unset keep their value.
+        self._set_switches(h, [replace(
+            v, num_ports=spec.num_ports, mtu=spec.mtu, nics=spec.nics,
+            security=overlay(v.security, spec.security),
+            teaming=overlay(v.teaming, spec.teaming),
+            shaping=overlay(v.shaping, spec.shaping)) if v.name == name else v
+            for v in h.vswitches], list(h.portgroups))
 
     def remove_vswitch(self, host: str, name: str) -> None:
         self._call("remove_vswitch", name, host)
@@ -224,24 +230,31 @@ class FakeVSphere:
         self._set_switches(h, [v for v in h.vswitches if v.name != name],
                            [p for p in h.portgroups if p.vswitch != name])
 
-    def _portgroup(self, spec: PortGroupSpec) -> PortGroup:
-        # Unset security fields read back as the vSwitch's (here: all off).
+    def _portgroup(self, h: Host, spec: PortGroupSpec) -> PortGroup:
+        # Unset security fields read back as the vSwitch's (here: all off), unset
+        # teaming and shaping fields as the vSwitch's.
         sec = Security(*(bool(getattr(spec.security, k)) for k in
                          ("allow_promiscuous", "forged_transmits", "mac_changes")))
-        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec)
+        vs = h.vswitch(spec.vswitch) or VSwitch(spec.vswitch, 0, 0)
+        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec,
+                         overlay(vs.teaming, spec.teaming), overlay(vs.shaping, spec.shaping))
 
     def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
         self._call("add_portgroup", spec.name, host)
         h = self._host(host)
         if h.portgroup(spec.name) or not h.vswitch(spec.vswitch):
             raise BackendError(f"cannot add port group '{spec.name}'")
-        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(spec)])
+        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(h, spec)])
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
         self._call("update_portgroup", name, host)
         h = self._host(host)
-        self._set_switches(h, list(h.vswitches), [self._portgroup(spec) if p.name == name else p
-                                                  for p in h.portgroups])
+        self._set_switches(h, list(h.vswitches), [replace(
+            p, name=spec.name, vswitch=spec.vswitch, vlan=spec.vlan,
+            security=overlay(p.security, spec.security),
+            teaming=overlay(p.teaming, spec.teaming),
+            shaping=overlay(p.shaping, spec.shaping)) if p.name == name else p
+            for p in h.portgroups])
 
     def remove_portgroup(self, host: str, name: str) -> None:
         self._call("remove_portgroup", name, host)

@@ -26,6 +26,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from pyVim.connect import SmartConnect
@@ -42,9 +43,12 @@ from backends.interfaces.vsphere import (
     PortGroup,
     PortGroupSpec,
     Security,
+    Shaping,
+    Teaming,
     VSphereConn,
     VSwitch,
     VSwitchSpec,
+    overlay,
 )
 
 log = logging.getLogger("hostsetup.vsphere")
@@ -59,6 +63,7 @@ VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
 NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
 TIMEOUT = 30  # seconds for a TCP connect / an HTTP response
+NP = vim.host.NetworkPolicy
 
 
 def normalize_thumbprint(value: str) -> str:
@@ -280,14 +285,18 @@ class VSphereBackend:
                 vswitchName=spec.name, spec=vswitch_spec(spec))
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
-        """UpdateVirtualSwitch, keeping the vSwitch's current policy."""
+        """UpdateVirtualSwitch with the whole policy: the fields ``spec`` leaves
+        unset keep their current value (ESXi replaces the policy as sent)."""
         with self._guard(f"update vSwitch '{name}' on {host}"):
             ns = self._network_system(host)
             current = next((v for v in ns.networkInfo.vswitch if v.name == name), None)
-            new = vswitch_spec(spec)
             if current is not None:
-                new.policy = current.spec.policy
-            ns.UpdateVirtualSwitch(vswitchName=name, spec=new)
+                have = current.spec.policy
+                spec = replace(
+                    spec, security=overlay(security_value(have.security), spec.security),
+                    teaming=overlay(teaming_value(have.nicTeaming), spec.teaming),
+                    shaping=overlay(shaping_value(have.shapingPolicy), spec.shaping))
+            ns.UpdateVirtualSwitch(vswitchName=name, spec=vswitch_spec(spec))
 
     def remove_vswitch(self, host: str, name: str) -> None:
         """RemoveVirtualSwitch."""
@@ -300,9 +309,18 @@ class VSphereBackend:
             self._network_system(host).AddPortGroup(portgrp=portgroup_spec(spec))
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
-        """UpdatePortGroup in place."""
+        """UpdatePortGroup in place; the overrides ``spec`` leaves unset keep their
+        current value (ESXi replaces the overrides as sent)."""
         with self._guard(f"update port group '{name}' on {host}"):
-            self._network_system(host).UpdatePortGroup(pgName=name, portgrp=portgroup_spec(spec))
+            ns = self._network_system(host)
+            current = next((p for p in ns.networkInfo.portgroup if p.spec.name == name), None)
+            if current is not None:
+                own = current.spec.policy
+                spec = replace(
+                    spec, security=overlay(security_value(own.security), spec.security),
+                    teaming=overlay(teaming_value(own.nicTeaming), spec.teaming),
+                    shaping=overlay(shaping_value(own.shapingPolicy), spec.shaping))
+            ns.UpdatePortGroup(pgName=name, portgrp=portgroup_spec(spec))
 
     def remove_portgroup(self, host: str, name: str) -> None:
         """RemovePortGroup."""
@@ -365,6 +383,7 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
             name=v.name, num_ports=v.spec.numPorts, mtu=v.mtu or 1500,
             nics=tuple(getattr(v.spec.bridge, "nicDevice", None) or ()),
             portgroups=tuple(k.removeprefix("key-vim.host.PortGroup-") for k in v.portgroup or ()),
+            **policy_values(v.spec.policy),
         )
         for v in p.get("config.network.vswitch") or []
     ]
@@ -372,7 +391,7 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
     portgroups = [
         PortGroup(
             name=pg.spec.name, vswitch=pg.spec.vswitchName, vlan=pg.spec.vlanId,
-            security=security_value(pg.computedPolicy.security if pg.computedPolicy else None),
+            **policy_values(pg.computedPolicy),
         )
         for pg in p.get("config.network.portgroup") or []
     ]
@@ -385,6 +404,44 @@ def security_value(sec: Any) -> Security:
     if sec is None:
         return Security()
     return Security(sec.allowPromiscuous, sec.forgedTransmits, sec.macChanges)
+
+
+def policy_values(policy: Any) -> dict[str, Any]:
+    """A HostNetworkPolicy as the ``security``, ``teaming`` and ``shaping`` values."""
+    if policy is None:
+        return {}
+    return {"security": security_value(policy.security),
+            "teaming": teaming_value(policy.nicTeaming),
+            "shaping": shaping_value(policy.shapingPolicy)}
+
+
+def teaming_value(team: Any) -> Teaming:
+    """A pyVmomi NIC teaming policy as :class:`Teaming` (unset parts stay ``None``)."""
+    if team is None:
+        return Teaming()
+    order, criteria = team.nicOrder, team.failureCriteria
+    beacon = criteria.checkBeacon if criteria is not None else None
+    return Teaming(
+        load_balancing=team.policy or None,
+        active_nics=tuple(order.activeNic or ()) if order is not None else None,
+        standby_nics=tuple(order.standbyNic or ()) if order is not None else None,
+        notify_switches=team.notifySwitches,
+        failback=None if team.rollingOrder is None else not team.rollingOrder,
+        failure_detection=None if beacon is None else "beacon" if beacon else "link",
+    )
+
+
+def shaping_value(shaping: Any) -> Shaping:
+    """A pyVmomi traffic shaping policy (bit/s, bytes) as :class:`Shaping` (kbit/s, KB)."""
+    if shaping is None:
+        return Shaping()
+
+    def scaled(value: int | None, unit: int) -> int | None:
+        # An unset bandwidth is 0 on the wire for a port group that inherits it.
+        return value // unit if value else None
+
+    return Shaping(shaping.enabled, scaled(shaping.averageBandwidth, 1000),
+                   scaled(shaping.peakBandwidth, 1000), scaled(shaping.burstSize, 1024))
 
 
 def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
@@ -405,19 +462,53 @@ def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
 
 
 def vswitch_spec(spec: VSwitchSpec) -> Any:
-    """A HostVirtualSwitchSpec: ports, MTU, uplinks as a bond bridge."""
-    bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(spec.nics)) if spec.nics else None
-    return vim.host.VirtualSwitch.Specification(numPorts=spec.num_ports, mtu=spec.mtu,
-                                                bridge=bridge)
+    """A HostVirtualSwitchSpec: ports, MTU, uplinks as a bond bridge, the policy
+    parts that are set (beacon probing needs the bridge's beacon config)."""
+    # A NIC order naming a NIC that is no longer an uplink is refused by ESXi:
+    # the order kept from before an uplink change is cut to the new uplinks.
+    team = spec.teaming
+    if team.active_nics is not None:
+        team = replace(team, active_nics=tuple(n for n in team.active_nics if n in spec.nics))
+    if team.standby_nics is not None:
+        team = replace(team, standby_nics=tuple(n for n in team.standby_nics if n in spec.nics))
+    bridge = None
+    if spec.nics:
+        bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(spec.nics))
+        if spec.teaming.failure_detection == "beacon":
+            bridge.beacon = vim.host.VirtualSwitch.BeaconConfig(interval=1)
+    return vim.host.VirtualSwitch.Specification(
+        numPorts=spec.num_ports, mtu=spec.mtu, bridge=bridge,
+        policy=network_policy(spec.security, team, spec.shaping))
+
+
+def network_policy(sec: Security, team: Teaming, shape: Shaping) -> Any:
+    """A HostNetworkPolicy with the parts that are set; ``None`` fields stay unset."""
+    policy = NP()
+    if sec != Security():
+        policy.security = NP.SecurityPolicy(
+            allowPromiscuous=sec.allow_promiscuous, forgedTransmits=sec.forged_transmits,
+            macChanges=sec.mac_changes)
+    if team != Teaming():
+        policy.nicTeaming = NP.NicTeamingPolicy(
+            policy=team.load_balancing, notifySwitches=team.notify_switches,
+            rollingOrder=None if team.failback is None else not team.failback)
+        if team.failure_detection is not None:
+            policy.nicTeaming.failureCriteria = NP.NicFailureCriteria(
+                checkBeacon=team.failure_detection == "beacon")
+        if team.active_nics is not None or team.standby_nics is not None:
+            policy.nicTeaming.nicOrder = NP.NicOrderPolicy(
+                activeNic=list(team.active_nics or ()), standbyNic=list(team.standby_nics or ()))
+    if shape != Shaping():
+        policy.shapingPolicy = NP.TrafficShapingPolicy(
+            enabled=shape.enabled,
+            averageBandwidth=None if shape.average_kbps is None else shape.average_kbps * 1000,
+            peakBandwidth=None if shape.peak_kbps is None else shape.peak_kbps * 1000,
+            burstSize=None if shape.burst_kb is None else shape.burst_kb * 1024)
+    return policy
 
 
 def portgroup_spec(spec: PortGroupSpec) -> Any:
-    """A HostPortGroupSpec; security fields left unset are inherited from the vSwitch."""
-    sec = spec.security
-    policy = vim.host.NetworkPolicy()
-    if sec != Security():
-        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
-            allowPromiscuous=sec.allow_promiscuous, forgedTransmits=sec.forged_transmits,
-            macChanges=sec.mac_changes)
+    """A HostPortGroupSpec; policy fields left unset are inherited from the vSwitch."""
     return vim.host.PortGroup.Specification(
-        name=spec.name, vswitchName=spec.vswitch, vlanId=spec.vlan, policy=policy)
+        name=spec.name, vswitchName=spec.vswitch, vlanId=spec.vlan,
+        policy=network_policy(spec.security, spec.teaming, spec.shaping))

@@ -8,8 +8,8 @@ VMs with their network adapters).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Protocol, cast
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol, TypeVar, cast
 
 from backends.interfaces import Backends
 
@@ -43,6 +43,43 @@ class Security:
 
 
 @dataclass(frozen=True)
+class Teaming:
+    """NIC teaming and failover; ``None`` = not set (a port group inherits it).
+
+    ``load_balancing`` is ESXi's policy name (loadbalance_srcid, loadbalance_ip,
+    loadbalance_srcmac, failover_explicit); ``failback`` is ESXi's
+    ``rollingOrder`` negated; ``failure_detection`` is ``link`` or ``beacon``.
+    """
+
+    load_balancing: str | None = None
+    active_nics: tuple[str, ...] | None = None
+    standby_nics: tuple[str, ...] | None = None
+    notify_switches: bool | None = None
+    failback: bool | None = None
+    failure_detection: str | None = None
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """Outbound traffic shaping in the vSphere client's units (kbit/s, KB);
+    ``None`` = not set (a port group inherits it)."""
+
+    enabled: bool | None = None
+    average_kbps: int | None = None
+    peak_kbps: int | None = None
+    burst_kb: int | None = None
+
+
+P = TypeVar("P", Security, Teaming, Shaping)
+
+
+def overlay(base: P, top: P) -> P:
+    """``base`` with every field that ``top`` sets (not ``None``)."""
+    return replace(base, **{f.name: getattr(top, f.name) for f in fields(top)
+                            if getattr(top, f.name) is not None})
+
+
+@dataclass(frozen=True)
 class PhysicalNic:
     """A host's physical NIC (``vmnic0``) and the vSwitch using it, if any."""
 
@@ -52,23 +89,29 @@ class PhysicalNic:
 
 @dataclass(frozen=True)
 class VSwitch:
-    """A standard vSwitch as configured: ports, MTU, uplink NICs, its port groups."""
+    """A standard vSwitch as configured: ports, MTU, uplink NICs, its port groups
+    and its policy (what its port groups inherit)."""
 
     name: str
     num_ports: int
     mtu: int
     nics: tuple[str, ...] = ()
     portgroups: tuple[str, ...] = ()
+    security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 @dataclass(frozen=True)
 class PortGroup:
-    """A standard port group; ``security`` is the effective (computed) policy."""
+    """A standard port group; the policies are the effective (computed) ones."""
 
     name: str
     vswitch: str
     vlan: int
     security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 @dataclass(frozen=True)
@@ -133,22 +176,29 @@ class Inventory:
 
 @dataclass(frozen=True)
 class VSwitchSpec:
-    """What a vSwitch should be."""
+    """What a vSwitch should be; policy fields left ``None`` keep their value
+    (ESXi's default on a new vSwitch)."""
 
     name: str
     num_ports: int
     mtu: int
     nics: tuple[str, ...] = ()
+    security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 @dataclass(frozen=True)
 class PortGroupSpec:
-    """What a port group should be; unset security fields are inherited."""
+    """What a port group should be; policy fields left ``None`` are inherited
+    from the vSwitch on creation and keep their value on update."""
 
     name: str
     vswitch: str
     vlan: int = 0
     security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 class VSphereAPI(Protocol):
@@ -170,7 +220,8 @@ class VSphereAPI(Protocol):
         ...
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
-        """Change a vSwitch's ports, MTU and uplinks in place."""
+        """Change a vSwitch's ports, MTU, uplinks and the policy fields ``spec`` sets
+        in place."""
         ...
 
     def remove_vswitch(self, host: str, name: str) -> None:
@@ -182,7 +233,8 @@ class VSphereAPI(Protocol):
         ...
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
-        """Change a port group's vSwitch, VLAN or security policy in place."""
+        """Change a port group's vSwitch, VLAN and the policy overrides ``spec`` sets
+        in place (the overrides it leaves ``None`` are kept)."""
         ...
 
     def remove_portgroup(self, host: str, name: str) -> None:

@@ -9,6 +9,11 @@
 //   - AddVirtualSwitch honours the spec (numPorts, mtu, bridge nicDevice) and
 //     refuses NICs that another vSwitch uses; UpdateVirtualSwitch exists;
 //   - VM network adapters are labelled "Network adapter N";
+//   - vSwitch and port group policies (security, NIC teaming, traffic
+//     shaping) merge as in ESXi: a new vSwitch starts from ESXi's default
+//     policy, a spec's unset fields keep the current value, a port group's
+//     computed policy is its own overrides over its vSwitch's; teaming NICs
+//     must be uplinks of the vSwitch and the teaming policy one of ESXi's;
 //   - AddPortGroup / UpdatePortGroup / RemovePortGroup keep port group keys,
 //     computed policy, the Network entity (shared by hosts of a datacenter, as
 //     in vCenter) and refuse to remove a port group VMs are attached to.
@@ -150,11 +155,10 @@ func (s *netSys) checkNics(vswitch string, nics []string) *soap.Fault {
 	return nil
 }
 
-// applySpec sets a vSwitch's spec and the values ESXi derives from it.
+// applySpec sets a vSwitch's spec and the values ESXi derives from it; the
+// spec's policy is merged over the current one (unset fields are kept).
 func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
-	if spec.Policy == nil {
-		spec.Policy = v.Spec.Policy
-	}
+	spec.Policy = overlayPolicy(v.Spec.Policy, spec.Policy)
 	v.Spec = spec
 	v.NumPorts = spec.NumPorts
 	v.NumPortsAvailable = spec.NumPorts
@@ -163,9 +167,188 @@ func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
 		v.Mtu = 1500
 	}
 	v.Pnic = nil
-	for _, nic := range bridgeNics(&spec) {
+	nics := bridgeNics(&spec)
+	for _, nic := range nics {
 		v.Pnic = append(v.Pnic, pnicKeyPrefix+nic)
 	}
+	v.Spec.Policy.NicTeaming = fixNicOrder(v.Spec.Policy.NicTeaming, nics)
+}
+
+// fixNicOrder keeps the teaming order to the vSwitch's uplinks: NICs that are
+// gone are dropped, new uplinks nobody placed become active (as ESXi does).
+// It returns a copy: policies share their parts with computed policies.
+func fixNicOrder(base *types.HostNicTeamingPolicy, nics []string) *types.HostNicTeamingPolicy {
+	if base == nil {
+		return nil
+	}
+	t := *base
+	order := types.HostNicOrderPolicy{}
+	if t.NicOrder != nil {
+		order.ActiveNic = keep(t.NicOrder.ActiveNic, nics)
+		order.StandbyNic = keep(t.NicOrder.StandbyNic, nics)
+	}
+	placed := append(append([]string{}, order.ActiveNic...), order.StandbyNic...)
+	order.ActiveNic = append(order.ActiveNic, missing(nics, placed)...)
+	t.NicOrder = &order
+	return &t
+}
+
+// keep: the items of list that are in allowed, in order.
+func keep(list, allowed []string) []string {
+	var out []string
+	for _, x := range list {
+		if contains(allowed, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// missing: the items of list that are not in have.
+func missing(list, have []string) []string {
+	var out []string
+	for _, x := range list {
+		if !contains(have, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func contains(list []string, x string) bool {
+	for _, y := range list {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// defaultPolicy is the policy ESXi gives a new vSwitch.
+func defaultPolicy() *types.HostNetworkPolicy {
+	return &types.HostNetworkPolicy{
+		Security: &types.HostNetworkSecurityPolicy{
+			AllowPromiscuous: types.NewBool(false),
+			MacChanges:       types.NewBool(true),
+			ForgedTransmits:  types.NewBool(true),
+		},
+		NicTeaming: &types.HostNicTeamingPolicy{
+			Policy:         "loadbalance_srcid",
+			ReversePolicy:  types.NewBool(true),
+			NotifySwitches: types.NewBool(true),
+			RollingOrder:   types.NewBool(false),
+			FailureCriteria: &types.HostNicFailureCriteria{
+				CheckSpeed: "minimum", Speed: 10, CheckDuplex: types.NewBool(false),
+				FullDuplex: types.NewBool(false), CheckErrorPercent: types.NewBool(false),
+				CheckBeacon: types.NewBool(false),
+			},
+			NicOrder: &types.HostNicOrderPolicy{},
+		},
+		ShapingPolicy: &types.HostNetworkTrafficShapingPolicy{Enabled: types.NewBool(false)},
+	}
+}
+
+// setBool sets *dst to src when src is set.
+func setBool(dst **bool, src *bool) {
+	if src != nil {
+		*dst = src
+	}
+}
+
+// overlayPolicy is base with what top sets (nil pointers, "" and 0 are unset).
+func overlayPolicy(base, top *types.HostNetworkPolicy) *types.HostNetworkPolicy {
+	out := types.HostNetworkPolicy{}
+	if base != nil {
+		out = *base
+	}
+	if top == nil {
+		return &out
+	}
+	if top.Security != nil {
+		sec := types.HostNetworkSecurityPolicy{}
+		if out.Security != nil {
+			sec = *out.Security
+		}
+		setBool(&sec.AllowPromiscuous, top.Security.AllowPromiscuous)
+		setBool(&sec.MacChanges, top.Security.MacChanges)
+		setBool(&sec.ForgedTransmits, top.Security.ForgedTransmits)
+		out.Security = &sec
+	}
+	if top.NicTeaming != nil {
+		out.NicTeaming = overlayTeaming(out.NicTeaming, top.NicTeaming)
+	}
+	if top.ShapingPolicy != nil {
+		sh := types.HostNetworkTrafficShapingPolicy{}
+		if out.ShapingPolicy != nil {
+			sh = *out.ShapingPolicy
+		}
+		setBool(&sh.Enabled, top.ShapingPolicy.Enabled)
+		if top.ShapingPolicy.AverageBandwidth != 0 {
+			sh.AverageBandwidth = top.ShapingPolicy.AverageBandwidth
+		}
+		if top.ShapingPolicy.PeakBandwidth != 0 {
+			sh.PeakBandwidth = top.ShapingPolicy.PeakBandwidth
+		}
+		if top.ShapingPolicy.BurstSize != 0 {
+			sh.BurstSize = top.ShapingPolicy.BurstSize
+		}
+		out.ShapingPolicy = &sh
+	}
+	if top.OffloadPolicy != nil {
+		out.OffloadPolicy = top.OffloadPolicy
+	}
+	return &out
+}
+
+// overlayTeaming is base with what top sets; a given NIC order replaces the old one.
+func overlayTeaming(base, top *types.HostNicTeamingPolicy) *types.HostNicTeamingPolicy {
+	t := types.HostNicTeamingPolicy{}
+	if base != nil {
+		t = *base
+	}
+	if top.Policy != "" {
+		t.Policy = top.Policy
+	}
+	setBool(&t.ReversePolicy, top.ReversePolicy)
+	setBool(&t.NotifySwitches, top.NotifySwitches)
+	setBool(&t.RollingOrder, top.RollingOrder)
+	if top.FailureCriteria != nil && top.FailureCriteria.CheckBeacon != nil {
+		fc := types.HostNicFailureCriteria{}
+		if t.FailureCriteria != nil {
+			fc = *t.FailureCriteria
+		}
+		fc.CheckBeacon = top.FailureCriteria.CheckBeacon
+		t.FailureCriteria = &fc
+	}
+	if top.NicOrder != nil && (len(top.NicOrder.ActiveNic) > 0 || len(top.NicOrder.StandbyNic) > 0) {
+		order := *top.NicOrder
+		t.NicOrder = &order
+	}
+	return &t
+}
+
+// checkPolicy refuses what ESXi refuses in a policy: an unknown teaming
+// policy, teaming NICs that are not uplinks, a peak below the average.
+func checkPolicy(p *types.HostNetworkPolicy, uplinks []string) *soap.Fault {
+	if p == nil {
+		return nil
+	}
+	if t := p.NicTeaming; t != nil {
+		if t.Policy != "" && !contains([]string{"loadbalance_ip", "loadbalance_srcmac",
+			"loadbalance_srcid", "failover_explicit"}, t.Policy) {
+			return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.nicTeaming.policy"})
+		}
+		if t.NicOrder != nil {
+			order := append(append([]string{}, t.NicOrder.ActiveNic...), t.NicOrder.StandbyNic...)
+			if len(missing(order, uplinks)) > 0 {
+				return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.nicTeaming.nicOrder"})
+			}
+		}
+	}
+	if sh := p.ShapingPolicy; sh != nil && sh.PeakBandwidth != 0 && sh.PeakBandwidth < sh.AverageBandwidth {
+		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.shapingPolicy.peakBandwidth"})
+	}
+	return nil
 }
 
 // checkSpec refuses ESXi's invalid vSwitch settings and unusable uplinks.
@@ -175,6 +358,9 @@ func (s *netSys) checkSpec(vswitch string, spec types.HostVirtualSwitchSpec) *so
 	}
 	if spec.Mtu != 0 && (spec.Mtu < 1280 || spec.Mtu > 9000) {
 		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "mtu"})
+	}
+	if fault := checkPolicy(spec.Policy, bridgeNics(&spec)); fault != nil {
+		return fault
 	}
 	return s.checkNics(vswitch, bridgeNics(&spec))
 }
@@ -211,11 +397,7 @@ func (s *netSys) AddVirtualSwitch(ctx *simulator.Context, c *types.AddVirtualSwi
 			return fault
 		}
 		v := types.HostVirtualSwitch{Name: c.VswitchName, Key: vswitchKeyPrefix + c.VswitchName}
-		v.Spec.Policy = &types.HostNetworkPolicy{Security: &types.HostNetworkSecurityPolicy{
-			AllowPromiscuous: types.NewBool(false),
-			MacChanges:       types.NewBool(true),
-			ForgedTransmits:  types.NewBool(true),
-		}}
+		v.Spec.Policy = defaultPolicy()
 		applySpec(&v, spec)
 		s.NetworkInfo.Vswitch = append(s.NetworkInfo.Vswitch, v)
 		return nil
@@ -354,8 +536,12 @@ func (s *netSys) checkPortgroupSpec(spec types.HostPortGroupSpec, old string) *s
 	if spec.VlanId < 0 || spec.VlanId > 4095 {
 		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "vlanId"})
 	}
-	if _, v := s.findVswitch(spec.VswitchName); v == nil {
+	_, v := s.findVswitch(spec.VswitchName)
+	if v == nil {
 		return notFound()
+	}
+	if fault := checkPolicy(&spec.Policy, bridgeNics(&v.Spec)); fault != nil {
+		return fault
 	}
 	if _, pg := s.findPortgroup(spec.Name); pg != nil && spec.Name != old {
 		return simulator.Fault("", &types.AlreadyExists{Name: spec.Name})
@@ -386,27 +572,16 @@ func (s *netSys) relink() {
 	s.recomputePolicies()
 }
 
-// recomputePolicies sets each port group's computed security policy: its own
+// recomputePolicies sets each port group's computed policy: its own
 // settings where given, else its vSwitch's (ESXi's inheritance).
 func (s *netSys) recomputePolicies() {
 	for i := range s.NetworkInfo.Portgroup {
 		pg := &s.NetworkInfo.Portgroup[i]
-		sec := types.HostNetworkSecurityPolicy{}
-		if _, v := s.findVswitch(pg.Spec.VswitchName); v != nil && v.Spec.Policy != nil && v.Spec.Policy.Security != nil {
-			sec = *v.Spec.Policy.Security
+		var base *types.HostNetworkPolicy
+		if _, v := s.findVswitch(pg.Spec.VswitchName); v != nil {
+			base = v.Spec.Policy
 		}
-		if own := pg.Spec.Policy.Security; own != nil {
-			if own.AllowPromiscuous != nil {
-				sec.AllowPromiscuous = own.AllowPromiscuous
-			}
-			if own.MacChanges != nil {
-				sec.MacChanges = own.MacChanges
-			}
-			if own.ForgedTransmits != nil {
-				sec.ForgedTransmits = own.ForgedTransmits
-			}
-		}
-		pg.ComputedPolicy.Security = &sec
+		pg.ComputedPolicy = *overlayPolicy(base, &pg.Spec.Policy)
 	}
 }
 

@@ -126,3 +126,37 @@ def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> Non
     assert reads and all(vms == {"sensor01"} for vms in reads)
     facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
     assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all
+
+
+def test_policies_plan_only_what_changes_and_keep_the_rest() -> None:
+    fb = sample_backends()
+    teaming = {"load_balancing": "failover_explicit", "active_nics": ["vmnic1"]}
+    vs = {"name": "vSwitch1", "nics": ["vmnic1"], "teaming": teaming,
+          "shaping": {"enabled": True, "average_kbps": 1000}}
+    pg = {**PG, "teaming": {"notify_switches": False}}
+    answers = section(hosts=["esx01"], vswitches=[vs], portgroups=[pg])
+    run("apply", answers, fb)
+    host = fb.vsphere.hosts["esx01"]
+    assert host.vswitch("vSwitch1").teaming.load_balancing == "failover_explicit"
+    # the port group inherits the vSwitch's order, overrides notify_switches
+    mon = host.portgroup("Monitoring")
+    assert (mon.teaming.active_nics, mon.teaming.notify_switches) == (("vmnic1",), False)
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    vs["teaming"] = {"failback": False}
+    changes = run("plan", answers, fb).steps[0].changes
+    assert [(c.target, c.before, c.after) for c in changes] == [
+        ("esx01: vSwitch vSwitch1", {"failback": None}, {"failback": False})]
+    run("apply", answers, fb)
+    team = fb.vsphere.hosts["esx01"].vswitch("vSwitch1").teaming
+    assert (team.load_balancing, team.failback) == ("failover_explicit", False)
+
+
+def test_teaming_nics_not_uplinks_are_refused() -> None:
+    fb = sample_backends()
+    vs = {"name": "vSwitch1", "nics": ["vmnic1"], "teaming": {"standby_nics": ["vmnic0"]}}
+    result = run("apply", section(vswitches=[vs]), fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.vswitches[0].teaming.standby_nics[0]: 'vmnic0' is not an uplink of "
+        "vSwitch 'vSwitch1' in the answers (uplinks: vmnic1)"]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]

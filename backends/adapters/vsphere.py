@@ -292,10 +292,11 @@ class VSphereBackend:
             current = next((v for v in ns.networkInfo.vswitch if v.name == name), None)
             if current is not None:
                 have = current.spec.policy
+                team = overlay(new_uplinks_active(teaming_value(have.nicTeaming), current,
+                                                  spec.nics), spec.teaming)
                 spec = replace(
                     spec, security=overlay(security_value(have.security), spec.security),
-                    teaming=overlay(teaming_value(have.nicTeaming), spec.teaming),
-                    shaping=overlay(shaping_value(have.shapingPolicy), spec.shaping))
+                    teaming=team, shaping=overlay(shaping_value(have.shapingPolicy), spec.shaping))
             ns.UpdateVirtualSwitch(vswitchName=name, spec=vswitch_spec(spec))
 
     def remove_vswitch(self, host: str, name: str) -> None:
@@ -404,6 +405,15 @@ def security_value(sec: Any) -> Security:
     if sec is None:
         return Security()
     return Security(sec.allowPromiscuous, sec.forgedTransmits, sec.macChanges)
+
+
+def new_uplinks_active(team: Teaming, vswitch: Any, nics: tuple[str, ...]) -> Teaming:
+    """The current NIC order with the uplinks a vSwitch gains appended as active
+    (as ESXi does when no order is given); uplinks the order leaves unused stay so."""
+    before = set(getattr(vswitch.spec.bridge, "nicDevice", None) or ())
+    placed = {*before, *(team.active_nics or ()), *(team.standby_nics or ())}
+    return replace(team, active_nics=(*(team.active_nics or ()),
+                                      *(n for n in nics if n not in placed)))
 
 
 def policy_values(policy: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@
 //     same data (0.24 keeps two copies that drift apart);
 //   - AddVirtualSwitch honours the spec (numPorts, mtu, bridge nicDevice) and
 //     refuses NICs that another vSwitch uses; UpdateVirtualSwitch exists;
+//   - every host has four physical NICs, vmnic0-vmnic3 (0.24 models two), so
+//     that teaming has NICs to order;
 //   - VM network adapters are labelled "Network adapter N";
 //   - vSwitch and port group policies (security, NIC teaming, traffic
 //     shaping) merge as in ESXi: a new vSwitch starts from ESXi's default
@@ -158,6 +160,8 @@ func (s *netSys) checkNics(vswitch string, nics []string) *soap.Fault {
 // applySpec sets a vSwitch's spec and the values ESXi derives from it; the
 // spec's policy is merged over the current one (unset fields are kept).
 func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
+	old := bridgeNics(&v.Spec)
+	explicit := spec.Policy != nil && spec.Policy.NicTeaming != nil && hasOrder(spec.Policy.NicTeaming.NicOrder)
 	spec.Policy = overlayPolicy(v.Spec.Policy, spec.Policy)
 	v.Spec = spec
 	v.NumPorts = spec.NumPorts
@@ -171,13 +175,21 @@ func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
 	for _, nic := range nics {
 		v.Pnic = append(v.Pnic, pnicKeyPrefix+nic)
 	}
-	v.Spec.Policy.NicTeaming = fixNicOrder(v.Spec.Policy.NicTeaming, nics)
+	if !explicit {
+		v.Spec.Policy.NicTeaming = fixNicOrder(v.Spec.Policy.NicTeaming, nics, old)
+	}
 }
 
-// fixNicOrder keeps the teaming order to the vSwitch's uplinks: NICs that are
-// gone are dropped, new uplinks nobody placed become active (as ESXi does).
-// It returns a copy: policies share their parts with computed policies.
-func fixNicOrder(base *types.HostNicTeamingPolicy, nics []string) *types.HostNicTeamingPolicy {
+func hasOrder(o *types.HostNicOrderPolicy) bool {
+	return o != nil && (len(o.ActiveNic) > 0 || len(o.StandbyNic) > 0)
+}
+
+// fixNicOrder keeps the teaming order to the vSwitch's uplinks when the spec
+// gives none: NICs that are gone are dropped, new uplinks become active (as
+// ESXi does); uplinks the order left unused stay unused.  An order the spec
+// gives is taken as it is (checkPolicy checked it).  It returns a copy:
+// policies share their parts with computed policies.
+func fixNicOrder(base *types.HostNicTeamingPolicy, nics, old []string) *types.HostNicTeamingPolicy {
 	if base == nil {
 		return nil
 	}
@@ -187,7 +199,7 @@ func fixNicOrder(base *types.HostNicTeamingPolicy, nics []string) *types.HostNic
 		order.ActiveNic = keep(t.NicOrder.ActiveNic, nics)
 		order.StandbyNic = keep(t.NicOrder.StandbyNic, nics)
 	}
-	placed := append(append([]string{}, order.ActiveNic...), order.StandbyNic...)
+	placed := append(append(append([]string{}, order.ActiveNic...), order.StandbyNic...), old...)
 	order.ActiveNic = append(order.ActiveNic, missing(nics, placed)...)
 	t.NicOrder = &order
 	return &t
@@ -320,7 +332,7 @@ func overlayTeaming(base, top *types.HostNicTeamingPolicy) *types.HostNicTeaming
 		fc.CheckBeacon = top.FailureCriteria.CheckBeacon
 		t.FailureCriteria = &fc
 	}
-	if top.NicOrder != nil && (len(top.NicOrder.ActiveNic) > 0 || len(top.NicOrder.StandbyNic) > 0) {
+	if hasOrder(top.NicOrder) {
 		order := *top.NicOrder
 		t.NicOrder = &order
 	}
@@ -681,6 +693,7 @@ func extendNetworkSystems(f *faults) {
 		ns := &netSys{HostNetworkSystem: *orig, faults: f}
 		ns.Host = &host.HostSystem
 		ns.NetworkInfo = host.Config.Network
+		addPnics(ns.NetworkInfo, 4)
 		ns.relink()
 		// The shared "VM Network" entity lists this host, as in vCenter.
 		for _, pg := range ns.NetworkInfo.Portgroup {
@@ -690,6 +703,20 @@ func extendNetworkSystems(f *faults) {
 		}
 		simulator.Map.Put(ns)
 	}
+}
+
+// addPnics gives the host physical NICs up to vmnic<count-1>, modelled on its last one.
+func addPnics(info *types.HostNetworkInfo, count int) {
+	pnics := append([]types.PhysicalNic{}, info.Pnic...)
+	for i := len(pnics); i < count && len(pnics) > 0; i++ {
+		nic := pnics[len(pnics)-1]
+		nic.Device = fmt.Sprintf("vmnic%d", i)
+		nic.Key = pnicKeyPrefix + nic.Device
+		nic.Pci = fmt.Sprintf("0000:%02x:00.0", 0x13+i)
+		nic.Mac = fmt.Sprintf("00:0c:29:81:d8:%02x", 0xa0+i)
+		pnics = append(pnics, nic)
+	}
+	info.Pnic = pnics
 }
 
 // labelAdapters names VM network adapters as vSphere does ("Network adapter

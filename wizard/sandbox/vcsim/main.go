@@ -10,6 +10,10 @@
 //     refuses NICs that another vSwitch uses; UpdateVirtualSwitch exists;
 //   - every host has four physical NICs, vmnic0-vmnic3 (0.24 models two), so
 //     that teaming has NICs to order;
+//   - AddVirtualNic / UpdateVirtualNic / RemoveVirtualNic exist (VMkernel
+//     adapters on a standard port group, one per port group, unique static
+//     IPs), and a HostVirtualNicManager per host selects/deselects them for
+//     services in config.virtualNicManagerInfo (0.24 has neither);
 //   - VM network adapters are labelled "Network adapter N";
 //   - vSwitch and port group policies (security, NIC teaming, traffic
 //     shaping) merge as in ESXi: a new vSwitch starts from ESXi's default
@@ -528,7 +532,7 @@ func (s *netSys) RemovePortGroup(ctx *simulator.Context, c *types.RemovePortGrou
 		if _, pg := s.findPortgroup(c.PgName); pg == nil {
 			return notFound()
 		}
-		if s.inUse(c.PgName) {
+		if s.inUse(c.PgName) || s.vnicOn(c.PgName) != nil {
 			return inUse(c.PgName)
 		}
 		s.dropPortgroup(c.PgName)
@@ -702,7 +706,218 @@ func extendNetworkSystems(f *faults) {
 			}
 		}
 		simulator.Map.Put(ns)
+		mgr := &vnicMgr{host: host, faults: f}
+		mgr.Self = types.ManagedObjectReference{Type: "HostVirtualNicManager", Value: "vnicmgr-" + host.Self.Value}
+		host.ConfigManager.VirtualNicManager = &mgr.Self
+		simulator.Map.Put(mgr)
 	}
+}
+
+const vnicKeyPrefix = "key-vim.host.VirtualNic-"
+
+func (s *netSys) findVnic(device string) (int, *types.HostVirtualNic) {
+	for i := range s.NetworkInfo.Vnic {
+		if s.NetworkInfo.Vnic[i].Device == device {
+			return i, &s.NetworkInfo.Vnic[i]
+		}
+	}
+	return -1, nil
+}
+
+// vnicOn is the VMkernel adapter on a standard port group, if any.
+func (s *netSys) vnicOn(pg string) *types.HostVirtualNic {
+	for i := range s.NetworkInfo.Vnic {
+		if s.NetworkInfo.Vnic[i].Portgroup == pg {
+			return &s.NetworkInfo.Vnic[i]
+		}
+	}
+	return nil
+}
+
+// checkVnic refuses what ESXi refuses for a VMkernel adapter on port group pg:
+// no such port group, one that has an adapter already, a bad MTU or IP, or a
+// static IP another adapter of the host has.
+func (s *netSys) checkVnic(device, pg string, spec types.HostVirtualNicSpec) *soap.Fault {
+	if _, p := s.findPortgroup(pg); p == nil {
+		return notFound()
+	}
+	if v := s.vnicOn(pg); v != nil && v.Device != device {
+		return inUse(pg)
+	}
+	if spec.Mtu != 0 && (spec.Mtu < 1280 || spec.Mtu > 9000) {
+		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nic.mtu"})
+	}
+	if ip := spec.Ip; ip != nil && !ip.Dhcp {
+		if net.ParseIP(ip.IpAddress).To4() == nil || net.ParseIP(ip.SubnetMask).To4() == nil {
+			return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nic.ip"})
+		}
+		for _, v := range s.NetworkInfo.Vnic {
+			if v.Device != device && v.Spec.Ip != nil && !v.Spec.Ip.Dhcp && v.Spec.Ip.IpAddress == ip.IpAddress {
+				return simulator.Fault("", &types.AlreadyExists{Name: ip.IpAddress})
+			}
+		}
+	}
+	return nil
+}
+
+// AddVirtualNic creates vmkN (the lowest free N) on a standard port group.
+func (s *netSys) AddVirtualNic(ctx *simulator.Context, c *types.AddVirtualNic) soap.HasFault {
+	r := &methods.AddVirtualNicBody{}
+	var device string
+	r.Fault_ = s.mutate(ctx, "AddVirtualNic", c.Portgroup, func() *soap.Fault {
+		if fault := s.checkVnic("", c.Portgroup, c.Nic); fault != nil {
+			return fault
+		}
+		for n := 0; ; n++ {
+			if _, v := s.findVnic(fmt.Sprintf("vmk%d", n)); v == nil {
+				device = fmt.Sprintf("vmk%d", n)
+				break
+			}
+		}
+		spec := c.Nic
+		spec.Portgroup = c.Portgroup
+		if spec.Mtu == 0 {
+			spec.Mtu = 1500
+		}
+		if spec.Ip == nil {
+			spec.Ip = &types.HostIpConfig{Dhcp: true}
+		}
+		spec.Mac = fmt.Sprintf("00:50:56:6%d:%02x:%02x", len(s.NetworkInfo.Vnic)%10, len(device), device[len(device)-1])
+		spec.NetStackInstanceKey = "defaultTcpipStack"
+		s.NetworkInfo.Vnic = append(s.NetworkInfo.Vnic, types.HostVirtualNic{
+			Device: device, Key: vnicKeyPrefix + device, Portgroup: c.Portgroup, Spec: spec})
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.AddVirtualNicResponse{Returnval: device}
+	}
+	return r
+}
+
+// UpdateVirtualNic changes a VMkernel adapter's IP, MTU or port group (what the spec sets).
+func (s *netSys) UpdateVirtualNic(ctx *simulator.Context, c *types.UpdateVirtualNic) soap.HasFault {
+	r := &methods.UpdateVirtualNicBody{}
+	r.Fault_ = s.mutate(ctx, "UpdateVirtualNic", c.Device, func() *soap.Fault {
+		_, v := s.findVnic(c.Device)
+		if v == nil {
+			return notFound()
+		}
+		pg := v.Portgroup
+		if c.Nic.Portgroup != "" {
+			pg = c.Nic.Portgroup
+		}
+		if fault := s.checkVnic(c.Device, pg, c.Nic); fault != nil {
+			return fault
+		}
+		v.Portgroup, v.Spec.Portgroup = pg, pg
+		if c.Nic.Ip != nil {
+			v.Spec.Ip = c.Nic.Ip
+		}
+		if c.Nic.Mtu != 0 {
+			v.Spec.Mtu = c.Nic.Mtu
+		}
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.UpdateVirtualNicResponse{}
+	}
+	return r
+}
+
+// RemoveVirtualNic removes a VMkernel adapter and its service selections.
+func (s *netSys) RemoveVirtualNic(ctx *simulator.Context, c *types.RemoveVirtualNic) soap.HasFault {
+	r := &methods.RemoveVirtualNicBody{}
+	r.Fault_ = s.mutate(ctx, "RemoveVirtualNic", c.Device, func() *soap.Fault {
+		i, v := s.findVnic(c.Device)
+		if v == nil {
+			return notFound()
+		}
+		vnics := s.NetworkInfo.Vnic
+		s.NetworkInfo.Vnic = append(vnics[:i:i], vnics[i+1:]...)
+		info := s.host().Config.VirtualNicManagerInfo
+		for j := range info.NetConfig {
+			info.NetConfig[j].SelectedVnic = missing(info.NetConfig[j].SelectedVnic,
+				[]string{info.NetConfig[j].NicType + "." + vnicKeyPrefix + c.Device})
+		}
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.RemoveVirtualNicResponse{}
+	}
+	return r
+}
+
+// candidates lists every adapter as a candidate of every service, as ESXi does.
+func (s *netSys) candidates() {
+	info := s.host().Config.VirtualNicManagerInfo
+	for j := range info.NetConfig {
+		nc := &info.NetConfig[j]
+		nc.CandidateVnic = nil
+		for _, v := range s.NetworkInfo.Vnic {
+			v.Key = nc.NicType + "." + vnicKeyPrefix + v.Device
+			nc.CandidateVnic = append(nc.CandidateVnic, v)
+		}
+	}
+}
+
+// vnicMgr is a host's HostVirtualNicManager: service selection of VMkernel
+// adapters, kept in the host's config.virtualNicManagerInfo.
+type vnicMgr struct {
+	mo.HostVirtualNicManager
+	host   *simulator.HostSystem
+	faults *faults
+}
+
+// selection runs f on the service's selected keys under the host's lock.
+func (m *vnicMgr) selection(ctx *simulator.Context, method, nicType, device string, f func(nc *types.VirtualNicManagerNetConfig, key string)) *soap.Fault {
+	if fault := m.faults.check(method, nicType+"."+device); fault != nil {
+		return fault
+	}
+	var fault *soap.Fault
+	ctx.WithLock(m.host, func() {
+		found := false
+		for _, v := range m.host.Config.Network.Vnic {
+			found = found || v.Device == device
+		}
+		info := m.host.Config.VirtualNicManagerInfo
+		for j := range info.NetConfig {
+			if info.NetConfig[j].NicType == nicType && found {
+				f(&info.NetConfig[j], nicType+"."+vnicKeyPrefix+device)
+				return
+			}
+		}
+		fault = simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nicType/device"})
+	})
+	return fault
+}
+
+// SelectVnicForNicType adds the adapter to a service.
+func (m *vnicMgr) SelectVnicForNicType(ctx *simulator.Context, c *types.SelectVnicForNicType) soap.HasFault {
+	r := &methods.SelectVnicForNicTypeBody{}
+	r.Fault_ = m.selection(ctx, "SelectVnicForNicType", c.NicType, c.Device, func(nc *types.VirtualNicManagerNetConfig, key string) {
+		if !contains(nc.SelectedVnic, key) {
+			nc.SelectedVnic = append(nc.SelectedVnic, key)
+		}
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.SelectVnicForNicTypeResponse{}
+	}
+	return r
+}
+
+// DeselectVnicForNicType removes the adapter from a service.
+func (m *vnicMgr) DeselectVnicForNicType(ctx *simulator.Context, c *types.DeselectVnicForNicType) soap.HasFault {
+	r := &methods.DeselectVnicForNicTypeBody{}
+	r.Fault_ = m.selection(ctx, "DeselectVnicForNicType", c.NicType, c.Device, func(nc *types.VirtualNicManagerNetConfig, key string) {
+		nc.SelectedVnic = missing(nc.SelectedVnic, []string{key})
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.DeselectVnicForNicTypeResponse{}
+	}
+	return r
 }
 
 // addPnics gives the host physical NICs up to vmnic<count-1>, modelled on its last one.

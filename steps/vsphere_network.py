@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
@@ -37,6 +38,8 @@ from backends.interfaces.vsphere import (
     Security,
     Shaping,
     Teaming,
+    Vmk,
+    VmkSpec,
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
@@ -189,6 +192,60 @@ class AdapterAnswer(StepModel):
     portgroup: str = Field(min_length=1, max_length=59, description="target port group")
 
 
+class StaticIp(StepModel):
+    """A static IPv4 address and netmask."""
+
+    address: IPv4Address = Field(description="IPv4 address, e.g. 10.0.20.11")
+    netmask: IPv4Address = Field(description="netmask, e.g. 255.255.255.0")
+
+    @field_validator("netmask")
+    @classmethod
+    def _mask(cls, value: IPv4Address) -> IPv4Address:
+        try:
+            IPv4Network(f"0.0.0.0/{value}")
+        except ValueError:
+            raise ValueError(f"'{value}' is not a netmask (e.g. 255.255.255.0)") from None
+        return value
+
+
+# "dhcp" or a mapping: a string is checked against "dhcp" only, a mapping as
+# StaticIp only (one clear error, not one per union member).
+IpAnswer = Annotated[
+    Annotated[Literal["dhcp"], Tag("dhcp")] | Annotated[StaticIp, Tag("static")],
+    Discriminator(lambda v: "dhcp" if isinstance(v, str) else "static")]
+Service = Literal["management", "vmotion", "vsan", "provisioning", "ft", "replication"]
+
+
+class VmkAnswer(StepModel):
+    """One VMkernel adapter, identified by its port group (or by ``device`` to move it)."""
+
+    host: str | None = Field(None, min_length=1,
+                             description="the host (required for a static IP); "
+                             "unset = every selected host")
+    device: str | None = Field(None, pattern=r"^vmk\d{1,3}$",
+                               description="an existing adapter to move or edit, e.g. vmk1")
+    portgroup: str = Field(min_length=1, max_length=59, description="standard port group")
+    ip: IpAnswer = Field("dhcp", description="dhcp or {address, netmask}")
+    mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
+    services: list[Service] = Field(
+        default_factory=list,
+        description="management, vmotion, vsan, provisioning, ft, replication")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _host_for_static(self) -> VmkAnswer:
+        if isinstance(self.ip, StaticIp) and self.host is None:
+            raise ValueError(f"the static IP {self.ip.address} needs a 'host' (one address "
+                             "cannot go to every host)")
+        return self
+
+    def spec(self) -> VmkSpec:
+        """What the adapter should be."""
+        ip = self.ip if isinstance(self.ip, StaticIp) else None
+        return VmkSpec(self.portgroup, str(ip.address) if ip else None,
+                       str(ip.netmask) if ip else None, self.mtu, tuple(sorted(self.services)))
+
+
 class VSphereNetworkAnswers(StepModel):
     """Answers of the ``vsphere_network`` step."""
 
@@ -207,6 +264,7 @@ class VSphereNetworkAnswers(StepModel):
     portgroups: list[PortGroupAnswer] = Field(default_factory=list, description="port groups")
     vm_adapters: list[AdapterAnswer] = Field(default_factory=list,
                                              description="VM adapters to move to a port group")
+    vmkernel: list[VmkAnswer] = Field(default_factory=list, description="VMkernel adapters")
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -240,7 +298,22 @@ class VSphereNetworkAnswers(StepModel):
             if a.portgroup in absent_pg:
                 raise ValueError(f"'{a.adapter}' of VM '{a.vm}' moves to port group "
                                  f"'{a.portgroup}', which the answers remove")
+        self._vmk_rules(absent_pg)
         return self
+
+    def _vmk_rules(self, absent_pg: set[str]) -> None:
+        for i, v in enumerate(self.vmkernel):
+            if v.state == "present" and v.portgroup in absent_pg:
+                raise ValueError(f"vmkernel[{i}] is on port group '{v.portgroup}', which the "
+                                 "answers remove")
+        for what, keys in (
+                ("a VMkernel adapter", [f"{v.host or 'every host'}/{v.device or v.portgroup}"
+                                        for v in self.vmkernel]),
+                ("a static VMkernel address", [str(v.ip.address) for v in self.vmkernel
+                                               if isinstance(v.ip, StaticIp)])):
+            dupes = repeated(keys)
+            if dupes:
+                raise ValueError(f"{what} is listed more than once: {', '.join(dupes)}")
 
 
 def connection(section: dict[str, Any]) -> VSphereConn:
@@ -455,19 +528,94 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     return ops
 
 
+def vmk_dict(v: Vmk | VmkSpec) -> Settings:
+    """A VMkernel adapter's managed settings, for Change before/after."""
+    dhcp = v.dhcp if isinstance(v, Vmk) else v.address is None
+    return {"portgroup": v.portgroup, "ip": "dhcp" if dhcp else f"{v.address}/{v.netmask}",
+            "mtu": v.mtu, "services": sorted(v.services)}
+
+
+def vmk_spec_of(v: Vmk) -> VmkSpec:
+    """The spec that restores ``v``."""
+    return VmkSpec(v.portgroup, None if v.dhcp else v.address, None if v.dhcp else v.netmask,
+                   v.mtu, tuple(sorted(v.services)))
+
+
+def vmk_finder(host: str, device: str | None,
+               portgroup: str) -> Callable[[Inventory], Vmk | None]:
+    """Looks up a VMkernel adapter by device (when given) or port group."""
+    def find(inv: Inventory) -> Vmk | None:
+        h = inv.host(host)
+        if h is None:
+            return None
+        return h.vmk(device) if device else h.vmk_on(portgroup)
+    return find
+
+
+def vmk_differs(find: Callable[[Inventory], Vmk | None],
+                before: Settings) -> Callable[[Inventory], bool]:
+    """In effect: the adapter is gone or one of ``before``'s settings is not restored."""
+    def check(inv: Inventory) -> bool:
+        found = find(inv)
+        return found is None or any(vmk_dict(found)[k] != x for k, x in before.items())
+    return check
+
+
+def the_vmk(answer: VmkAnswer, host: Host) -> Vmk | None:
+    """The existing adapter an answer is about on ``host``."""
+    return host.vmk(answer.device) if answer.device else host.vmk_on(answer.portgroup)
+
+
+def vmk_ops(answers: VSphereNetworkAnswers, host: Host, absent: bool) -> list[Op]:
+    """Create/update (or, with ``absent``, remove) the answered VMkernel adapters."""
+    ops = []
+    h = host.name
+    for v in answers.vmkernel:
+        if v.host not in (None, h):
+            continue
+        have = the_vmk(v, host)
+        target = f"{h}: VMkernel " + (have.device if have else f"adapter on {v.portgroup}")
+        if absent:
+            if v.state == "absent" and have is not None:
+                ops.append(Op(Change(target, "delete", before=vmk_dict(have)),
+                              ("remove_vmk", (h, have.portgroup)),
+                              ("add_vmk", (h, vmk_spec_of(have))),
+                              exists(vmk_finder(h, None, have.portgroup), False)))
+        elif v.state == "present":
+            after = vmk_dict(v.spec())
+            if have is None:
+                ops.append(Op(Change(target, "create", after=after),
+                              ("add_vmk", (h, v.spec())), ("remove_vmk", (h, v.portgroup)),
+                              exists(vmk_finder(h, None, v.portgroup), True)))
+                continue
+            before, wanted = changed(vmk_dict(have), after)
+            if wanted:
+                ops.append(Op(Change(target, "update", before, wanted),
+                              ("update_vmk", (h, have.portgroup, v.spec())),
+                              ("update_vmk", (h, v.portgroup, vmk_spec_of(have))),
+                              vmk_differs(vmk_finder(h, have.device, ""), before)))
+    return ops
+
+
 def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
-    """Every change, in a safe order: vSwitches, port groups, adapter moves, removals."""
+    """Every change, in a safe order: vSwitches, port groups, VMkernel adapters,
+    VM adapter moves, then removals (VMkernel adapters, port groups, vSwitches)."""
     hosts = selected_hosts(answers, inv)
     ops: list[Op] = []
     for absent in (False, True):
         if absent:
             ops += adapter_ops(answers, inv)
-        # Port groups are removed before their vSwitch, created after it.
+        # Port groups are removed before their vSwitch, created after it; a
+        # VMkernel adapter is created after its port group, removed before it.
         for host in hosts:
             kinds: list[tuple[Kind, list[Any]]] = [
                 (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
+            if absent:
+                ops += vmk_ops(answers, host, True)
             for kind, items in reversed(kinds) if absent else kinds:
                 ops += object_ops(host, kind, items, absent)
+            if not absent:
+                ops += vmk_ops(answers, host, False)
     return ops
 
 
@@ -618,6 +766,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
             problems += self._switch_problems(answers, host)
             problems += self._teaming_problems(answers, host)
         problems += self._adapter_problems(answers, inv, hosts)
+        problems += self._vmk_problems(answers, inv, hosts)
         # A rule on answered values only (an answered vSwitch's uplinks) fails
         # alike on every host: say it once.
         return list(dict.fromkeys(problems))
@@ -691,6 +840,81 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                     f"vSwitch '{pg.vswitch}' is neither on host '{host.name}' nor in "
                     "the answers' vswitches")))
         return problems
+
+    def _vmk_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
+                      hosts: list[Host]) -> list[Problem]:
+        """Hosts, devices and port groups exist, one adapter per port group, static
+        addresses unused elsewhere, the management adapter untouched."""
+        problems = []
+        names = [h.name for h in hosts]
+        answered = {p.name for p in answers.portgroups if p.state == "present"}
+        removed = {(v.host, v.portgroup) for v in answers.vmkernel if v.state == "absent"}
+        for i, pg in enumerate(answers.portgroups):
+            for host in hosts if pg.state == "absent" else ():
+                on = host.vmk_on(pg.name)
+                if on and not {(None, pg.name), (host.name, pg.name)} & removed:
+                    problems.append(Problem(("portgroups", i, "state"), (
+                        f"port group '{pg.name}' on host '{host.name}' carries VMkernel "
+                        f"adapter {on.device}; mark it absent under vmkernel too")))
+        for i, v in enumerate(answers.vmkernel):
+            if v.host is not None and v.host not in names:
+                problems.append(Problem(("vmkernel", i, "host"), (
+                    f"host '{v.host}' is not a selected host (selected: "
+                    f"{', '.join(names) or 'none'})")))
+                continue
+            for host in hosts:
+                if v.host in (None, host.name):
+                    problems += self._vmk_host_problems(answers, inv, host, i, v, answered)
+        return problems
+
+    def _vmk_host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
+                           i: int, v: VmkAnswer, answered: set[str]) -> list[Problem]:
+        here = f"on host '{host.name}'"
+        have = the_vmk(v, host)
+        if v.device and have is None:
+            has = ", ".join(x.device for x in host.vmks) or "none"
+            return [Problem(("vmkernel", i, "device"),
+                            f"no VMkernel adapter '{v.device}' {here} (has: {has})")]
+        guard = self._management(answers, have)
+        if v.state == "absent":
+            return [Problem(("vmkernel", i, "state"), guard)] if guard else []
+        problems = []
+        other = host.vmk_on(v.portgroup)
+        if host.portgroup(v.portgroup) is None and v.portgroup not in answered:
+            problems.append(Problem(("vmkernel", i, "portgroup"), (
+                f"port group '{v.portgroup}' is neither {here} nor in the answers' portgroups")))
+        elif other is not None and (have is None or other.device != have.device):
+            problems.append(Problem(("vmkernel", i, "portgroup"), (
+                f"port group '{v.portgroup}' {here} already has VMkernel adapter "
+                f"{other.device} (one per port group)")))
+        if guard and have is not None:
+            wanted = vmk_dict(v.spec())
+            for key, moved in (("portgroup", wanted["portgroup"] != have.portgroup),
+                               ("ip", wanted["ip"] != vmk_dict(have)["ip"]),
+                               ("services", "management" not in wanted["services"])):
+                if moved:
+                    problems.append(Problem(("vmkernel", i, key), guard))
+        if isinstance(v.ip, StaticIp):
+            address = str(v.ip.address)
+            for h in inv.hosts:
+                for x in h.vmks:
+                    mine = h.name == host.name and have is not None and x.device == have.device
+                    if x.address == address and not mine:
+                        problems.append(Problem(("vmkernel", i, "ip", "address"), (
+                            f"{address} is already the address of {x.device} on host "
+                            f"'{h.name}'")))
+        return problems
+
+    @staticmethod
+    def _management(answers: VSphereNetworkAnswers, vmk: Vmk | None) -> str:
+        """Why ``vmk`` carries the session's management network ("" when it does not)."""
+        if vmk is None:
+            return ""
+        why = ("it is tagged for the management service" if "management" in vmk.services
+               else f"its address is the server {answers.server}"
+               if vmk.address == answers.server else "")
+        return (f"{vmk.device} carries the management network this session uses ({why}); "
+                "it is never removed, moved, re-addressed or untagged") if why else ""
 
     def _adapter_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
                           hosts: list[Host]) -> list[Problem]:

@@ -45,15 +45,16 @@ def teamed(sim: vcsim.Vcsim) -> dict[str, Any]:
 
 
 @contextmanager
-def networks(sim: vcsim.Vcsim) -> Iterator[dict[str, Any]]:
-    """Each host's ``config.network`` read with plain pyVmomi (a session of its own)."""
+def networks(sim: vcsim.Vcsim, config: bool = False) -> Iterator[dict[str, Any]]:
+    """Each host's ``config.network`` (``config`` with ``config=True``) read with
+    plain pyVmomi (a session of its own)."""
     ctx = ssl.create_default_context(cafile=str(sim.cert))
     si = SmartConnect(host=sim.host, port=sim.port, user=vcsim.USER,
                       pwd=sim.password_file.read_text().strip(), sslContext=ctx)
     try:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
-        yield {h.name: h.config.network for h in view.view}
+        yield {h.name: h.config if config else h.config.network for h in view.view}
     finally:
         Disconnect(si)
 

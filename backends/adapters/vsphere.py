@@ -45,6 +45,8 @@ from backends.interfaces.vsphere import (
     Security,
     Shaping,
     Teaming,
+    Vmk,
+    VmkSpec,
     VSphereConn,
     VSwitch,
     VSwitchSpec,
@@ -57,8 +59,13 @@ WHAT = "vSphere"
 PC = vmodl.query.PropertyCollector
 HOST_PROPS = [
     "name", "parent", "network", "configManager.networkSystem",
-    "config.network.vswitch", "config.network.portgroup", "config.network.pnic",
+    "configManager.virtualNicManager", "config.network.vswitch", "config.network.portgroup",
+    "config.network.pnic", "config.network.vnic", "config.virtualNicManagerInfo.netConfig",
 ]
+# VMkernel services: the answers' words -> the virtual NIC manager's nicType.
+NIC_TYPES = {"management": "management", "vmotion": "vmotion", "vsan": "vsan",
+             "provisioning": "vSphereProvisioning", "ft": "faultToleranceLogging",
+             "replication": "vSphereReplication"}
 VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
 NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
@@ -128,6 +135,7 @@ class VSphereBackend:
         self._calls = 0
         self._hosts: dict[str, Any] = {}  # host name -> HostSystem
         self._netsys: dict[str, Any] = {}  # host name -> HostNetworkSystem
+        self._vnicmgr: dict[str, Any] = {}  # host name -> HostVirtualNicManager
         self._vms: dict[str, Any] = {}  # VM name -> VirtualMachine
         with self._guard("login"):
             try:
@@ -252,6 +260,7 @@ class VSphereBackend:
             if isinstance(obj, vim.HostSystem):
                 self._hosts[p["name"]] = obj
                 self._netsys[p["name"]] = p.get("configManager.networkSystem")
+                self._vnicmgr[p["name"]] = p.get("configManager.virtualNicManager")
                 parent = p.get("parent")
                 cluster = (names.get(parent._moId)
                            if isinstance(parent, vim.ClusterComputeResource) else None)
@@ -328,6 +337,59 @@ class VSphereBackend:
         with self._guard(f"remove port group '{name}' on {host}"):
             self._network_system(host).RemovePortGroup(pgName=name)
 
+    def _vnic_on(self, host: str, portgroup: str) -> Any:
+        """The HostVirtualNic on a standard port group, read fresh."""
+        vnic = next((v for v in self._network_system(host).networkInfo.vnic or ()
+                     if v.portgroup == portgroup), None)
+        if vnic is None:
+            raise BackendError(f"host '{host}' has no VMkernel adapter on '{portgroup}'")
+        return vnic
+
+    def _select(self, host: str, device: str, services: Collection[str], on: bool) -> None:
+        """Select (``on``) or deselect ``device`` for each service."""
+        mgr = self._vnicmgr[host]
+        for word in services:
+            if on:
+                mgr.SelectVnicForNicType(nicType=NIC_TYPES[word], device=device)
+            else:
+                mgr.DeselectVnicForNicType(nicType=NIC_TYPES[word], device=device)
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        """AddVirtualNic, then SelectVnicForNicType per service; a failed selection
+        removes the new adapter again (the change is all or nothing)."""
+        with self._guard(f"create VMkernel adapter on '{spec.portgroup}' of {host}"):
+            ns = self._network_system(host)
+            device = ns.AddVirtualNic(portgroup=spec.portgroup, nic=vnic_spec(spec))
+            try:
+                self._select(host, device, spec.services, on=True)
+            except vmodl.MethodFault:
+                ns.RemoveVirtualNic(device=device)
+                raise
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        """UpdateVirtualNic (port group, IP, MTU), then the service (de)selections
+        that differ from the host's."""
+        with self._guard(f"update VMkernel adapter on '{portgroup}' of {host}"):
+            vnic = self._vnic_on(host, portgroup)
+            had = set(vmk_value(vnic, self._selected(host)).services)
+            self._network_system(host).UpdateVirtualNic(device=vnic.device, nic=vnic_spec(spec))
+            self._select(host, vnic.device, sorted(set(spec.services) - had), on=True)
+            self._select(host, vnic.device, sorted(had - set(spec.services)), on=False)
+
+    def _selected(self, host: str) -> set[str]:
+        """The host's selected ``nicType.vnicKey`` entries, read fresh."""
+        [found] = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=self._hosts[host])],
+            propSet=[PC.PropertySpec(type=vim.HostSystem,
+                                     pathSet=["config.virtualNicManagerInfo.netConfig"])])])
+        return selected_keys(found.propSet[0].val if found.propSet else None)
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        """RemoveVirtualNic (ESXi drops its service selections with it)."""
+        with self._guard(f"remove VMkernel adapter on '{portgroup}' of {host}"):
+            vnic = self._vnic_on(host, portgroup)
+            self._network_system(host).RemoveVirtualNic(device=vnic.device)
+
     def move_adapter(
         self, vm: str, adapter: str, portgroup: str,
         progress: Callable[[float], None] | None = None,
@@ -397,7 +459,34 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
         for pg in p.get("config.network.portgroup") or []
     ]
     pnics = [PhysicalNic(n.device, used.get(n.device)) for n in p.get("config.network.pnic") or []]
-    return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics))
+    selected = selected_keys(p.get("config.virtualNicManagerInfo.netConfig"))
+    vmks = [vmk_value(v, selected) for v in p.get("config.network.vnic") or []]
+    return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics),
+                tuple(vmks))
+
+
+def selected_keys(net_config: Any) -> set[str]:
+    """The ``nicType.vnicKey`` entries selected in a VirtualNicManager netConfig list."""
+    return {key for nc in net_config or () for key in nc.selectedVnic or ()}
+
+
+def vmk_value(vnic: Any, selected: set[str]) -> Vmk:
+    """A HostVirtualNic as :class:`Vmk`, its services from the selected keys."""
+    ip = vnic.spec.ip
+    return Vmk(
+        device=vnic.device, portgroup=vnic.portgroup or vnic.spec.portgroup or "",
+        dhcp=bool(ip.dhcp) if ip else True,
+        address=(ip.ipAddress or None) if ip else None,
+        netmask=(ip.subnetMask or None) if ip else None,
+        mtu=vnic.spec.mtu or 1500,
+        services=tuple(word for word, t in NIC_TYPES.items() if f"{t}.{vnic.key}" in selected))
+
+
+def vnic_spec(spec: VmkSpec) -> Any:
+    """A HostVirtualNicSpec: port group, IPv4 (DHCP or static), MTU."""
+    ip = (vim.host.IpConfig(dhcp=True) if spec.address is None else
+          vim.host.IpConfig(dhcp=False, ipAddress=spec.address, subnetMask=spec.netmask))
+    return vim.host.VirtualNic.Specification(portgroup=spec.portgroup, ip=ip, mtu=spec.mtu)
 
 
 def security_value(sec: Any) -> Security:

@@ -114,15 +114,53 @@ class PortGroup:
     shaping: Shaping = Shaping()
 
 
+# The services a VMkernel adapter can carry, as the answers name them.
+VMK_SERVICES = ("management", "vmotion", "vsan", "provisioning", "ft", "replication")
+
+
+@dataclass(frozen=True)
+class Vmk:
+    """A VMkernel adapter on a standard port group: its IPv4 (``address`` is the
+    current one, DHCP-assigned when ``dhcp``), MTU and services (VMK_SERVICES words)."""
+
+    device: str
+    portgroup: str
+    dhcp: bool
+    address: str | None = None
+    netmask: str | None = None
+    mtu: int = 1500
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VmkSpec:
+    """What a VMkernel adapter should be: ``address``/``netmask`` ``None`` = DHCP."""
+
+    portgroup: str
+    address: str | None = None
+    netmask: str | None = None
+    mtu: int = 1500
+    services: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Host:
-    """An ESXi host with its standard networking."""
+    """An ESXi host with its standard networking and VMkernel adapters."""
 
     name: str
     cluster: str | None
     vswitches: tuple[VSwitch, ...] = ()
     portgroups: tuple[PortGroup, ...] = ()
     pnics: tuple[PhysicalNic, ...] = ()
+    vmks: tuple[Vmk, ...] = ()
+
+    def vmk(self, device: str) -> Vmk | None:
+        """The VMkernel adapter called ``device`` (vmk1), if the host has it."""
+        return next((v for v in self.vmks if v.device == device), None)
+
+    def vmk_on(self, portgroup: str) -> Vmk | None:
+        """The VMkernel adapter on a port group (a standard one has at most one)."""
+        return next((v for v in self.vmks if v.portgroup == portgroup), None)
 
     def vswitch(self, name: str) -> VSwitch | None:
         """The vSwitch called ``name``, if the host has it."""
@@ -239,6 +277,20 @@ class VSphereAPI(Protocol):
 
     def remove_portgroup(self, host: str, name: str) -> None:
         """Remove a port group from ``host``."""
+        ...
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        """Create a VMkernel adapter on a standard port group and select it for its
+        services (all or nothing: the adapter is removed again if a selection fails)."""
+        ...
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        """Change the VMkernel adapter on ``portgroup``: port group (a move), IP,
+        MTU, and its services to exactly ``spec.services``."""
+        ...
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        """Remove the VMkernel adapter on ``portgroup`` (and its service selections)."""
         ...
 
     def move_adapter(

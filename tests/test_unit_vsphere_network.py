@@ -160,3 +160,49 @@ def test_teaming_nics_not_uplinks_are_refused() -> None:
         "vsphere_network.vswitches[0].teaming.standby_nics[0]: 'vmnic0' is not an uplink of "
         "vSwitch 'vSwitch1' in the answers (uplinks: vmnic1)"]
     assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+VMK = {"portgroup": "vMotion", "services": ["vmotion"], "mtu": 9000}
+VMOTION_PG = {"name": "vMotion", "vswitch": "vSwitch0", "vlan": 30}
+
+
+def test_vmkernel_created_after_its_port_group_removed_before_it() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], portgroups=[VMOTION_PG], vmkernel=[VMK])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == ["create esx01: port group vMotion",
+                                               "create esx01: VMkernel adapter on vMotion"]
+    run("apply", answers, fb)
+    vmk = fb.vsphere.hosts["esx01"].vmk_on("vMotion")
+    assert vmk is not None and (vmk.dhcp, vmk.mtu, vmk.services) == (True, 9000, ("vmotion",))
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    gone = section(hosts=["esx01"], portgroups=[{"name": "vMotion", "state": "absent"}],
+                   vmkernel=[{**VMK, "state": "absent"}])
+    assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
+        "delete esx01: VMkernel vmk1", "delete esx01: port group vMotion"]
+
+
+def test_vmkernel_failure_undoes_the_port_group_too() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_vmk", "vMotion"))
+    result = run("apply", section(hosts=["esx01"], portgroups=[VMOTION_PG], vmkernel=[VMK]), fb)
+    assert result.exit_code == EXIT_FAILED
+    assert result.steps[0].notes == ["remains changed: nothing"]
+    assert fb.vsphere.hosts["esx01"].portgroup("vMotion") is None
+
+
+def test_management_vmk_guard_and_address_in_use() -> None:
+    fb = sample_backends()
+    bad = section(vmkernel=[
+        {"portgroup": "Management Network", "state": "absent"},
+        {"host": "esx02", "portgroup": "VM Network",
+         "ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    guard = ("vmk0 carries the management network this session uses (it is tagged for the "
+             "management service); it is never removed, moved, re-addressed or untagged")
+    assert result.steps[0].errors == [
+        f"vsphere_network.vmkernel[0].state: {guard}",
+        "vsphere_network.vmkernel[1].ip.address: 10.0.0.1 is already the address of vmk0 on "
+        "host 'esx01'"]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]

@@ -86,8 +86,10 @@ class TeamingAnswer(StepModel):
         None, description="loadbalance_srcid (port ID), loadbalance_ip (IP hash), "
         "loadbalance_srcmac (MAC hash) or failover_explicit (explicit failover order)")
     active_nics: list[str] | None = Field(
-        None, min_length=1, description="active uplinks in failover order, e.g. [vmnic1]")
-    standby_nics: list[str] | None = Field(None, description="standby uplinks, in order")
+        None, min_length=1, max_length=32,
+        description="active uplinks in failover order, e.g. [vmnic1]")
+    standby_nics: list[str] | None = Field(None, max_length=32,
+                                           description="standby uplinks, in order")
     notify_switches: bool | None = Field(None, description="notify physical switches on failover")
     failback: bool | None = Field(None, description="return to an active NIC once it recovers")
     failure_detection: Literal["link", "beacon"] | None = Field(
@@ -202,9 +204,11 @@ class StaticIp(StepModel):
     @classmethod
     def _mask(cls, value: IPv4Address) -> IPv4Address:
         try:
-            IPv4Network(f"0.0.0.0/{value}")
+            prefix = IPv4Network(f"0.0.0.0/{value}").prefixlen
         except ValueError:
-            raise ValueError(f"'{value}' is not a netmask (e.g. 255.255.255.0)") from None
+            prefix = 0
+        if prefix == 0:
+            raise ValueError(f"'{value}' is not a netmask (e.g. 255.255.255.0)")
         return value
 
 
@@ -219,7 +223,7 @@ Service = Literal["management", "vmotion", "vsan", "provisioning", "ft", "replic
 class VmkAnswer(StepModel):
     """One VMkernel adapter, identified by its port group (or by ``device`` to move it)."""
 
-    host: str | None = Field(None, min_length=1,
+    host: str | None = Field(None, min_length=1, max_length=255,
                              description="the host (required for a static IP); "
                              "unset = every selected host")
     device: str | None = Field(None, pattern=r"^vmk\d{1,3}$",
@@ -228,7 +232,7 @@ class VmkAnswer(StepModel):
     ip: IpAnswer = Field("dhcp", description="dhcp or {address, netmask}")
     mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
     services: list[Service] = Field(
-        default_factory=list,
+        default_factory=list, max_length=6,
         description="management, vmotion, vsan, provisioning, ft, replication")
     state: State = Field("present", description="present, or absent to remove it")
 
@@ -243,7 +247,8 @@ class VmkAnswer(StepModel):
         """What the adapter should be."""
         ip = self.ip if isinstance(self.ip, StaticIp) else None
         return VmkSpec(self.portgroup, str(ip.address) if ip else None,
-                       str(ip.netmask) if ip else None, self.mtu, tuple(sorted(self.services)))
+                       str(ip.netmask) if ip else None, self.mtu,
+                       tuple(sorted(set(self.services))))
 
 
 class VSphereNetworkAnswers(StepModel):

@@ -206,3 +206,12 @@ def test_management_vmk_guard_and_address_in_use() -> None:
         "vsphere_network.vmkernel[1].ip.address: 10.0.0.1 is already the address of vmk0 on "
         "host 'esx01'"]
     assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_a_service_listed_twice_is_one_selection_and_replans_clean() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], portgroups=[VMOTION_PG],
+                      vmkernel=[{**VMK, "services": ["vmotion", "vmotion"]}])
+    run("apply", answers, fb)
+    assert fb.vsphere.hosts["esx01"].vmk_on("vMotion").services == ("vmotion",)
+    assert run("plan", answers, fb).exit_code == EXIT_OK

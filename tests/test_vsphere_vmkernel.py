@@ -163,6 +163,8 @@ def test_vmkernel_validation_against_the_hosts(vs_start: Start) -> None:
 @pytest.mark.parametrize("bad, path, words", [
     ({"ip": {"address": "10.0.0.1", "netmask": "255.0.255.0"}, "host": "h"},
      "vmkernel[0].ip.netmask", "not a netmask"),
+    ({"ip": {"address": "10.0.0.1", "netmask": "0.0.0.0"}, "host": "h"},
+     "vmkernel[0].ip.netmask", "not a netmask"),
     ({"ip": {"address": "10.0.0.300", "netmask": "255.255.255.0"}, "host": "h"},
      "vmkernel[0].ip.address", "IPv4"),
     ({"ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}, "vmkernel[0]",

@@ -28,8 +28,11 @@ from backends.interfaces.vsphere import (
     PortGroup,
     PortGroupSpec,
     Security,
+    Vmk,
+    VmkSpec,
     VSwitch,
     VSwitchSpec,
+    overlay,
 )
 
 # -- D-Bus -------------------------------------------------------------------
@@ -282,15 +285,20 @@ class FakeVSphere:
         h = self._host(host)
         if h.vswitch(spec.name):
             raise BackendError(f"vSwitch '{spec.name}' already exists")
-        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics)
+        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics, (),
+                      spec.security, spec.teaming, spec.shaping)
         self._set_switches(h, [*h.vswitches, new], list(h.portgroups))
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
         self._call("update_vswitch", name, host)
         h = self._host(host)
-        self._set_switches(h, [replace(v, num_ports=spec.num_ports, mtu=spec.mtu,
-                                       nics=spec.nics) if v.name == name else v
-                               for v in h.vswitches], list(h.portgroups))
+        # As the adapter: policy fields the spec leaves unset keep their value.
+        self._set_switches(h, [replace(
+            v, num_ports=spec.num_ports, mtu=spec.mtu, nics=spec.nics,
+            security=overlay(v.security, spec.security),
+            teaming=overlay(v.teaming, spec.teaming),
+            shaping=overlay(v.shaping, spec.shaping)) if v.name == name else v
+            for v in h.vswitches], list(h.portgroups))
 
     def remove_vswitch(self, host: str, name: str) -> None:
         self._call("remove_vswitch", name, host)
@@ -298,29 +306,63 @@ class FakeVSphere:
         self._set_switches(h, [v for v in h.vswitches if v.name != name],
                            [p for p in h.portgroups if p.vswitch != name])
 
-    def _portgroup(self, spec: PortGroupSpec) -> PortGroup:
-        # Unset security fields read back as the vSwitch's (here: all off).
+    def _portgroup(self, h: Host, spec: PortGroupSpec) -> PortGroup:
+        # Unset security fields read back as the vSwitch's (here: all off), unset
+        # teaming and shaping fields as the vSwitch's.
         sec = Security(*(bool(getattr(spec.security, k)) for k in
                          ("allow_promiscuous", "forged_transmits", "mac_changes")))
-        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec)
+        vs = h.vswitch(spec.vswitch) or VSwitch(spec.vswitch, 0, 0)
+        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec,
+                         overlay(vs.teaming, spec.teaming), overlay(vs.shaping, spec.shaping))
 
     def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
         self._call("add_portgroup", spec.name, host)
         h = self._host(host)
         if h.portgroup(spec.name) or not h.vswitch(spec.vswitch):
             raise BackendError(f"cannot add port group '{spec.name}'")
-        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(spec)])
+        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(h, spec)])
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
         self._call("update_portgroup", name, host)
         h = self._host(host)
-        self._set_switches(h, list(h.vswitches), [self._portgroup(spec) if p.name == name else p
-                                                  for p in h.portgroups])
+        self._set_switches(h, list(h.vswitches), [replace(
+            p, name=spec.name, vswitch=spec.vswitch, vlan=spec.vlan,
+            security=overlay(p.security, spec.security),
+            teaming=overlay(p.teaming, spec.teaming),
+            shaping=overlay(p.shaping, spec.shaping)) if p.name == name else p
+            for p in h.portgroups])
 
     def remove_portgroup(self, host: str, name: str) -> None:
         self._call("remove_portgroup", name, host)
         h = self._host(host)
         self._set_switches(h, list(h.vswitches), [p for p in h.portgroups if p.name != name])
+
+    def _set_vmks(self, h: Host, vmks: list[Vmk]) -> None:
+        self.hosts[h.name] = replace(h, vmks=tuple(vmks))
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        self._call("add_vmk", spec.portgroup, host)
+        h = self._host(host)
+        if h.vmk_on(spec.portgroup) or not h.portgroup(spec.portgroup):
+            raise BackendError(f"cannot add a VMkernel adapter on '{spec.portgroup}'")
+        device = next(f"vmk{n}" for n in range(len(h.vmks) + 1) if not h.vmk(f"vmk{n}"))
+        self._set_vmks(h, [*h.vmks, self._vmk(device, spec)])
+
+    @staticmethod
+    def _vmk(device: str, spec: VmkSpec) -> Vmk:
+        return Vmk(device, spec.portgroup, spec.address is None, spec.address, spec.netmask,
+                   spec.mtu, spec.services)
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        self._call("update_vmk", portgroup, host)
+        h = self._host(host)
+        self._set_vmks(h, [self._vmk(v.device, spec) if v.portgroup == portgroup else v
+                           for v in h.vmks])
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        self._call("remove_vmk", portgroup, host)
+        h = self._host(host)
+        self._set_vmks(h, [v for v in h.vmks if v.portgroup != portgroup])
 
     def move_adapter(self, vm: str, adapter: str, portgroup: str,
                      progress: Callable[[float], None] | None = None) -> None:
@@ -500,7 +542,8 @@ def sample_backends() -> FakeBackends:
 
     Units of a host with Open vSwitch and libvirt installed but stopped;
     bridge br0 with vnet0, vnet1 and mon0; a vCenter cluster Cluster1 of two
-    hosts with a free vmnic1 and VM sensor01; domains vm1 (running) and vm2.
+    hosts with a free vmnic1, vmk0 (management) and VM sensor01; domains vm1
+    (running) and vm2.
     """
     fb = FakeBackends()
     fb.systems["dbus"] = FakeDBus(units={
@@ -510,13 +553,16 @@ def sample_backends() -> FakeBackends:
         bus={"org.freedesktop.NetworkManager": ["/org/freedesktop/NetworkManager"]})
     ovs = fb.systems["ovsdb"] = FakeOvsdb()
     ovs.add_bridge("br0", "vnet0", "vnet1", "mon0")
-    default = VSwitch("vSwitch0", 128, 1500, ("vmnic0",), ("VM Network",))
+    default = VSwitch("vSwitch0", 128, 1500, ("vmnic0",), ("VM Network", "Management Network"))
+    off = Security(False, False, False)
     fb.systems["vsphere"] = FakeVSphere(
         hosts={h: Host(h, "Cluster1", (default,),
-                       (PortGroup("VM Network", "vSwitch0", 0,
-                                  Security(False, False, False)),),
-                       (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")))
-               for h in ("esx01", "esx02")},
+                       (PortGroup("VM Network", "vSwitch0", 0, off),
+                        PortGroup("Management Network", "vSwitch0", 0, off)),
+                       (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")),
+                       (Vmk("vmk0", "Management Network", False, f"10.0.0.{n}",
+                            "255.255.255.0", 1500, ("management",)),))
+               for n, h in enumerate(("esx01", "esx02"), 1)},
         vms={"sensor01": VM("sensor01", "esx01", (
             Adapter("Network adapter 1", 4000, "VM Network"),
             Adapter("Network adapter 2", 4001, "VM Network")))})

@@ -69,6 +69,18 @@ def main() -> None:
                 timed(f"apply ({len(changes)} changes)", step.apply, answers, changes, ctx)
                 left = timed("plan again", step.plan, answers, ctx)
                 assert not left, left
+                # Two per-guest devices on every domain (names rendered per guest).
+                base = {k: v for k, v in answers.model_dump().items()
+                        if k not in ("name", "size", "model", "backing", "per_domain", "keep",
+                                     "serve", "server", "vectors", "role", "address")}
+                two = IvshmemAnswers(**{**base, "devices": [
+                    {"name": "hsb-a-{domain}", "per_domain": True, "size": 1},
+                    {"name": "hsb-b-{uuid}", "per_domain": True, "size": 2}]})
+                changes = timed(f"plan, 2 per-guest devices ({n} domains)", step.plan, two,
+                                ctx)
+                timed(f"apply ({len(changes)} changes)", step.apply, two, changes, ctx)
+                left = timed("plan again", step.plan, two, ctx)
+                assert not left, left
             finally:
                 backends.close()
             hook = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"], "qemu.d", "hostsetup-ivshmem")

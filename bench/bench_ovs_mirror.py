@@ -6,7 +6,11 @@ datapath) with 500 internal ports on br0, then for each size N:
     ovs-vswitchd), counting the transactions the backend sent;
   - the same N mirrors made with one ``ovs-vsctl`` call per mirror (each
     waits for ovs-vswitchd, as ovs-vsctl does by default);
-and prints wall times and their ratio.  Run: .venv/bin/python bench/bench_ovs_mirror.py
+and prints wall times and their ratio.  Then it builds a whole network from
+nothing: 50 bridges, 500 ports (450 internal, 50 GRE tunnels to the sandbox's
+analyser) and 100 mirrors (half of them into a tunnel), once through the step
+(ONE transaction) and once with one ``ovs-vsctl`` per object (650 calls).
+Run: .venv/bin/python bench/bench_ovs_mirror.py
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from steps.ovs_mirror import MANAGED, OvsMirrorStep  # noqa: E402
 
 PORTS = 500
 SIZES = (1, 10, 100)
+# The network built from nothing: per bridge, 9 internal ports and 1 tunnel,
+# and 2 mirrors (one to the tunnel, one to an internal port).
+BRIDGES, PER_BRIDGE = 50, 10
 
 
 def vsctl(sb: Sandbox, *args: str) -> None:
@@ -75,6 +82,64 @@ def with_vsctl(sb: Sandbox, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def network(remote: str) -> dict[str, list[dict[str, object]]]:
+    """The answers of the network built from nothing."""
+    bridges, ports, mirrors = [], [], []
+    for b in range(BRIDGES):
+        br = f"nb{b}"
+        bridges.append({"name": br, "datapath_type": "netdev"})
+        ports += [{"name": f"n{b}p{i}", "bridge": br, "type": "internal", "tag": 10 + i}
+                  for i in range(PER_BRIDGE - 1)]
+        ports.append({"name": f"n{b}t", "bridge": br, "type": "gre", "remote_ip": remote,
+                      "key": b})
+        mirrors += [{"name": f"n{b}m0", "bridge": br, "select_src_port": [f"n{b}p0"],
+                     "output_port": f"n{b}t"},
+                    {"name": f"n{b}m1", "bridge": br, "select_dst_port": [f"n{b}p1"],
+                     "output_port": f"n{b}p2"}]
+    return {"bridges": bridges, "ports": ports, "mirrors": mirrors}
+
+
+def build_with_step(sb: Sandbox, net: dict[str, list[dict[str, object]]]) -> tuple[float, int]:
+    """Seconds for plan+apply of the whole network through the step, transactions used."""
+    step = OvsMirrorStep()
+    answers = step.Answers.model_validate({"db": sb.env["HOSTSETUP_OVSDB"], "timeout": 300,
+                                           "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"], **net})
+    backends = RealBackends()
+    try:
+        ctx = Context(backends=backends)
+        ovsdb = backends.ovsdb(answers.db)
+        before = ovsdb.transactions
+        t0 = time.perf_counter()
+        step.apply(answers, step.plan(answers, ctx), ctx)
+        return time.perf_counter() - t0, ovsdb.transactions - before
+    finally:
+        backends.close()
+
+
+def build_with_vsctl(sb: Sandbox, net: dict[str, list[dict[str, object]]]) -> tuple[float, int]:
+    """Seconds for the same network with one ovs-vsctl call per object, and the calls."""
+    calls = []
+    for b in net["bridges"]:
+        calls.append(["add-br", str(b["name"]), "--", "set", "Bridge", str(b["name"]),
+                      "datapath_type=netdev"])
+    for p in net["ports"]:
+        iface = [f"type={p['type']}"] + ([f"options:remote_ip={p['remote_ip']}",
+                                          f"options:key={p['key']}"] if "key" in p else [])
+        tag = [f"tag={p['tag']}"] if "tag" in p else []
+        calls.append(["add-port", str(p["bridge"]), str(p["name"]), *tag, "--", "set",
+                      "Interface", str(p["name"]), *iface])
+    for m in net["mirrors"]:
+        sel = "select_src_port" if "select_src_port" in m else "select_dst_port"
+        calls.append(["--", "--id=@s", "get", "Port", str(m[sel][0]),  # type: ignore[index]
+                      "--", "--id=@o", "get", "Port", str(m["output_port"]), "--", "--id=@m",
+                      "create", "Mirror", f"name={m['name']}", f"{sel}=@s", "output_port=@o",
+                      "--", "add", "Bridge", str(m["bridge"]), "mirrors", "@m"])
+    t0 = time.perf_counter()
+    for call in calls:
+        vsctl(sb, *call)
+    return time.perf_counter() - t0, len(calls)
+
+
 def main() -> None:
     """Start the switch, add the ports, measure each size, stop everything."""
     with tempfile.TemporaryDirectory(prefix="bench-ovs-") as tmp:
@@ -99,6 +164,15 @@ def main() -> None:
                 vsctl_s = with_vsctl(sb, n)
                 print(f"{n:>8} {txns:>5} {step_s * 1000:>9.1f}ms {vsctl_s * 1000:>11.1f}ms "
                       f"{vsctl_s / step_s:>6.1f}x")
+            vsctl(sb, "clear", "Bridge", "br0", "mirrors")
+            net = network(sb.env["HOSTSETUP_OVS_ANALYSER_IP"])
+            step_s, txns = build_with_step(sb, net)
+            vsctl(sb, *[a for b in net["bridges"] for a in ("--", "del-br", str(b["name"]))])
+            vsctl_s, calls = build_with_vsctl(sb, net)
+            print(f"from nothing: {BRIDGES} bridges, {len(net['ports'])} ports "
+                  f"({BRIDGES} GRE tunnels), {len(net['mirrors'])} mirrors")
+            print(f"  step: {txns} transaction(s), {step_s:.2f}s; ovs-vsctl: {calls} calls "
+                  f"(one per object), {vsctl_s:.2f}s; ratio {vsctl_s / step_s:.1f}x")
         finally:
             manage.down(d)
 

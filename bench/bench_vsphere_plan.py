@@ -5,7 +5,8 @@ plan as the runner does, and prints SOAP round trips and wall time.  The round
 trips must be the same for every inventory (bulk PropertyCollector retrieval);
 the script exits 1 if they are not.  Target: the plan at 10,000 VMs takes at
 most 3x the plan at 10 VMs (every VM's name is read, devices only of the VMs
-the answers name).
+the answers name).  The answers include a teamed vSwitch and VMkernel
+adapters (read in the same bulk retrieval as the rest of the hosts' networking).
 
     .venv/bin/python bench/bench_vsphere_plan.py
 """
@@ -41,6 +42,14 @@ def measure(sb: Sandbox, vms: int) -> tuple[int, float, int]:
     """Round trips of one plan, best wall time of REPEAT plans, number of changes."""
     sim = vcsim.start(sb, model="vcenter", hosts=HOSTS, vms=vms, name=f"vcsim{vms}")
     section = vcsim.answers(sim)
+    section["vswitches"][0].update(nics=["vmnic1", "vmnic2"], teaming={
+        "load_balancing": "failover_explicit", "active_nics": ["vmnic1"],
+        "standby_nics": ["vmnic2"]})
+    section["portgroups"].append({"name": "vMotion", "vswitch": "vSwitch1", "vlan": 30})
+    section["vmkernel"] = [
+        {"portgroup": "vMotion", "mtu": 9000, "services": ["vmotion"]},
+        *({"host": h, "portgroup": "Management Network", "services": ["management"]}
+          for h in sim.hosts)]
     answers = VSphereNetworkAnswers.model_validate(section)
     step = VSphereNetworkStep()
     backends = RealBackends()

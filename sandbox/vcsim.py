@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -41,17 +40,21 @@ def cache_dir() -> Path:
 
 
 def build() -> Path:
-    """Build the simulator unless built from this very source; returns the binary."""
+    """Build the simulator unless a binary of this very source is cached; returns it.
+
+    The binary is named by its source's digest, so checkouts with different
+    sources (branches, worktrees) never run each other's simulator."""
+    import hashlib
+
     cache = cache_dir()
-    # Named by the source's digest: checkouts with another main.go (other branches,
-    # other worktrees) share the cache without running each other's simulator.
-    binary = cache / f"vcsim-{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]}"
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    binary = cache / f"vcsim-{digest}"
     # Several sandboxes may start at once: one builds, the others wait and reuse.
     with open(cache / "vcsim.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists():
             return binary
-        tmp = cache / f"{binary.name}.new"
+        tmp = cache / f"vcsim-{digest}.new"
         env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off",
                "GOCACHE": str(cache / "go-build"), "GOFLAGS": ""}
         res = subprocess.run(

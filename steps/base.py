@@ -173,9 +173,8 @@ class Change:
 
     target: str
     # "run": a command of the answers' early/late/error_commands (wizard/commands.py).
-    action: Literal[
-        "create", "update", "delete", "start", "restart", "install", "enable", "reload", "run"
-    ]
+    action: Literal["create", "update", "delete", "start", "restart", "install", "run",
+                    "stop", "enable", "disable", "mask", "hot-plug"]
     before: Any = None
     after: Any = None
     detail: str = ""

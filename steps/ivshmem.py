@@ -1,20 +1,32 @@
-"""Step ``ivshmem``: give VMs an ivshmem shared-memory device, through libvirt.
+"""Step ``ivshmem``: give VMs ivshmem shared-memory devices, through libvirt.
 
-Two methods put the device on the chosen domains:
+One device (top-level keys) or several (``devices``), each shared by the
+chosen guests or one object per guest (``per_domain``: ``{domain}``/``{uuid}``
+in the name), in ``/dev/shm`` or on a hugetlbfs mount.  Four methods put them
+on the chosen domains:
 
-- ``definition``: a ``<shmem>`` device in each domain's persistent
-  definition (running domains get it at their next start);
+- ``definition``: ``<shmem>`` devices in each domain's persistent definition
+  (running domains get them at their next start, or now with ``live``:
+  libvirt's attach with the live and config flags);
 - ``qemu-wrapper``: a wrapper emulator next to the real one appends the
-  memory backend and the device to QEMU's command line, and the domains'
-  ``<emulator>`` points at it (for managers that regenerate definitions).
+  memory backends and devices to QEMU's command line, and the domains'
+  ``<emulator>`` points at it (for managers that regenerate definitions);
+- ``commandline``: ``<qemu:commandline>`` passthrough arguments in each
+  definition (for managers that keep the XML);
+- ``emulator-swap``: the emulator binary itself is replaced by a wrapper and
+  the real one diverted with ``dpkg-divert`` (for managers that regenerate
+  the whole XML, naming the stock emulator).
 
-Both install a libvirt QEMU hook (``steps/data/ivshmem_hook.py``, a
-standalone script) configured by a JSON file next to it: it adds the device
-to incoming migrations and restores, checks it at ``prepare begin`` (warn or
-refuse), and prepares ``/dev/shm/<name>`` (size, owner, mode).  The hook goes
-into ``qemu.d/`` (libvirt >= 6.5), or else becomes ``qemu`` and runs the
-script it replaces first (chained).  libvirtd reads new hooks when it starts:
-the step restarts it over D-Bus when answered so, or says it must be done.
+Switching method, or ``state: absent``, removes what the others installed.
+All install a libvirt QEMU hook (``steps/data/ivshmem_hook.py``, a
+standalone script) configured by a JSON file next to it: it adds the devices
+to incoming migrations and restores, checks them at ``prepare begin`` (warn or
+refuse), and makes each object (size, owner, mode).  The hook goes into
+``qemu.d/`` (libvirt >= 6.5), or else becomes ``qemu`` and runs the script it
+replaces first (chained).  libvirtd reads new hooks when it starts: the step
+restarts it over D-Bus when answered so, or says it must be done.  A doorbell
+device with ``serve`` gets its ivshmem server (``steps/data/ivshmem_server.py``)
+as a systemd unit, enabled and started over D-Bus.
 """
 
 from __future__ import annotations
@@ -46,27 +58,43 @@ from steps.validators import DbusAddress, LibvirtUri, repeated
 DEFAULT_URI = "qemu:///system"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SOURCE = Path(__file__).parent / "data" / "ivshmem_hook.py"
+SERVER_SOURCE = Path(__file__).parent / "data" / "ivshmem_server.py"
 HOOK_MARKER = b"hostsetup-ivshmem-hook"
+WRAPPER_MARKER = b"hostsetup-ivshmem-wrapper"
 HOOK_NAME = "hostsetup-ivshmem"
 CONFIG_NAME = ivshmem_hook.CONFIG_NAME
+SHM_DIR = ivshmem_hook.SHM_DIR
 CHAINED_NAME = ivshmem_hook.CHAINED_NAME
 HOOK_LOG = ivshmem_hook.DEFAULT_LOG
+IVSHMEM_PCI_ID = "1af4:1110"  # vendor:device of ivshmem (plain and doorbell)
+HOTPLUG_SINCE = (3, 0, 0)  # libvirt hot-plugs <shmem> (ivshmem-plain/-doorbell) since 3.0
+LIVE = "into running "  # target prefix of a hot-plug change: "into running vm1"
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+REAL_SUFFIX = ".hostsetup-real"  # emulator-swap: where dpkg diverts the real emulator
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
-# QEMU ids of what the wrapper adds (libvirt's own ids look like "shmem0").
-QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 
 
-class IvshmemAnswers(StepModel):
-    """Answers of the ``ivshmem`` step."""
+PLACEHOLDERS = ("{domain}", "{uuid}")
+# The keys of one device: at the top level (one device) or in each entry of 'devices'.
+DEVICE_KEYS = ("name", "size", "model", "server", "vectors", "role", "address", "backing",
+               "per_domain", "keep", "serve")
 
-    uri: LibvirtUri = Field(DEFAULT_URI, description="libvirt connection URI")
-    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+
+def render(template: str, domain: Domain) -> str:
+    """A device name for one guest: ``{domain}`` and ``{uuid}`` replaced."""
+    return template.replace("{domain}", domain.name).replace("{uuid}", domain.uuid)
+
+
+class DeviceKeys(StepModel):
+    """What makes one ivshmem device (shared by the top level and ``devices`` entries)."""
+
     name: str = Field(
         "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
-        "digits, '_', '.', '-'; at most 64 characters")
+        "digits, '_', '.', '-'; at most 64 characters. With per_domain: a template with "
+        "{domain} and/or {uuid}, e.g. fg_{uuid}")
     size: int | None = Field(
         4, description="size in MiB, a power of two (model plain). "
         "Not used with doorbell: the ivshmem server sets the size")
@@ -80,11 +108,133 @@ class IvshmemAnswers(StepModel):
         "master: the guest's copy of the memory migrates with it (one master per object)")
     address: str | None = Field(
         None, description="guest PCI address, e.g. 0000:00:0a.0 (default: chosen by libvirt)")
+    backing: Literal["shm", "hugepages"] = Field(
+        "shm", description="shm: a file in /dev/shm; hugepages: a file on the hugetlbfs "
+        "mount 'hugetlbfs' (methods commandline, qemu-wrapper, emulator-swap)")
+    per_domain: bool = Field(
+        False, description="true: one object per guest, the name templated with {domain} "
+        "and/or {uuid}; false: every chosen guest maps the same object")
+    keep: bool = Field(
+        False, description="per_domain: keep a guest's object when the guest is undefined "
+        "(default: the next run removes it)")
+    serve: bool = Field(
+        False, description="doorbell: run the ivshmem server on 'server' as a systemd unit "
+        "(hostsetup-ivshmem-<name>.service, started and enabled); 'size' is its memory")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        # Each placeholder counts as one character here; the rendered names are
+        # checked against the real domains (validate).
+        plain = name.replace("{domain}", "x").replace("{uuid}", "x")
+        if not NAME_PATTERN.match(plain):
+            raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
+                             "'_', '.', '-'; starting with a letter or digit; at most 64; "
+                             "placeholders {domain} and {uuid} only with per_domain)")
+        return name
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: int | None) -> int | None:
+        if size is not None and (size < 1 or size & (size - 1) or size > 65536):
+            raise ValueError(f"{size} MiB is not a power of two between 1 and 65536")
+        return size
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, text: str | None) -> str | None:
+        return None if text is None else str(PciAddress.parse(text))
+
+    @model_validator(mode="after")
+    def _device_keys(self) -> DeviceKeys:
+        templated = any(p in self.name for p in PLACEHOLDERS)
+        if self.per_domain and not templated:
+            raise ValueError(f"name '{self.name}' needs {{domain}} or {{uuid}} with "
+                             "per_domain: true (each guest gets its own object)")
+        if templated and not self.per_domain:
+            raise ValueError(f"name '{self.name}' has a placeholder: set per_domain: true, "
+                             "or use a fixed name")
+        if self.model == "doorbell":
+            if "size" not in self.model_fields_set:
+                self.size = None  # the default is plain's; the server sets it
+            if not self.server:
+                raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
+            if not re.fullmatch(r"/[A-Za-z0-9_./-]+", self.server):
+                raise ValueError(f"server path '{self.server}' must be absolute, of letters, "
+                                 "digits, '_', '.', '-' and '/'")
+            if self.serve:
+                self.size = self.size or 4  # the memory of the server hostsetup runs
+                if self.per_domain:
+                    raise ValueError("serve: one server per device; per_domain is not "
+                                     "supported with it")
+            elif self.size is not None:
+                raise ValueError("'size' is set by the ivshmem server with model doorbell; "
+                                 "leave it out (or serve: true)")
+        elif self.server is not None or self.vectors is not None or self.serve:
+            raise ValueError("'server', 'vectors' and 'serve' are only used with model "
+                             "doorbell")
+        return self
+
+    def shmem(self, domain: Domain | None = None) -> Shmem:
+        """The device for one guest (``domain`` renders a per-guest name)."""
+        name = render(self.name, domain) if domain is not None else self.name
+        address = PciAddress.parse(self.address) if self.address else None
+        if self.model == "doorbell":  # the server's size is not the device's
+            return Shmem(name, "ivshmem-doorbell", None, self.server, self.vectors or 1,
+                         address, self.role)
+        return Shmem(name, "ivshmem-plain", self.size or 4, address=address, role=self.role)
+
+
+class DeviceAnswers(DeviceKeys):
+    """One entry of ``ivshmem.devices``."""
+
+    name: str = Field(..., description=DeviceKeys.model_fields["name"].description)
+
+
+class Connection(StepModel):
+    """Where libvirt and its hooks are (first in the answers section)."""
+
+    uri: LibvirtUri = Field(DEFAULT_URI, description="libvirt connection URI")
+    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+
+
+class IvshmemAnswers(DeviceKeys, Connection):
+    """Answers of the ``ivshmem`` step (one device at the top level, or ``devices``)."""
+    devices: list[DeviceAnswers] | None = Field(
+        None, description="several devices per guest (instead of the top-level name, size, "
+        "model, ...): each with name, size, model, role, address, per_domain, ...")
     domains: Literal["all"] | list[str] = Field(
         "all", description="'all' (every persistent domain) or a list of domain names")
-    method: Literal["definition", "qemu-wrapper"] = Field(
+    method: Literal["definition", "qemu-wrapper", "commandline", "emulator-swap"] = Field(
         "definition", description="definition: <shmem> in the domain definitions; "
-        "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line")
+        "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line; "
+        "commandline: <qemu:commandline> arguments in the definitions; emulator-swap: "
+        "the emulator binary itself is replaced by a wrapper (dpkg-divert), for managers "
+        "that regenerate the XML at each start. Switching method removes what the "
+        "previous one installed")
+    state: Literal["present", "absent"] = Field(
+        "present", description="absent: remove what this step installed (devices, "
+        "command-line arguments, wrappers, the emulator swap, the hook)")
+    emulator: str = Field(
+        DEFAULT_EMULATOR, description="emulator-swap: the emulator binary to replace (the "
+        "chosen domains' <emulator>)")
+    dpkg_admindir: str = Field(
+        "/var/lib/dpkg", description="emulator-swap: dpkg's database, where the diversion "
+        "is recorded (another one only for tests)")
+    server_bin: str = Field(
+        "/usr/local/libexec/hostsetup-ivshmem-server", description="serve: where the "
+        "ivshmem server (Python standard library) is installed")
+    units_dir: str = Field(
+        "/etc/systemd/system", description="serve: where the server's unit file goes")
+    hugetlbfs: str = Field(
+        "/dev/hugepages", description="backing hugepages: the hugetlbfs mount the objects "
+        "go on (enough free huge pages are checked)")
+    live: bool = Field(
+        False, description="definition: hot-plug the devices into running guests now "
+        "(libvirt attach, live and config) instead of at their next start")
+    live_fallback: bool = Field(
+        False, description="live: when the hypervisor cannot hot-plug a device, change the "
+        "definition only (the device comes at the next start) instead of failing")
     wrapper_dir: str | None = Field(
         None, description="qemu-wrapper: directory of the wrapper (default: the real emulator's)")
     enforce: Literal["warn", "refuse"] = Field(
@@ -104,32 +254,12 @@ class IvshmemAnswers(StepModel):
     bus: DbusAddress = Field("system", description="D-Bus for the restart: 'system' or an address")
     timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for the restart")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f"'{name}' is not a valid shared-memory name (letters, digits, "
-                             "'_', '.', '-'; starting with a letter or digit; at most 64)")
-        return name
-
     @field_validator("hook_log")
     @classmethod
     def _hook_log(cls, path: str) -> str:
         if not posixpath.isabs(path):
             raise ValueError(f"'{path}' is not an absolute path")
         return path
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, size: int | None) -> int | None:
-        if size is not None and (size < 1 or size & (size - 1) or size > 65536):
-            raise ValueError(f"{size} MiB is not a power of two between 1 and 65536")
-        return size
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, text: str | None) -> str | None:
-        return None if text is None else str(PciAddress.parse(text))
 
     @field_validator("domains", mode="before")
     @classmethod
@@ -163,37 +293,81 @@ class IvshmemAnswers(StepModel):
         return owner
 
     @model_validator(mode="after")
-    def _model_keys(self) -> IvshmemAnswers:
-        if self.model == "doorbell":
-            if "size" not in self.model_fields_set:
-                self.size = None  # the default is plain's; the server sets it
-            if not self.server:
-                raise ValueError("model doorbell needs 'server' (the ivshmem server's socket)")
-            if "," in self.server:
-                raise ValueError(f"server path '{self.server}' must not contain ','")
-            if self.size is not None:
-                raise ValueError("'size' is set by the ivshmem server with model doorbell; "
-                                 "leave it out")
-        elif self.server is not None or self.vectors is not None:
-            raise ValueError("'server' and 'vectors' are only used with model doorbell")
+    def _devices(self) -> IvshmemAnswers:
+        if self.method == "qemu-wrapper" and any(d.per_domain for d in self.device_list()):
+            raise ValueError("per_domain devices need method definition (the qemu-wrapper "
+                             "method gives every guest of an emulator the same command line)")
+        for key in ("emulator", "dpkg_admindir", "hugetlbfs", "server_bin", "units_dir"):
+            if not posixpath.isabs(getattr(self, key)):
+                raise ValueError(f"{key} '{getattr(self, key)}' is not an absolute path")
+        if self.method == "definition" and any(d.backing == "hugepages"
+                                               for d in self.device_list()):
+            raise ValueError("backing hugepages needs method commandline, qemu-wrapper or "
+                             "emulator-swap (libvirt's <shmem> maps /dev/shm only)")
+        if self.live and self.method != "definition":
+            raise ValueError("live: true needs method definition (a command-line device "
+                             "cannot be hot-plugged by libvirt)")
+        if self.devices is None:
+            return self
+        both = [k for k in DEVICE_KEYS if k in self.model_fields_set]
+        if both:
+            raise ValueError(f"give {', '.join(both)} in each entry of 'devices', not at the "
+                             "top level as well")
+        if not self.devices:
+            raise ValueError("'devices' lists no device (leave it out for one device)")
+        for what, values in (("names", [d.name for d in self.devices]),
+                             ("PCI addresses", [d.address for d in self.devices if d.address])):
+            dups = repeated(values)
+            if dups:
+                raise ValueError(f"devices with the same {what}: {', '.join(dups)}")
         return self
 
-    def shmem(self) -> Shmem:
-        """The device these answers ask for."""
-        address = PciAddress.parse(self.address) if self.address else None
-        if self.model == "doorbell":
-            return Shmem(self.name, "ivshmem-doorbell", None, self.server, self.vectors or 1,
-                         address, self.role)
-        return Shmem(self.name, "ivshmem-plain", self.size or 4, address=address,
-                     role=self.role)
+    def device_list(self) -> list[DeviceKeys]:
+        """The devices asked for: ``devices``, or the top-level keys as one device."""
+        return list(self.devices) if self.devices is not None else [self]
+
+    def shmem(self, domain: Domain | None = None) -> Shmem:
+        """The first device (the only one without ``devices``)."""
+        return DeviceKeys.shmem(self.device_list()[0], domain)
+
+    def shmems(self, domain: Domain | None = None) -> list[Shmem]:
+        """Every device, for one guest when ``domain`` is given."""
+        return [DeviceKeys.shmem(d, domain) for d in self.device_list()]
+
+    def directory(self, device: DeviceKeys) -> str:
+        """Where the device's object is: /dev/shm, or the hugetlbfs mount."""
+        return self.hugetlbfs if device.backing == "hugepages" else SHM_DIR
+
+    def device_args(self, domain: Domain | None = None) -> list[str]:
+        """QEMU arguments that add every device (for one guest: names rendered)."""
+        return [a for i, d in enumerate(self.device_list())
+                for a in ivshmem_hook.qemu_args(_device_config(self, d, domain), i)]
+
+    def keeps(self, method: str) -> bool:
+        """True when what ``method`` installs stays (chosen, and state present)."""
+        return self.state == "present" and self.method == method
 
 
 File = tuple[bytes, int, str]  # content, mode, what it is
 # Answers key -> key in the hook configuration (hook_config), for current().
-CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib", "server": "server",
-               "vectors": "vectors", "role": "role", "domains": "domains",
-               "method": "method", "enforce": "enforce", "owner": "owner", "mode": "mode",
-               "hook_log": "log"}
+DEVICE_CONFIG_KEYS = {"name": "name", "model": "model", "size": "size_mib",
+                      "server": "server", "vectors": "vectors", "role": "role",
+                      "per_domain": "per_domain", "keep": "keep"}
+CONFIG_KEYS = {"domains": "domains", "method": "method", "enforce": "enforce",
+               "owner": "owner", "mode": "mode", "hook_log": "log"}
+
+
+def _device_answers(config: dict[str, Any]) -> dict[str, Any]:
+    """One device of an installed hook configuration as answers keys."""
+    out = {key: config.get(name) for key, name in DEVICE_CONFIG_KEYS.items()}
+    out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
+    if config.get("dir"):
+        out["backing"] = "hugepages"
+    address = config.get("address")
+    if isinstance(address, dict):
+        out["address"] = "{}:{}:{}.{}".format(*(
+            address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _parse_config(content: bytes) -> dict[str, Any] | None:
@@ -218,10 +392,83 @@ class Desired:
     wrappers: dict[str, File] = field(default_factory=dict)
     hook_files: dict[str, File] = field(default_factory=dict)
     new_hook: bool = False
+    all_domains: dict[str, Domain] = field(default_factory=dict)
+    installed: dict[str, Any] | None = None  # the hook configuration found (valid), if any
+    swap: bytes | None = None  # emulator-swap: the wrapper that replaces the emulator
+    units: dict[str, str] = field(default_factory=dict)  # serve: unit name -> unit file
 
     def file(self, path: str) -> File | None:
         """The content, mode and description of one file to write."""
         return self.wrappers.get(path) or self.hook_files.get(path)
+
+
+@dataclass
+class Leftover:
+    """What another method installed on one domain: to remove when switching method."""
+
+    args: list[str] | None = None  # the <qemu:commandline> without ours (None: none there)
+    shmems: list[str] = field(default_factory=list)  # <shmem> names (method definition)
+    emulator: str | None = None  # the real emulator to point back at (method qemu-wrapper)
+
+    def describe(self) -> list[str]:
+        """What goes, in words."""
+        out = []
+        if self.args is not None:
+            out.append("ivshmem devices on its QEMU command line (method commandline)")
+        out += [f"<shmem> '{n}' (method definition)" for n in self.shmems]
+        if self.emulator:
+            out.append(f"wrapper emulator, back to {self.emulator} (method qemu-wrapper)")
+        return out
+
+
+def swap_script(answers: IvshmemAnswers, domains: list[Domain]) -> bytes:
+    """emulator-swap: the wrapper put in the emulator's place.
+
+    It adds each chosen guest's devices (found by ``-name guest=<name>``, the
+    names rendered here per guest) and runs the real, diverted emulator;
+    other guests and libvirt's capability probes pass through unchanged.
+    """
+    real = shlex.quote(answers.emulator + REAL_SUFFIX)
+    lines = [
+        "#!/bin/sh",
+        "# hostsetup-ivshmem-wrapper: installed by hostsetup's ivshmem step (emulator-swap);",
+        f"# do not edit. The real emulator is {answers.emulator + REAL_SUFFIX} (dpkg-divert).",
+        "guest= prev=",
+        "for arg do",
+        '    if [ "$prev" = "-name" ]; then guest=${arg#guest=}; guest=${guest%%,*}; fi',
+        '    prev=$arg',
+        "done",
+    ]
+    for dom in domains:
+        args = " ".join(shlex.quote(a) for a in answers.device_args(dom))
+        lines.append(f'if [ "$guest" = {shlex.quote(dom.name)} ]; then exec {real} "$@" {args}; fi')
+    lines.append(f'exec {real} "$@"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def server_unit(answers: IvshmemAnswers, device: DeviceKeys) -> tuple[str, bytes]:
+    """serve: the doorbell server's unit: (its name, the unit file)."""
+    name = f"hostsetup-ivshmem-{device.name}.service"
+    argv = ["/usr/bin/python3", answers.server_bin, "--socket", str(device.server),
+            "--size", str(device.size), "--vectors", str(device.vectors or 1),
+            "--mode", answers.mode]
+    if answers.owner:
+        argv += ["--owner", answers.owner]
+    return name, (
+        "# Installed by hostsetup's ivshmem step; do not edit.\n"
+        "[Unit]\n"
+        f"Description=ivshmem doorbell server for '{device.name}' (hostsetup)\n"
+        "Before=libvirtd.service\n\n"
+        "[Service]\n"
+        f"ExecStart={' '.join(argv)}\n"
+        "Restart=on-failure\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n").encode()
+
+
+def command_line(dom: Domain, answers: IvshmemAnswers) -> list[str]:
+    """The ``<qemu:commandline>`` arguments with our devices: others' first, then ours."""
+    return ivshmem_hook.strip_ours(list(dom.qemu_args)) + answers.device_args(dom)
 
 
 def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
@@ -236,37 +483,28 @@ def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
 def wrapper_path(answers: IvshmemAnswers, real: str) -> str:
     """Where the wrapper of emulator ``real`` goes."""
     directory = answers.wrapper_dir or posixpath.dirname(real)
-    return posixpath.join(directory, f"{posixpath.basename(real)}-ivshmem-{answers.name}")
+    name = answers.shmem().name
+    return posixpath.join(directory, f"{posixpath.basename(real)}-ivshmem-{name}")
 
 
-def qemu_args(shmem: Shmem) -> list[str]:
-    """QEMU arguments that add the device (what the wrapper appends)."""
-    props = ""
-    if shmem.address is not None:
-        props = f",addr={shmem.address.slot:02x}.{shmem.address.function:x}"
-    if shmem.role is not None:
-        props += f",master={'on' if shmem.role == 'master' else 'off'}"
-    if shmem.model == "ivshmem-doorbell":
-        return ["-chardev", f"socket,id={QEMU_MEM_ID},path={shmem.server}",
-                "-device", f"ivshmem-doorbell,id={QEMU_DEV_ID},chardev={QEMU_MEM_ID},"
-                f"vectors={shmem.vectors}{props}"]
-    return ["-object", f"memory-backend-file,id={QEMU_MEM_ID},mem-path=/dev/shm/{shmem.name},"
-            f"size={shmem.size_mib}M,share=on",
-            "-device", f"ivshmem-plain,id={QEMU_DEV_ID},memdev={QEMU_MEM_ID}{props}"]
+def qemu_args(shmem: Shmem, index: int = 0) -> list[str]:
+    """QEMU arguments that add one device (the wrapper's, or ``<qemu:commandline>``'s);
+    ``index`` > 0 numbers the QEMU ids of the second and later devices."""
+    return ivshmem_hook.qemu_args(_shmem_config(shmem), index)
 
 
-def wrapper_script(shmem: Shmem, real: str) -> bytes:
-    """The wrapper emulator: adds the device when QEMU runs a guest (``-name``).
+def wrapper_script(answers: IvshmemAnswers, real: str) -> bytes:
+    """The wrapper emulator: adds the devices when QEMU runs a guest (``-name``).
 
     libvirt also runs the emulator to probe its capabilities (``-machine
     none``, no ``-name``); those runs pass through unchanged.
     """
-    args = " ".join(shlex.quote(a) for a in qemu_args(shmem))
+    args = " ".join(shlex.quote(a) for a in answers.device_args())
     exe = shlex.quote(real)
     return (
         "#!/bin/sh\n"
         "# hostsetup-ivshmem-wrapper: installed by hostsetup's ivshmem step; do not edit.\n"
-        f"# Runs {real} with an ivshmem device added to every guest it starts.\n"
+        f"# Runs {real} with ivshmem devices added to every guest it starts.\n"
         "for arg do\n"
         f'    if [ "$arg" = "-name" ]; then exec {exe} "$@" {args}; fi\n'
         "done\n"
@@ -281,23 +519,49 @@ def _pci_attrs(address: PciAddress | None) -> dict[str, str] | None:
             "slot": f"0x{address.slot:02x}", "function": f"0x{address.function:x}"}
 
 
+def _shmem_config(shmem: Shmem) -> dict[str, Any]:
+    """One device as the hook configuration holds it."""
+    return {"name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
+            "server": shmem.server, "vectors": shmem.vectors,
+            "address": _pci_attrs(shmem.address), "role": shmem.role}
+
+
+def _device_config(answers: IvshmemAnswers, device: DeviceKeys,
+                   domain: Domain | None = None) -> dict[str, Any]:
+    """One device of the answers in the hook configuration (``name`` a template unless
+    ``domain`` renders it); ``dir`` only for hugepages (older hooks know no such key)."""
+    config = {**_shmem_config(device.shmem(domain)), "per_domain": device.per_domain,
+              "keep": device.keep}
+    if device.backing == "hugepages":
+        config["dir"] = answers.directory(device)
+    return config
+
+
 def hook_config(answers: IvshmemAnswers, wrappers: dict[str, str], chain: bool) -> bytes:
-    """The hook's JSON configuration."""
-    shmem = answers.shmem()
+    """The hook's JSON configuration.
+
+    The top-level device keys (format of one device) hold the first device;
+    ``devices`` (only written when the answers list devices) holds them all.
+    """
+    devices = [_device_config(answers, d) for d in answers.device_list()]
+    first = {k: v for k, v in devices[0].items() if k not in ("per_domain", "keep")}
     config = {
-        "version": 1, "name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
-        "server": shmem.server, "vectors": shmem.vectors, "address": _pci_attrs(shmem.address),
-        "role": shmem.role,
+        "version": 1, **first,
         "domains": answers.domains, "method": answers.method, "wrappers": wrappers,
         "enforce": answers.enforce, "owner": answers.owner, "mode": answers.mode,
         "log": answers.hook_log, "chain": CHAINED_NAME if chain else None,
     }
+    if answers.devices is not None:
+        config["devices"] = devices
+    if answers.keeps("emulator-swap"):
+        config["swap"] = {"emulator": answers.emulator, "real": answers.emulator + REAL_SUFFIX,
+                          "admindir": answers.dpkg_admindir}
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _second_device(dom: Domain, name: str) -> str:
-    """Why adding our device to ``dom`` is marked in the review: it has another one."""
-    others = [s.name for s in dom.shmems if s.name != name]
+def _second_device(dom: Domain, names: set[str]) -> str:
+    """Why adding our devices to ``dom`` is marked in the review: it has another one."""
+    others = [s.name for s in dom.shmems if s.name not in names]
     if not others:
         return ""
     return "a second ivshmem device: the domain already has " + ", ".join(
@@ -336,8 +600,29 @@ class IvshmemStep(Step[IvshmemAnswers]):
             found = lv.read_file(hook_paths(section, layout)[1])
             if found is not None and installed is None:
                 installed = _parse_config(found.content)
-        return {"version": lv.version(), "domains": {d.name: d for d in lv.domains()},
-                "installed": installed}
+        domains = {d.name: d for d in lv.domains()}
+        # What running guests have now: a hot-plug must find its address free there too.
+        live = {d.name: lv.live_domain(d.name) for d in domains.values() if d.active}
+        facts: dict[str, Any] = {"version": lv.version(), "domains": domains,
+                                 "installed": installed, "live": live}
+        listed = answers.get("devices")
+        raw: list[Any] = listed if isinstance(listed, list) else [answers]
+        if any(isinstance(d, dict) and d.get("backing") == "hugepages" for d in raw):
+            mount = str(answers.get("hugetlbfs") or "/dev/hugepages")
+            facts["hugetlbfs"] = lv.hugetlbfs(mount)
+            facts["huge_files"] = lv.list_files(mount) if facts["hugetlbfs"] else []
+        if answers.get("method") == "emulator-swap":
+            emulator = str(answers.get("emulator") or DEFAULT_EMULATOR)
+            try:
+                facts["diversion"] = lv.diversion(emulator, str(answers.get("dpkg_admindir")
+                                                                or "/var/lib/dpkg"))
+            except BackendUnreachable:
+                raise
+            except BackendError as exc:
+                facts["diversion_error"] = str(exc)
+            facts["emulator_present"] = posixpath.basename(emulator) in lv.list_files(
+                posixpath.dirname(emulator))
+        return facts
 
     def current(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The settings of the installed hook configuration (what the last run applied);
@@ -345,11 +630,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
         config = facts.get("installed")
         if config:
             out = {key: config.get(name) for key, name in CONFIG_KEYS.items()}
-            out["model"] = str(out.get("model") or "").removeprefix("ivshmem-") or None
-            address = config.get("address")
-            if isinstance(address, dict):
-                out["address"] = "{}:{}:{}.{}".format(*(
-                    address[k].removeprefix("0x") for k in ("domain", "bus", "slot", "function")))
+            devices = config.get("devices")
+            if isinstance(devices, list):
+                out["devices"] = [_device_answers(d) for d in devices if isinstance(d, dict)]
+            else:
+                out.update(_device_answers(config))
             return {k: v for k, v in out.items() if v is not None}
         domains: dict[str, Domain] = facts.get("domains", {})
         having = [d for d in domains.values() if d.shmems]
@@ -380,10 +665,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
             Question("domains", "Domains", kind="multi", choices=("all", *names),
                      choice_notes=states, help="The VMs that get the device; 'all' is "
                      "every persistent domain."),
-            Question("method", "Method", kind="choice", choices=("definition", "qemu-wrapper"),
+            Question("method", "Method", kind="choice",
+                     choices=("definition", "qemu-wrapper", "commandline", "emulator-swap"),
                      help="definition: a <shmem> device in each domain's definition; "
                      "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
-                     "managers that regenerate definitions)."),
+                     "managers that regenerate definitions); commandline: <qemu:commandline> "
+                     "in the definition; emulator-swap: the emulator itself is replaced "
+                     "(dpkg-divert), for managers that regenerate the whole XML."),
             Question("wrapper_dir", "Wrapper directory", help="qemu-wrapper only."),
             Question("enforce", "Start without the device", kind="choice",
                      choices=("warn", "refuse"),
@@ -428,36 +716,140 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
                                     "qemu.d/ (needs 6.5.0): use chain".format(*version)))
-        if answers.address:
-            wanted = PciAddress.parse(answers.address)
-            for dom in self._chosen(answers, domains):
-                own = dom.shmem(answers.name)
-                for device, addr in dom.pci_addresses:
-                    if addr == wanted and (own is None or own.address != addr):
-                        problems.append(Problem(("address",), f"PCI address {addr} is already "
-                                                f"used by {device} in domain '{dom.name}'"))
+        if answers.state == "absent" and self._layout(answers, version) == "chain":
+            problems.append(Problem(("state",), "state absent with the chain hook layout is "
+                                    "not supported yet: remove the hook by hand"))
+        if answers.keeps("emulator-swap"):
+            problems += self._swap_problems(answers, facts)
+        if answers.state == "present":
+            problems += self._hugepage_problems(answers, facts)
+        live: dict[str, Domain] = facts.get("live", {})
+        for dom in self._chosen(answers, domains) if answers.state == "present" else []:
+            problems += self._domain_problems(answers, dom)
+            if answers.live and dom.name in live:
+                problems += [p for p in self._domain_problems(answers, live[dom.name])
+                             if p.path[-1] == "address" and p not in problems]
+                why = live[dom.name].hotplug_problem()
+                if why and not answers.live_fallback:
+                    problems.append(Problem(("live",), f"running domain '{dom.name}' cannot "
+                                            f"get a device hot-plugged: {why} (set "
+                                            "live_fallback: true to add it at its next start)"))
+        if answers.live and not answers.live_fallback and version < HOTPLUG_SINCE:
+            running = [d.name for d in self._chosen(answers, domains) if d.active]
+            if running:
+                problems.append(Problem(("live",), "libvirt {}.{}.{} cannot hot-plug ivshmem "
+                                        "devices (needs 3.0.0) into running {}: set "
+                                        "live_fallback: true to add them at the next start"
+                                        .format(*version, ", ".join(running))))
+        return problems
+
+    def _hugepage_problems(self, answers: IvshmemAnswers,
+                           facts: dict[str, Any]) -> list[Problem]:
+        """backing hugepages: a hugetlbfs mount with enough free pages for the objects
+        not made yet (one per chosen guest with per_domain), sizes in whole pages."""
+        huge = [(i, d) for i, d in enumerate(answers.device_list()) if d.backing == "hugepages"]
+        if not huge:
+            return []
+        info = facts.get("hugetlbfs")
+        if info is None:
+            return [Problem(("hugetlbfs",), f"{answers.hugetlbfs} is not a hugetlbfs mount "
+                            f"(mount -t hugetlbfs none {answers.hugetlbfs})")]
+        page, free = info
+        problems, made, needed = [], set(facts.get("huge_files", [])), 0
+        chosen = self._chosen(answers, facts["domains"])
+        for i, device in huge:
+            where: tuple[str | int, ...] = ("devices", i) if answers.devices else ()
+            size = (device.size or 4) * 1024 * 1024
+            if size % page:
+                problems.append(Problem((*where, "size"), f"{device.size} MiB is not a whole "
+                                        f"number of {page // 1024} KiB huge pages"))
+                continue
+            names = {device.shmem(d).name for d in chosen} if device.per_domain else {
+                device.name}
+            needed += len(names - made) * (size // page)
+            made |= names
+        if needed > free:
+            problems.append(Problem(("hugetlbfs",), f"{needed} free huge pages of "
+                                    f"{page // 1024} KiB needed on {answers.hugetlbfs}, "
+                                    f"{free} free: reserve more (/proc/sys/vm/nr_hugepages)"))
+        return problems
+
+    def _swap_problems(self, answers: IvshmemAnswers, facts: dict[str, Any]) -> list[Problem]:
+        """emulator-swap: the emulator is there, not diverted by another, and used."""
+        emulator, real = answers.emulator, answers.emulator + REAL_SUFFIX
+        if "diversion_error" in facts:
+            return [Problem(("dpkg_admindir",), f"dpkg-divert cannot use "
+                            f"'{answers.dpkg_admindir}': {facts['diversion_error']}")]
+        diverted = facts.get("diversion")
+        if diverted not in (None, real):
+            return [Problem(("emulator",), f"{emulator} is already diverted to {diverted} "
+                            "(not by hostsetup): not swapped")]
+        problems = []
+        if diverted is None and not facts.get("emulator_present"):
+            problems.append(Problem(("emulator",), f"{emulator} does not exist"))
+        for dom in self._chosen(answers, facts["domains"]):
+            if dom.emulator != emulator:
+                problems.append(Problem(("emulator",), f"domain '{dom.name}' runs "
+                                        f"{dom.emulator}, not {emulator}: the swap would "
+                                        "not give it the devices"))
+        return problems
+
+    def _domain_problems(self, answers: IvshmemAnswers, dom: Domain) -> list[Problem]:
+        """The devices' names and addresses against one chosen domain."""
+        problems = []
+        seen: dict[str, int] = {}
+        for i, device in enumerate(answers.device_list()):
+            where: tuple[str | int, ...] = ("devices", i) if answers.devices else ()
+            shmem = device.shmem(dom)
+            if device.per_domain and not NAME_PATTERN.match(shmem.name):
+                problems.append(Problem((*where, "name"), f"'{device.name}' gives domain "
+                                        f"'{dom.name}' the name '{shmem.name}', not a valid "
+                                        "shared-memory name (letters, digits, '_', '.', '-'; "
+                                        "at most 64): use {uuid}"))
+            if shmem.name in seen:
+                problems.append(Problem((*where, "name"), f"devices {seen[shmem.name]} and {i} "
+                                        f"both name '{shmem.name}' in domain '{dom.name}'"))
+            seen[shmem.name] = i
+            if shmem.address is None:
+                continue
+            own = dom.shmem(shmem.name)
+            for label, addr in dom.pci_addresses:
+                if addr == shmem.address and (own is None or own.address != addr):
+                    problems.append(Problem((*where, "address"), f"PCI address {addr} is "
+                                            f"already used by {label} in domain '{dom.name}'"))
         return problems
 
     def _desired(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> Desired:
         """Read the host and work out every file and domain the answers call for."""
         domains = {d.name: d for d in lv.domains()}
-        want = Desired(self._chosen(answers, domains))
+        want = Desired(self._chosen(answers, domains), all_domains=domains)
         layout = self._layout(answers, lv.version())
         hook, config = hook_paths(answers, layout)
+        old = lv.read_file(config)
+        try:
+            want.installed = ivshmem_hook.parse_config(old.content) if old else None
+        except ValueError:
+            pass  # unusable (the hook ignores it too): this run rewrites it
         wrappers: dict[str, str] = {}  # real emulator -> wrapper, for the hook
-        if answers.method == "qemu-wrapper":
-            old = lv.read_file(config)
+        if answers.keeps("qemu-wrapper"):
             # A domain already on our wrapper: its real emulator is in the last config.
-            try:
-                known = ivshmem_hook.parse_config(old.content)["wrappers"] if old else {}
-            except ValueError:
-                known = {}  # unusable (the hook ignores it too): this run rewrites it
+            known = want.installed["wrappers"] if want.installed else {}
             back = {w: real for real, w in known.items()}
             for dom in want.domains:
                 real = back.get(dom.emulator, dom.emulator)
                 wrappers[real] = want.emulators[dom.name] = wrapper_path(answers, real)
-                want.wrappers[wrappers[real]] = (wrapper_script(answers.shmem(), real), 0o755,
+                want.wrappers[wrappers[real]] = (wrapper_script(answers, real), 0o755,
                                                  f"wrapper emulator for {real}")
+        if answers.keeps("emulator-swap"):
+            want.swap = swap_script(answers, want.domains)
+        served = [d for d in answers.device_list() if d.serve] if answers.state == "present" else []
+        if served:
+            want.wrappers[answers.server_bin] = (SERVER_SOURCE.read_bytes(), 0o755,
+                                                 "ivshmem doorbell server")
+        for device in served:
+            unit, text = server_unit(answers, device)
+            want.units[unit] = posixpath.join(answers.units_dir, unit)
+            want.wrappers[want.units[unit]] = (text, 0o644, "ivshmem doorbell server unit")
         current = lv.read_file(hook)
         chain = False
         if layout == "chain":
@@ -472,6 +864,126 @@ class IvshmemStep(Step[IvshmemAnswers]):
         want.hook_files[hook] = (HOOK_SOURCE.read_bytes(), 0o755, "ivshmem hook")
         want.new_hook = current is None or HOOK_MARKER not in current.content
         return want
+
+    def _leftovers(self, answers: IvshmemAnswers, want: Desired) -> dict[str, Leftover]:
+        """What the methods not chosen installed on the domains (switching method)."""
+        cfg = want.installed
+        found = {}
+        for dom in want.all_domains.values():
+            left = Leftover()
+            if not answers.keeps("commandline"):
+                left.args = ivshmem_hook.strip_ours(list(dom.qemu_args))
+                if left.args == list(dom.qemu_args):
+                    left.args = None
+            if not answers.keeps("definition") and cfg and cfg["method"] == "definition":
+                old = {render(d["name"], dom) for d in cfg.get("devices") or [cfg]}
+                left.shmems = [s.name for s in dom.shmems if s.name in old]
+            if not answers.keeps("qemu-wrapper") and cfg:
+                back = {w: real for real, w in cfg["wrappers"].items()}
+                left.emulator = back.get(dom.emulator)
+            if left.args is not None or left.shmems or left.emulator:
+                found[dom.name] = left
+        return found
+
+    def _swap_changes(self, answers: IvshmemAnswers, want: Desired,
+                      lv: LibvirtAPI) -> list[Change]:
+        """emulator-swap: install or update the swap, or undo the one installed."""
+        changes = []
+        old = want.installed.get("swap") if want.installed else None
+        if isinstance(old, dict) and not (answers.keeps("emulator-swap")
+                                          and old["emulator"] == answers.emulator):
+            if lv.diversion(old["emulator"], old["admindir"]) == old["real"]:
+                changes.append(Change(f"emulator {old['emulator']}", "delete",
+                                      f"wrapper; the real one at {old['real']}",
+                                      "the real emulator, not diverted",
+                                      "emulator-swap undone (dpkg-divert --remove)"))
+        if want.swap is None:
+            return changes
+        real = answers.emulator + REAL_SUFFIX
+        if lv.diversion(answers.emulator, answers.dpkg_admindir) is None:
+            changes.append(Change(f"emulator {answers.emulator}", "install",
+                                  "the real emulator", f"wrapper; the real one diverted to {real}",
+                                  "emulator-swap (dpkg-divert: a QEMU upgrade installs "
+                                  "the new emulator under the diverted name)"))
+        elif (now := lv.read_file(answers.emulator)) is None or now.content != want.swap:
+            changes.append(Change(f"emulator {answers.emulator}", "update",
+                                  f"{len(now.content) if now else 0} bytes",
+                                  f"{len(want.swap)} bytes", "emulator-swap wrapper"))
+        return changes
+
+    def _hook_removal(self, lv: LibvirtAPI, want: Desired) -> list[Change]:
+        """state absent: the hook and its configuration, when they are there and ours."""
+        changes = []
+        for path, (_content, _mode, what) in want.hook_files.items():
+            found = lv.read_file(path)
+            if found is None or (what == "ivshmem hook" and HOOK_MARKER not in found.content):
+                continue
+            if what in ("ivshmem hook", "hook configuration"):
+                changes.append(Change(f"file {path}", "delete", "present", "absent", what))
+        return changes
+
+    def _apply_swap(self, answers: IvshmemAnswers, lv: LibvirtAPI, change: Change,
+                    want: Desired) -> None:
+        """Install, update or undo the emulator swap of one change."""
+        path = change.target.partition(" ")[2]
+        if change.action == "delete":
+            old = want.installed["swap"] if want.installed else None
+            if isinstance(old, dict) and old["emulator"] == path:
+                lv.swap_out(path, old["real"], old["admindir"])
+        elif want.swap is not None and change.action == "install":
+            lv.swap_in(path, path + REAL_SUFFIX, want.swap, answers.dpkg_admindir)
+        elif want.swap is not None:
+            lv.write_file(path, want.swap, 0o755)
+
+    def _old_wrappers(self, answers: IvshmemAnswers, want: Desired,
+                      lv: LibvirtAPI) -> list[str]:
+        """Wrapper emulators of method qemu-wrapper, when another method is chosen."""
+        if answers.keeps("qemu-wrapper") or not want.installed:
+            return []
+        return [path for path in want.installed["wrappers"].values()
+                if (old := lv.read_file(path)) and WRAPPER_MARKER in old.content]
+
+    def _domain_work(self, answers: IvshmemAnswers, lv: LibvirtAPI,
+                     dom: Domain) -> tuple[list[Shmem], list[Shmem]]:
+        """(devices to set in the definition, devices to hot-plug) for one domain.
+
+        With ``live``, a running guest lacking a device gets it hot-plugged; one
+        also missing from the definition goes into it through the same call.  With
+        ``live_fallback``, a device already in the definition counts as done (a
+        refused hot-plug falls back to that: the device comes at the next start).
+        """
+        shmems = answers.shmems(dom)
+        differ = [s for s in shmems if (own := dom.shmem(s.name)) is None or not s.same_as(own)]
+        if not (answers.live and dom.active):
+            return differ, []
+        live = lv.live_domain(dom.name)
+        if live.hotplug_problem():  # refused at check time unless live_fallback
+            return differ, []
+        plug = [s for s in shmems if live.shmem(s.name) is None
+                and not (answers.live_fallback and dom.shmem(s.name))]
+        return [s for s in differ if s not in plug or dom.shmem(s.name)], plug
+
+    def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Change]:
+        """Per-guest objects whose guest is no longer defined (unless ``keep``)."""
+        devices = [d for d in answers.device_list() if d.per_domain and not d.keep]
+        if not devices:
+            return []
+        domains = lv.domains()
+        changes = []
+        for device in devices:
+            template, directory = device.name, answers.directory(device)
+            pattern = re.compile(re.escape(template)
+                                 .replace(re.escape("{domain}"), r"[A-Za-z0-9_.-]+")
+                                 .replace(re.escape("{uuid}"), r"[0-9a-f-]{36}"))
+            for name in lv.list_files(directory):
+                if ".hostsetup-refused." in name:  # moved aside by the hook: not ours
+                    continue
+                if pattern.fullmatch(name) and all(render(template, d) != name
+                                                   for d in domains):
+                    changes.append(Change(f"object {posixpath.join(directory, name)}",
+                                          "delete", "present", "absent", f"per-guest object "
+                                          f"of '{template}': its domain is no longer defined"))
+        return changes
 
     def _file_changes(self, lv: LibvirtAPI, files: dict[str, File]) -> list[Change]:
         changes = []
@@ -491,24 +1003,66 @@ class IvshmemStep(Step[IvshmemAnswers]):
     def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
         lv = libvirt_api(ctx.backends, answers.uri)
         want = self._desired(answers, lv)
-        shmem = answers.shmem()
         changes = self._file_changes(lv, want.wrappers)
-        for dom in want.domains:
+        if want.units:
+            dbus = dbus_api(ctx.backends, answers.bus)
+            written = {c.target.partition(" ")[2] for c in changes}
+            for unit, path in want.units.items():
+                found = dbus.load_unit(unit)
+                up = found is not None and found.active == "active"
+                if path in written or not up:
+                    # A running server restarted: its clients (guests) lose their doorbell.
+                    changes.append(Change(f"unit {unit}", "restart" if up else "start",
+                                          detail="ivshmem doorbell server (enabled)"))
+        for name, left in self._leftovers(answers, want).items():
+            changes.append(Change(f"domain {name}", "delete", "; ".join(left.describe()),
+                                  "none", "what another method installed"))
+        changes += [Change(f"file {path}", "delete", "present", "absent",
+                           "wrapper emulator of method qemu-wrapper")
+                    for path in self._old_wrappers(answers, want, lv)]
+        swaps = self._swap_changes(answers, want, lv)
+        if answers.state == "absent":
+            return changes + swaps + self._hook_removal(lv, want)
+        plugs: list[Change] = []  # after the hook files: the hook's lock dir must exist
+        # emulator-swap: nothing in the definitions (a manager may regenerate them).
+        chosen = [] if answers.method == "emulator-swap" else want.domains
+        for dom in chosen:
             running = " (running: takes effect at its next start)" if dom.active else ""
-            second = _second_device(dom, shmem.name)
+            shmems = answers.shmems(dom)
+            second = _second_device(dom, {s.name for s in shmems})
             if answers.method == "qemu-wrapper":
                 wrapper = want.emulators[dom.name]
                 if dom.emulator != wrapper:
                     changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
                                           wrapper, "emulator" + running, second))
                 continue
-            own = dom.shmem(shmem.name)
-            if own is None or not shmem.same_as(own):
+            if answers.method == "commandline":
+                args = command_line(dom, answers)
+                if args != list(dom.qemu_args):
+                    ours = [a for a in dom.qemu_args if a not in
+                            ivshmem_hook.strip_ours(list(dom.qemu_args))]
+                    changes.append(Change(f"domain {dom.name}", "update",
+                                          "; ".join(ours) or "no ivshmem device",
+                                          "; ".join(s.describe() for s in shmems),
+                                          "QEMU command line (<qemu:commandline>)" + running,
+                                          second))
+                continue
+            owns = {s.name: dom.shmem(s.name) for s in shmems}
+            differ, plug = self._domain_work(answers, lv, dom)
+            if differ:
+                before = [own.describe() for s in differ if (own := owns[s.name])]
                 changes.append(Change(f"domain {dom.name}", "update",
-                                      own.describe() if own else "no ivshmem device",
-                                      shmem.describe(), "shmem device" + running,
-                                      "" if own else second))
-        changes += self._file_changes(lv, want.hook_files)
+                                      "; ".join(before) or "no ivshmem device",
+                                      "; ".join(s.describe() for s in differ),
+                                      ("shmem device" if len(shmems) == 1 else "shmem devices")
+                                      + running, "" if all(owns.values()) else second))
+            if plug:
+                plugs.append(Change(f"{LIVE}{dom.name}", "hot-plug", "no ivshmem device",
+                                    "; ".join(s.describe() for s in plug),
+                                    "now, without a restart (and in its definition)",
+                                    "" if differ else second))
+        changes += self._orphans(answers, lv)
+        changes += self._file_changes(lv, want.hook_files) + swaps + plugs
         if want.new_hook and answers.restart_libvirtd:
             changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
                                   "new hooks when it starts"))
@@ -523,13 +1077,24 @@ class IvshmemStep(Step[IvshmemAnswers]):
             for i, change in enumerate(changes):
                 ctx.progress(i / max(len(changes), 1), change.describe())
                 kind, _, target = change.target.partition(" ")
-                if kind == "domain":
-                    error = self._apply_domain(answers, lv, target, change)
+                if change.action == "hot-plug":
+                    error = self._hotplug(answers, lv, change.target.removeprefix(LIVE), ctx)
                     if error:
                         failed.append(error)
                         continue
+                elif kind == "domain":
+                    error = self._apply_domain(answers, lv, target, change, want)
+                    if error:
+                        failed.append(error)
+                        continue
+                elif kind == "unit" and target in want.units:
+                    self._serve(answers, ctx, target, want.units[target])
                 elif kind == "unit":
                     self._restart(answers, ctx)
+                elif kind == "emulator":
+                    self._apply_swap(answers, lv, change, want)
+                elif kind == "object" or change.action == "delete":
+                    lv.remove_file(target)
                 else:
                     file = want.file(target)
                     if file is None:  # e.g. the wrapper of a domain that vanished since
@@ -547,13 +1112,25 @@ class IvshmemStep(Step[IvshmemAnswers]):
             raise StepFailed("; ".join(failed) + " (the other changes were applied)", done)
 
     def _apply_domain(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
-                      change: Change) -> str | None:
+                      change: Change, want: Desired) -> str | None:
         """Change one domain; returns an error text instead of raising (others go on)."""
         try:
-            if answers.method == "qemu-wrapper":
+            if change.action == "delete":
+                left = self._leftovers(answers, want).get(name)
+                if left and left.args is not None:
+                    lv.set_qemu_args(name, left.args)
+                if left and left.shmems:
+                    lv.remove_shmems(name, left.shmems)
+                if left and left.emulator:
+                    lv.set_emulator(name, left.emulator)
+            elif answers.method == "commandline":
+                dom = lv.domain(name)
+                lv.set_qemu_args(name, command_line(dom, answers))
+            elif answers.method == "qemu-wrapper":
                 lv.set_emulator(name, str(change.after))
             else:
-                lv.set_shmem(name, answers.shmem())
+                differ, _plug = self._domain_work(answers, lv, lv.domain(name))
+                lv.set_shmems(name, differ)
         except DomainNotFound as exc:
             return f"{exc}: it vanished after the plan, not changed"
         except BackendUnreachable:
@@ -562,12 +1139,98 @@ class IvshmemStep(Step[IvshmemAnswers]):
             return f"domain '{name}' not changed: {exc}"
         return None
 
+    def _hotplug(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
+                 ctx: Context) -> str | None:
+        """Hot-plug the missing devices into running ``name``; an error text, or None.
+
+        Each device goes live and into the definition in one libvirt call, so a
+        refused device leaves the domain as it was (the next plan shows it again)
+        unless ``live_fallback`` puts it in the definition for the next start.
+        """
+        try:
+            dom = lv.domain(name)
+            _differ, plug = self._domain_work(answers, lv, dom)
+            self._prepare_objects(answers, lv, dom, plug)
+            for shmem in plug:
+                persistent = dom.shmem(shmem.name) is None
+                try:
+                    lv.attach_shmem(name, shmem, persistent)
+                except (DomainNotFound, BackendUnreachable):
+                    raise
+                except BackendError as exc:
+                    if not answers.live_fallback:
+                        return (f"running domain '{name}' refused the hot-plug of "
+                                f"'{shmem.name}': {exc} (not changed; set live_fallback: true "
+                                "to add it at the next start instead)")
+                    if persistent:
+                        lv.set_shmems(name, [shmem])
+                    ctx.notes.append(f"'{shmem.name}' was not hot-plugged into '{name}' "
+                                     f"({exc}): it is in the definition, at the next start")
+        except DomainNotFound as exc:
+            return f"{exc}: it vanished after the plan, not changed"
+        except BackendUnreachable:
+            raise
+        except BackendError as exc:
+            return f"domain '{name}' not changed: {exc}"
+        return None
+
+    def _prepare_objects(self, answers: IvshmemAnswers, lv: LibvirtAPI, dom: Domain,
+                         shmems: list[Shmem]) -> None:
+        """Make the objects of devices about to be hot-plugged, as the hook makes them at
+        a start (size, owner, mode; a squatted /dev/shm name replaced): QEMU would
+        otherwise open whatever is there.  The hook's own code, under its lock."""
+        hook = ivshmem_hook.Hook([dom.name, "hot-plug", "begin"])
+        hook.cfg = ivshmem_hook.parse_config(hook_config(answers, {}, False))
+        hook.log_path = answers.hook_log
+        hook.here = posixpath.dirname(hook_paths(answers, self._layout(answers,
+                                                                        lv.version()))[0])
+        wanted = {s.name for s in shmems}
+        rendered = [dict(d, name=render(d["name"], dom))
+                    for d in hook.cfg.get("devices") or [hook.cfg]]
+        try:
+            hook.prepare_shm([d for d in rendered if d["name"] in wanted])
+        except (OSError, KeyError) as exc:
+            raise BackendError(f"cannot prepare the shared-memory objects: {exc}") from None
+
+    def verify(self, answers: IvshmemAnswers, ctx: Context) -> list[str]:
+        """The plan is empty and, with ``live``, each running guest's QEMU lists each
+        device (ivshmem's PCI id) at the address of its live XML."""
+        problems = super().verify(answers, ctx)
+        if not answers.live:
+            return problems
+        lv = libvirt_api(ctx.backends, answers.uri)
+        for dom in self._chosen(answers, {d.name: d for d in lv.domains()}):
+            if not dom.active:
+                continue
+            live = lv.live_domain(dom.name)
+            seen = lv.guest_pci(dom.name)
+            _differ, plug = self._domain_work(answers, lv, dom)
+            for shmem in answers.shmems(dom):
+                if answers.live_fallback and shmem not in plug and not live.shmem(shmem.name):
+                    continue  # fell back to the next start (in the definition)
+                own = live.shmem(shmem.name)
+                if own is None or (own.address, IVSHMEM_PCI_ID) not in seen:
+                    at = f" at {own.address}" if own and own.address else ""
+                    problems.append(f"running domain '{dom.name}': QEMU does not list "
+                                    f"ivshmem '{shmem.name}'{at} ({IVSHMEM_PCI_ID})")
+        return problems
+
+    def _serve(self, answers: IvshmemAnswers, ctx: Context, unit: str, path: str) -> None:
+        """Enable and (re)start a doorbell server's unit (a changed unit file: restarted)."""
+        dbus = dbus_api(ctx.backends, answers.bus)
+        dbus.reload()  # systemd reads the unit file just written
+        dbus.unit_files("enable", [path])
+        result = dbus.restart_unit(unit, answers.timeout)
+        if result != "done":
+            raise BackendError(f"start of {unit} ended with job result '{result}'")
+
     def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
         dbus = dbus_api(ctx.backends, answers.bus)
         result = dbus.restart_unit(LIBVIRTD, answers.timeout)
         if result != "done":
-            raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}' "
-                               f"({dbus.unit_result(LIBVIRTD)})")
+            st = dbus.unit_status(LIBVIRTD)
+            why = f" (unit Result: {st.result})" if st is not None and st.result else ""
+            raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}'{why}")
         # The restart closed our connection: verify and later steps need a live one.
         libvirt_api(ctx.backends, answers.uri).reconnect()
 

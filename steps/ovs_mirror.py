@@ -1,15 +1,20 @@
-"""Step ``ovs_mirror``: Open vSwitch port mirrors (SPAN to a port, RSPAN to a VLAN).
+"""Step ``ovs_mirror``: Open vSwitch bridges, ports, tunnels and port mirrors.
 
-A mirror copies selected traffic of a bridge to an output port (SPAN) or
-out on a VLAN (RSPAN), e.g. a VM's traffic to an IDS or a capture box.
-Mirrors this step creates carry ``external_ids:hostsetup-managed=true``;
-only those are ever updated or deleted, so mirrors made by hand or by
-another tool are left alone.  All changes of a run are one OVSDB
-transaction: they all happen or none does.
+A mirror copies selected traffic of a bridge to an output port (SPAN), out
+on a VLAN (RSPAN), or into a tunnel port (GRE, ERSPAN, VXLAN) to a remote
+analyser, e.g. a VM's traffic to an IDS or a capture box.  The step also
+builds what the mirrors need: bridges (datapath type, fail mode,
+other_config, flood_vlans for the RSPAN receiving side) and ports (system,
+internal, patch, tunnels; access VLAN, trunks, vlan_mode).
+Bridges, ports and mirrors this step creates carry
+``external_ids:hostsetup-managed=true``; only those are ever updated or
+deleted, so objects made by hand or by another tool are left alone.  All
+changes of a run are one OVSDB transaction: they all happen or none does.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -18,10 +23,12 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import (
     Bridge,
+    BridgePut,
     Mirror,
     MirrorEdit,
     OvsdbAPI,
     OvsdbTLS,
+    Port,
     VswitchdTimeout,
     ovsdb_api,
 )
@@ -34,7 +41,13 @@ MANAGED = "hostsetup-managed"  # external_ids key marking the mirrors this step 
 # so it removes only those when their mirrors go.
 RSPAN_VLANS = "hostsetup-rspan-vlans"
 COMPARED = ("select_all", "select_src_port", "select_dst_port", "select_vlan",
-            "output_port", "output_vlan", "snaplen")
+            "output_port", "output_vlan", "snaplen", "filter")
+TUNNELS = ("gre", "erspan", "vxlan")
+# The tunnel key's range per type: GRE key 32 bits, VXLAN VNI 24 bits, ERSPAN
+# session ID 10 bits.
+KEY_MAX = {"gre": 2**32 - 1, "vxlan": 2**24 - 1, "erspan": 1023}
+# A netdev name (bridge and port names are device names): at most 15 bytes.
+IFNAME = r"^[A-Za-z0-9_.:-]{1,15}$"
 
 SRC_HELP = (
     "select_src_port: traffic the VM SENDS - frames entering the switch from these ports.")
@@ -89,8 +102,20 @@ class MirrorAnswers(StepModel):
     snaplen: int | None = Field(
         None, ge=14, le=65535,
         description="truncate copies to this many bytes (14-65535; if this OVS supports it)")
+    filter: str | None = Field(
+        None, min_length=1, max_length=1024,
+        description="only copy packets matching this OpenFlow match, e.g. 'icmp' or "
+        "'tcp,tp_dst=80' (Mirror.filter: Open vSwitch 3.4 or later)")
 
     _split_vlans = field_validator("select_vlan", mode="before")(_vlan_list)
+
+    @field_validator("output_vlan")
+    @classmethod
+    def _not_a_selected_vlan(cls, vlan: int | None, info: ValidationInfo) -> int | None:
+        if vlan is not None and vlan in info.data.get("select_vlan", ()):
+            raise ValueError(f"VLAN {vlan} is also in select_vlan: the mirror would copy "
+                             "its own copies (a loop); use a VLAN reserved for mirroring")
+        return vlan
 
     @field_validator("output_port")
     @classmethod
@@ -128,8 +153,199 @@ class MirrorAnswers(StepModel):
             select_dst_port=tuple(sorted(set(self.select_dst_port))),
             select_vlan=tuple(sorted(set(self.select_vlan))),
             output_port=self.output_port, output_vlan=self.output_vlan, snaplen=self.snaplen,
-            external_ids={MANAGED: "true"},
+            filter=self.filter, external_ids={MANAGED: "true"},
         )
+
+
+class BridgeAnswers(StepModel):
+    """One bridge in the answers file: only the settings given are touched."""
+
+    name: str = Field(pattern=IFNAME, description="bridge name (a device name, 1-15 chars)")
+    state: Literal["present", "absent"] = Field(
+        "present", description="present: create/update it; absent: delete it with its ports "
+        "and mirrors (only if hostsetup made it)")
+    datapath_type: str | None = Field(
+        None, pattern=r"^[a-z0-9_-]{0,32}$",
+        description="system (the kernel datapath) or netdev (userspace); one of this OVS's "
+        "datapath_types. Default for a new bridge: system")
+    fail_mode: Literal["standalone", "secure"] | None = Field(
+        None, description="without a controller: standalone (a learning switch) or secure "
+        "(no flows set up by itself)")
+    other_config: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                       Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, description="Bridge.other_config keys to set (others are left "
+        "alone), e.g. {stp-enable: 'true'}")
+    flood_vlans: list[VlanId] = Field(
+        default_factory=list, description="VLANs flooded without MAC learning: on the far end "
+        "of an RSPAN, the mirror VLAN (removed again when no longer listed)")
+
+    _split_vlans = field_validator("flood_vlans", mode="before")(_vlan_list)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this answer names (what a plan compares and an apply writes)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("datapath_type", "fail_mode")
+                               if getattr(self, k) is not None}
+        return {**out, **{f"other_config:{k}": v for k, v in sorted(self.other_config.items())}}
+
+
+class PortAnswers(StepModel):
+    """One port (with its one interface) in the answers file."""
+
+    name: str = Field(pattern=IFNAME, description="port name (a device name, 1-15 chars; "
+                      "unique in the switch)")
+    bridge: str = Field(pattern=IFNAME, description="bridge the port is on")
+    state: Literal["present", "absent"] = Field(
+        "present", description="present: create/update it; absent: delete it (if hostsetup's)")
+    type: Literal["system", "internal", "patch", "gre", "erspan", "vxlan"] = Field(
+        "system", description="system: an existing device (e.g. a veth, a NIC); internal: a "
+        "device OVS makes; patch: one end of a link to another bridge (peer); gre / erspan "
+        "/ vxlan: a tunnel to remote_ip, e.g. as a mirror's output to a remote analyser")
+    tag: int | None = Field(None, ge=0, le=4095, description="access VLAN (0-4095)")
+    vlan_mode: Literal["trunk", "access", "native-tagged", "native-untagged"] | None = Field(
+        None, description="default: access with a tag, trunk without; native-*: tag is the "
+        "native VLAN of a trunk")
+    trunks: list[VlanId] = Field(
+        default_factory=list, description="VLANs a trunk port carries (empty: all)")
+    peer: str | None = Field(None, pattern=IFNAME,
+                             description="patch: the patch port at the other end")
+    remote_ip: str | None = Field(None, description="tunnel: the far end's IP address")
+    local_ip: str | None = Field(None, description="tunnel: the source IP address "
+                                 "(same family as remote_ip); default: from the route")
+    key: int | None = Field(None, ge=0, description="tunnel key: GRE 0-4294967295, VXLAN "
+                            "VNI 0-16777215, ERSPAN session ID 0-1023")
+    erspan_ver: Literal[1, 2] | None = Field(None, description="erspan: version 1 (type II) "
+                                             "or 2 (type III); default 1")
+    erspan_idx: int | None = Field(None, ge=0, le=0xFFFFF,
+                                   description="erspan v1: index (0-1048575)")
+    erspan_dir: int | None = Field(None, ge=0, le=1,
+                                   description="erspan v2: direction, 0 ingress, 1 egress")
+    erspan_hwid: int | None = Field(None, ge=0, le=63,
+                                    description="erspan v2: hardware ID (0-63)")
+
+    _split_vlans = field_validator("trunks", mode="before")(_vlan_list)
+
+    @field_validator("vlan_mode")
+    @classmethod
+    def _mode_and_tag(cls, mode: str | None, info: ValidationInfo) -> str | None:
+        tag = info.data.get("tag")
+        if mode in ("native-tagged", "native-untagged") and tag is None:
+            raise ValueError(f"vlan_mode {mode} needs tag (the native VLAN)")
+        if mode == "trunk" and tag is not None:
+            raise ValueError("vlan_mode trunk ignores tag: remove tag, or use native-tagged "
+                             "/ native-untagged")
+        return mode
+
+    @field_validator("trunks")
+    @classmethod
+    def _trunks_need_a_trunk(cls, trunks: list[int], info: ValidationInfo) -> list[int]:
+        mode = info.data.get("vlan_mode")
+        if trunks and (mode == "access" or (mode is None and info.data.get("tag") is not None)):
+            raise ValueError("an access port (tag, or vlan_mode access) carries no trunks: "
+                             "remove trunks, or set vlan_mode native-tagged/native-untagged")
+        return trunks
+
+    @field_validator("peer")
+    @classmethod
+    def _peer_for_patch(cls, peer: str | None, info: ValidationInfo) -> str | None:
+        if peer is not None and info.data.get("type") != "patch":
+            raise ValueError("peer is only for type: patch")
+        if peer is not None and peer == info.data.get("name"):
+            raise ValueError("a patch port cannot be its own peer")
+        return peer
+
+    @field_validator("remote_ip", "local_ip")
+    @classmethod
+    def _ip(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("type") not in TUNNELS:
+            raise ValueError(f"{info.field_name} is only for tunnels (type gre, erspan, vxlan)")
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not an IPv4 or IPv6 address") from None
+        remote = info.data.get("remote_ip")
+        if info.field_name == "local_ip" and remote is not None \
+                and ipaddress.ip_address(remote).version != address.version:
+            raise ValueError(f"local_ip {value} and remote_ip {remote} are not of the same "
+                             "IP version")
+        return str(address)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("type")
+        if key is not None and kind not in TUNNELS:
+            raise ValueError("key is only for tunnels (type gre, erspan, vxlan)")
+        if key is not None and kind in KEY_MAX and key > KEY_MAX[kind]:
+            raise ValueError(f"a {kind} key is 0-{KEY_MAX[kind]}")
+        return key
+
+    @field_validator("erspan_ver", "erspan_idx", "erspan_dir", "erspan_hwid")
+    @classmethod
+    def _erspan(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        if info.data.get("type") != "erspan":
+            raise ValueError(f"{info.field_name} is only for type: erspan")
+        version = info.data.get("erspan_ver") or 1
+        if info.field_name == "erspan_idx" and version != 1:
+            raise ValueError("erspan_idx is for ERSPAN version 1 (erspan_ver: 1); version 2 "
+                             "uses erspan_dir and erspan_hwid")
+        if info.field_name in ("erspan_dir", "erspan_hwid") and version != 2:
+            raise ValueError(f"{info.field_name} is for ERSPAN version 2 (set erspan_ver: 2)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> PortAnswers:
+        if self.state == "present" and self.type == "patch" and self.peer is None:
+            raise ValueError("a patch port needs peer: the patch port on the other bridge")
+        if self.state == "present" and self.type in TUNNELS and self.remote_ip is None:
+            raise ValueError(f"a {self.type} tunnel needs remote_ip")
+        return self
+
+    def options(self) -> dict[str, str]:
+        """The interface's ``options`` this answer asks for."""
+        if self.type == "patch":
+            return {"peer": str(self.peer)}
+        if self.type not in TUNNELS:
+            return {}
+        opts = {"remote_ip": str(self.remote_ip)}
+        if self.local_ip is not None:
+            opts["local_ip"] = self.local_ip
+        if self.key is not None:
+            opts["key"] = str(self.key)
+        if self.type == "erspan":
+            # OVS reads erspan_idx and erspan_hwid as hexadecimal.
+            opts["erspan_ver"] = str(self.erspan_ver or 1)
+            for name, value, form in (("erspan_idx", self.erspan_idx, "0x{:x}"),
+                                      ("erspan_dir", self.erspan_dir, "{}"),
+                                      ("erspan_hwid", self.erspan_hwid, "0x{:x}")):
+                if value is not None:
+                    opts[name] = form.format(value)
+        return opts
+
+    def desired(self) -> Port:
+        """The port this answer asks for (marked managed)."""
+        return Port(
+            name=self.name, bridge=self.bridge,
+            type="" if self.type == "system" else self.type, options=self.options(),
+            tag=self.tag, trunks=tuple(sorted(set(self.trunks))), vlan_mode=self.vlan_mode,
+            external_ids={MANAGED: "true"})
+
+
+def _unique(items: list[Any], what: str, key: Any) -> list[Any]:
+    """Refuse two records with the same key (``key(record)``)."""
+    seen: dict[Any, int] = {}
+    dups = []
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in seen:
+            dups.append(f"{what}[{i}] repeats the name '{item.name}' of {what}[{seen[k]}]")
+        seen.setdefault(k, i)
+    if dups:
+        raise ValueError("; ".join(dups))
+    return items
 
 
 class OvsMirrorAnswers(StepModel):
@@ -150,6 +366,11 @@ class OvsMirrorAnswers(StepModel):
         "or a daemon name such as ovs-vswitchd): after a change, cached flows are "
         "revalidated so the mirror applies at once. Default: ovs-vswitchd for a unix: db, "
         "none for tcp:/ssl: (the switch is on another host)")
+    bridges: list[BridgeAnswers] = Field(
+        default_factory=list, description="bridges to create, update or delete")
+    ports: list[PortAnswers] = Field(
+        default_factory=list, description="ports (system, internal, patch, tunnels) to create, "
+        "update or delete")
     mirrors: list[MirrorAnswers] = Field(default_factory=list, description="the port mirrors")
 
     def control_target(self) -> str | None:
@@ -166,18 +387,22 @@ class OvsMirrorAnswers(StepModel):
 
     @field_validator("mirrors")
     @classmethod
-    def _unique(cls, mirrors: list[MirrorAnswers]) -> list[MirrorAnswers]:
-        seen: dict[tuple[str, str], int] = {}
-        dups = []
-        for i, m in enumerate(mirrors):
-            key = (m.bridge, m.name)
-            if key in seen:
-                dups.append(f"mirrors[{i}] repeats the name '{m.name}' of mirrors[{seen[key]}] "
-                            f"on bridge '{m.bridge}'")
-            seen.setdefault(key, i)
-        if dups:
-            raise ValueError("mirror names must be unique per bridge: " + "; ".join(dups))
-        return mirrors
+    def _unique_mirrors(cls, mirrors: list[MirrorAnswers]) -> list[MirrorAnswers]:
+        try:
+            return _unique(mirrors, "mirrors", lambda m: (m.bridge, m.name))
+        except ValueError as exc:
+            raise ValueError(f"mirror names must be unique per bridge: {exc}") from None
+
+    @field_validator("bridges")
+    @classmethod
+    def _unique_bridges(cls, bridges: list[BridgeAnswers]) -> list[BridgeAnswers]:
+        return _unique(bridges, "bridges", lambda b: b.name)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, ports: list[PortAnswers]) -> list[PortAnswers]:
+        # Port names are unique in the whole switch, not per bridge.
+        return _unique(ports, "ports", lambda p: p.name)
 
 
 def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
@@ -187,8 +412,82 @@ def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
     return ovsdb_api(ctx.backends, section.get("db") or DEFAULT_DB, tls)
 
 
-def _is_managed(m: Mirror) -> bool:
+def _is_managed(m: Mirror | Bridge | Port) -> bool:
     return m.external_ids.get(MANAGED) == "true"
+
+
+def _read(ovsdb: OvsdbAPI) -> dict[str, Any]:
+    """What the switch has, as the step's facts."""
+    return {
+        "bridges": ovsdb.bridges(),
+        "ports": ovsdb.ports(),
+        "mirrors": ovsdb.mirrors(),
+        "snaplen": ovsdb.has_column("Mirror", "snaplen"),
+        "filter": ovsdb.has_column("Mirror", "filter"),
+        "iface_types": ovsdb.iface_types(),
+        "datapath_types": ovsdb.datapath_types(),
+    }
+
+
+def _ask(model: type[StepModel], key: str, label: str, **kw: Any) -> Question:
+    """A question on a record field, its help the field's description."""
+    return Question(key, label, help=model.model_fields[key].description or "", **kw)
+
+
+def _port_fields(p: Port) -> dict[str, Any]:
+    """A port's compared settings, JSON-friendly (options flattened)."""
+    return {"type": p.type or "system", **dict(sorted(p.options.items())), "tag": p.tag,
+            "trunks": list(p.trunks), "vlan_mode": p.vlan_mode}
+
+
+def _port_record(p: Port) -> dict[str, Any]:
+    """A managed port as a ``ports`` answer (prefills the wizard)."""
+    rec: dict[str, Any] = {"name": p.name, "bridge": p.bridge, "type": p.type or "system"}
+    for key, value in p.options.items():
+        if key in ("erspan_idx", "erspan_hwid"):
+            rec[key] = int(value, 16)
+        elif key in PortAnswers.model_fields:
+            rec[key] = int(value) if value.isdigit() and "ip" not in key else value
+    rec.update({k: getattr(p, k) for k in ("tag", "vlan_mode") if getattr(p, k) is not None})
+    return {**rec, "trunks": list(p.trunks)} if p.trunks else rec
+
+
+def describe_port(p: Port) -> str:
+    """What a port is, in the operator's terms."""
+    if p.type == "patch":
+        what = f"patch link to {p.options.get('peer')}"
+    elif p.type in TUNNELS:
+        what = f"{p.type} tunnel to {p.options.get('remote_ip')}"
+        what += f" key {p.options['key']}" if "key" in p.options else ""
+    else:
+        what = f"{p.type or 'system'} device"
+    if p.tag is not None:
+        what += f", {p.vlan_mode or 'access'} VLAN {p.tag}"
+    if p.trunks:
+        what += ", trunk of VLAN " + ",".join(map(str, p.trunks))
+    return what
+
+
+def _adopt(table: str, name: str) -> str:
+    return f"adopt it with 'ovs-vsctl set {table} {name} external_ids:{MANAGED}=true'"
+
+
+class _Union:
+    """Bridges joined by patch links (union-find), to find a link that closes a loop."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        while self.parent.setdefault(x, x) != x:
+            x = self.parent[x]
+        return x
+
+    def join(self, a: str, b: str) -> bool:
+        """Link ``a`` and ``b``; False if they were already connected (a loop)."""
+        ra, rb = self.find(a), self.find(b)
+        self.parent[ra] = rb
+        return ra != rb
 
 
 def _fields(m: Mirror, snaplen: bool = True) -> dict[str, Any]:
@@ -265,12 +564,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         ]
 
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        ovsdb = _backend(ctx, answers)
-        return {
-            "bridges": ovsdb.bridges(),
-            "mirrors": ovsdb.mirrors(),
-            "snaplen": ovsdb.has_column("Mirror", "snaplen"),
-        }
+        return _read(_backend(ctx, answers))
 
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         bridges: dict[str, Bridge] = facts.get("bridges", {})
@@ -278,7 +572,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         fields = [
             Question("name", "Mirror name", required=True, help="Unique on its bridge."),
             Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
-                     required=True, help="The bridge whose traffic is mirrored."),
+                     required=True, help="The bridge whose traffic is mirrored.", refs="bridges"),
             Question("state", "State", kind="choice", choices=("present", "absent"),
                      help="present: create or update this mirror; absent: delete it "
                      "(only if hostsetup made it)."),
@@ -292,47 +586,224 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             Question("select_vlan", "Only VLANs", help="Comma-separated VLAN IDs 0-4095; "
                      "empty mirrors all VLANs."),
             Question("output_port", "Output port (SPAN)", kind="choice", choices=ports,
-                     help="The port that receives the copies; it then carries nothing else. "
-                     "Leave empty for RSPAN."),
+                     help="The port that receives the copies (a tunnel port sends them to a "
+                     "remote analyser); it then carries nothing else. Leave empty for RSPAN.",
+                     refs="ports"),
             Question("output_vlan", "Output VLAN (RSPAN)", kind="int", help=RSPAN_HELP),
         ]
         if facts.get("snaplen", True):
             fields.append(Question("snaplen", "Snap length", kind="int",
                                    help="Truncate each copy to this many bytes (14-65535)."))
+        if facts.get("filter", False):
+            fields.append(_ask(MirrorAnswers, "filter", "Only packets matching"))
+        state = ("present", "absent")
+        bridge_fields = (
+            _ask(BridgeAnswers, "name", "Bridge name", required=True),
+            _ask(BridgeAnswers, "state", "State", kind="choice", choices=state),
+            _ask(BridgeAnswers, "datapath_type", "Datapath type", kind="choice",
+                 choices=tuple(facts.get("datapath_types", ()))),
+            _ask(BridgeAnswers, "fail_mode", "Fail mode", kind="choice",
+                 choices=("standalone", "secure")),
+            _ask(BridgeAnswers, "flood_vlans", "Flood VLANs (RSPAN in)"),
+        )
+        port_fields = (
+            _ask(PortAnswers, "name", "Port name", required=True),
+            Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
+                     required=True, refs="bridges", help="The bridge the port is on."),
+            _ask(PortAnswers, "state", "State", kind="choice", choices=state),
+            _ask(PortAnswers, "type", "Type", kind="choice", choices=(
+                "system", "internal", "patch", *TUNNELS)),
+            _ask(PortAnswers, "tag", "Access VLAN", kind="int"),
+            _ask(PortAnswers, "vlan_mode", "VLAN mode", kind="choice", choices=(
+                "trunk", "access", "native-tagged", "native-untagged")),
+            _ask(PortAnswers, "trunks", "Trunk VLANs"),
+            _ask(PortAnswers, "peer", "Patch peer"),
+            _ask(PortAnswers, "remote_ip", "Tunnel remote IP"),
+            _ask(PortAnswers, "local_ip", "Tunnel local IP"),
+            _ask(PortAnswers, "key", "Tunnel key", kind="int"),
+            _ask(PortAnswers, "erspan_ver", "ERSPAN version", kind="int"),
+            _ask(PortAnswers, "erspan_idx", "ERSPAN v1 index", kind="int"),
+            _ask(PortAnswers, "erspan_dir", "ERSPAN v2 direction", kind="int"),
+            _ask(PortAnswers, "erspan_hwid", "ERSPAN v2 hardware ID", kind="int"),
+        )
         return [
             Question("mirrors", "Port mirrors", kind="records", fields=tuple(fields),
                      summary="name", help=self.help),
             Question("prune", "Delete unlisted mirrors", kind="yesno",
                      help="Delete mirrors made by hostsetup that are not listed here. "
                      "Mirrors made otherwise are never touched."),
+            Question("bridges", "Bridges", kind="records", fields=bridge_fields,
+                     summary="name", help="Bridges to create, update or delete (only the "
+                     "settings given are touched)."),
+            Question("ports", "Ports and tunnels", kind="records", fields=port_fields,
+                     summary="name", help="Ports to create, update or delete: system devices, "
+                     "internal ports, patch links between bridges, and GRE / ERSPAN / VXLAN "
+                     "tunnels that carry mirrored copies to a remote analyser."),
         ]
 
     def current(self, facts: dict[str, Any]) -> dict[str, Any]:
         """hostsetup's mirrors on the switch (``hostsetup-managed``), as records."""
         mirrors = [{"name": m.name, "bridge": m.bridge, **_shown(_fields(m))}
                    for m in facts.get("mirrors", []) if _is_managed(m)]
-        return {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
+        out = {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
             if mirrors else {}
+        ports = [_port_record(p) for _n, p in sorted(facts.get("ports", {}).items())
+                 if _is_managed(p)]
+        return {"ports": ports, **out} if ports else out
 
     def validate(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
         bridges: dict[str, Bridge] = facts["bridges"]
+        ports: dict[str, Port] = facts.get("ports", {})
+        gone = {b.name for b in answers.bridges if b.state == "absent"}
+        final = (set(bridges) - gone) | {b.name for b in answers.bridges if b.state == "present"}
+        answered = {p.name for p in answers.ports}
+        on_bridge: dict[str, set[str]] = {}  # the ports each bridge has after the run
+        for name, port in ports.items():
+            if port.bridge not in gone and name not in answered:
+                on_bridge.setdefault(port.bridge, set()).add(name)
+        for pa in answers.ports:
+            if pa.state == "present":
+                on_bridge.setdefault(pa.bridge, set()).add(pa.name)
+        return (self._check_bridges(answers, facts)
+                + self._check_ports(answers, facts, final)
+                + self._check_mirrors(answers, facts, final, on_bridge))
+
+    def _check_bridges(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
+        bridges: dict[str, Bridge] = facts["bridges"]
+        ports: dict[str, Port] = facts.get("ports", {})
+        kinds = facts.get("datapath_types", ())
+        problems = []
+        for i, b in enumerate(answers.bridges):
+            have = bridges.get(b.name)
+            if have is not None and not _is_managed(have):
+                if b.state == "absent" or b.settings():
+                    problems.append(Problem(("bridges", i, "name"), (
+                        f"bridge '{b.name}' was not made by hostsetup and is never changed or "
+                        "deleted by it (only flood_vlans may be added to it): remove the "
+                        f"other settings, or {_adopt('Bridge', b.name)}")))
+                continue
+            if b.state == "absent":
+                foreign = [f"port {p}" for p in have.ports if p != b.name and p in ports
+                           and not _is_managed(ports[p])] if have else []
+                foreign += [f"mirror {m.name}" for m in facts["mirrors"]
+                            if m.bridge == b.name and not _is_managed(m)]
+                if foreign:
+                    problems.append(Problem(("bridges", i, "state"), (
+                        f"bridge '{b.name}' has {', '.join(foreign)}, not made by hostsetup: "
+                        "deleting the bridge would delete them; remove them first")))
+                continue
+            if have is None and b.name in ports:
+                problems.append(Problem(("bridges", i, "name"), (
+                    f"'{b.name}' is already a port on bridge '{ports[b.name].bridge}'")))
+            if (have is None or b.datapath_type is not None) and kinds \
+                    and (b.datapath_type or "system") not in kinds:
+                problems.append(Problem(("bridges", i, "datapath_type"), (
+                    f"this Open vSwitch has no datapath type '{b.datapath_type or 'system'}' "
+                    f"(datapath_types: {', '.join(kinds)})")))
+        return problems
+
+    def _check_ports(self, answers: OvsMirrorAnswers, facts: dict[str, Any],
+                     final: set[str]) -> list[Problem]:
+        """Each port: its bridge, ownership, type support, patch peers, no patch loops."""
+        ports: dict[str, Port] = facts.get("ports", {})
+        types = facts.get("iface_types", ())
+        answered = {p.name: p for p in answers.ports}
+        problems = []
+        links = _Union()
+        # Patch links that stay as they are link bridges first.
+        for port in ports.values():
+            peer = ports.get(port.options.get("peer", ""))
+            if port.type == "patch" and peer is not None and port.name < peer.name \
+                    and not {port.name, peer.name} & set(answered) \
+                    and {port.bridge, peer.bridge} <= final:
+                links.join(port.bridge, peer.bridge)
+        for i, p in enumerate(answers.ports):
+            have = ports.get(p.name)
+            if have is not None and not _is_managed(have):
+                problems.append(Problem(("ports", i, "name"), (
+                    f"port '{p.name}' (on bridge '{have.bridge}') was not made by hostsetup and "
+                    f"is never changed by it: pick another name, or {_adopt('Port', p.name)}")))
+                continue
+            if have is not None and have.bridge != p.bridge:
+                problems.append(Problem(("ports", i, "bridge"), (
+                    f"port '{p.name}' is on bridge '{have.bridge}': a port does not move; "
+                    "delete it there (state: absent) and create it under another name")))
+                continue
+            if p.state == "absent":
+                users = [f"mirrors[{j}]" for j, m in enumerate(answers.mirrors)
+                         if m.state == "present" and m.bridge == p.bridge
+                         and p.name in (*m.select_src_port, *m.select_dst_port, m.output_port)]
+                if users:
+                    problems.append(Problem(("ports", i, "state"), (
+                        f"port '{p.name}' is deleted but {', '.join(users)} use it")))
+                continue
+            if p.bridge not in final:
+                problems.append(Problem(("ports", i, "bridge"), (
+                    f"bridge '{p.bridge}' does not exist and is not answered under bridges "
+                    f"(bridges: {', '.join(sorted(final)) or 'none'})")))
+                continue
+            if p.name in final:
+                problems.append(Problem(("ports", i, "name"), (
+                    f"'{p.name}' is the name of a bridge (and of its local port)")))
+            if p.type != "system" and types and p.type not in types:
+                problems.append(Problem(("ports", i, "type"), (
+                    f"this Open vSwitch does not support '{p.type}' interfaces "
+                    f"(iface_types: {', '.join(types)})")))
+            if p.type == "patch":
+                problems += self._check_peer(i, p, answered, ports, links)
+        return problems
+
+    @staticmethod
+    def _check_peer(i: int, p: PortAnswers, answered: dict[str, PortAnswers],
+                    ports: dict[str, Port], links: _Union) -> list[Problem]:
+        """A patch port's peer points back, is on another bridge, and closes no loop."""
+        where = ("ports", i, "peer")
+        peer = answered.get(str(p.peer))
+        if peer is not None:
+            ok = peer.state == "present" and peer.type == "patch" and peer.peer == p.name
+            peer_bridge = peer.bridge
+        else:
+            there = ports.get(str(p.peer))
+            ok = there is not None and there.type == "patch" \
+                and there.options.get("peer") == p.name
+            peer_bridge = there.bridge if there is not None else ""
+        if not ok:
+            return [Problem(where, (
+                f"'{p.peer}' must be a patch port whose peer is '{p.name}': answer it under "
+                f"ports with type: patch, peer: {p.name}, on the other bridge"))]
+        if peer_bridge == p.bridge:
+            return [Problem(where, (
+                f"'{p.peer}' is on the same bridge '{p.bridge}': a patch link within one "
+                "bridge is a loop"))]
+        if peer is not None and p.name > peer.name:
+            return []  # the pair is checked once, at its first port
+        if not links.join(p.bridge, peer_bridge):
+            return [Problem(where, (
+                f"the patch link {p.name} <-> {p.peer} closes a loop: bridges '{p.bridge}' and "
+                f"'{peer_bridge}' are already connected through patch ports, so flooded "
+                "frames would circle for ever"))]
+        return []
+
+    def _check_mirrors(self, answers: OvsMirrorAnswers, facts: dict[str, Any],
+                       final: set[str], on_bridge: dict[str, set[str]]) -> list[Problem]:
         existing = {(m.bridge, m.name): m for m in facts["mirrors"]}
+        sources = {(m.bridge, port): j for j, m in enumerate(answers.mirrors)
+                   if m.state == "present" for port in (*m.select_src_port, *m.select_dst_port)}
         problems = []
         for i, m in enumerate(answers.mirrors):
             found = existing.get((m.bridge, m.name))
             if found is not None and not _is_managed(found):
                 problems.append(Problem(("mirrors", i, "name"), (
                     f"mirror '{m.name}' on bridge '{m.bridge}' was not made by hostsetup and is "
-                    "never changed by it: pick another name, or adopt it with 'ovs-vsctl set "
-                    f"Mirror {m.name} external_ids:{MANAGED}=true'")))
+                    f"never changed by it: pick another name, or {_adopt('Mirror', m.name)}")))
             if m.state == "absent":
                 continue
-            if m.bridge not in bridges:
-                known = ", ".join(sorted(bridges)) or "none"
+            if m.bridge not in final:
+                known = ", ".join(sorted(final)) or "none"
                 problems.append(Problem(("mirrors", i, "bridge"),
                                         f"bridge '{m.bridge}' does not exist (bridges: {known})"))
                 continue
-            on_bridge = set(bridges[m.bridge].ports)
+            here = on_bridge.get(m.bridge, set())
             refs: list[tuple[tuple[str | int, ...], str]] = [
                 ((key, j), port) for key in ("select_src_port", "select_dst_port")
                 for j, port in enumerate(getattr(m, key))
@@ -341,19 +812,90 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 refs.append((("output_port",), m.output_port))
             problems += [
                 Problem(("mirrors", i, *where), f"'{port}' is not a port on bridge '{m.bridge}'")
-                for where, port in refs if port not in on_bridge
+                for where, port in refs if port not in here
             ]
-            if m.snaplen is not None and not facts["snaplen"]:
-                problems.append(Problem(("mirrors", i, "snaplen"),
-                                        "this Open vSwitch has no Mirror.snaplen: remove it"))
+            other = sources.get((m.bridge, str(m.output_port)))
+            if other is not None and other != i:
+                problems.append(Problem(("mirrors", i, "output_port"), (
+                    f"'{m.output_port}' is a source of mirrors[{other}]: an output port only "
+                    "carries copies, and mirroring it copies copies (a loop)")))
+            for key, column in (("snaplen", "snaplen"), ("filter", "filter")):
+                if getattr(m, key) is not None and not facts.get(column):
+                    since = " (it came with Open vSwitch 3.4)" if key == "filter" else ""
+                    problems.append(Problem(("mirrors", i, key), (
+                        f"this Open vSwitch has no Mirror.{column}{since}: remove {key}")))
         return problems
+
+    def _network(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> tuple[
+            list[Change], list[BridgePut], list[Bridge], list[Port], list[Port]]:
+        """The bridge and port changes: (changes, bridges to put, to delete, ports to
+        put, to delete).  Bridges: only the settings answered are compared."""
+        bridges: dict[str, Bridge] = facts["bridges"]
+        ports: dict[str, Port] = facts["ports"]
+        changes: list[Change] = []
+        b_put: list[BridgePut] = []
+        b_del: list[Bridge] = []
+        for b in answers.bridges:
+            have, target = bridges.get(b.name), f"bridge {b.name}"
+            if b.state == "absent":
+                if have is not None:
+                    b_del.append(have)
+                    changes.append(Change(target, "delete", {"ports": list(have.ports)}, None,
+                                          "state: absent: its ports and mirrors go with it"))
+                continue
+            want = b.settings()
+            if have is None:
+                b_put.append(BridgePut(b.name, datapath_type=b.datapath_type,
+                                       fail_mode=b.fail_mode, other_config=b.other_config,
+                                       external_ids={MANAGED: "true"}))
+                changes.append(Change(target, "create", None,
+                                      {"datapath_type": b.datapath_type or "system", **want}))
+                continue
+            now = {"datapath_type": have.datapath_type, "fail_mode": have.fail_mode,
+                   **{f"other_config:{k}": have.other_config.get(k) for k in b.other_config}}
+            differ = {k: v for k, v in want.items() if now[k] != v}
+            if differ:
+                b_put.append(BridgePut(
+                    b.name, uuid=have.uuid, datapath_type=differ.get("datapath_type"),
+                    fail_mode=differ.get("fail_mode"),
+                    other_config={k.partition(":")[2]: v for k, v in differ.items()
+                                  if k.startswith("other_config:")}))
+                changes.append(Change(target, "update", {k: now[k] for k in differ}, differ))
+        p_put: list[Port] = []
+        p_del: list[Port] = []
+        for p in answers.ports:
+            old, target = ports.get(p.name), f"port {p.bridge}/{p.name}"
+            if p.state == "absent":
+                if old is not None:
+                    p_del.append(old)
+                    changes.append(Change(target, "delete", _shown(_port_fields(old)), None,
+                                          "state: absent"))
+                continue
+            new = p.desired()
+            if old is None:
+                p_put.append(new)
+                changes.append(Change(target, "create", None, _shown(_port_fields(new)),
+                                      describe_port(new)))
+                continue
+            before, after = _port_fields(old), _port_fields(new)
+            keys = [k for k in {**before, **after} if before.get(k) != after.get(k)]
+            if keys:
+                p_put.append(replace(new, uuid=old.uuid,
+                                     external_ids={**old.external_ids, MANAGED: "true"}))
+                changes.append(Change(target, "update", {k: before.get(k) for k in keys},
+                                      {k: after.get(k) for k in keys},
+                                      "in place: " + describe_port(new)))
+        return changes, b_put, b_del, p_put, p_del
 
     def _diff(self, answers: OvsMirrorAnswers, ovsdb: OvsdbAPI) -> tuple[list[Change], MirrorEdit]:
         """The changes from what the switch has to the answers, and the edit doing them."""
-        bridges = ovsdb.bridges()
-        snaplen = ovsdb.has_column("Mirror", "snaplen")
-        existing = {(m.bridge, m.name): m for m in ovsdb.mirrors()}
-        changes: list[Change] = []
+        facts = _read(ovsdb)
+        changes, b_put, b_del, p_put, p_del = self._network(answers, facts)
+        # The bridges after the run (flood_vlans are kept on each of them).
+        bridges = {n: b for n, b in facts["bridges"].items() if b not in b_del}
+        bridges.update({b.name: Bridge(b.name) for b in b_put if not b.uuid})
+        snaplen = facts["snaplen"]
+        existing = {(m.bridge, m.name): m for m in facts["mirrors"]}
         put: list[Mirror] = []
         delete: list[Mirror] = []
         for m in answers.mirrors:
@@ -392,26 +934,32 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         flood = self._rspan(answers, bridges, existing, {(d.bridge, d.name) for d in delete})
         changes += flood[0]
         return changes, MirrorEdit(put=put, delete=delete, flood_add=flood[1],
-                                   flood_remove=flood[2], bridge_ids=flood[3])
+                                   flood_remove=flood[2], bridge_ids=flood[3],
+                                   bridges_put=b_put, bridges_delete=b_del,
+                                   ports_put=p_put, ports_delete=p_del)
 
     def _rspan(
         self, answers: OvsMirrorAnswers, bridges: dict[str, Bridge],
         existing: dict[tuple[str, str], Mirror], deleted: set[tuple[str, str]],
     ) -> tuple[list[Change], dict[str, list[int]], dict[str, list[int]],
                dict[str, dict[str, str | None]]]:
-        """Keep each bridge's flood_vlans holding the output VLANs of our RSPAN mirrors.
+        """Keep each bridge's flood_vlans holding the output VLANs of our RSPAN mirrors
+        and the VLANs its answer lists (the receiving end of an RSPAN).
 
         Only VLANs this step added (recorded in the bridge's external_ids) are
-        ever removed, and only once no managed mirror of that bridge uses them.
+        ever removed, and only once no managed mirror of that bridge uses them
+        and its answer no longer lists them.
         """
         # The managed mirrors after this run: listed ones, plus managed ones kept.
         after = {(m.bridge, m.name): m.output_vlan for m in answers.mirrors if m.state == "present"}
         for key, have in existing.items():
             if _is_managed(have) and key not in after and key not in deleted:
                 after[key] = have.output_vlan
+        listed = {b.name: set(b.flood_vlans) for b in answers.bridges if b.state == "present"}
         changes, add, remove, ids = [], {}, {}, {}
         for name, bridge in sorted(bridges.items()):
             wanted = {v for (b, _n), v in after.items() if b == name and v is not None}
+            wanted |= listed.get(name, set())
             flood = set(bridge.flood_vlans)
             ours = {int(v) for v in bridge.external_ids.get(RSPAN_VLANS, "").split(",") if v}
             new_ours = (ours & wanted) | (wanted - flood)
@@ -424,7 +972,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             changes.append(Change(
                 f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
                 {"flood_vlans": new_flood},
-                "RSPAN output VLANs are flooded and OVS learns no MAC addresses on them",
+                "RSPAN VLANs (mirror outputs, or a receiving end's) are flooded and OVS "
+                "learns no MAC addresses on them",
             ))
         return changes, add, remove, ids
 

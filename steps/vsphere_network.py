@@ -1,10 +1,17 @@
 """Step ``vsphere_network``: standard vSwitches, port groups and VM adapters.
 
 On every selected ESXi host (all, those of a cluster, or named ones) the
-answered vSwitches (ports, MTU, uplink NICs) and port groups (vSwitch, VLAN,
-security policy) are created or updated in place, or removed when marked
-``state: absent``; then VM network adapters are moved onto port groups
+answered vSwitches (ports, MTU, uplink NICs, policy) and port groups (vSwitch,
+VLAN, policy overrides) are created or updated in place, or removed when
+marked ``state: absent``; then VM network adapters are moved onto port groups
 (ReconfigVM_Task, waited on).  Only what the answers name is touched.
+
+A policy is security (``allow_promiscuous``, ``forged_transmits``,
+``mac_changes``), ``teaming`` (load balancing, active/standby NIC order,
+notify switches, failback, failure detection) and ``shaping``.  On a vSwitch
+the fields left out keep their value (ESXi's default on a new one); on a port
+group they are inherited from the vSwitch when it is created and left as they
+are when it is updated.
 
 If a change fails, what this run did is undone in reverse order (created
 objects removed, updated ones restored, adapters moved back).  What remains
@@ -18,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
@@ -28,9 +36,14 @@ from backends.interfaces.vsphere import (
     Inventory,
     PortGroupSpec,
     Security,
+    Shaping,
+    Teaming,
+    Vmk,
+    VmkSpec,
     VSphereAPI,
     VSphereConn,
     VSwitchSpec,
+    overlay,
     vsphere_api,
 )
 from steps.base import (
@@ -65,7 +78,88 @@ class ClusterHosts(StepModel):
     cluster: str = Field(min_length=1, description="cluster name (vCenter)")
 
 
-class VSwitchAnswer(StepModel):
+class TeamingAnswer(StepModel):
+    """NIC teaming and failover; fields left out are not changed (or inherited)."""
+
+    load_balancing: Literal["loadbalance_srcid", "loadbalance_ip", "loadbalance_srcmac",
+                            "failover_explicit"] | None = Field(
+        None, description="loadbalance_srcid (port ID), loadbalance_ip (IP hash), "
+        "loadbalance_srcmac (MAC hash) or failover_explicit (explicit failover order)")
+    active_nics: list[str] | None = Field(
+        None, min_length=1, max_length=32,
+        description="active uplinks in failover order, e.g. [vmnic1]")
+    standby_nics: list[str] | None = Field(None, max_length=32,
+                                           description="standby uplinks, in order")
+    notify_switches: bool | None = Field(None, description="notify physical switches on failover")
+    failback: bool | None = Field(None, description="return to an active NIC once it recovers")
+    failure_detection: Literal["link", "beacon"] | None = Field(
+        None, description="link (link status only) or beacon (beacon probing)")
+
+    @model_validator(mode="after")
+    def _order(self) -> TeamingAnswer:
+        order = [*(self.active_nics or ()), *(self.standby_nics or ())]
+        dupes = repeated(order)
+        if dupes:
+            raise ValueError(f"NIC {', '.join(dupes)} listed more than once in "
+                             "active_nics/standby_nics")
+        return self
+
+    def value(self) -> Teaming:
+        """The answered teaming (unset fields stay unset)."""
+        return Teaming(self.load_balancing,
+                       None if self.active_nics is None else tuple(self.active_nics),
+                       None if self.standby_nics is None else tuple(self.standby_nics),
+                       self.notify_switches, self.failback, self.failure_detection)
+
+
+MAX_KBPS = 100_000_000  # 100 Gbit/s
+
+
+class ShapingAnswer(StepModel):
+    """Outbound traffic shaping; fields left out are not changed (or inherited)."""
+
+    enabled: bool | None = Field(None, description="shape outbound traffic")
+    average_kbps: int | None = Field(None, ge=1, le=MAX_KBPS,
+                                     description="average bandwidth in kbit/s")
+    peak_kbps: int | None = Field(None, ge=1, le=MAX_KBPS, description="peak bandwidth in kbit/s")
+    burst_kb: int | None = Field(None, ge=1, le=MAX_KBPS, description="burst size in KB")
+
+    @model_validator(mode="after")
+    def _peak(self) -> ShapingAnswer:
+        if self.average_kbps and self.peak_kbps and self.peak_kbps < self.average_kbps:
+            raise ValueError(f"peak_kbps {self.peak_kbps} is below average_kbps "
+                             f"{self.average_kbps}; the peak must be at least the average")
+        return self
+
+    def value(self) -> Shaping:
+        """The answered shaping (unset fields stay unset)."""
+        return Shaping(self.enabled, self.average_kbps, self.peak_kbps, self.burst_kb)
+
+
+class PolicyAnswer(StepModel):
+    """Security, teaming and shaping of a vSwitch or port group; unset = not changed
+    (on a new port group: inherited from its vSwitch)."""
+
+    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
+    forged_transmits: bool | None = Field(None, description="allow forged transmits")
+    mac_changes: bool | None = Field(None, description="allow MAC address changes")
+    teaming: TeamingAnswer | None = Field(None, description="NIC teaming and failover order")
+    shaping: ShapingAnswer | None = Field(None, description="outbound traffic shaping")
+
+    def security(self) -> Security:
+        """The answered security policy (unset fields stay unset)."""
+        return Security(self.allow_promiscuous, self.forged_transmits, self.mac_changes)
+
+    def teaming_value(self) -> Teaming:
+        """The answered teaming (all unset when not answered)."""
+        return self.teaming.value() if self.teaming else Teaming()
+
+    def shaping_value(self) -> Shaping:
+        """The answered shaping (all unset when not answered)."""
+        return self.shaping.value() if self.shaping else Shaping()
+
+
+class VSwitchAnswer(PolicyAnswer):
     """One standard vSwitch."""
 
     name: str = Field(min_length=1, max_length=32, description="vSwitch name, e.g. vSwitch1")
@@ -76,15 +170,12 @@ class VSwitchAnswer(StepModel):
     state: State = Field("present", description="present, or absent to remove it")
 
 
-class PortGroupAnswer(StepModel):
-    """One standard port group; unset security fields inherit the vSwitch's."""
+class PortGroupAnswer(PolicyAnswer):
+    """One standard port group; unset policy fields inherit the vSwitch's."""
 
     name: str = Field(min_length=1, max_length=59, description="port group name")
     vswitch: str | None = Field(None, description="vSwitch it is on (required when present)")
     vlan: int = Field(0, ge=0, le=4095, description="VLAN ID 0-4095; 0 = none, 4095 = trunk")
-    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
-    forged_transmits: bool | None = Field(None, description="allow forged transmits")
-    mac_changes: bool | None = Field(None, description="allow MAC address changes")
     state: State = Field("present", description="present, or absent to remove it")
 
     @model_validator(mode="after")
@@ -92,10 +183,6 @@ class PortGroupAnswer(StepModel):
         if self.state == "present" and not self.vswitch:
             raise ValueError(f"port group '{self.name}': 'vswitch' is required when present")
         return self
-
-    def security(self) -> Security:
-        """The answered security policy (unset fields stay unset)."""
-        return Security(self.allow_promiscuous, self.forged_transmits, self.mac_changes)
 
 
 class AdapterAnswer(StepModel):
@@ -105,6 +192,63 @@ class AdapterAnswer(StepModel):
     adapter: str = Field(pattern=r"^Network adapter \d+$",
                          description="adapter label, e.g. 'Network adapter 1'")
     portgroup: str = Field(min_length=1, max_length=59, description="target port group")
+
+
+class StaticIp(StepModel):
+    """A static IPv4 address and netmask."""
+
+    address: IPv4Address = Field(description="IPv4 address, e.g. 10.0.20.11")
+    netmask: IPv4Address = Field(description="netmask, e.g. 255.255.255.0")
+
+    @field_validator("netmask")
+    @classmethod
+    def _mask(cls, value: IPv4Address) -> IPv4Address:
+        try:
+            prefix = IPv4Network(f"0.0.0.0/{value}").prefixlen
+        except ValueError:
+            prefix = 0
+        if prefix == 0:
+            raise ValueError(f"'{value}' is not a netmask (e.g. 255.255.255.0)")
+        return value
+
+
+# "dhcp" or a mapping: a string is checked against "dhcp" only, a mapping as
+# StaticIp only (one clear error, not one per union member).
+IpAnswer = Annotated[
+    Annotated[Literal["dhcp"], Tag("dhcp")] | Annotated[StaticIp, Tag("static")],
+    Discriminator(lambda v: "dhcp" if isinstance(v, str) else "static")]
+Service = Literal["management", "vmotion", "vsan", "provisioning", "ft", "replication"]
+
+
+class VmkAnswer(StepModel):
+    """One VMkernel adapter, identified by its port group (or by ``device`` to move it)."""
+
+    host: str | None = Field(None, min_length=1, max_length=255,
+                             description="the host (required for a static IP); "
+                             "unset = every selected host")
+    device: str | None = Field(None, pattern=r"^vmk\d{1,3}$",
+                               description="an existing adapter to move or edit, e.g. vmk1")
+    portgroup: str = Field(min_length=1, max_length=59, description="standard port group")
+    ip: IpAnswer = Field("dhcp", description="dhcp or {address, netmask}")
+    mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
+    services: list[Service] = Field(
+        default_factory=list, max_length=6,
+        description="management, vmotion, vsan, provisioning, ft, replication")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _host_for_static(self) -> VmkAnswer:
+        if isinstance(self.ip, StaticIp) and self.host is None:
+            raise ValueError(f"the static IP {self.ip.address} needs a 'host' (one address "
+                             "cannot go to every host)")
+        return self
+
+    def spec(self) -> VmkSpec:
+        """What the adapter should be."""
+        ip = self.ip if isinstance(self.ip, StaticIp) else None
+        return VmkSpec(self.portgroup, str(ip.address) if ip else None,
+                       str(ip.netmask) if ip else None, self.mtu,
+                       tuple(sorted(set(self.services))))
 
 
 class VSphereNetworkAnswers(StepModel):
@@ -125,6 +269,7 @@ class VSphereNetworkAnswers(StepModel):
     portgroups: list[PortGroupAnswer] = Field(default_factory=list, description="port groups")
     vm_adapters: list[AdapterAnswer] = Field(default_factory=list,
                                              description="VM adapters to move to a port group")
+    vmkernel: list[VmkAnswer] = Field(default_factory=list, description="VMkernel adapters")
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -158,7 +303,22 @@ class VSphereNetworkAnswers(StepModel):
             if a.portgroup in absent_pg:
                 raise ValueError(f"'{a.adapter}' of VM '{a.vm}' moves to port group "
                                  f"'{a.portgroup}', which the answers remove")
+        self._vmk_rules(absent_pg)
         return self
+
+    def _vmk_rules(self, absent_pg: set[str]) -> None:
+        for i, v in enumerate(self.vmkernel):
+            if v.state == "present" and v.portgroup in absent_pg:
+                raise ValueError(f"vmkernel[{i}] is on port group '{v.portgroup}', which the "
+                                 "answers remove")
+        for what, keys in (
+                ("a VMkernel adapter", [f"{v.host or 'every host'}/{v.device or v.portgroup}"
+                                        for v in self.vmkernel]),
+                ("a static VMkernel address", [str(v.ip.address) for v in self.vmkernel
+                                               if isinstance(v.ip, StaticIp)])):
+            dupes = repeated(keys)
+            if dupes:
+                raise ValueError(f"{what} is listed more than once: {', '.join(dupes)}")
 
 
 def connection(section: dict[str, Any]) -> VSphereConn:
@@ -224,24 +384,40 @@ def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) ->
     return {"ports": num_ports, "mtu": mtu, "uplinks": sorted(nics)}
 
 
-def portgroup_dict(vswitch: str, vlan: int, sec: Security) -> dict[str, Any]:
+def portgroup_dict(vswitch: str, vlan: int) -> dict[str, Any]:
     """A port group's managed settings, for Change before/after."""
-    return {"vswitch": vswitch, "vlan": vlan,
-            **{SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}}
+    return {"vswitch": vswitch, "vlan": vlan}
+
+
+def policy_dict(sec: Security, team: Teaming, shape: Shaping) -> Settings:
+    """A policy's settings that are set, for Change before/after: flat readable keys
+    (``shaping`` is whether shaping is on), NIC orders as lists."""
+    found: Settings = {SECURITY_WORDS[k]: getattr(sec, k) for k in SECURITY_KEYS}
+    found |= {k: list(v) if isinstance(v, tuple) else v for k, v in vars(team).items()}
+    found |= {"shaping": shape.enabled, "average_kbps": shape.average_kbps,
+              "peak_kbps": shape.peak_kbps, "burst_kb": shape.burst_kb}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def policy_of(obj: Any) -> Settings:
+    """The policy settings of a vSwitch or port group (value or spec)."""
+    return policy_dict(obj.security, obj.teaming, obj.shaping)
+
+
+def wanted_policy(answer: PolicyAnswer, have: Any) -> Settings:
+    """The policy to reach: the answered fields over ``have``'s (only the answered
+    ones when ``have`` is ``None``, i.e. created)."""
+    if have is None:
+        return policy_dict(answer.security(), answer.teaming_value(), answer.shaping_value())
+    return policy_dict(overlay(have.security, answer.security()),
+                       overlay(have.teaming, answer.teaming_value()),
+                       overlay(have.shaping, answer.shaping_value()))
 
 
 def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
     """Only the settings that differ, before and after (what `plan` shows)."""
     keys = [k for k in after if before.get(k) != after[k]]
     return {k: before.get(k) for k in keys}, {k: after[k] for k in keys}
-
-
-def wanted_portgroup(pg: PortGroupAnswer, current: Security | None) -> dict[str, Any]:
-    """The port group settings to reach: unanswered security fields keep their value."""
-    keep = current or Security()
-    sec = Security(*(getattr(pg, k) if getattr(pg, k) is not None else getattr(keep, k)
-                     for k in SECURITY_KEYS))
-    return portgroup_dict(pg.vswitch or "", pg.vlan, sec)
 
 
 @dataclass(frozen=True)
@@ -259,17 +435,22 @@ class Kind:
 
 VSWITCH = Kind(
     "vSwitch", "vswitch", Host.vswitch,
-    current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics),
-    wanted=lambda a, _have: vswitch_dict(a.num_ports, a.mtu, a.nics),
-    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics)),
-    spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics),
+    current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics) | policy_of(v),
+    wanted=lambda a, have: vswitch_dict(a.num_ports, a.mtu, a.nics) | wanted_policy(a, have),
+    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics), a.security(),
+                               a.teaming_value(), a.shaping_value()),
+    spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics, v.security, v.teaming,
+                                  v.shaping),
 )
+# A port group's undo restores its computed policy as explicit overrides.
 PORTGROUP = Kind(
     "port group", "portgroup", Host.portgroup,
-    current=lambda p: portgroup_dict(p.vswitch, p.vlan, p.security),
-    wanted=lambda a, have: wanted_portgroup(a, have.security if have else None),
-    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security()),
-    spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security),
+    current=lambda p: portgroup_dict(p.vswitch, p.vlan) | policy_of(p),
+    wanted=lambda a, have: portgroup_dict(a.vswitch or "", a.vlan) | wanted_policy(a, have),
+    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security(),
+                                 a.teaming_value(), a.shaping_value()),
+    spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security, p.teaming,
+                                    p.shaping),
 )
 
 
@@ -314,7 +495,7 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
                 ops.append(Op(Change(target, "create", after=after),
                               (f"add_{kind.api}", (h, kind.spec(item))), remove,
                               exists(find, True)))
-            elif kind.current(have) != after:
+            elif changed(kind.current(have), after)[1]:
                 update = f"update_{kind.api}"
                 before, wanted = changed(kind.current(have), after)
                 ops.append(Op(Change(target, "update", before, wanted),
@@ -352,19 +533,94 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     return ops
 
 
+def vmk_dict(v: Vmk | VmkSpec) -> Settings:
+    """A VMkernel adapter's managed settings, for Change before/after."""
+    dhcp = v.dhcp if isinstance(v, Vmk) else v.address is None
+    return {"portgroup": v.portgroup, "ip": "dhcp" if dhcp else f"{v.address}/{v.netmask}",
+            "mtu": v.mtu, "services": sorted(v.services)}
+
+
+def vmk_spec_of(v: Vmk) -> VmkSpec:
+    """The spec that restores ``v``."""
+    return VmkSpec(v.portgroup, None if v.dhcp else v.address, None if v.dhcp else v.netmask,
+                   v.mtu, tuple(sorted(v.services)))
+
+
+def vmk_finder(host: str, device: str | None,
+               portgroup: str) -> Callable[[Inventory], Vmk | None]:
+    """Looks up a VMkernel adapter by device (when given) or port group."""
+    def find(inv: Inventory) -> Vmk | None:
+        h = inv.host(host)
+        if h is None:
+            return None
+        return h.vmk(device) if device else h.vmk_on(portgroup)
+    return find
+
+
+def vmk_differs(find: Callable[[Inventory], Vmk | None],
+                before: Settings) -> Callable[[Inventory], bool]:
+    """In effect: the adapter is gone or one of ``before``'s settings is not restored."""
+    def check(inv: Inventory) -> bool:
+        found = find(inv)
+        return found is None or any(vmk_dict(found)[k] != x for k, x in before.items())
+    return check
+
+
+def the_vmk(answer: VmkAnswer, host: Host) -> Vmk | None:
+    """The existing adapter an answer is about on ``host``."""
+    return host.vmk(answer.device) if answer.device else host.vmk_on(answer.portgroup)
+
+
+def vmk_ops(answers: VSphereNetworkAnswers, host: Host, absent: bool) -> list[Op]:
+    """Create/update (or, with ``absent``, remove) the answered VMkernel adapters."""
+    ops = []
+    h = host.name
+    for v in answers.vmkernel:
+        if v.host not in (None, h):
+            continue
+        have = the_vmk(v, host)
+        target = f"{h}: VMkernel " + (have.device if have else f"adapter on {v.portgroup}")
+        if absent:
+            if v.state == "absent" and have is not None:
+                ops.append(Op(Change(target, "delete", before=vmk_dict(have)),
+                              ("remove_vmk", (h, have.portgroup)),
+                              ("add_vmk", (h, vmk_spec_of(have))),
+                              exists(vmk_finder(h, None, have.portgroup), False)))
+        elif v.state == "present":
+            after = vmk_dict(v.spec())
+            if have is None:
+                ops.append(Op(Change(target, "create", after=after),
+                              ("add_vmk", (h, v.spec())), ("remove_vmk", (h, v.portgroup)),
+                              exists(vmk_finder(h, None, v.portgroup), True)))
+                continue
+            before, wanted = changed(vmk_dict(have), after)
+            if wanted:
+                ops.append(Op(Change(target, "update", before, wanted),
+                              ("update_vmk", (h, have.portgroup, v.spec())),
+                              ("update_vmk", (h, v.portgroup, vmk_spec_of(have))),
+                              vmk_differs(vmk_finder(h, have.device, ""), before)))
+    return ops
+
+
 def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
-    """Every change, in a safe order: vSwitches, port groups, adapter moves, removals."""
+    """Every change, in a safe order: vSwitches, port groups, VMkernel adapters,
+    VM adapter moves, then removals (VMkernel adapters, port groups, vSwitches)."""
     hosts = selected_hosts(answers, inv)
     ops: list[Op] = []
     for absent in (False, True):
         if absent:
             ops += adapter_ops(answers, inv)
-        # Port groups are removed before their vSwitch, created after it.
+        # Port groups are removed before their vSwitch, created after it; a
+        # VMkernel adapter is created after its port group, removed before it.
         for host in hosts:
             kinds: list[tuple[Kind, list[Any]]] = [
                 (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
+            if absent:
+                ops += vmk_ops(answers, host, True)
             for kind, items in reversed(kinds) if absent else kinds:
                 ops += object_ops(host, kind, items, absent)
+            if not absent:
+                ops += vmk_ops(answers, host, False)
     return ops
 
 
@@ -513,7 +769,38 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         hosts = selected_hosts(answers, inv)
         for host in hosts:
             problems += self._switch_problems(answers, host)
+            problems += self._teaming_problems(answers, host)
         problems += self._adapter_problems(answers, inv, hosts)
+        problems += self._vmk_problems(answers, inv, hosts)
+        # A rule on answered values only (an answered vSwitch's uplinks) fails
+        # alike on every host: say it once.
+        return list(dict.fromkeys(problems))
+
+    def _teaming_problems(self, answers: VSphereNetworkAnswers, host: Host) -> list[Problem]:
+        """Active/standby NICs are uplinks of the vSwitch: the answered uplinks of an
+        answered vSwitch, else those the host's vSwitch has."""
+        problems = []
+        answered = {v.name: v.nics for v in answers.vswitches if v.state == "present"}
+        items: list[tuple[str, list[Any]]] = [("vswitches", list(answers.vswitches)),
+                                              ("portgroups", list(answers.portgroups))]
+        for key, records in items:
+            for i, item in enumerate(records):
+                if item.state == "absent" or item.teaming is None:
+                    continue
+                switch = item.name if key == "vswitches" else item.vswitch or ""
+                have = host.vswitch(switch)
+                if switch in answered:
+                    uplinks, where = answered[switch], "in the answers"
+                elif have is not None:
+                    uplinks, where = list(have.nics), f"on host '{host.name}'"
+                else:
+                    continue  # an unknown vSwitch is reported by _switch_problems
+                for field in ("active_nics", "standby_nics"):
+                    for j, nic in enumerate(getattr(item.teaming, field) or ()):
+                        if nic not in uplinks:
+                            problems.append(Problem((key, i, "teaming", field, j), (
+                                f"'{nic}' is not an uplink of vSwitch '{switch}' {where} "
+                                f"(uplinks: {', '.join(uplinks) or 'none'})")))
         return problems
 
     def _host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory) -> list[Problem]:
@@ -558,6 +845,81 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                     f"vSwitch '{pg.vswitch}' is neither on host '{host.name}' nor in "
                     "the answers' vswitches")))
         return problems
+
+    def _vmk_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
+                      hosts: list[Host]) -> list[Problem]:
+        """Hosts, devices and port groups exist, one adapter per port group, static
+        addresses unused elsewhere, the management adapter untouched."""
+        problems = []
+        names = [h.name for h in hosts]
+        answered = {p.name for p in answers.portgroups if p.state == "present"}
+        removed = {(v.host, v.portgroup) for v in answers.vmkernel if v.state == "absent"}
+        for i, pg in enumerate(answers.portgroups):
+            for host in hosts if pg.state == "absent" else ():
+                on = host.vmk_on(pg.name)
+                if on and not {(None, pg.name), (host.name, pg.name)} & removed:
+                    problems.append(Problem(("portgroups", i, "state"), (
+                        f"port group '{pg.name}' on host '{host.name}' carries VMkernel "
+                        f"adapter {on.device}; mark it absent under vmkernel too")))
+        for i, v in enumerate(answers.vmkernel):
+            if v.host is not None and v.host not in names:
+                problems.append(Problem(("vmkernel", i, "host"), (
+                    f"host '{v.host}' is not a selected host (selected: "
+                    f"{', '.join(names) or 'none'})")))
+                continue
+            for host in hosts:
+                if v.host in (None, host.name):
+                    problems += self._vmk_host_problems(answers, inv, host, i, v, answered)
+        return problems
+
+    def _vmk_host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
+                           i: int, v: VmkAnswer, answered: set[str]) -> list[Problem]:
+        here = f"on host '{host.name}'"
+        have = the_vmk(v, host)
+        if v.device and have is None:
+            has = ", ".join(x.device for x in host.vmks) or "none"
+            return [Problem(("vmkernel", i, "device"),
+                            f"no VMkernel adapter '{v.device}' {here} (has: {has})")]
+        guard = self._management(answers, have)
+        if v.state == "absent":
+            return [Problem(("vmkernel", i, "state"), guard)] if guard else []
+        problems = []
+        other = host.vmk_on(v.portgroup)
+        if host.portgroup(v.portgroup) is None and v.portgroup not in answered:
+            problems.append(Problem(("vmkernel", i, "portgroup"), (
+                f"port group '{v.portgroup}' is neither {here} nor in the answers' portgroups")))
+        elif other is not None and (have is None or other.device != have.device):
+            problems.append(Problem(("vmkernel", i, "portgroup"), (
+                f"port group '{v.portgroup}' {here} already has VMkernel adapter "
+                f"{other.device} (one per port group)")))
+        if guard and have is not None:
+            wanted = vmk_dict(v.spec())
+            for key, moved in (("portgroup", wanted["portgroup"] != have.portgroup),
+                               ("ip", wanted["ip"] != vmk_dict(have)["ip"]),
+                               ("services", "management" not in wanted["services"])):
+                if moved:
+                    problems.append(Problem(("vmkernel", i, key), guard))
+        if isinstance(v.ip, StaticIp):
+            address = str(v.ip.address)
+            for h in inv.hosts:
+                for x in h.vmks:
+                    mine = h.name == host.name and have is not None and x.device == have.device
+                    if x.address == address and not mine:
+                        problems.append(Problem(("vmkernel", i, "ip", "address"), (
+                            f"{address} is already the address of {x.device} on host "
+                            f"'{h.name}'")))
+        return problems
+
+    @staticmethod
+    def _management(answers: VSphereNetworkAnswers, vmk: Vmk | None) -> str:
+        """Why ``vmk`` carries the session's management network ("" when it does not)."""
+        if vmk is None:
+            return ""
+        why = ("it is tagged for the management service" if "management" in vmk.services
+               else f"its address is the server {answers.server}"
+               if vmk.address == answers.server else "")
+        return (f"{vmk.device} carries the management network this session uses ({why}); "
+                "it is never removed, moved, re-addressed or untagged") if why else ""
 
     def _adapter_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
                           hosts: list[Host]) -> list[Problem]:

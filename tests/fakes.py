@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitFile
-from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, Shmem
-from backends.interfaces.ovsdb import Bridge, Mirror, MirrorEdit, Port
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitStatus
+from backends.interfaces.libvirt import Domain, DomainNotFound, HostFile, PciAddress, Shmem
+from backends.interfaces.ovsdb import Bridge, BridgePut, Mirror, MirrorEdit, Port
 from backends.interfaces.vsphere import (
     VM,
     Adapter,
@@ -28,8 +28,11 @@ from backends.interfaces.vsphere import (
     PortGroup,
     PortGroupSpec,
     Security,
+    Vmk,
+    VmkSpec,
     VSwitch,
     VSwitchSpec,
+    overlay,
 )
 
 # -- D-Bus -------------------------------------------------------------------
@@ -54,9 +57,9 @@ class FakeDBus:
     failing: set[str] = field(default_factory=set)
     restarted: list[str] = field(default_factory=list)
     address: str = "fake:dbus"
-    # Unit file states (default "enabled"); names changed on disk since the last reload.
-    file_states: dict[str, str] = field(default_factory=dict)
-    stale: set[str] = field(default_factory=set)
+    # Unit file states (enabled, disabled, masked...); a unit not listed is "disabled".
+    enablement: dict[str, str] = field(default_factory=dict)
+    files: dict[str, HostFile] = field(default_factory=dict)
     reloads: int = 0
 
     def list_units(self) -> dict[str, Unit]:
@@ -85,20 +88,34 @@ class FakeDBus:
         self.restarted.append(name)
         return self.start_unit(name, timeout)
 
-    def unit_file(self, name: str) -> UnitFile:
-        return UnitFile(self.file_states.get(name, "enabled"), name in self.stale)
+    def stop_unit(self, name: str, timeout: float) -> str:
+        self.units[name] = unit(name, "inactive")
+        return "done"
 
-    def enable_unit(self, name: str) -> None:
-        self.file_states[name] = "enabled"
-        self.reload()
+    def unit_status(self, name: str) -> UnitStatus | None:
+        found = self.units.get(name) or self.load_unit(name)
+        if found is None:
+            return None
+        return UnitStatus(name, found.load, found.active, found.sub,
+                          self.enablement.get(name, "disabled"), False,
+                          "exit-code" if found.active == "failed" else "success")
+
+    def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
+        state = {"enable": "enabled", "disable": "disabled", "mask": "masked"}[action]
+        for name in names:
+            self.enablement[name] = state
+        return [("symlink", f"/etc/systemd/system/{n}", "") for n in names]
 
     def reload(self) -> None:
         self.reloads += 1
-        self.stale.clear()
 
-    def unit_result(self, name: str) -> str:
-        found = self.units.get(name)
-        return f"unit {found.active if found else 'not-found'}"
+    def read_file(self, path: str) -> HostFile | None:
+        return self.files.get(path)
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
+        old = self.files.get(path)
+        self.files[path] = HostFile(path, content, mode)
+        return f"{path}.bak" if old is not None and old.content != content else None
 
     def close(self) -> None:
         pass
@@ -136,23 +153,64 @@ class FakeOvsdb:
     def has_column(self, table: str, column: str) -> bool:
         return (table, column) != ("Mirror", "snaplen") or self.snaplen
 
+    # Ports written by an edit (type, options, VLANs); others are plain system ports.
+    ports_: dict[str, Port] = field(default_factory=dict)
+
     def bridges(self) -> dict[str, Bridge]:
         return dict(self.bridges_)
 
     def ports(self) -> dict[str, Port]:
-        return {p: Port(p, b.name) for b in self.bridges_.values() for p in b.ports}
+        return {p: self.ports_.get(p) or Port(p, b.name, uuid=f"port-{p}")
+                for b in self.bridges_.values() for p in b.ports}
+
+    def iface_types(self) -> tuple[str, ...]:
+        return ("erspan", "geneve", "gre", "internal", "ip6erspan", "ip6gre", "patch",
+                "system", "tap", "vxlan")
+
+    def datapath_types(self) -> tuple[str, ...]:
+        return ("netdev", "system")
+
+    def _put_bridge(self, put: BridgePut) -> None:
+        old = self.bridges_.get(put.name) or Bridge(put.name, (put.name,), uuid=f"br-{put.name}")
+        ids = {k: v for k, v in {**old.external_ids, **put.external_ids}.items() if v is not None}
+        other = {k: v for k, v in {**old.other_config, **put.other_config}.items()
+                 if v is not None}
+        self.bridges_[put.name] = replace(
+            old, datapath_type=put.datapath_type or old.datapath_type,
+            fail_mode=put.fail_mode if put.fail_mode is not None else old.fail_mode,
+            external_ids=ids, other_config=other)
+
+    def _edit_ports(self, edit: MirrorEdit) -> None:
+        for port in edit.ports_delete:
+            self.ports_.pop(port.name, None)
+            bridge = self.bridges_[port.bridge]
+            self.bridges_[port.bridge] = replace(
+                bridge, ports=tuple(p for p in bridge.ports if p != port.name))
+        for port in edit.ports_put:
+            self.ports_[port.name] = replace(port, uuid=port.uuid or f"port-{port.name}")
+            bridge = self.bridges_[port.bridge]
+            if port.name not in bridge.ports:
+                self.bridges_[port.bridge] = replace(bridge, ports=(*bridge.ports, port.name))
 
     def mirrors(self) -> list[Mirror]:
         return list(self.mirrors_.values())
 
     def apply(self, edit: MirrorEdit, timeout: float) -> int:
         self.transactions += 1
+        made = {(p.bridge, p.name) for p in edit.ports_put} | {
+            (b.name, b.name) for b in edit.bridges_put}
         for m in edit.put:  # checked first: a bad reference changes nothing
             ports = self.bridges_[m.bridge].ports if m.bridge in self.bridges_ else ()
+            ports = (*ports, *(p for b, p in made if b == m.bridge))
             for port in (*m.select_src_port, *m.select_dst_port, *filter(None, [m.output_port])):
                 if port not in ports:
                     raise BackendError(f"transaction refused: no port '{port}' on "
                                        f"bridge '{m.bridge}'")
+        for put in edit.bridges_put:
+            self._put_bridge(put)
+        self._edit_ports(edit)
+        for gone in edit.bridges_delete:
+            self.bridges_.pop(gone.name, None)
         for m in edit.delete:
             self.mirrors_.pop(m.uuid, None)
         for m in edit.put:
@@ -227,15 +285,20 @@ class FakeVSphere:
         h = self._host(host)
         if h.vswitch(spec.name):
             raise BackendError(f"vSwitch '{spec.name}' already exists")
-        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics)
+        new = VSwitch(spec.name, spec.num_ports, spec.mtu, spec.nics, (),
+                      spec.security, spec.teaming, spec.shaping)
         self._set_switches(h, [*h.vswitches, new], list(h.portgroups))
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
         self._call("update_vswitch", name, host)
         h = self._host(host)
-        self._set_switches(h, [replace(v, num_ports=spec.num_ports, mtu=spec.mtu,
-                                       nics=spec.nics) if v.name == name else v
-                               for v in h.vswitches], list(h.portgroups))
+        # As the adapter: policy fields the spec leaves unset keep their value.
+        self._set_switches(h, [replace(
+            v, num_ports=spec.num_ports, mtu=spec.mtu, nics=spec.nics,
+            security=overlay(v.security, spec.security),
+            teaming=overlay(v.teaming, spec.teaming),
+            shaping=overlay(v.shaping, spec.shaping)) if v.name == name else v
+            for v in h.vswitches], list(h.portgroups))
 
     def remove_vswitch(self, host: str, name: str) -> None:
         self._call("remove_vswitch", name, host)
@@ -243,29 +306,63 @@ class FakeVSphere:
         self._set_switches(h, [v for v in h.vswitches if v.name != name],
                            [p for p in h.portgroups if p.vswitch != name])
 
-    def _portgroup(self, spec: PortGroupSpec) -> PortGroup:
-        # Unset security fields read back as the vSwitch's (here: all off).
+    def _portgroup(self, h: Host, spec: PortGroupSpec) -> PortGroup:
+        # Unset security fields read back as the vSwitch's (here: all off), unset
+        # teaming and shaping fields as the vSwitch's.
         sec = Security(*(bool(getattr(spec.security, k)) for k in
                          ("allow_promiscuous", "forged_transmits", "mac_changes")))
-        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec)
+        vs = h.vswitch(spec.vswitch) or VSwitch(spec.vswitch, 0, 0)
+        return PortGroup(spec.name, spec.vswitch, spec.vlan, sec,
+                         overlay(vs.teaming, spec.teaming), overlay(vs.shaping, spec.shaping))
 
     def add_portgroup(self, host: str, spec: PortGroupSpec) -> None:
         self._call("add_portgroup", spec.name, host)
         h = self._host(host)
         if h.portgroup(spec.name) or not h.vswitch(spec.vswitch):
             raise BackendError(f"cannot add port group '{spec.name}'")
-        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(spec)])
+        self._set_switches(h, list(h.vswitches), [*h.portgroups, self._portgroup(h, spec)])
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
         self._call("update_portgroup", name, host)
         h = self._host(host)
-        self._set_switches(h, list(h.vswitches), [self._portgroup(spec) if p.name == name else p
-                                                  for p in h.portgroups])
+        self._set_switches(h, list(h.vswitches), [replace(
+            p, name=spec.name, vswitch=spec.vswitch, vlan=spec.vlan,
+            security=overlay(p.security, spec.security),
+            teaming=overlay(p.teaming, spec.teaming),
+            shaping=overlay(p.shaping, spec.shaping)) if p.name == name else p
+            for p in h.portgroups])
 
     def remove_portgroup(self, host: str, name: str) -> None:
         self._call("remove_portgroup", name, host)
         h = self._host(host)
         self._set_switches(h, list(h.vswitches), [p for p in h.portgroups if p.name != name])
+
+    def _set_vmks(self, h: Host, vmks: list[Vmk]) -> None:
+        self.hosts[h.name] = replace(h, vmks=tuple(vmks))
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        self._call("add_vmk", spec.portgroup, host)
+        h = self._host(host)
+        if h.vmk_on(spec.portgroup) or not h.portgroup(spec.portgroup):
+            raise BackendError(f"cannot add a VMkernel adapter on '{spec.portgroup}'")
+        device = next(f"vmk{n}" for n in range(len(h.vmks) + 1) if not h.vmk(f"vmk{n}"))
+        self._set_vmks(h, [*h.vmks, self._vmk(device, spec)])
+
+    @staticmethod
+    def _vmk(device: str, spec: VmkSpec) -> Vmk:
+        return Vmk(device, spec.portgroup, spec.address is None, spec.address, spec.netmask,
+                   spec.mtu, spec.services)
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        self._call("update_vmk", portgroup, host)
+        h = self._host(host)
+        self._set_vmks(h, [self._vmk(v.device, spec) if v.portgroup == portgroup else v
+                           for v in h.vmks])
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        self._call("remove_vmk", portgroup, host)
+        h = self._host(host)
+        self._set_vmks(h, [v for v in h.vmks if v.portgroup != portgroup])
 
     def move_adapter(self, vm: str, adapter: str, portgroup: str,
                      progress: Callable[[float], None] | None = None) -> None:
@@ -316,8 +413,67 @@ class FakeLibvirt:
         others = tuple(s for s in dom.shmems if s.name != shmem.name)
         self.domains_[name] = replace(dom, shmems=(*others, shmem))
 
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        for shmem in shmems:
+            self.set_shmem(name, shmem)
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        dom = self.domain(name)
+        self.domains_[name] = replace(dom, shmems=tuple(s for s in dom.shmems
+                                                        if s.name not in names))
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        self.domains_[name] = replace(self.domain(name), qemu_args=tuple(args))
+
     def set_emulator(self, name: str, emulator: str) -> None:
         self.domains_[name] = replace(self.domain(name), emulator=emulator)
+
+    def list_files(self, directory: str) -> list[str]:
+        prefix = directory.rstrip("/") + "/"
+        return sorted(p[len(prefix):] for p in self.files
+                      if p.startswith(prefix) and "/" not in p[len(prefix):])
+
+    def remove_file(self, path: str) -> bool:
+        return self.files.pop(path, None) is not None
+
+    # The running guests' devices (the live XML); a domain not listed has what its
+    # definition had when it started, i.e. its definition now.
+    live: dict[str, Domain] = field(default_factory=dict)
+
+    def live_domain(self, name: str) -> Domain:
+        return self.live.get(name) or self.domain(name)
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        dom = self.live_domain(name)
+        others = tuple(s for s in dom.shmems if s.name != shmem.name)
+        self.live[name] = replace(dom, shmems=(*others, shmem))
+        if persistent:
+            self.set_shmem(name, shmem)
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        return [(s.address, "1af4:1110") for s in self.live_domain(name).shmems
+                if s.address is not None]
+
+    # dpkg diversions: path -> where the original went.
+    diversions: dict[str, str] = field(default_factory=dict)
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        return self.diversions.get(path)
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        self.files[real] = self.files.get(path) or HostFile(real, b"", 0o755)
+        self.diversions[path] = real
+        self.files[path] = HostFile(path, content, 0o755)
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        self.files[path] = self.files.pop(real)
+        self.diversions.pop(path, None)
+
+    # hugetlbfs mount point -> (page size in bytes, free pages).
+    hugepages: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        return self.hugepages.get(path)
 
     def read_file(self, path: str) -> HostFile | None:
         return self.files.get(path)
@@ -390,7 +546,8 @@ def sample_backends() -> FakeBackends:
 
     Units of a host with Open vSwitch and libvirt installed but stopped;
     bridge br0 with vnet0, vnet1 and mon0; a vCenter cluster Cluster1 of two
-    hosts with a free vmnic1 and VM sensor01; domains vm1 (running) and vm2.
+    hosts with a free vmnic1, vmk0 (management) and VM sensor01; domains vm1
+    (running) and vm2.
     """
     fb = FakeBackends()
     fb.systems["dbus"] = FakeDBus(units={
@@ -400,13 +557,16 @@ def sample_backends() -> FakeBackends:
         bus={"org.freedesktop.NetworkManager": ["/org/freedesktop/NetworkManager"]})
     ovs = fb.systems["ovsdb"] = FakeOvsdb()
     ovs.add_bridge("br0", "vnet0", "vnet1", "mon0")
-    default = VSwitch("vSwitch0", 128, 1500, ("vmnic0",), ("VM Network",))
+    default = VSwitch("vSwitch0", 128, 1500, ("vmnic0",), ("VM Network", "Management Network"))
+    off = Security(False, False, False)
     fb.systems["vsphere"] = FakeVSphere(
         hosts={h: Host(h, "Cluster1", (default,),
-                       (PortGroup("VM Network", "vSwitch0", 0,
-                                  Security(False, False, False)),),
-                       (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")))
-               for h in ("esx01", "esx02")},
+                       (PortGroup("VM Network", "vSwitch0", 0, off),
+                        PortGroup("Management Network", "vSwitch0", 0, off)),
+                       (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")),
+                       (Vmk("vmk0", "Management Network", False, f"10.0.0.{n}",
+                            "255.255.255.0", 1500, ("management",)),))
+               for n, h in enumerate(("esx01", "esx02"), 1)},
         vms={"sensor01": VM("sensor01", "esx01", (
             Adapter("Network adapter 1", 4000, "VM Network"),
             Adapter("Network adapter 2", 4001, "VM Network")))})

@@ -283,8 +283,9 @@ def test_questions_offer_real_bridges_and_ports(ovs_host: Sandbox) -> None:
     records = {q.key: q for q in step.questions(facts)}["mirrors"]
     assert records.kind == "records"
     fields = {f.key: f for f in records.fields}
-    assert fields["bridge"].choices == ("br0",)
-    assert set(fields["select_src_port"].choices) == {"br0", "mon0", "vm1", "vm2"}
+    assert fields["bridge"].choices == ("br0", "wan0")  # wan0: towards the analyser
+    assert set(fields["select_src_port"].choices) == {"br0", "mon0", "vm1", "vm2", "wan0",
+                                                      "wan-ana"}
     assert "sends" in fields["select_src_port"].help.lower()
     assert "delivered to" in fields["select_dst_port"].help.lower()
 

@@ -89,6 +89,9 @@ def check_cases(t: Terminal, where: str, questions: list[Question], model: Any) 
         if "kept in memory" in screen:  # a typed password: said once, then refused fields
             t.send("Enter")
             screen = t.wait_for("Not accepted")
+        for _ in range(4):  # a long list of problems scrolls: read it all
+            t.send("NPage")
+            screen += t.screen()
         for q in expect:
             assert shorten(q.label, 40)[:30] in screen, f"{where}/{case}: {q.label}\n{screen}"
         assert "Traceback" not in screen and "internal error" not in screen

@@ -8,7 +8,7 @@ from typing import Any
 from fakes import FakeBackends, FakeOvsdb
 from helpers import run, statuses
 
-from backends.interfaces.ovsdb import Bridge, Mirror
+from backends.interfaces.ovsdb import Mirror, MirrorEdit
 from steps.ovs_mirror import MANAGED, RSPAN_VLANS
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
 
@@ -104,7 +104,7 @@ def test_host_problems_are_all_listed_with_their_keys() -> None:
     assert result.exit_code == EXIT_INVALID
     assert result.steps[0].errors == [
         "ovs_mirror.mirrors[0].select_src_port[0]: 'eth9' is not a port on bridge 'br0'",
-        "ovs_mirror.mirrors[0].snaplen: this Open vSwitch has no Mirror.snaplen: remove it",
+        "ovs_mirror.mirrors[0].snaplen: this Open vSwitch has no Mirror.snaplen: remove snaplen",
         "ovs_mirror.mirrors[1].bridge: bridge 'br7' does not exist (bridges: br0, br1)",
         "ovs_mirror.mirrors[2].name: mirror 'by-hand' on bridge 'br0' was not made by "
         "hostsetup and is never changed by it: pick another name, or adopt it with "
@@ -115,16 +115,15 @@ def test_host_problems_are_all_listed_with_their_keys() -> None:
 
 def test_refused_transaction_changes_nothing() -> None:
     fb = switch()
-    # Port vm1 goes away right after the check phase read the bridges.
+    # Port vm1 goes away after the check phase, just before the transaction.
     ovs = fb.ovsdb
-    real_bridges = ovs.bridges
+    real_apply = ovs.apply
 
-    def bridges_then_port_gone() -> dict[str, Bridge]:
-        found = real_bridges()
+    def port_gone_then_apply(edit: MirrorEdit, timeout: float) -> int:
         ovs.bridges_["br0"] = replace(ovs.bridges_["br0"], ports=("vm2", "mon0"))
-        return found
+        return real_apply(edit, timeout)
 
-    ovs.bridges = bridges_then_port_gone  # type: ignore[method-assign]
+    ovs.apply = port_gone_then_apply  # type: ignore[method-assign]
     result = run("apply", section(SPAN), fb)
     assert result.exit_code == EXIT_FAILED
     assert "no port 'vm1'" in result.steps[0].errors[0]

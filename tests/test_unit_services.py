@@ -45,7 +45,8 @@ def test_failed_start_job_fails_the_step_and_says_what_started() -> None:
     result = run("apply", {"services": {"require": REQUIRE}}, fb)
     assert result.exit_code == EXIT_FAILED
     step = result.steps[0]
-    assert step.errors == ["start of libvirtd.service ended with job result 'failed' (unit failed)"]
+    assert step.errors == ["start of libvirtd.service ended with job result 'failed' "
+                           "(unit Result: exit-code)"]
     assert step.notes == ["remains changed: start unit ovs-vswitchd.service"]
 
 

@@ -126,3 +126,92 @@ def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> Non
     assert reads and all(vms == {"sensor01"} for vms in reads)
     facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
     assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all
+
+
+def test_policies_plan_only_what_changes_and_keep_the_rest() -> None:
+    fb = sample_backends()
+    teaming = {"load_balancing": "failover_explicit", "active_nics": ["vmnic1"]}
+    vs = {"name": "vSwitch1", "nics": ["vmnic1"], "teaming": teaming,
+          "shaping": {"enabled": True, "average_kbps": 1000}}
+    pg = {**PG, "teaming": {"notify_switches": False}}
+    answers = section(hosts=["esx01"], vswitches=[vs], portgroups=[pg])
+    run("apply", answers, fb)
+    host = fb.vsphere.hosts["esx01"]
+    assert host.vswitch("vSwitch1").teaming.load_balancing == "failover_explicit"
+    # the port group inherits the vSwitch's order, overrides notify_switches
+    mon = host.portgroup("Monitoring")
+    assert (mon.teaming.active_nics, mon.teaming.notify_switches) == (("vmnic1",), False)
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    vs["teaming"] = {"failback": False}
+    changes = run("plan", answers, fb).steps[0].changes
+    assert [(c.target, c.before, c.after) for c in changes] == [
+        ("esx01: vSwitch vSwitch1", {"failback": None}, {"failback": False})]
+    run("apply", answers, fb)
+    team = fb.vsphere.hosts["esx01"].vswitch("vSwitch1").teaming
+    assert (team.load_balancing, team.failback) == ("failover_explicit", False)
+
+
+def test_teaming_nics_not_uplinks_are_refused() -> None:
+    fb = sample_backends()
+    vs = {"name": "vSwitch1", "nics": ["vmnic1"], "teaming": {"standby_nics": ["vmnic0"]}}
+    result = run("apply", section(vswitches=[vs]), fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.vswitches[0].teaming.standby_nics[0]: 'vmnic0' is not an uplink of "
+        "vSwitch 'vSwitch1' in the answers (uplinks: vmnic1)"]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+VMK = {"portgroup": "vMotion", "services": ["vmotion"], "mtu": 9000}
+VMOTION_PG = {"name": "vMotion", "vswitch": "vSwitch0", "vlan": 30}
+
+
+def test_vmkernel_created_after_its_port_group_removed_before_it() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], portgroups=[VMOTION_PG], vmkernel=[VMK])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == ["create esx01: port group vMotion",
+                                               "create esx01: VMkernel adapter on vMotion"]
+    run("apply", answers, fb)
+    vmk = fb.vsphere.hosts["esx01"].vmk_on("vMotion")
+    assert vmk is not None and (vmk.dhcp, vmk.mtu, vmk.services) == (True, 9000, ("vmotion",))
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    gone = section(hosts=["esx01"], portgroups=[{"name": "vMotion", "state": "absent"}],
+                   vmkernel=[{**VMK, "state": "absent"}])
+    assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
+        "delete esx01: VMkernel vmk1", "delete esx01: port group vMotion"]
+
+
+def test_vmkernel_failure_undoes_the_port_group_too() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_vmk", "vMotion"))
+    result = run("apply", section(hosts=["esx01"], portgroups=[VMOTION_PG], vmkernel=[VMK]), fb)
+    assert result.exit_code == EXIT_FAILED
+    assert result.steps[0].notes == ["remains changed: nothing"]
+    assert fb.vsphere.hosts["esx01"].portgroup("vMotion") is None
+
+
+def test_management_vmk_guard_and_address_in_use() -> None:
+    fb = sample_backends()
+    bad = section(vmkernel=[
+        {"portgroup": "Management Network", "state": "absent"},
+        {"host": "esx02", "portgroup": "VM Network",
+         "ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    guard = ("vmk0 carries the management network this session uses (it is tagged for the "
+             "management service); it is never removed, moved, re-addressed or untagged")
+    assert result.steps[0].errors == [
+        f"vsphere_network.vmkernel[0].state: {guard}",
+        "vsphere_network.vmkernel[1].ip.address: 10.0.0.1 is already the address of vmk0 on "
+        "host 'esx01'"]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_a_service_listed_twice_is_one_selection_and_replans_clean() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], portgroups=[VMOTION_PG],
+                      vmkernel=[{**VMK, "services": ["vmotion", "vmotion"]}])
+    run("apply", answers, fb)
+    assert fb.vsphere.hosts["esx01"].vmk_on("vMotion").services == ("vmotion",)
+    assert run("plan", answers, fb).exit_code == EXIT_OK

@@ -369,7 +369,8 @@ def test_questions_offer_what_the_host_has(vs_start: Start) -> None:
     assert qs["hosts"].choices == ("all", *sim.hosts)
     fields = {k: {f.key: f for f in qs[k].fields} for k in ("vswitches", "portgroups",
                                                              "vm_adapters")}
-    assert fields["vswitches"]["nics"].choices == ("vmnic1",)  # vmnic0 is vSwitch0's uplink
+    # vmnic0 is vSwitch0's uplink
+    assert fields["vswitches"]["nics"].choices == ("vmnic1", "vmnic2", "vmnic3")
     assert fields["portgroups"]["vswitch"].choices == ("vSwitch0",)
     assert fields["vm_adapters"]["vm"].choices == tuple(sim.vms)
     assert fields["vm_adapters"]["adapter"].choices == ("Network adapter 1",)

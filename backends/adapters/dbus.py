@@ -10,8 +10,10 @@ from typing import Any
 from gi.repository import GLib
 from pydbus import connect
 
+from backends import hostfiles
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitFile
+from backends.interfaces.dbus import NetDevice, NetworkState, Unit, UnitStatus
+from backends.interfaces.libvirt import HostFile
 
 SYSTEMD = "org.freedesktop.systemd1"
 NM = "org.freedesktop.NetworkManager"
@@ -121,35 +123,53 @@ class DBusBackend:
         """Restart ``name`` (mode ``replace``) and wait for its job; returns the job result."""
         return self._job("RestartUnit", name, timeout)
 
-    def unit_file(self, name: str) -> UnitFile:
-        """``UnitFileState`` and ``NeedDaemonReload`` of ``name`` (loaded first)."""
-        path = self._call(SYSTEMD, "/org/freedesktop/systemd1", "LoadUnit", name)
-        try:
-            unit = self.bus.get(SYSTEMD, path)
-            return UnitFile(state=str(getattr(unit, "UnitFileState", "")),
-                            need_reload=bool(getattr(unit, "NeedDaemonReload", False)))
-        except GLib.Error as exc:
-            raise BackendError(f"{SYSTEMD} {name}: {_error_text(exc)}") from None
+    def stop_unit(self, name: str, timeout: float) -> str:
+        """Stop ``name`` (mode ``replace``) and wait for its job; returns the job result."""
+        return self._job("StopUnit", name, timeout)
 
-    def enable_unit(self, name: str) -> None:
-        """``EnableUnitFiles([name], runtime=False, force=False)``, then ``Reload``."""
-        self._call(SYSTEMD, "/org/freedesktop/systemd1", "EnableUnitFiles", [name], False, False)
-        self.reload()
+    def unit_status(self, name: str) -> UnitStatus | None:
+        """A unit's state, enablement, NeedDaemonReload and Result; ``None`` if unknown."""
+        try:
+            manager = self.bus.get(SYSTEMD, "/org/freedesktop/systemd1")
+            unit = self.bus.get(SYSTEMD, manager.LoadUnit(name))
+            props = unit["org.freedesktop.systemd1.Unit"]
+        except GLib.Error:
+            return None
+        if props.LoadState == "not-found":
+            return None
+        try:
+            result = str(unit["org.freedesktop.systemd1.Service"].Result)
+        except (GLib.Error, KeyError, AttributeError):
+            result = ""  # not a service
+        return UnitStatus(name=name, load=props.LoadState, active=props.ActiveState,
+                          sub=props.SubState, enablement=props.UnitFileState,
+                          need_reload=bool(props.NeedDaemonReload), result=result)
+
+    def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
+        """EnableUnitFiles / DisableUnitFiles / MaskUnitFiles (persistent); the changes."""
+        path = "/org/freedesktop/systemd1"
+        if action == "enable":
+            _install_info, changes = self._call(SYSTEMD, path, "EnableUnitFiles", names,
+                                                False, False)
+        elif action == "disable":
+            changes = self._call(SYSTEMD, path, "DisableUnitFiles", names, False)
+        elif action == "mask":
+            changes = self._call(SYSTEMD, path, "MaskUnitFiles", names, False, False)
+        else:
+            raise BackendError(f"unknown unit file action '{action}'")
+        return [tuple(c) for c in changes]
 
     def reload(self) -> None:
-        """``Reload``: systemd answers once it has read the unit files again."""
+        """systemd's Reload (daemon-reload); returns once systemd has reloaded."""
         self._call(SYSTEMD, "/org/freedesktop/systemd1", "Reload")
 
-    def unit_result(self, name: str) -> str:
-        """Why ``name`` is not active, as systemd says: its ``Result`` and main exit status."""
-        try:
-            unit = self.bus.get(SYSTEMD, self.bus.get(SYSTEMD, "/org/freedesktop/systemd1")
-                                .LoadUnit(name))
-            text = f"unit {unit.ActiveState}, result '{getattr(unit, 'Result', 'unknown')}'"
-            status = getattr(unit, "ExecMainStatus", 0)
-        except GLib.Error as exc:
-            return f"unit state unknown: {_error_text(exc)}"
-        return f"{text}, exit status {status}" if status else text
+    def read_file(self, path: str) -> HostFile | None:
+        """A host file's content and mode (see :mod:`backends.hostfiles`)."""
+        return hostfiles.read_file(path)
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
+        """Write a host file atomically, with a backup (see :mod:`backends.hostfiles`)."""
+        return hostfiles.write_file(path, content, mode)
 
     def _job(self, method: str, name: str, timeout: float) -> str:
         results: dict[str, str] = {}

@@ -6,6 +6,10 @@ Definitions are edited as XML trees (ElementTree): read with
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +36,7 @@ UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2,
          "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
          "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
 NAMESPACES = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0"}
+QEMU = "{" + NAMESPACES["qemu"] + "}"
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -150,12 +155,14 @@ class LibvirtBackend:
             raise self._fail(exc, "version") from None
         return v // 1_000_000, v // 1000 % 1000, v % 1000
 
-    def _domain(self, dom: libvirt.virDomain) -> Domain:
+    def _domain(self, dom: libvirt.virDomain,
+                flags: int = libvirt.VIR_DOMAIN_XML_INACTIVE) -> Domain:
         state, _reason = dom.state()
-        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        root = ET.fromstring(dom.XMLDesc(flags))
         devices = root.find("devices")
         if devices is None:
             devices = ET.Element("devices")
+        os_type = root.find("os/type")
         return Domain(
             name=dom.name(),
             uuid=dom.UUIDString(),
@@ -165,6 +172,10 @@ class LibvirtBackend:
             emulator=devices.findtext("emulator", "").strip(),
             shmems=tuple(shmem_of(el) for el in devices.iterfind("shmem")),
             pci_addresses=pci_addresses(devices),
+            qemu_args=tuple(a.get("value", "") for a in root.iterfind(f"{QEMU}commandline/"
+                                                                       f"{QEMU}arg")),
+            machine=os_type.get("machine", "") if os_type is not None else "",
+            acpi=root.find("features/acpi") is not None,
         )
 
     def domains(self) -> list[Domain]:
@@ -190,33 +201,64 @@ class LibvirtBackend:
         except libvirt.libvirtError as exc:
             raise self._fail(exc, "read domain", name) from None
 
-    def _edit(self, name: str, change: Callable[[ET.Element], None]) -> None:
-        """Read the persistent definition, change its ``<devices>``, define it again."""
+    def _edit(self, name: str, change: Callable[[ET.Element], None],
+              whole: bool = False) -> None:
+        """Read the persistent definition, change its ``<devices>`` (or, ``whole``,
+        the root element), define it again."""
         dom = self._lookup(name)
         try:
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             devices = root.find("devices")
             if devices is None:
                 devices = ET.SubElement(root, "devices")
-            change(devices)
+            change(root if whole else devices)
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))
         except libvirt.libvirtError as exc:
             raise self._fail(exc, f"define '{name}'", name) from None
 
     def set_shmem(self, name: str, shmem: Shmem) -> None:
         """Add or replace (same name) the ``<shmem>`` device of domain ``name``."""
+        self.set_shmems(name, [shmem])
+
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        """Add or replace (same names) ``<shmem>`` devices of domain ``name``, in one
+        definition change (all or nothing)."""
 
         def change(devices: ET.Element) -> None:
-            new = shmem_element(shmem)
-            for old in devices.findall("shmem"):
-                if old.get("name") == shmem.name:
-                    # Keep the guest's PCI layout: reuse the address libvirt gave it.
-                    if shmem.address is None and old.find("address") is not None:
-                        new.append(old.find("address"))  # type: ignore[arg-type]
-                    devices.remove(old)
-            devices.append(new)
+            for shmem in shmems:
+                new = shmem_element(shmem)
+                for old in devices.findall("shmem"):
+                    if old.get("name") == shmem.name:
+                        # Keep the guest's PCI layout: reuse the address libvirt gave it.
+                        if shmem.address is None and old.find("address") is not None:
+                            new.append(old.find("address"))  # type: ignore[arg-type]
+                        devices.remove(old)
+                devices.append(new)
 
         self._edit(name, change)
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        """Remove the ``<shmem>`` devices of those names from domain ``name``."""
+
+        def change(devices: ET.Element) -> None:
+            for old in devices.findall("shmem"):
+                if old.get("name") in names:
+                    devices.remove(old)
+
+        self._edit(name, change)
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        """Set every ``<qemu:commandline>`` argument of domain ``name``."""
+
+        def change(root: ET.Element) -> None:
+            for line in root.findall(f"{QEMU}commandline"):
+                root.remove(line)
+            if args:
+                line = ET.SubElement(root, f"{QEMU}commandline")
+                for value in args:
+                    ET.SubElement(line, f"{QEMU}arg", value=value)
+
+        self._edit(name, change, whole=True)
 
     def set_emulator(self, name: str, emulator: str) -> None:
         """Set the ``<emulator>`` of domain ``name``."""
@@ -237,3 +279,163 @@ class LibvirtBackend:
     def write_file(self, path: str, content: bytes, mode: int = 0o755) -> str | None:
         """Write a host file atomically, with a backup (see :mod:`backends.hostfiles`)."""
         return hostfiles.write_file(path, content, mode)
+
+    def list_files(self, directory: str) -> list[str]:
+        """Names of the regular files in a host directory (links are not followed)."""
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BackendError(f"cannot list {directory}: {exc.strerror}") from None
+
+    def remove_file(self, path: str) -> bool:
+        """Remove a host regular file (never a link's target); ``False`` if it was absent."""
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise BackendError(f"{path} is not a regular file: not removed")
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
+        return True
+
+    def live_domain(self, name: str) -> Domain:
+        """One domain as its live XML says (what the running guest has)."""
+        dom = self._lookup(name)
+        try:
+            return self._domain(dom, 0)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, "read domain", name) from None
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        """Hot-plug a ``<shmem>`` device into the running domain (and, with
+        ``persistent``, its definition in the same call: both or neither)."""
+        dom = self._lookup(name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if persistent:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        try:
+            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"), flags)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"hot-plug into '{name}'", name) from None
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        """The running guest's PCI devices as QEMU lists them (QMP ``query-pci``):
+        (address, ``vendor:device`` in hex)."""
+        import libvirt_qemu  # the QEMU-specific part of the binding, only needed here
+
+        dom = self._lookup(name)
+        try:
+            reply = libvirt_qemu.qemuMonitorCommand(dom, '{"execute": "query-pci"}', 0)
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"query-pci of '{name}'", name) from None
+        found = []
+        for bus in json.loads(reply).get("return", []):
+            for dev in bus.get("devices", []):
+                ids = dev.get("id", {})
+                found.append((PciAddress(0, dev["bus"], dev["slot"], dev["function"]),
+                              f"{ids.get('vendor', 0):04x}:{ids.get('device', 0):04x}"))
+        return found
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        """Where dpkg diverts ``path`` to (``dpkg-divert --truename``), ``None`` if not."""
+        true = _dpkg_divert(admindir, "--truename", path)
+        return None if true == path else true
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        """Divert ``path`` to ``real`` (dpkg-divert) and put ``content`` in its place.
+
+        No moment without an executable at ``path``: the new file is written
+        aside, the original is hard-linked to ``real`` (the same bytes, the
+        same inode), then the new file is renamed over ``path``.  A failure
+        undoes what was done.
+        """
+        if os.path.lexists(real):
+            raise BackendError(f"{real} exists already: not overwritten (remove it, or undo "
+                               "the diversion it belongs to)")
+        new = f"{path}.hostsetup-new"
+        hostfiles.atomic_write(new, content, 0o755)
+        try:
+            _dpkg_divert(admindir, "--no-rename", "--divert", real, "--add", path)
+            try:
+                os.link(path, real)
+                os.rename(new, path)
+            except OSError as exc:
+                if os.path.lexists(real) and os.path.exists(path):
+                    os.unlink(real)
+                _dpkg_divert(admindir, "--no-rename", "--remove", path)
+                raise BackendError(f"cannot swap {path}: {exc.strerror}") from None
+        finally:
+            if os.path.lexists(new):
+                os.unlink(new)
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        """Put the diverted original back at ``path`` (one rename) and remove the diversion."""
+        try:
+            os.rename(real, path)
+        except FileNotFoundError:
+            if _dpkg_divert(admindir, "--truename", path) != real:
+                return  # neither moved nor diverted: nothing to undo
+            raise BackendError(f"{path} is diverted to {real}, which is missing: restore "
+                               "the emulator (reinstall its package) and run again") from None
+        except OSError as exc:
+            raise BackendError(f"cannot restore {path}: {exc.strerror}") from None
+        _dpkg_divert(admindir, "--no-rename", "--remove", path)
+
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        """(huge page size in bytes, free and unreserved pages of that size) of the
+        hugetlbfs mounted at ``path``; ``None`` when no hugetlbfs is mounted there."""
+        target = os.path.realpath(path)
+        try:
+            with open("/proc/self/mounts", encoding="utf-8") as f:
+                mounts = [line.split() for line in f.read(1 << 20).splitlines()]
+            page = _default_hugepage()
+            for fields in mounts:
+                if len(fields) >= 4 and fields[2] == "hugetlbfs" and \
+                        fields[1].replace("\\040", " ") == target:
+                    for option in fields[3].split(","):
+                        if option.startswith("pagesize="):
+                            page = _size_bytes(option.removeprefix("pagesize="))
+                    pool = f"/sys/kernel/mm/hugepages/hugepages-{page // 1024}kB/"
+                    # Reserved pages (mapped, not touched yet) count as free there.
+                    with open(pool + "free_hugepages", encoding="ascii") as f:
+                        free = int(f.read(64).strip())
+                    with open(pool + "resv_hugepages", encoding="ascii") as f:
+                        return page, free - int(f.read(64).strip())
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the huge pages of {path}: {exc}") from None
+        return None
+
+
+def _size_bytes(text: str) -> int:
+    """``2M``, ``1G``, ``2048k`` (a mount option) in bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    unit = units.get(text[-1:].lower(), 1)
+    return int(text[:-1] if unit != 1 else text) * unit
+
+
+def _default_hugepage() -> int:
+    """The system's default huge page size (``Hugepagesize`` of /proc/meminfo), in bytes."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f.read(1 << 16).splitlines():
+            if line.startswith("Hugepagesize:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no Hugepagesize in /proc/meminfo")
+
+
+DPKG_TIMEOUT = 60.0  # seconds for one dpkg-divert call (it takes dpkg's lock)
+
+
+def _dpkg_divert(admindir: str, *args: str) -> str:
+    """Run ``dpkg-divert --admindir ADMINDIR ARGS``; its output, or a BackendError."""
+    try:
+        done = subprocess.run(["dpkg-divert", "--admindir", admindir, *args],
+                              capture_output=True, text=True, timeout=DPKG_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"dpkg-divert {' '.join(args)}: {exc}") from None
+    if done.returncode != 0:
+        raise BackendError(f"dpkg-divert {' '.join(args)}: {done.stderr.strip()[:500]}")
+    return done.stdout.strip()

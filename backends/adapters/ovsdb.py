@@ -1,7 +1,7 @@
 """OVSDB backend: one IDL connection (the ``ovs`` Python library) to Open vSwitch.
 
 The IDL keeps a replica of the tables this step needs (Open_vSwitch, Bridge,
-Port, Mirror) and is the only way we talk to ovsdb-server: no ``ovs-vsctl``
+Port, Interface, Mirror) and is the only way we talk to ovsdb-server: no ``ovs-vsctl``
 process per operation.  :meth:`OvsdbBackend.apply` writes a whole step's
 changes as ONE transaction (the server applies it all or nothing), every
 referenced port verified, then waits for ovs-vswitchd to report the new
@@ -26,6 +26,7 @@ import ovs.stream
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import (
     Bridge,
+    BridgePut,
     Mirror,
     MirrorEdit,
     OvsdbTLS,
@@ -38,9 +39,11 @@ DATABASE = "Open_vSwitch"
 # Columns replicated by the IDL; the Mirror table is replicated whole, so a
 # column this OVS has (e.g. snaplen) is seen and one it lacks is not asked for.
 COLUMNS = {
-    "Open_vSwitch": ["bridges", "next_cfg", "cur_cfg"],
-    "Bridge": ["name", "ports", "mirrors", "flood_vlans", "datapath_type", "external_ids"],
-    "Port": ["name"],
+    "Open_vSwitch": ["bridges", "next_cfg", "cur_cfg", "iface_types", "datapath_types"],
+    "Bridge": ["name", "ports", "mirrors", "flood_vlans", "datapath_type", "external_ids",
+               "fail_mode", "other_config"],
+    "Port": ["name", "interfaces", "tag", "trunks", "vlan_mode", "external_ids"],
+    "Interface": ["name", "type", "options"],
 }
 # A commit that meets a concurrent change (verify failed) is rebuilt from the
 # refreshed replica this many times before giving up.
@@ -187,23 +190,45 @@ class OvsdbBackend:
                 datapath_type=row.datapath_type,
                 external_ids=dict(row.external_ids),
                 uuid=str(row.uuid),
+                fail_mode=_opt(row.fail_mode),
+                other_config=dict(row.other_config),
             )
             for row in self._rows("Bridge")
         }
 
     def ports(self) -> dict[str, Port]:
-        """All ports of all bridges, by name."""
+        """All ports of all bridges, by name, with their first interface's type and options."""
         self._sync()
-        return {
-            p.name: Port(p.name, bridge.name, str(p.uuid))
-            for bridge in self._rows("Bridge")
-            for p in bridge.ports
-        }
+        out = {}
+        for bridge in self._rows("Bridge"):
+            for p in bridge.ports:
+                iface = p.interfaces[0] if p.interfaces else None
+                out[p.name] = Port(
+                    p.name, bridge.name, str(p.uuid),
+                    type=iface.type if iface is not None else "",
+                    options=dict(iface.options) if iface is not None else {},
+                    tag=_opt(p.tag), trunks=tuple(sorted(p.trunks)),
+                    vlan_mode=_opt(p.vlan_mode), external_ids=dict(p.external_ids))
+        return out
+
+    def _root_set(self, column: str) -> tuple[str, ...]:
+        self._sync()
+        rows = self._rows("Open_vSwitch")
+        return tuple(sorted(getattr(rows[0], column))) if rows else ()
+
+    def iface_types(self) -> tuple[str, ...]:
+        """``Open_vSwitch.iface_types`` (filled in by ovs-vswitchd)."""
+        return self._root_set("iface_types")
+
+    def datapath_types(self) -> tuple[str, ...]:
+        """``Open_vSwitch.datapath_types`` (filled in by ovs-vswitchd)."""
+        return self._root_set("datapath_types")
 
     def mirrors(self) -> list[Mirror]:
         """Every mirror of every bridge, ports by name, with statistics."""
         self._sync()
         snaplen = self.has_column("Mirror", "snaplen")
+        has_filter = self.has_column("Mirror", "filter")
         return [
             Mirror(
                 name=m.name,
@@ -215,6 +240,7 @@ class OvsdbBackend:
                 output_port=_opt([p.name for p in m.output_port]),
                 output_vlan=_opt(m.output_vlan),
                 snaplen=_opt(m.snaplen) if snaplen else None,
+                filter=_opt(m.filter) if has_filter else None,
                 external_ids=dict(m.external_ids),
                 statistics=dict(m.statistics),
                 uuid=str(m.uuid),
@@ -319,7 +345,12 @@ class OvsdbBackend:
         return cur()
 
     def _build(self, txn: Any, edit: MirrorEdit) -> None:
-        """Write ``edit`` into ``txn``; raises BackendError for what does not exist."""
+        """Write ``edit`` into ``txn``; raises BackendError for what does not exist.
+
+        Order: deletions (mirrors, ports, bridges), then bridges, ports and
+        mirrors to create or update, so that a mirror can name a port (e.g. a
+        tunnel) and a port a bridge that the same transaction creates.
+        """
         root = self._rows("Open_vSwitch")
         if not root:
             raise BackendError(f"{self.remote}: the Open_vSwitch table is empty (not initialised)")
@@ -333,10 +364,13 @@ class OvsdbBackend:
 
         ports: dict[str, dict[str, Any]] = {}  # bridge -> port name -> row, as needed
 
-        def port(name: str, bridge_name: str) -> Any:
+        def on_bridge(bridge_name: str) -> dict[str, Any]:
             if bridge_name not in ports:
                 ports[bridge_name] = {row.name: row for row in bridge(bridge_name).ports}
-            row = ports[bridge_name].get(name)
+            return ports[bridge_name]
+
+        def port(name: str, bridge_name: str) -> Any:
+            row = on_bridge(bridge_name).get(name)
             if row is not None:
                 # Fails the transaction if the port goes away before it commits.
                 # The Python IDL sends the prerequisites only of rows that are
@@ -349,20 +383,48 @@ class OvsdbBackend:
                 "nothing was changed"
             )
 
+        def existing(table: str, what: str, uuid_: str) -> Any:
+            row = self.idl.tables[table].rows.get(uuid.UUID(uuid_))
+            if row is None:
+                raise BackendError(f"{what} was deleted since the plan; nothing was changed")
+            return row
+
         for m in edit.delete:
             row = mirror_rows.get(uuid.UUID(m.uuid))
             if row is not None:  # already gone is fine: the goal is its absence
                 bridge(m.bridge).delvalue("mirrors", row)
                 row.delete()
+        for p in edit.ports_delete:
+            row = self.idl.tables["Port"].rows.get(uuid.UUID(p.uuid))
+            if row is not None:
+                bridge(p.bridge).delvalue("ports", row)
+                on_bridge(p.bridge).pop(p.name, None)
+                row.delete()
+        for gone in edit.bridges_delete:
+            row = self.idl.tables["Bridge"].rows.get(uuid.UUID(gone.uuid))
+            if row is not None:  # its ports, interfaces and mirrors go with it
+                root[0].delvalue("bridges", row)
+                bridges.pop(gone.name, None)
+                row.delete()
+        for b in edit.bridges_put:
+            self._put_bridge(txn, b, bridges, root[0], existing)
+        for p in edit.ports_put:
+            if p.uuid:
+                row = existing("Port", f"port '{p.name}'", p.uuid)
+            else:
+                row = txn.insert(self.idl.tables["Port"])
+                row.name = p.name
+                iface = txn.insert(self.idl.tables["Interface"])
+                iface.name = p.name  # immutable once created
+                row.interfaces = [iface]
+                bridge(p.bridge).addvalue("ports", row)
+                on_bridge(p.bridge)[p.name] = row
+            self._write_port(row, p)
         snaplen = self.has_column("Mirror", "snaplen")
+        has_filter = self.has_column("Mirror", "filter")
         for m in edit.put:
             if m.uuid:
-                row = mirror_rows.get(uuid.UUID(m.uuid))
-                if row is None:
-                    raise BackendError(
-                        f"mirror '{m.name}' on bridge '{m.bridge}' was deleted since the plan; "
-                        "nothing was changed"
-                    )
+                row = existing("Mirror", f"mirror '{m.name}' on bridge '{m.bridge}'", m.uuid)
             else:
                 row = txn.insert(self.idl.tables["Mirror"])
                 bridge(m.bridge).addvalue("mirrors", row)
@@ -373,10 +435,13 @@ class OvsdbBackend:
             row.select_vlan = list(m.select_vlan)
             row.output_port = [port(m.output_port, m.bridge)] if m.output_port else []
             row.output_vlan = [m.output_vlan] if m.output_vlan is not None else []
-            if snaplen:
-                row.snaplen = [m.snaplen] if m.snaplen is not None else []
-            elif m.snaplen is not None:
-                raise BackendError(f"this Open vSwitch has no Mirror.snaplen (mirror '{m.name}')")
+            for column, value, present in (("snaplen", m.snaplen, snaplen),
+                                           ("filter", m.filter, has_filter)):
+                if present:
+                    setattr(row, column, [value] if value is not None else [])
+                elif value is not None:
+                    raise BackendError(
+                        f"this Open vSwitch has no Mirror.{column} (mirror '{m.name}')")
             row.external_ids = dict(m.external_ids)
         for name, vlans in edit.flood_add.items():
             for vlan in vlans:
@@ -385,10 +450,48 @@ class OvsdbBackend:
             for vlan in vlans:
                 bridge(name).delvalue("flood_vlans", vlan)
         for name, ids in edit.bridge_ids.items():
-            for key, value in ids.items():
-                if value is None:
-                    bridge(name).delkey("external_ids", key)
-                else:
-                    bridge(name).setkey("external_ids", key, value)
+            _set_keys(bridge(name), "external_ids", ids)
         # ovs-vswitchd sets cur_cfg to this once it has taken the change.
         root[0].increment("next_cfg")
+
+    def _put_bridge(self, txn: Any, b: BridgePut, bridges: dict[str, Any], root: Any,
+                    existing: Callable[[str, str, str], Any]) -> None:
+        """Create bridge ``b`` (with its local port) or update what ``b`` sets."""
+        if b.uuid:
+            row = existing("Bridge", f"bridge '{b.name}'", b.uuid)
+        else:
+            row = txn.insert(self.idl.tables["Bridge"])
+            row.name = b.name
+            iface = txn.insert(self.idl.tables["Interface"])
+            iface.name, iface.type = b.name, "internal"
+            local = txn.insert(self.idl.tables["Port"])
+            local.name, local.interfaces = b.name, [iface]
+            row.ports = [local]
+            root.addvalue("bridges", row)
+            bridges[b.name] = row
+        if b.datapath_type is not None:
+            row.datapath_type = b.datapath_type
+        if b.fail_mode is not None:
+            row.fail_mode = [b.fail_mode] if b.fail_mode else []
+        _set_keys(row, "other_config", b.other_config)
+        _set_keys(row, "external_ids", b.external_ids)
+
+    @staticmethod
+    def _write_port(row: Any, p: Port) -> None:
+        """Every setting of port ``p`` (and of its interface) into ``row``."""
+        row.tag = [p.tag] if p.tag is not None else []
+        row.trunks = list(p.trunks)
+        row.vlan_mode = [p.vlan_mode] if p.vlan_mode else []
+        row.external_ids = dict(p.external_ids)
+        iface = row.interfaces[0]
+        iface.type = p.type
+        iface.options = dict(p.options)
+
+
+def _set_keys(row: Any, column: str, keys: Any) -> None:
+    """Set (or, for ``None``, remove) the given keys of a map column."""
+    for key, value in keys.items():
+        if value is None:
+            row.delkey(column, key)
+        else:
+            row.setkey(column, key, value)

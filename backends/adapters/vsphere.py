@@ -26,6 +26,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from pyVim.connect import SmartConnect
@@ -42,9 +43,14 @@ from backends.interfaces.vsphere import (
     PortGroup,
     PortGroupSpec,
     Security,
+    Shaping,
+    Teaming,
+    Vmk,
+    VmkSpec,
     VSphereConn,
     VSwitch,
     VSwitchSpec,
+    overlay,
 )
 
 log = logging.getLogger("hostsetup.vsphere")
@@ -53,12 +59,18 @@ WHAT = "vSphere"
 PC = vmodl.query.PropertyCollector
 HOST_PROPS = [
     "name", "parent", "network", "configManager.networkSystem",
-    "config.network.vswitch", "config.network.portgroup", "config.network.pnic",
+    "configManager.virtualNicManager", "config.network.vswitch", "config.network.portgroup",
+    "config.network.pnic", "config.network.vnic", "config.virtualNicManagerInfo.netConfig",
 ]
+# VMkernel services: the answers' words -> the virtual NIC manager's nicType.
+NIC_TYPES = {"management": "management", "vmotion": "vmotion", "vsan": "vsan",
+             "provisioning": "vSphereProvisioning", "ft": "faultToleranceLogging",
+             "replication": "vSphereReplication"}
 VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
 NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
 TIMEOUT = 30  # seconds for a TCP connect / an HTTP response
+NP = vim.host.NetworkPolicy
 
 
 def normalize_thumbprint(value: str) -> str:
@@ -123,6 +135,7 @@ class VSphereBackend:
         self._calls = 0
         self._hosts: dict[str, Any] = {}  # host name -> HostSystem
         self._netsys: dict[str, Any] = {}  # host name -> HostNetworkSystem
+        self._vnicmgr: dict[str, Any] = {}  # host name -> HostVirtualNicManager
         self._vms: dict[str, Any] = {}  # VM name -> VirtualMachine
         with self._guard("login"):
             try:
@@ -247,6 +260,7 @@ class VSphereBackend:
             if isinstance(obj, vim.HostSystem):
                 self._hosts[p["name"]] = obj
                 self._netsys[p["name"]] = p.get("configManager.networkSystem")
+                self._vnicmgr[p["name"]] = p.get("configManager.virtualNicManager")
                 parent = p.get("parent")
                 cluster = (names.get(parent._moId)
                            if isinstance(parent, vim.ClusterComputeResource) else None)
@@ -280,14 +294,19 @@ class VSphereBackend:
                 vswitchName=spec.name, spec=vswitch_spec(spec))
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
-        """UpdateVirtualSwitch, keeping the vSwitch's current policy."""
+        """UpdateVirtualSwitch with the whole policy: the fields ``spec`` leaves
+        unset keep their current value (ESXi replaces the policy as sent)."""
         with self._guard(f"update vSwitch '{name}' on {host}"):
             ns = self._network_system(host)
             current = next((v for v in ns.networkInfo.vswitch if v.name == name), None)
-            new = vswitch_spec(spec)
             if current is not None:
-                new.policy = current.spec.policy
-            ns.UpdateVirtualSwitch(vswitchName=name, spec=new)
+                have = current.spec.policy
+                team = overlay(new_uplinks_active(teaming_value(have.nicTeaming), current,
+                                                  spec.nics), spec.teaming)
+                spec = replace(
+                    spec, security=overlay(security_value(have.security), spec.security),
+                    teaming=team, shaping=overlay(shaping_value(have.shapingPolicy), spec.shaping))
+            ns.UpdateVirtualSwitch(vswitchName=name, spec=vswitch_spec(spec))
 
     def remove_vswitch(self, host: str, name: str) -> None:
         """RemoveVirtualSwitch."""
@@ -300,14 +319,76 @@ class VSphereBackend:
             self._network_system(host).AddPortGroup(portgrp=portgroup_spec(spec))
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
-        """UpdatePortGroup in place."""
+        """UpdatePortGroup in place; the overrides ``spec`` leaves unset keep their
+        current value (ESXi replaces the overrides as sent)."""
         with self._guard(f"update port group '{name}' on {host}"):
-            self._network_system(host).UpdatePortGroup(pgName=name, portgrp=portgroup_spec(spec))
+            ns = self._network_system(host)
+            current = next((p for p in ns.networkInfo.portgroup if p.spec.name == name), None)
+            if current is not None:
+                own = current.spec.policy
+                spec = replace(
+                    spec, security=overlay(security_value(own.security), spec.security),
+                    teaming=overlay(teaming_value(own.nicTeaming), spec.teaming),
+                    shaping=overlay(shaping_value(own.shapingPolicy), spec.shaping))
+            ns.UpdatePortGroup(pgName=name, portgrp=portgroup_spec(spec))
 
     def remove_portgroup(self, host: str, name: str) -> None:
         """RemovePortGroup."""
         with self._guard(f"remove port group '{name}' on {host}"):
             self._network_system(host).RemovePortGroup(pgName=name)
+
+    def _vnic_on(self, host: str, portgroup: str) -> Any:
+        """The HostVirtualNic on a standard port group, read fresh."""
+        vnic = next((v for v in self._network_system(host).networkInfo.vnic or ()
+                     if v.portgroup == portgroup), None)
+        if vnic is None:
+            raise BackendError(f"host '{host}' has no VMkernel adapter on '{portgroup}'")
+        return vnic
+
+    def _select(self, host: str, device: str, services: Collection[str], on: bool) -> None:
+        """Select (``on``) or deselect ``device`` for each service."""
+        mgr = self._vnicmgr[host]
+        for word in services:
+            if on:
+                mgr.SelectVnicForNicType(nicType=NIC_TYPES[word], device=device)
+            else:
+                mgr.DeselectVnicForNicType(nicType=NIC_TYPES[word], device=device)
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        """AddVirtualNic, then SelectVnicForNicType per service; a failed selection
+        removes the new adapter again (the change is all or nothing)."""
+        with self._guard(f"create VMkernel adapter on '{spec.portgroup}' of {host}"):
+            ns = self._network_system(host)
+            device = ns.AddVirtualNic(portgroup=spec.portgroup, nic=vnic_spec(spec))
+            try:
+                self._select(host, device, spec.services, on=True)
+            except vmodl.MethodFault:
+                ns.RemoveVirtualNic(device=device)
+                raise
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        """UpdateVirtualNic (port group, IP, MTU), then the service (de)selections
+        that differ from the host's."""
+        with self._guard(f"update VMkernel adapter on '{portgroup}' of {host}"):
+            vnic = self._vnic_on(host, portgroup)
+            had = set(vmk_value(vnic, self._selected(host)).services)
+            self._network_system(host).UpdateVirtualNic(device=vnic.device, nic=vnic_spec(spec))
+            self._select(host, vnic.device, sorted(set(spec.services) - had), on=True)
+            self._select(host, vnic.device, sorted(had - set(spec.services)), on=False)
+
+    def _selected(self, host: str) -> set[str]:
+        """The host's selected ``nicType.vnicKey`` entries, read fresh."""
+        [found] = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=self._hosts[host])],
+            propSet=[PC.PropertySpec(type=vim.HostSystem,
+                                     pathSet=["config.virtualNicManagerInfo.netConfig"])])])
+        return selected_keys(found.propSet[0].val if found.propSet else None)
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        """RemoveVirtualNic (ESXi drops its service selections with it)."""
+        with self._guard(f"remove VMkernel adapter on '{portgroup}' of {host}"):
+            vnic = self._vnic_on(host, portgroup)
+            self._network_system(host).RemoveVirtualNic(device=vnic.device)
 
     def move_adapter(
         self, vm: str, adapter: str, portgroup: str,
@@ -365,6 +446,7 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
             name=v.name, num_ports=v.spec.numPorts, mtu=v.mtu or 1500,
             nics=tuple(getattr(v.spec.bridge, "nicDevice", None) or ()),
             portgroups=tuple(k.removeprefix("key-vim.host.PortGroup-") for k in v.portgroup or ()),
+            **policy_values(v.spec.policy),
         )
         for v in p.get("config.network.vswitch") or []
     ]
@@ -372,12 +454,39 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
     portgroups = [
         PortGroup(
             name=pg.spec.name, vswitch=pg.spec.vswitchName, vlan=pg.spec.vlanId,
-            security=security_value(pg.computedPolicy.security if pg.computedPolicy else None),
+            **policy_values(pg.computedPolicy),
         )
         for pg in p.get("config.network.portgroup") or []
     ]
     pnics = [PhysicalNic(n.device, used.get(n.device)) for n in p.get("config.network.pnic") or []]
-    return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics))
+    selected = selected_keys(p.get("config.virtualNicManagerInfo.netConfig"))
+    vmks = [vmk_value(v, selected) for v in p.get("config.network.vnic") or []]
+    return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics),
+                tuple(vmks))
+
+
+def selected_keys(net_config: Any) -> set[str]:
+    """The ``nicType.vnicKey`` entries selected in a VirtualNicManager netConfig list."""
+    return {key for nc in net_config or () for key in nc.selectedVnic or ()}
+
+
+def vmk_value(vnic: Any, selected: set[str]) -> Vmk:
+    """A HostVirtualNic as :class:`Vmk`, its services from the selected keys."""
+    ip = vnic.spec.ip
+    return Vmk(
+        device=vnic.device, portgroup=vnic.portgroup or vnic.spec.portgroup or "",
+        dhcp=bool(ip.dhcp) if ip else True,
+        address=(ip.ipAddress or None) if ip else None,
+        netmask=(ip.subnetMask or None) if ip else None,
+        mtu=vnic.spec.mtu or 1500,
+        services=tuple(word for word, t in NIC_TYPES.items() if f"{t}.{vnic.key}" in selected))
+
+
+def vnic_spec(spec: VmkSpec) -> Any:
+    """A HostVirtualNicSpec: port group, IPv4 (DHCP or static), MTU."""
+    ip = (vim.host.IpConfig(dhcp=True) if spec.address is None else
+          vim.host.IpConfig(dhcp=False, ipAddress=spec.address, subnetMask=spec.netmask))
+    return vim.host.VirtualNic.Specification(portgroup=spec.portgroup, ip=ip, mtu=spec.mtu)
 
 
 def security_value(sec: Any) -> Security:
@@ -385,6 +494,53 @@ def security_value(sec: Any) -> Security:
     if sec is None:
         return Security()
     return Security(sec.allowPromiscuous, sec.forgedTransmits, sec.macChanges)
+
+
+def new_uplinks_active(team: Teaming, vswitch: Any, nics: tuple[str, ...]) -> Teaming:
+    """The current NIC order with the uplinks a vSwitch gains appended as active
+    (as ESXi does when no order is given); uplinks the order leaves unused stay so."""
+    before = set(getattr(vswitch.spec.bridge, "nicDevice", None) or ())
+    placed = {*before, *(team.active_nics or ()), *(team.standby_nics or ())}
+    return replace(team, active_nics=(*(team.active_nics or ()),
+                                      *(n for n in nics if n not in placed)))
+
+
+def policy_values(policy: Any) -> dict[str, Any]:
+    """A HostNetworkPolicy as the ``security``, ``teaming`` and ``shaping`` values."""
+    if policy is None:
+        return {}
+    return {"security": security_value(policy.security),
+            "teaming": teaming_value(policy.nicTeaming),
+            "shaping": shaping_value(policy.shapingPolicy)}
+
+
+def teaming_value(team: Any) -> Teaming:
+    """A pyVmomi NIC teaming policy as :class:`Teaming` (unset parts stay ``None``)."""
+    if team is None:
+        return Teaming()
+    order, criteria = team.nicOrder, team.failureCriteria
+    beacon = criteria.checkBeacon if criteria is not None else None
+    return Teaming(
+        load_balancing=team.policy or None,
+        active_nics=tuple(order.activeNic or ()) if order is not None else None,
+        standby_nics=tuple(order.standbyNic or ()) if order is not None else None,
+        notify_switches=team.notifySwitches,
+        failback=None if team.rollingOrder is None else not team.rollingOrder,
+        failure_detection=None if beacon is None else "beacon" if beacon else "link",
+    )
+
+
+def shaping_value(shaping: Any) -> Shaping:
+    """A pyVmomi traffic shaping policy (bit/s, bytes) as :class:`Shaping` (kbit/s, KB)."""
+    if shaping is None:
+        return Shaping()
+
+    def scaled(value: int | None, unit: int) -> int | None:
+        # An unset bandwidth is 0 on the wire for a port group that inherits it.
+        return value // unit if value else None
+
+    return Shaping(shaping.enabled, scaled(shaping.averageBandwidth, 1000),
+                   scaled(shaping.peakBandwidth, 1000), scaled(shaping.burstSize, 1024))
 
 
 def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
@@ -405,19 +561,53 @@ def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
 
 
 def vswitch_spec(spec: VSwitchSpec) -> Any:
-    """A HostVirtualSwitchSpec: ports, MTU, uplinks as a bond bridge."""
-    bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(spec.nics)) if spec.nics else None
-    return vim.host.VirtualSwitch.Specification(numPorts=spec.num_ports, mtu=spec.mtu,
-                                                bridge=bridge)
+    """A HostVirtualSwitchSpec: ports, MTU, uplinks as a bond bridge, the policy
+    parts that are set (beacon probing needs the bridge's beacon config)."""
+    # A NIC order naming a NIC that is no longer an uplink is refused by ESXi:
+    # the order kept from before an uplink change is cut to the new uplinks.
+    team = spec.teaming
+    if team.active_nics is not None:
+        team = replace(team, active_nics=tuple(n for n in team.active_nics if n in spec.nics))
+    if team.standby_nics is not None:
+        team = replace(team, standby_nics=tuple(n for n in team.standby_nics if n in spec.nics))
+    bridge = None
+    if spec.nics:
+        bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(spec.nics))
+        if spec.teaming.failure_detection == "beacon":
+            bridge.beacon = vim.host.VirtualSwitch.BeaconConfig(interval=1)
+    return vim.host.VirtualSwitch.Specification(
+        numPorts=spec.num_ports, mtu=spec.mtu, bridge=bridge,
+        policy=network_policy(spec.security, team, spec.shaping))
+
+
+def network_policy(sec: Security, team: Teaming, shape: Shaping) -> Any:
+    """A HostNetworkPolicy with the parts that are set; ``None`` fields stay unset."""
+    policy = NP()
+    if sec != Security():
+        policy.security = NP.SecurityPolicy(
+            allowPromiscuous=sec.allow_promiscuous, forgedTransmits=sec.forged_transmits,
+            macChanges=sec.mac_changes)
+    if team != Teaming():
+        policy.nicTeaming = NP.NicTeamingPolicy(
+            policy=team.load_balancing, notifySwitches=team.notify_switches,
+            rollingOrder=None if team.failback is None else not team.failback)
+        if team.failure_detection is not None:
+            policy.nicTeaming.failureCriteria = NP.NicFailureCriteria(
+                checkBeacon=team.failure_detection == "beacon")
+        if team.active_nics is not None or team.standby_nics is not None:
+            policy.nicTeaming.nicOrder = NP.NicOrderPolicy(
+                activeNic=list(team.active_nics or ()), standbyNic=list(team.standby_nics or ()))
+    if shape != Shaping():
+        policy.shapingPolicy = NP.TrafficShapingPolicy(
+            enabled=shape.enabled,
+            averageBandwidth=None if shape.average_kbps is None else shape.average_kbps * 1000,
+            peakBandwidth=None if shape.peak_kbps is None else shape.peak_kbps * 1000,
+            burstSize=None if shape.burst_kb is None else shape.burst_kb * 1024)
+    return policy
 
 
 def portgroup_spec(spec: PortGroupSpec) -> Any:
-    """A HostPortGroupSpec; security fields left unset are inherited from the vSwitch."""
-    sec = spec.security
-    policy = vim.host.NetworkPolicy()
-    if sec != Security():
-        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
-            allowPromiscuous=sec.allow_promiscuous, forgedTransmits=sec.forged_transmits,
-            macChanges=sec.mac_changes)
+    """A HostPortGroupSpec; policy fields left unset are inherited from the vSwitch."""
     return vim.host.PortGroup.Specification(
-        name=spec.name, vswitchName=spec.vswitch, vlanId=spec.vlan, policy=policy)
+        name=spec.name, vswitchName=spec.vswitch, vlanId=spec.vlan,
+        policy=network_policy(spec.security, spec.teaming, spec.shaping))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from backends.interfaces import Backends
+from backends.interfaces.libvirt import HostFile
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,18 @@ class Unit:
 
 
 @dataclass(frozen=True)
-class UnitFile:
-    """A unit's file as systemd has it: ``UnitFileState`` and ``NeedDaemonReload``."""
+class UnitStatus:
+    """A unit's state as its properties tell it: ``ActiveState``/``SubState``,
+    the enablement (``UnitFileState``: enabled, disabled, masked, static...),
+    ``NeedDaemonReload`` and, for a service, ``Result`` (e.g. exit-code)."""
 
-    state: str  # enabled, disabled, static, masked... ('' when unknown)
-    need_reload: bool = False  # changed on disk since systemd last read it
+    name: str
+    load: str
+    active: str
+    sub: str
+    enablement: str
+    need_reload: bool
+    result: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,23 +82,31 @@ class DBusAPI(Protocol):
         """Restart ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
 
-    def unit_file(self, name: str) -> UnitFile:
-        """The state of ``name``'s unit file (enabled/disabled...) and whether systemd has
-        read its current version (``NeedDaemonReload``)."""
+    def stop_unit(self, name: str, timeout: float) -> str:
+        """Stop ``name`` (mode ``replace``), wait for its job; returns the job result."""
         ...
 
-    def enable_unit(self, name: str) -> None:
-        """Enable ``name`` (``EnableUnitFiles``, persistent) and reload, as
-        ``systemctl enable`` does."""
+    def unit_status(self, name: str) -> UnitStatus | None:
+        """A unit's state and enablement (loads it if needed); ``None`` if systemd has
+        no such unit."""
+        ...
+
+    def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
+        """``enable``, ``disable`` or ``mask`` the unit files of ``names`` (persistent,
+        not runtime); returns systemd's changes (type, file, destination).  A
+        ``Reload`` is still needed for systemd to see them."""
         ...
 
     def reload(self) -> None:
-        """Have systemd read its unit files again (``Reload``, as ``systemctl daemon-reload``);
-        returns when it has."""
+        """``Reload`` systemd (daemon-reload): re-read unit files and drop-ins."""
         ...
 
-    def unit_result(self, name: str) -> str:
-        """Why ``name`` is not active: its state, ``Result`` and main exit status."""
+    def read_file(self, path: str) -> HostFile | None:
+        """A host file (e.g. a drop-in) and its mode; ``None`` if it does not exist."""
+        ...
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
+        """Write a host file atomically; returns the backup of what it replaced."""
         ...
 
 

@@ -96,6 +96,16 @@ class Domain:
     shmems: tuple[Shmem, ...] = ()
     # (device, address) for every device with a PCI address, e.g. ("video 'video0'", ...)
     pci_addresses: tuple[tuple[str, PciAddress], ...] = ()
+    # The values of <qemu:commandline>'s <qemu:arg> elements, in order.
+    qemu_args: tuple[str, ...] = ()
+    machine: str = ""  # <os><type machine=...>, e.g. "pc-i440fx-7.2"
+    acpi: bool = True  # <features><acpi/>: an i440fx guest hot-plugs PCI devices only with it
+
+    def hotplug_problem(self) -> str | None:
+        """Why QEMU cannot hot-plug a PCI device into this guest, if it is known to."""
+        if self.machine.startswith("pc") and "q35" not in self.machine and not self.acpi:
+            return f"{self.machine} without <acpi/> has no hot-pluggable PCI bus"
+        return None
 
     def shmem(self, name: str) -> Shmem | None:
         """The ``<shmem>`` device of that name, if any."""
@@ -140,6 +150,19 @@ class LibvirtAPI(Protocol):
         """Add or replace (by name) the ``<shmem>`` device in the persistent definition."""
         ...
 
+    def set_shmems(self, name: str, shmems: list[Shmem]) -> None:
+        """Add or replace (by name) several ``<shmem>`` devices in one definition change."""
+        ...
+
+    def remove_shmems(self, name: str, names: list[str]) -> None:
+        """Remove the ``<shmem>`` devices of those names from the persistent definition."""
+        ...
+
+    def set_qemu_args(self, name: str, args: list[str]) -> None:
+        """Set the ``<qemu:commandline>`` arguments of the persistent definition (all of
+        them; an empty list removes the element)."""
+        ...
+
     def set_emulator(self, name: str, emulator: str) -> None:
         """Set ``<emulator>`` in the persistent definition."""
         ...
@@ -154,6 +177,46 @@ class LibvirtAPI(Protocol):
         Returns the backup's path, or ``None`` when nothing was replaced.
         """
         ...
+
+    def list_files(self, directory: str) -> list[str]:
+        """Names of the regular files in a host directory (links are not followed)."""
+        ...
+
+    def remove_file(self, path: str) -> bool:
+        """Remove a host regular file (never a link's target); ``False`` if it was absent."""
+        ...
+
+    def live_domain(self, name: str) -> Domain:
+        """One domain as its live XML says (what the running guest has)."""
+        ...
+
+    def attach_shmem(self, name: str, shmem: Shmem, persistent: bool) -> None:
+        """Hot-plug a ``<shmem>`` device into the running domain (with ``persistent``,
+        into its definition too, in the same call: both or neither)."""
+        ...
+
+    def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
+        """The running guest's PCI devices as QEMU lists them: (address, vendor:device)."""
+        ...
+
+    def diversion(self, path: str, admindir: str) -> str | None:
+        """Where dpkg diverts ``path`` to, ``None`` if it is not diverted."""
+        ...
+
+    def swap_in(self, path: str, real: str, content: bytes, admindir: str) -> None:
+        """Divert ``path`` to ``real`` (dpkg-divert; the original keeps its bytes there)
+        and put ``content`` (mode 0755) in its place, never leaving ``path`` missing."""
+        ...
+
+    def swap_out(self, path: str, real: str, admindir: str) -> None:
+        """Put the diverted original back at ``path`` and remove the diversion."""
+        ...
+
+    def hugetlbfs(self, path: str) -> tuple[int, int] | None:
+        """(huge page size in bytes, free pages of that size) of the hugetlbfs mounted
+        at ``path``; ``None`` when no hugetlbfs is mounted there."""
+        ...
+
 
 # The bundle's table names this interface's adapter under KIND (backends/bundle.py).
 KIND = "libvirt"

@@ -20,11 +20,23 @@ class OvsdbTLS:
 
 @dataclass(frozen=True)
 class Port:
-    """A port of a bridge (``Port`` table)."""
+    """A port of a bridge (``Port`` table) with its first interface's ``type``
+    (``""`` is a system device) and ``options`` (tunnel endpoints, patch peer).
+
+    Used both for what the switch has (``uuid`` filled in) and for what it
+    should have (``uuid`` empty for a port to create; then every setting is
+    written).
+    """
 
     name: str
     bridge: str
     uuid: str = ""
+    type: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+    tag: int | None = None
+    trunks: tuple[int, ...] = ()
+    vlan_mode: str | None = None
+    external_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,26 @@ class Bridge:
     datapath_type: str = ""
     external_ids: Mapping[str, str] = field(default_factory=dict)
     uuid: str = ""
+    fail_mode: str | None = None
+    other_config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BridgePut:
+    """A bridge to create (``uuid`` empty) or to update in place.
+
+    Only what is set is written: ``datapath_type`` / ``fail_mode`` when not
+    ``None``, and the ``other_config`` / ``external_ids`` keys listed (a key
+    mapped to ``None`` is removed).  A new bridge also gets its local
+    (internal) port of the same name, as ``ovs-vsctl add-br`` makes it.
+    """
+
+    name: str
+    uuid: str = ""
+    datapath_type: str | None = None
+    fail_mode: str | None = None
+    other_config: Mapping[str, str | None] = field(default_factory=dict)
+    external_ids: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,8 @@ class Mirror:
     output_port: str | None = None
     output_vlan: int | None = None
     snaplen: int | None = None
+    # OVS >= 3.4 (Mirror.filter): an OpenFlow match the copies must satisfy.
+    filter: str | None = None
     external_ids: Mapping[str, str] = field(default_factory=dict)
     statistics: Mapping[str, int] = field(default_factory=dict)
     uuid: str = ""
@@ -70,6 +104,10 @@ class MirrorEdit:
     ``flood_add`` / ``flood_remove``: per bridge name, VLANs to add to or
     remove from the bridge's ``flood_vlans`` (RSPAN); ``bridge_ids``: per
     bridge name, ``external_ids`` keys to set (``None``: remove the key).
+    ``bridges_put`` / ``bridges_delete``: bridges to create or update, and
+    to remove (with everything on them); ``ports_put`` / ``ports_delete``:
+    ports (each with its one interface) to create or rewrite, and to remove.
+    Mirrors may name ports and bridges that the same edit creates.
     """
 
     put: Sequence[Mirror] = ()
@@ -77,6 +115,10 @@ class MirrorEdit:
     flood_add: Mapping[str, Sequence[int]] = field(default_factory=dict)
     flood_remove: Mapping[str, Sequence[int]] = field(default_factory=dict)
     bridge_ids: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    bridges_put: Sequence[BridgePut] = ()
+    bridges_delete: Sequence[Bridge] = ()
+    ports_put: Sequence[Port] = ()
+    ports_delete: Sequence[Port] = ()
 
 
 class VswitchdTimeout(BackendError):
@@ -104,6 +146,15 @@ class OvsdbAPI(Protocol):
 
     def mirrors(self) -> list[Mirror]:
         """Every mirror of every bridge, with its statistics."""
+        ...
+
+    def iface_types(self) -> tuple[str, ...]:
+        """The interface types this ovs-vswitchd supports (``Open_vSwitch.iface_types``:
+        e.g. gre, erspan, vxlan, patch); empty before ovs-vswitchd has reported them."""
+        ...
+
+    def datapath_types(self) -> tuple[str, ...]:
+        """The datapath types this ovs-vswitchd supports (e.g. system, netdev)."""
         ...
 
     def apply(self, edit: MirrorEdit, timeout: float) -> int:

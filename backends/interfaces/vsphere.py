@@ -8,8 +8,8 @@ VMs with their network adapters).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Protocol, cast
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol, TypeVar, cast
 
 from backends.interfaces import Backends
 
@@ -43,6 +43,43 @@ class Security:
 
 
 @dataclass(frozen=True)
+class Teaming:
+    """NIC teaming and failover; ``None`` = not set (a port group inherits it).
+
+    ``load_balancing`` is ESXi's policy name (loadbalance_srcid, loadbalance_ip,
+    loadbalance_srcmac, failover_explicit); ``failback`` is ESXi's
+    ``rollingOrder`` negated; ``failure_detection`` is ``link`` or ``beacon``.
+    """
+
+    load_balancing: str | None = None
+    active_nics: tuple[str, ...] | None = None
+    standby_nics: tuple[str, ...] | None = None
+    notify_switches: bool | None = None
+    failback: bool | None = None
+    failure_detection: str | None = None
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """Outbound traffic shaping in the vSphere client's units (kbit/s, KB);
+    ``None`` = not set (a port group inherits it)."""
+
+    enabled: bool | None = None
+    average_kbps: int | None = None
+    peak_kbps: int | None = None
+    burst_kb: int | None = None
+
+
+P = TypeVar("P", Security, Teaming, Shaping)
+
+
+def overlay(base: P, top: P) -> P:
+    """``base`` with every field that ``top`` sets (not ``None``)."""
+    return replace(base, **{f.name: getattr(top, f.name) for f in fields(top)
+                            if getattr(top, f.name) is not None})
+
+
+@dataclass(frozen=True)
 class PhysicalNic:
     """A host's physical NIC (``vmnic0``) and the vSwitch using it, if any."""
 
@@ -52,34 +89,78 @@ class PhysicalNic:
 
 @dataclass(frozen=True)
 class VSwitch:
-    """A standard vSwitch as configured: ports, MTU, uplink NICs, its port groups."""
+    """A standard vSwitch as configured: ports, MTU, uplink NICs, its port groups
+    and its policy (what its port groups inherit)."""
 
     name: str
     num_ports: int
     mtu: int
     nics: tuple[str, ...] = ()
     portgroups: tuple[str, ...] = ()
+    security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 @dataclass(frozen=True)
 class PortGroup:
-    """A standard port group; ``security`` is the effective (computed) policy."""
+    """A standard port group; the policies are the effective (computed) ones."""
 
     name: str
     vswitch: str
     vlan: int
     security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
+
+
+# The services a VMkernel adapter can carry, as the answers name them.
+VMK_SERVICES = ("management", "vmotion", "vsan", "provisioning", "ft", "replication")
+
+
+@dataclass(frozen=True)
+class Vmk:
+    """A VMkernel adapter on a standard port group: its IPv4 (``address`` is the
+    current one, DHCP-assigned when ``dhcp``), MTU and services (VMK_SERVICES words)."""
+
+    device: str
+    portgroup: str
+    dhcp: bool
+    address: str | None = None
+    netmask: str | None = None
+    mtu: int = 1500
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VmkSpec:
+    """What a VMkernel adapter should be: ``address``/``netmask`` ``None`` = DHCP."""
+
+    portgroup: str
+    address: str | None = None
+    netmask: str | None = None
+    mtu: int = 1500
+    services: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Host:
-    """An ESXi host with its standard networking."""
+    """An ESXi host with its standard networking and VMkernel adapters."""
 
     name: str
     cluster: str | None
     vswitches: tuple[VSwitch, ...] = ()
     portgroups: tuple[PortGroup, ...] = ()
     pnics: tuple[PhysicalNic, ...] = ()
+    vmks: tuple[Vmk, ...] = ()
+
+    def vmk(self, device: str) -> Vmk | None:
+        """The VMkernel adapter called ``device`` (vmk1), if the host has it."""
+        return next((v for v in self.vmks if v.device == device), None)
+
+    def vmk_on(self, portgroup: str) -> Vmk | None:
+        """The VMkernel adapter on a port group (a standard one has at most one)."""
+        return next((v for v in self.vmks if v.portgroup == portgroup), None)
 
     def vswitch(self, name: str) -> VSwitch | None:
         """The vSwitch called ``name``, if the host has it."""
@@ -133,22 +214,29 @@ class Inventory:
 
 @dataclass(frozen=True)
 class VSwitchSpec:
-    """What a vSwitch should be."""
+    """What a vSwitch should be; policy fields left ``None`` keep their value
+    (ESXi's default on a new vSwitch)."""
 
     name: str
     num_ports: int
     mtu: int
     nics: tuple[str, ...] = ()
+    security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 @dataclass(frozen=True)
 class PortGroupSpec:
-    """What a port group should be; unset security fields are inherited."""
+    """What a port group should be; policy fields left ``None`` are inherited
+    from the vSwitch on creation and keep their value on update."""
 
     name: str
     vswitch: str
     vlan: int = 0
     security: Security = Security()
+    teaming: Teaming = Teaming()
+    shaping: Shaping = Shaping()
 
 
 class VSphereAPI(Protocol):
@@ -170,7 +258,8 @@ class VSphereAPI(Protocol):
         ...
 
     def update_vswitch(self, host: str, name: str, spec: VSwitchSpec) -> None:
-        """Change a vSwitch's ports, MTU and uplinks in place."""
+        """Change a vSwitch's ports, MTU, uplinks and the policy fields ``spec`` sets
+        in place."""
         ...
 
     def remove_vswitch(self, host: str, name: str) -> None:
@@ -182,11 +271,26 @@ class VSphereAPI(Protocol):
         ...
 
     def update_portgroup(self, host: str, name: str, spec: PortGroupSpec) -> None:
-        """Change a port group's vSwitch, VLAN or security policy in place."""
+        """Change a port group's vSwitch, VLAN and the policy overrides ``spec`` sets
+        in place (the overrides it leaves ``None`` are kept)."""
         ...
 
     def remove_portgroup(self, host: str, name: str) -> None:
         """Remove a port group from ``host``."""
+        ...
+
+    def add_vmk(self, host: str, spec: VmkSpec) -> None:
+        """Create a VMkernel adapter on a standard port group and select it for its
+        services (all or nothing: the adapter is removed again if a selection fails)."""
+        ...
+
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+        """Change the VMkernel adapter on ``portgroup``: port group (a move), IP,
+        MTU, and its services to exactly ``spec.services``."""
+        ...
+
+    def remove_vmk(self, host: str, portgroup: str) -> None:
+        """Remove the VMkernel adapter on ``portgroup`` (and its service selections)."""
         ...
 
     def move_adapter(

@@ -8,7 +8,18 @@
 //     same data (0.24 keeps two copies that drift apart);
 //   - AddVirtualSwitch honours the spec (numPorts, mtu, bridge nicDevice) and
 //     refuses NICs that another vSwitch uses; UpdateVirtualSwitch exists;
+//   - every host has four physical NICs, vmnic0-vmnic3 (0.24 models two), so
+//     that teaming has NICs to order;
+//   - AddVirtualNic / UpdateVirtualNic / RemoveVirtualNic exist (VMkernel
+//     adapters on a standard port group, one per port group, unique static
+//     IPs), and a HostVirtualNicManager per host selects/deselects them for
+//     services in config.virtualNicManagerInfo (0.24 has neither);
 //   - VM network adapters are labelled "Network adapter N";
+//   - vSwitch and port group policies (security, NIC teaming, traffic
+//     shaping) merge as in ESXi: a new vSwitch starts from ESXi's default
+//     policy, a spec's unset fields keep the current value, a port group's
+//     computed policy is its own overrides over its vSwitch's; teaming NICs
+//     must be uplinks of the vSwitch and the teaming policy one of ESXi's;
 //   - AddPortGroup / UpdatePortGroup / RemovePortGroup keep port group keys,
 //     computed policy, the Network entity (shared by hosts of a datacenter, as
 //     in vCenter) and refuse to remove a port group VMs are attached to.
@@ -150,11 +161,12 @@ func (s *netSys) checkNics(vswitch string, nics []string) *soap.Fault {
 	return nil
 }
 
-// applySpec sets a vSwitch's spec and the values ESXi derives from it.
+// applySpec sets a vSwitch's spec and the values ESXi derives from it; the
+// spec's policy is merged over the current one (unset fields are kept).
 func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
-	if spec.Policy == nil {
-		spec.Policy = v.Spec.Policy
-	}
+	old := bridgeNics(&v.Spec)
+	explicit := spec.Policy != nil && spec.Policy.NicTeaming != nil && hasOrder(spec.Policy.NicTeaming.NicOrder)
+	spec.Policy = overlayPolicy(v.Spec.Policy, spec.Policy)
 	v.Spec = spec
 	v.NumPorts = spec.NumPorts
 	v.NumPortsAvailable = spec.NumPorts
@@ -163,9 +175,196 @@ func applySpec(v *types.HostVirtualSwitch, spec types.HostVirtualSwitchSpec) {
 		v.Mtu = 1500
 	}
 	v.Pnic = nil
-	for _, nic := range bridgeNics(&spec) {
+	nics := bridgeNics(&spec)
+	for _, nic := range nics {
 		v.Pnic = append(v.Pnic, pnicKeyPrefix+nic)
 	}
+	if !explicit {
+		v.Spec.Policy.NicTeaming = fixNicOrder(v.Spec.Policy.NicTeaming, nics, old)
+	}
+}
+
+func hasOrder(o *types.HostNicOrderPolicy) bool {
+	return o != nil && (len(o.ActiveNic) > 0 || len(o.StandbyNic) > 0)
+}
+
+// fixNicOrder keeps the teaming order to the vSwitch's uplinks when the spec
+// gives none: NICs that are gone are dropped, new uplinks become active (as
+// ESXi does); uplinks the order left unused stay unused.  An order the spec
+// gives is taken as it is (checkPolicy checked it).  It returns a copy:
+// policies share their parts with computed policies.
+func fixNicOrder(base *types.HostNicTeamingPolicy, nics, old []string) *types.HostNicTeamingPolicy {
+	if base == nil {
+		return nil
+	}
+	t := *base
+	order := types.HostNicOrderPolicy{}
+	if t.NicOrder != nil {
+		order.ActiveNic = keep(t.NicOrder.ActiveNic, nics)
+		order.StandbyNic = keep(t.NicOrder.StandbyNic, nics)
+	}
+	placed := append(append(append([]string{}, order.ActiveNic...), order.StandbyNic...), old...)
+	order.ActiveNic = append(order.ActiveNic, missing(nics, placed)...)
+	t.NicOrder = &order
+	return &t
+}
+
+// keep: the items of list that are in allowed, in order.
+func keep(list, allowed []string) []string {
+	var out []string
+	for _, x := range list {
+		if contains(allowed, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// missing: the items of list that are not in have.
+func missing(list, have []string) []string {
+	var out []string
+	for _, x := range list {
+		if !contains(have, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func contains(list []string, x string) bool {
+	for _, y := range list {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// defaultPolicy is the policy ESXi gives a new vSwitch.
+func defaultPolicy() *types.HostNetworkPolicy {
+	return &types.HostNetworkPolicy{
+		Security: &types.HostNetworkSecurityPolicy{
+			AllowPromiscuous: types.NewBool(false),
+			MacChanges:       types.NewBool(true),
+			ForgedTransmits:  types.NewBool(true),
+		},
+		NicTeaming: &types.HostNicTeamingPolicy{
+			Policy:         "loadbalance_srcid",
+			ReversePolicy:  types.NewBool(true),
+			NotifySwitches: types.NewBool(true),
+			RollingOrder:   types.NewBool(false),
+			FailureCriteria: &types.HostNicFailureCriteria{
+				CheckSpeed: "minimum", Speed: 10, CheckDuplex: types.NewBool(false),
+				FullDuplex: types.NewBool(false), CheckErrorPercent: types.NewBool(false),
+				CheckBeacon: types.NewBool(false),
+			},
+			NicOrder: &types.HostNicOrderPolicy{},
+		},
+		ShapingPolicy: &types.HostNetworkTrafficShapingPolicy{Enabled: types.NewBool(false)},
+	}
+}
+
+// setBool sets *dst to src when src is set.
+func setBool(dst **bool, src *bool) {
+	if src != nil {
+		*dst = src
+	}
+}
+
+// overlayPolicy is base with what top sets (nil pointers, "" and 0 are unset).
+func overlayPolicy(base, top *types.HostNetworkPolicy) *types.HostNetworkPolicy {
+	out := types.HostNetworkPolicy{}
+	if base != nil {
+		out = *base
+	}
+	if top == nil {
+		return &out
+	}
+	if top.Security != nil {
+		sec := types.HostNetworkSecurityPolicy{}
+		if out.Security != nil {
+			sec = *out.Security
+		}
+		setBool(&sec.AllowPromiscuous, top.Security.AllowPromiscuous)
+		setBool(&sec.MacChanges, top.Security.MacChanges)
+		setBool(&sec.ForgedTransmits, top.Security.ForgedTransmits)
+		out.Security = &sec
+	}
+	if top.NicTeaming != nil {
+		out.NicTeaming = overlayTeaming(out.NicTeaming, top.NicTeaming)
+	}
+	if top.ShapingPolicy != nil {
+		sh := types.HostNetworkTrafficShapingPolicy{}
+		if out.ShapingPolicy != nil {
+			sh = *out.ShapingPolicy
+		}
+		setBool(&sh.Enabled, top.ShapingPolicy.Enabled)
+		if top.ShapingPolicy.AverageBandwidth != 0 {
+			sh.AverageBandwidth = top.ShapingPolicy.AverageBandwidth
+		}
+		if top.ShapingPolicy.PeakBandwidth != 0 {
+			sh.PeakBandwidth = top.ShapingPolicy.PeakBandwidth
+		}
+		if top.ShapingPolicy.BurstSize != 0 {
+			sh.BurstSize = top.ShapingPolicy.BurstSize
+		}
+		out.ShapingPolicy = &sh
+	}
+	if top.OffloadPolicy != nil {
+		out.OffloadPolicy = top.OffloadPolicy
+	}
+	return &out
+}
+
+// overlayTeaming is base with what top sets; a given NIC order replaces the old one.
+func overlayTeaming(base, top *types.HostNicTeamingPolicy) *types.HostNicTeamingPolicy {
+	t := types.HostNicTeamingPolicy{}
+	if base != nil {
+		t = *base
+	}
+	if top.Policy != "" {
+		t.Policy = top.Policy
+	}
+	setBool(&t.ReversePolicy, top.ReversePolicy)
+	setBool(&t.NotifySwitches, top.NotifySwitches)
+	setBool(&t.RollingOrder, top.RollingOrder)
+	if top.FailureCriteria != nil && top.FailureCriteria.CheckBeacon != nil {
+		fc := types.HostNicFailureCriteria{}
+		if t.FailureCriteria != nil {
+			fc = *t.FailureCriteria
+		}
+		fc.CheckBeacon = top.FailureCriteria.CheckBeacon
+		t.FailureCriteria = &fc
+	}
+	if hasOrder(top.NicOrder) {
+		order := *top.NicOrder
+		t.NicOrder = &order
+	}
+	return &t
+}
+
+// checkPolicy refuses what ESXi refuses in a policy: an unknown teaming
+// policy, teaming NICs that are not uplinks, a peak below the average.
+func checkPolicy(p *types.HostNetworkPolicy, uplinks []string) *soap.Fault {
+	if p == nil {
+		return nil
+	}
+	if t := p.NicTeaming; t != nil {
+		if t.Policy != "" && !contains([]string{"loadbalance_ip", "loadbalance_srcmac",
+			"loadbalance_srcid", "failover_explicit"}, t.Policy) {
+			return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.nicTeaming.policy"})
+		}
+		if t.NicOrder != nil {
+			order := append(append([]string{}, t.NicOrder.ActiveNic...), t.NicOrder.StandbyNic...)
+			if len(missing(order, uplinks)) > 0 {
+				return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.nicTeaming.nicOrder"})
+			}
+		}
+	}
+	if sh := p.ShapingPolicy; sh != nil && sh.PeakBandwidth != 0 && sh.PeakBandwidth < sh.AverageBandwidth {
+		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "policy.shapingPolicy.peakBandwidth"})
+	}
+	return nil
 }
 
 // checkSpec refuses ESXi's invalid vSwitch settings and unusable uplinks.
@@ -175,6 +374,9 @@ func (s *netSys) checkSpec(vswitch string, spec types.HostVirtualSwitchSpec) *so
 	}
 	if spec.Mtu != 0 && (spec.Mtu < 1280 || spec.Mtu > 9000) {
 		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "mtu"})
+	}
+	if fault := checkPolicy(spec.Policy, bridgeNics(&spec)); fault != nil {
+		return fault
 	}
 	return s.checkNics(vswitch, bridgeNics(&spec))
 }
@@ -211,11 +413,7 @@ func (s *netSys) AddVirtualSwitch(ctx *simulator.Context, c *types.AddVirtualSwi
 			return fault
 		}
 		v := types.HostVirtualSwitch{Name: c.VswitchName, Key: vswitchKeyPrefix + c.VswitchName}
-		v.Spec.Policy = &types.HostNetworkPolicy{Security: &types.HostNetworkSecurityPolicy{
-			AllowPromiscuous: types.NewBool(false),
-			MacChanges:       types.NewBool(true),
-			ForgedTransmits:  types.NewBool(true),
-		}}
+		v.Spec.Policy = defaultPolicy()
 		applySpec(&v, spec)
 		s.NetworkInfo.Vswitch = append(s.NetworkInfo.Vswitch, v)
 		return nil
@@ -334,7 +532,7 @@ func (s *netSys) RemovePortGroup(ctx *simulator.Context, c *types.RemovePortGrou
 		if _, pg := s.findPortgroup(c.PgName); pg == nil {
 			return notFound()
 		}
-		if s.inUse(c.PgName) {
+		if s.inUse(c.PgName) || s.vnicOn(c.PgName) != nil {
 			return inUse(c.PgName)
 		}
 		s.dropPortgroup(c.PgName)
@@ -354,8 +552,12 @@ func (s *netSys) checkPortgroupSpec(spec types.HostPortGroupSpec, old string) *s
 	if spec.VlanId < 0 || spec.VlanId > 4095 {
 		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "vlanId"})
 	}
-	if _, v := s.findVswitch(spec.VswitchName); v == nil {
+	_, v := s.findVswitch(spec.VswitchName)
+	if v == nil {
 		return notFound()
+	}
+	if fault := checkPolicy(&spec.Policy, bridgeNics(&v.Spec)); fault != nil {
+		return fault
 	}
 	if _, pg := s.findPortgroup(spec.Name); pg != nil && spec.Name != old {
 		return simulator.Fault("", &types.AlreadyExists{Name: spec.Name})
@@ -386,27 +588,16 @@ func (s *netSys) relink() {
 	s.recomputePolicies()
 }
 
-// recomputePolicies sets each port group's computed security policy: its own
+// recomputePolicies sets each port group's computed policy: its own
 // settings where given, else its vSwitch's (ESXi's inheritance).
 func (s *netSys) recomputePolicies() {
 	for i := range s.NetworkInfo.Portgroup {
 		pg := &s.NetworkInfo.Portgroup[i]
-		sec := types.HostNetworkSecurityPolicy{}
-		if _, v := s.findVswitch(pg.Spec.VswitchName); v != nil && v.Spec.Policy != nil && v.Spec.Policy.Security != nil {
-			sec = *v.Spec.Policy.Security
+		var base *types.HostNetworkPolicy
+		if _, v := s.findVswitch(pg.Spec.VswitchName); v != nil {
+			base = v.Spec.Policy
 		}
-		if own := pg.Spec.Policy.Security; own != nil {
-			if own.AllowPromiscuous != nil {
-				sec.AllowPromiscuous = own.AllowPromiscuous
-			}
-			if own.MacChanges != nil {
-				sec.MacChanges = own.MacChanges
-			}
-			if own.ForgedTransmits != nil {
-				sec.ForgedTransmits = own.ForgedTransmits
-			}
-		}
-		pg.ComputedPolicy.Security = &sec
+		pg.ComputedPolicy = *overlayPolicy(base, &pg.Spec.Policy)
 	}
 }
 
@@ -506,6 +697,7 @@ func extendNetworkSystems(f *faults) {
 		ns := &netSys{HostNetworkSystem: *orig, faults: f}
 		ns.Host = &host.HostSystem
 		ns.NetworkInfo = host.Config.Network
+		addPnics(ns.NetworkInfo, 4)
 		ns.relink()
 		// The shared "VM Network" entity lists this host, as in vCenter.
 		for _, pg := range ns.NetworkInfo.Portgroup {
@@ -514,7 +706,232 @@ func extendNetworkSystems(f *faults) {
 			}
 		}
 		simulator.Map.Put(ns)
+		mgr := &vnicMgr{host: host, faults: f}
+		mgr.Self = types.ManagedObjectReference{Type: "HostVirtualNicManager", Value: "vnicmgr-" + host.Self.Value}
+		host.ConfigManager.VirtualNicManager = &mgr.Self
+		simulator.Map.Put(mgr)
 	}
+}
+
+const vnicKeyPrefix = "key-vim.host.VirtualNic-"
+
+func (s *netSys) findVnic(device string) (int, *types.HostVirtualNic) {
+	for i := range s.NetworkInfo.Vnic {
+		if s.NetworkInfo.Vnic[i].Device == device {
+			return i, &s.NetworkInfo.Vnic[i]
+		}
+	}
+	return -1, nil
+}
+
+// vnicOn is the VMkernel adapter on a standard port group, if any.
+func (s *netSys) vnicOn(pg string) *types.HostVirtualNic {
+	for i := range s.NetworkInfo.Vnic {
+		if s.NetworkInfo.Vnic[i].Portgroup == pg {
+			return &s.NetworkInfo.Vnic[i]
+		}
+	}
+	return nil
+}
+
+// checkVnic refuses what ESXi refuses for a VMkernel adapter on port group pg:
+// no such port group, one that has an adapter already, a bad MTU or IP, or a
+// static IP another adapter of the host has.
+func (s *netSys) checkVnic(device, pg string, spec types.HostVirtualNicSpec) *soap.Fault {
+	if _, p := s.findPortgroup(pg); p == nil {
+		return notFound()
+	}
+	if v := s.vnicOn(pg); v != nil && v.Device != device {
+		return inUse(pg)
+	}
+	if spec.Mtu != 0 && (spec.Mtu < 1280 || spec.Mtu > 9000) {
+		return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nic.mtu"})
+	}
+	if ip := spec.Ip; ip != nil && !ip.Dhcp {
+		if net.ParseIP(ip.IpAddress).To4() == nil || net.ParseIP(ip.SubnetMask).To4() == nil {
+			return simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nic.ip"})
+		}
+		for _, v := range s.NetworkInfo.Vnic {
+			if v.Device != device && v.Spec.Ip != nil && !v.Spec.Ip.Dhcp && v.Spec.Ip.IpAddress == ip.IpAddress {
+				return simulator.Fault("", &types.AlreadyExists{Name: ip.IpAddress})
+			}
+		}
+	}
+	return nil
+}
+
+// AddVirtualNic creates vmkN (the lowest free N) on a standard port group.
+func (s *netSys) AddVirtualNic(ctx *simulator.Context, c *types.AddVirtualNic) soap.HasFault {
+	r := &methods.AddVirtualNicBody{}
+	var device string
+	r.Fault_ = s.mutate(ctx, "AddVirtualNic", c.Portgroup, func() *soap.Fault {
+		if fault := s.checkVnic("", c.Portgroup, c.Nic); fault != nil {
+			return fault
+		}
+		for n := 0; ; n++ {
+			if _, v := s.findVnic(fmt.Sprintf("vmk%d", n)); v == nil {
+				device = fmt.Sprintf("vmk%d", n)
+				break
+			}
+		}
+		spec := c.Nic
+		spec.Portgroup = c.Portgroup
+		if spec.Mtu == 0 {
+			spec.Mtu = 1500
+		}
+		if spec.Ip == nil {
+			spec.Ip = &types.HostIpConfig{Dhcp: true}
+		}
+		spec.Mac = fmt.Sprintf("00:50:56:6%d:%02x:%02x", len(s.NetworkInfo.Vnic)%10, len(device), device[len(device)-1])
+		spec.NetStackInstanceKey = "defaultTcpipStack"
+		s.NetworkInfo.Vnic = append(s.NetworkInfo.Vnic, types.HostVirtualNic{
+			Device: device, Key: vnicKeyPrefix + device, Portgroup: c.Portgroup, Spec: spec})
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.AddVirtualNicResponse{Returnval: device}
+	}
+	return r
+}
+
+// UpdateVirtualNic changes a VMkernel adapter's IP, MTU or port group (what the spec sets).
+func (s *netSys) UpdateVirtualNic(ctx *simulator.Context, c *types.UpdateVirtualNic) soap.HasFault {
+	r := &methods.UpdateVirtualNicBody{}
+	r.Fault_ = s.mutate(ctx, "UpdateVirtualNic", c.Device, func() *soap.Fault {
+		_, v := s.findVnic(c.Device)
+		if v == nil {
+			return notFound()
+		}
+		pg := v.Portgroup
+		if c.Nic.Portgroup != "" {
+			pg = c.Nic.Portgroup
+		}
+		if fault := s.checkVnic(c.Device, pg, c.Nic); fault != nil {
+			return fault
+		}
+		v.Portgroup, v.Spec.Portgroup = pg, pg
+		if c.Nic.Ip != nil {
+			v.Spec.Ip = c.Nic.Ip
+		}
+		if c.Nic.Mtu != 0 {
+			v.Spec.Mtu = c.Nic.Mtu
+		}
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.UpdateVirtualNicResponse{}
+	}
+	return r
+}
+
+// RemoveVirtualNic removes a VMkernel adapter and its service selections.
+func (s *netSys) RemoveVirtualNic(ctx *simulator.Context, c *types.RemoveVirtualNic) soap.HasFault {
+	r := &methods.RemoveVirtualNicBody{}
+	r.Fault_ = s.mutate(ctx, "RemoveVirtualNic", c.Device, func() *soap.Fault {
+		i, v := s.findVnic(c.Device)
+		if v == nil {
+			return notFound()
+		}
+		vnics := s.NetworkInfo.Vnic
+		s.NetworkInfo.Vnic = append(vnics[:i:i], vnics[i+1:]...)
+		info := s.host().Config.VirtualNicManagerInfo
+		for j := range info.NetConfig {
+			info.NetConfig[j].SelectedVnic = missing(info.NetConfig[j].SelectedVnic,
+				[]string{info.NetConfig[j].NicType + "." + vnicKeyPrefix + c.Device})
+		}
+		s.candidates()
+		return nil
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.RemoveVirtualNicResponse{}
+	}
+	return r
+}
+
+// candidates lists every adapter as a candidate of every service, as ESXi does.
+func (s *netSys) candidates() {
+	info := s.host().Config.VirtualNicManagerInfo
+	for j := range info.NetConfig {
+		nc := &info.NetConfig[j]
+		nc.CandidateVnic = nil
+		for _, v := range s.NetworkInfo.Vnic {
+			v.Key = nc.NicType + "." + vnicKeyPrefix + v.Device
+			nc.CandidateVnic = append(nc.CandidateVnic, v)
+		}
+	}
+}
+
+// vnicMgr is a host's HostVirtualNicManager: service selection of VMkernel
+// adapters, kept in the host's config.virtualNicManagerInfo.
+type vnicMgr struct {
+	mo.HostVirtualNicManager
+	host   *simulator.HostSystem
+	faults *faults
+}
+
+// selection runs f on the service's selected keys under the host's lock.
+func (m *vnicMgr) selection(ctx *simulator.Context, method, nicType, device string, f func(nc *types.VirtualNicManagerNetConfig, key string)) *soap.Fault {
+	if fault := m.faults.check(method, nicType+"."+device); fault != nil {
+		return fault
+	}
+	var fault *soap.Fault
+	ctx.WithLock(m.host, func() {
+		found := false
+		for _, v := range m.host.Config.Network.Vnic {
+			found = found || v.Device == device
+		}
+		info := m.host.Config.VirtualNicManagerInfo
+		for j := range info.NetConfig {
+			if info.NetConfig[j].NicType == nicType && found {
+				f(&info.NetConfig[j], nicType+"."+vnicKeyPrefix+device)
+				return
+			}
+		}
+		fault = simulator.Fault("", &types.InvalidArgument{InvalidProperty: "nicType/device"})
+	})
+	return fault
+}
+
+// SelectVnicForNicType adds the adapter to a service.
+func (m *vnicMgr) SelectVnicForNicType(ctx *simulator.Context, c *types.SelectVnicForNicType) soap.HasFault {
+	r := &methods.SelectVnicForNicTypeBody{}
+	r.Fault_ = m.selection(ctx, "SelectVnicForNicType", c.NicType, c.Device, func(nc *types.VirtualNicManagerNetConfig, key string) {
+		if !contains(nc.SelectedVnic, key) {
+			nc.SelectedVnic = append(nc.SelectedVnic, key)
+		}
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.SelectVnicForNicTypeResponse{}
+	}
+	return r
+}
+
+// DeselectVnicForNicType removes the adapter from a service.
+func (m *vnicMgr) DeselectVnicForNicType(ctx *simulator.Context, c *types.DeselectVnicForNicType) soap.HasFault {
+	r := &methods.DeselectVnicForNicTypeBody{}
+	r.Fault_ = m.selection(ctx, "DeselectVnicForNicType", c.NicType, c.Device, func(nc *types.VirtualNicManagerNetConfig, key string) {
+		nc.SelectedVnic = missing(nc.SelectedVnic, []string{key})
+	})
+	if r.Fault_ == nil {
+		r.Res = &types.DeselectVnicForNicTypeResponse{}
+	}
+	return r
+}
+
+// addPnics gives the host physical NICs up to vmnic<count-1>, modelled on its last one.
+func addPnics(info *types.HostNetworkInfo, count int) {
+	pnics := append([]types.PhysicalNic{}, info.Pnic...)
+	for i := len(pnics); i < count && len(pnics) > 0; i++ {
+		nic := pnics[len(pnics)-1]
+		nic.Device = fmt.Sprintf("vmnic%d", i)
+		nic.Key = pnicKeyPrefix + nic.Device
+		nic.Pci = fmt.Sprintf("0000:%02x:00.0", 0x13+i)
+		nic.Mac = fmt.Sprintf("00:0c:29:81:d8:%02x", 0xa0+i)
+		pnics = append(pnics, nic)
+	}
+	info.Pnic = pnics
 }
 
 // labelAdapters names VM network adapters as vSphere does ("Network adapter

@@ -7,13 +7,17 @@ with the domain XML on stdin.  Its configuration is the JSON file
 ``hostsetup-ivshmem.json`` next to this script (written by hostsetup).
 
 - ``migrate`` / ``restore``: the incoming XML of a chosen domain gets the
-  device (or, for the qemu-wrapper method, the wrapper emulator) and is
-  printed; libvirt uses the printed XML.  These are the only operations
-  whose output libvirt reads.
+  devices it lacks (method definition: ``<shmem>``; commandline: our
+  ``<qemu:commandline>`` arguments; qemu-wrapper: the wrapper emulator;
+  emulator-swap: the swapped emulator) and is printed; libvirt uses the
+  printed XML.  These are the only operations whose output libvirt reads.
+- The configuration holds one device at the top level, or several in
+  ``devices``; a name with ``{domain}``/``{uuid}`` (per_domain) is rendered
+  for each guest (its name, the ``<uuid>`` of its XML).
 - ``prepare begin``: a chosen domain without the device is logged and,
   with ``enforce: refuse``, refused (non-zero exit stops the start); the
-  host side of the shared-memory object (``/dev/shm/<name>``) is made by
-  the hook itself, with its size, owner and mode.
+  host side of each shared-memory object (``/dev/shm/<name>``, or on a
+  hugetlbfs mount) is made by the hook itself, with its size, owner and mode.
 - When ``qemu.hostsetup-chained`` is next to this script (libvirt without
   ``qemu.d/``), the hook installed before this one runs first with the
   same arguments and input, bounded in time and output.
@@ -69,7 +73,47 @@ MAX_CONFIG = 1024 * 1024
 INPUT_TIMEOUT = 30.0  # seconds to read the domain XML
 CHAIN_TIMEOUT = 30.0  # seconds for the chained hook
 LOCK_TIMEOUT = 10.0  # seconds to wait for another call preparing the object
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+# QEMU ids of what hostsetup puts on QEMU's command line (libvirt's own look like "shmem0").
+QEMU_MEM_ID, QEMU_DEV_ID = "hostsetup-shm", "hostsetup-ivshmem"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as the step validates it
+
+
+def qemu_args(dev: dict[str, Any], index: int = 0) -> list[str]:
+    """QEMU arguments that add one device (a configuration device, its name rendered);
+    ``index`` > 0 numbers the QEMU ids of the second and later devices."""
+    mem, ident = (QEMU_MEM_ID, QEMU_DEV_ID) if not index else (f"{QEMU_MEM_ID}{index}",
+                                                               f"{QEMU_DEV_ID}{index}")
+    props = ""
+    if dev["address"]:
+        props = ",addr={}.{}".format(*(dev["address"][k].removeprefix("0x")
+                                       for k in ("slot", "function")))
+    if dev["role"]:
+        props += f",master={'on' if dev['role'] == 'master' else 'off'}"
+    if dev["model"] == "ivshmem-doorbell":
+        return ["-chardev", f"socket,id={mem},path={dev['server']}",
+                "-device", f"ivshmem-doorbell,id={ident},chardev={mem},"
+                f"vectors={dev['vectors'] or 1}{props}"]
+    return ["-object", f"memory-backend-file,id={mem},mem-path={object_path(dev)},"
+            f"size={dev['size_mib'] or 4}M,share=on",
+            "-device", f"ivshmem-plain,id={ident},memdev={mem}{props}"]
+
+
+def object_path(dev: dict[str, Any]) -> str:
+    """The host file of a device's memory: in /dev/shm, or on a hugetlbfs mount (``dir``)."""
+    return os.path.join(dev.get("dir") or SHM_DIR, dev["name"])
+
+
+def strip_ours(args: list[str]) -> list[str]:
+    """QEMU arguments without the (option, value) pairs hostsetup added (by their ids)."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1].startswith("-") and (f"id={QEMU_MEM_ID}" in arg
+                                                or f"id={QEMU_DEV_ID}" in arg):
+            out.pop()
+            continue
+        out.append(arg)
+    return out
 
 
 class Unsafe(Exception):
@@ -88,19 +132,53 @@ def _str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
 
-# Every key the step writes, with what it must hold.
-CONFIG_KEYS: dict[str, Callable[[Any], bool]] = {
-    "version": lambda v: v == 1,
-    "name": lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None,
+def _name(value: Any) -> bool:
+    # A fixed name, or a per-guest template ({domain}, {uuid}); rendered names
+    # are checked again at each call.
+    if not isinstance(value, str):
+        return False
+    plain = value.replace("{domain}", "x").replace("{uuid}", "x")
+    return NAME_PATTERN.fullmatch(plain) is not None
+
+
+# The keys of one device (at the top level: the first, or only, device).
+DEVICE_KEYS: dict[str, Callable[[Any], bool]] = {
+    "name": _name,
     "model": lambda v: v in ("ivshmem-plain", "ivshmem-doorbell"),
     "size_mib": _int_or_none,
     "server": _str_or_none,
     "vectors": _int_or_none,
     "address": lambda v: v is None or _str_map(v),
     "role": lambda v: v in (None, "peer", "master"),
+}
+# In each entry of the optional "devices" list (configurations written before
+# it existed hold one device at the top level, and stay valid).
+LIST_KEYS: dict[str, Callable[[Any], bool]] = {
+    **DEVICE_KEYS,
+    "per_domain": lambda v: isinstance(v, bool),
+    "keep": lambda v: isinstance(v, bool),
+}
+
+
+def _dir_ok(device: dict[str, Any]) -> bool:
+    # Optional (hugepages only): an absolute directory, the hugetlbfs mount.
+    value = device.get("dir")
+    return value is None or (isinstance(value, str) and os.path.isabs(value))
+
+
+def _device_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(d, dict) and all(k in d and ok(d[k]) for k, ok in LIST_KEYS.items())
+        and _dir_ok(d) for d in value)
+
+
+# Every key the step writes, with what it must hold.
+CONFIG_KEYS: dict[str, Callable[[Any], bool]] = {
+    "version": lambda v: v == 1,
+    **DEVICE_KEYS,
     "domains": lambda v: v == "all" or (isinstance(v, list)
                                         and all(isinstance(d, str) for d in v)),
-    "method": lambda v: v in ("definition", "qemu-wrapper"),
+    "method": lambda v: v in ("definition", "qemu-wrapper", "commandline", "emulator-swap"),
     "wrappers": _str_map,
     "enforce": lambda v: v in ("warn", "refuse"),
     "owner": _str_or_none,
@@ -260,6 +338,15 @@ def parse_config(raw: bytes) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"a JSON {type(config).__name__}, not an object")
     bad = [key for key, ok in CONFIG_KEYS.items() if key not in config or not ok(config[key])]
+    if "devices" in config and not _device_list(config["devices"]):
+        bad.append("devices")
+    if not _dir_ok(config):
+        bad.append("dir")
+    swap = config.get("swap")  # emulator-swap: {"emulator", "real", "admindir"}
+    if "swap" in config and not (_str_map(swap) and {"emulator", "real"} <= set(swap or ())):
+        bad.append("swap")
+    if config.get("method") == "emulator-swap" and "swap" not in config:
+        bad.append("swap")
     if bad:
         raise ValueError(f"missing or invalid: {', '.join(bad)}")
     return config
@@ -310,16 +397,44 @@ class Hook:
         domains = self.cfg["domains"]
         return domains == "all" or self.domain in domains
 
-    def has_device(self, root: ET.Element) -> bool:
-        """True when the domain XML already carries the device (or the wrapper)."""
+    def devices(self, root: ET.Element) -> list[dict[str, Any]]:
+        """The devices of this domain, names rendered ({domain}, {uuid} of the XML).
+
+        A rendered name that is not a valid object name (an odd domain name)
+        leaves that device out, logged: never a path outside ``/dev/shm``.
+        """
+        assert self.cfg is not None
+        uuid = root.findtext("uuid", "").strip()
+        found = []
+        for device in self.cfg.get("devices") or [self.cfg]:
+            name = device["name"].replace("{domain}", self.domain).replace("{uuid}", uuid)
+            if NAME_PATTERN.fullmatch(name) is None:
+                self.log(f"device '{device['name']}' renders to '{name}', not a valid name: "
+                         "left out")
+                continue
+            found.append(dict(device, name=name))
+        return found
+
+    def missing(self, root: ET.Element) -> list[dict[str, Any]]:
+        """The devices the domain XML lacks (for qemu-wrapper: all, or none)."""
         assert self.cfg is not None
         if self.cfg["method"] == "qemu-wrapper":
             emulator = root.findtext("devices/emulator", "").strip()
-            return emulator in self.cfg["wrappers"].values()
-        return any(s.get("name") == self.cfg["name"] for s in root.iterfind("devices/shmem"))
+            return [] if emulator in self.cfg["wrappers"].values() else self.devices(root)
+        if self.cfg["method"] == "emulator-swap":
+            # Whatever the XML holds, the swapped emulator adds the devices.
+            emulator = root.findtext("devices/emulator", "").strip()
+            return [] if emulator == self.cfg["swap"]["emulator"] else self.devices(root)
+        if self.cfg["method"] == "commandline":
+            args = [a.get("value", "") for a in root.iterfind(f"{QEMU_NS}commandline/"
+                                                               f"{QEMU_NS}arg")]
+            return [d for i, d in enumerate(self.devices(root))
+                    if qemu_args(d, i)[1] not in args]
+        have = {s.get("name") for s in root.iterfind("devices/shmem")}
+        return [d for d in self.devices(root) if d["name"] not in have]
 
     def add_device(self, root: ET.Element) -> str:
-        """Give the domain XML the device (or point it at the wrapper emulator); says what."""
+        """Give the domain XML the devices (or point it at the wrapper emulator); says what."""
         cfg = self.cfg
         assert cfg is not None
         devices = root.find("devices")
@@ -337,19 +452,40 @@ class Hook:
                 return "no wrapper emulator configured: XML unchanged"
             emulator.text = wrapper
             return f"pointed the incoming XML at the wrapper emulator {wrapper}"
-        shmem = ET.SubElement(devices, "shmem", name=cfg["name"])
-        if cfg["role"]:
-            shmem.set("role", cfg["role"])
-        ET.SubElement(shmem, "model", type=cfg["model"])
-        if cfg["size_mib"]:
-            ET.SubElement(shmem, "size", unit="M").text = str(cfg["size_mib"])
-        if cfg["server"]:
-            ET.SubElement(shmem, "server", path=cfg["server"])
-        if cfg["vectors"]:
-            ET.SubElement(shmem, "msi", vectors=str(cfg["vectors"]))
-        if cfg["address"]:
-            ET.SubElement(shmem, "address", dict(cfg["address"], type="pci"))
-        return f"added the device '{cfg['name']}' to the incoming XML"
+        added = self.missing(root)
+        if cfg["method"] == "emulator-swap":
+            emulator = devices.find("emulator")
+            if emulator is None:
+                emulator = ET.SubElement(devices, "emulator")
+            emulator.text = cfg["swap"]["emulator"]
+            return f"pointed the incoming XML at the swapped emulator {emulator.text}"
+        if cfg["method"] == "commandline":
+            line = root.find(f"{QEMU_NS}commandline")
+            if line is None:
+                line = ET.SubElement(root, f"{QEMU_NS}commandline")
+            args = [a.get("value", "") for a in line.findall(f"{QEMU_NS}arg")]
+            for arg in line.findall(f"{QEMU_NS}arg"):
+                line.remove(arg)
+            # Ours from another configuration go; everyone else's stay, first.
+            for value in strip_ours(args) + [a for i, d in enumerate(self.devices(root))
+                                             for a in qemu_args(d, i)]:
+                ET.SubElement(line, f"{QEMU_NS}arg", value=value)
+        else:
+            for dev in added:
+                shmem = ET.SubElement(devices, "shmem", name=dev["name"])
+                if dev["role"]:
+                    shmem.set("role", dev["role"])
+                ET.SubElement(shmem, "model", type=dev["model"])
+                if dev["size_mib"]:
+                    ET.SubElement(shmem, "size", unit="M").text = str(dev["size_mib"])
+                if dev["server"]:
+                    ET.SubElement(shmem, "server", path=dev["server"])
+                if dev["vectors"]:
+                    ET.SubElement(shmem, "msi", vectors=str(dev["vectors"]))
+                if dev["address"]:
+                    ET.SubElement(shmem, "address", dict(dev["address"], type="pci"))
+        names = ", ".join(f"'{d['name']}'" for d in added)
+        return f"added the device{'s' if len(added) > 1 else ''} {names} to the incoming XML"
 
     def _owner(self) -> tuple[int, int]:
         """The configured (uid, gid); -1 for what is left unchanged."""
@@ -429,32 +565,35 @@ class Hook:
                     return None
                 time.sleep(0.05)
 
-    def prepare_shm(self) -> None:
-        """Make ``/dev/shm/<name>`` with at least its size, then set owner and mode."""
+    def prepare_shm(self, devices: list[dict[str, Any]]) -> None:
+        """Make each ``/dev/shm/<name>`` with at least its size, then set owner and mode."""
         cfg = self.cfg
         assert cfg is not None
-        if cfg["model"] != "ivshmem-plain":
-            return  # a doorbell's memory belongs to its ivshmem server
-        path = os.path.join(SHM_DIR, cfg["name"])
-        size = int(cfg["size_mib"] or 4) * 1024 * 1024
+        # A doorbell's memory belongs to its ivshmem server.
+        plain = [d for d in devices if d["model"] == "ivshmem-plain"]
+        if not plain:
+            return
         uid, gid = self._owner()
         lock = self._lock()
         try:
-            fd = self._claim_shm(path, uid)
-            try:
-                # Grow only: shrinking memory that guests or the host map would crash them.
-                if os.fstat(fd).st_size < size:
-                    os.ftruncate(fd, size)
-                if uid != -1 or gid != -1:
-                    os.fchown(fd, uid, gid)
-                os.fchmod(fd, int(cfg["mode"], 8))
-            finally:
-                os.close(fd)
+            for dev in plain:
+                path = object_path(dev)
+                size = int(dev["size_mib"] or 4) * 1024 * 1024
+                fd = self._claim_shm(path, uid)
+                try:
+                    # Grow only: shrinking memory that guests or the host map would crash them.
+                    if os.fstat(fd).st_size < size:
+                        os.ftruncate(fd, size)
+                    if uid != -1 or gid != -1:
+                        os.fchown(fd, uid, gid)
+                    os.fchmod(fd, int(cfg["mode"], 8))
+                finally:
+                    os.close(fd)
+                self.log(f"prepared {path}: {size} bytes, owner {cfg['owner'] or 'unchanged'}, "
+                         f"mode {cfg['mode']}")
         finally:
             if lock is not None:
                 os.close(lock)
-        self.log(f"prepared {path}: {size} bytes, owner {cfg['owner'] or 'unchanged'}, "
-                 f"mode {cfg['mode']}")
 
     def run_chained(self, xml: bytes) -> tuple[int, bytes]:
         """Run the hook this one replaced (chain layout); returns (exit code, output)."""
@@ -532,7 +671,7 @@ class Hook:
     def fix_incoming(self, xml: bytes) -> int:
         """migrate/restore: print the XML with the device (libvirt uses it)."""
         root = ET.fromstring(xml)
-        if self.has_device(root):
+        if not self.missing(root):
             self.log("incoming XML already has the device")
         else:
             self.log(self.add_device(root))
@@ -543,21 +682,22 @@ class Hook:
         """prepare begin: enforce the device, then prepare the shared-memory object."""
         assert self.cfg is not None
         refuse = self.cfg["enforce"] == "refuse"
-        name = self.cfg["name"]
         try:
-            has = self.has_device(ET.fromstring(xml))
+            root = ET.fromstring(xml)
         except ET.ParseError as exc:
             self.log(f"domain XML on stdin is not valid XML: {exc}")
             return 1 if refuse else 0
-        if not has:
-            self.log(f"domain lacks the ivshmem device '{name}'"
+        lacking = self.missing(root)
+        if lacking:
+            names = ", ".join(f"'{d['name']}'" for d in lacking)
+            self.log(f"domain lacks the ivshmem device {names}"
                      + (": start refused" if refuse else " (enforce: warn)"))
             if refuse:
                 sys.stderr.write(f"hostsetup ivshmem hook: domain '{self.domain}' lacks the "
-                                 f"ivshmem device '{name}'; start refused\n")
+                                 f"ivshmem device {names}; start refused\n")
                 return 1
         try:
-            self.prepare_shm()
+            self.prepare_shm(self.devices(root))
         except Exception as exc:
             self.log(f"cannot prepare the shared-memory object: {exc}")
             if refuse:

@@ -194,15 +194,8 @@ def step_pages(flow: Flow, step: Any) -> str:
     facts: dict[str, Any] = {}
     while True:
         if stage == 0:
-            button, got = ask(ui, f"{title}: connection", step.help, connect, values,
-                              step.Answers, ["Next", "Back", "Cancel"], focus_key=focus)
+            button = ask_step(ui, f"{title}: connection", step, connect, values, focus)
             focus = None
-            for q in connect:
-                values.pop(q.key, None)
-            values.update(got)
-            if button == "cancel":
-                ui.quit()
-                continue
             if button == "back":
                 return "back"
             problems = model_problems(step.Answers, values, connect, only=keys)
@@ -230,15 +223,8 @@ def step_pages(flow: Flow, step: Any) -> str:
                 prefill(values, step.current(facts), defaults(step.Answers))
         questions = step.questions(facts)
         while True:
-            button, got = ask(ui, title, step.help, questions, values, step.Answers,
-                              ["Next", "Back", "Cancel"], focus_key=focus)
+            button = ask_step(ui, title, step, questions, values, focus)
             focus = None
-            for q in questions:  # an emptied field goes back to its default
-                values.pop(q.key, None)
-            values.update(got)
-            if button == "cancel":
-                ui.quit()
-                continue
             if button == "back":
                 break
             problems = validate_section(step, questions, values, facts)
@@ -251,6 +237,22 @@ def step_pages(flow: Flow, step: Any) -> str:
 
 
 # ---------------------------------------------------------------- review
+
+
+def ask_step(ui: Ui, title: str, step: Any, questions: list[Any], values: dict[str, Any],
+             focus: str | None) -> str:
+    """One of a step's windows until Next or Back ("next"/"back"); ``values`` takes
+    what was entered (an emptied field goes back to its default).  Cancel asks to
+    leave; staying opens the window again."""
+    while True:
+        button, got = ask(ui, title, step.help, questions, values, step.Answers,
+                          ["Next", "Back", "Cancel"], focus_key=focus)
+        for q in questions:
+            values.pop(q.key, None)
+        values.update(got)
+        if button != "cancel":
+            return button
+        ui.quit()
 
 
 def prefill(values: dict[str, Any], current: dict[str, Any], default: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ snack.hotkeys[3] = "CTRL-C"
 
 WIDTH = 70  # inner width of the windows: fits 80 columns with borders
 TEXT_ROWS = 12  # scrolling text in review/summary: the window fits 24 rows
+MESSAGE_ROWS = 12  # a message's text; a longer one scrolls
 MIN_COLS, MIN_ROWS = 80, 24
 TICK_MS = 200  # how often a running window looks at resizes, waits and progress
 
@@ -41,6 +42,7 @@ KEYS_PICK_MANY = " Space toggle | Tab move | F12 OK | Esc back, unchanged | F1 h
 KEYS_LIST = " Up/Down move | Enter edit | Tab buttons | Esc done | F1 help | ^C quit"
 KEYS_TEXT = " PgUp/PgDn/arrows scroll | Tab buttons | Enter press | Esc back | ^C quit"
 KEYS_MESSAGE = " Enter/Esc close | ^C quit"
+KEYS_LONG_MESSAGE = " PgUp/PgDn/arrows scroll | Enter/Esc close | ^C quit"
 KEYS_CONFIRM = " Tab/arrows move | Enter press | Esc no | ^C quit"
 KEYS_WAIT = " Esc/Enter/^C stop waiting"
 KEYS_APPLY = " Applying: ^C stop after the running step"
@@ -269,8 +271,14 @@ class Ui:
         return win.pressed(result) == yes.lower()
 
     def message(self, title: str, text: str) -> None:
-        """A modal message with OK; Escape and Enter close it."""
-        self.show(TextWindow(title, text, ["OK"], keys=KEYS_MESSAGE, rows=0))
+        """A modal message with OK; Escape and Enter close it.  A message longer
+        than the window is a scrolling text that has the focus (PgDn/arrows)."""
+        long = len(hanging(text, WIDTH - 2).splitlines()) > MESSAGE_ROWS
+        win = TextWindow(title, text, ["OK"], keys=KEYS_LONG_MESSAGE if long else KEYS_MESSAGE,
+                         rows=MESSAGE_ROWS if long else 0)
+        if long:
+            win.hotkeys = ("ENTER",)  # the text has the focus (it scrolls): Enter closes
+        self.show(win)
 
     def _help(self, _screen: Any, tag: Any) -> None:
         """F1: the window's help.  Runs inside newt's form loop, so it must not
@@ -328,7 +336,7 @@ class TextWindow(Window):
             g.add(snack.Textbox(WIDTH, self.rows, hanging(self.text, WIDTH - 2), scroll=1,
                                 wrap=1), 0, 0)
         else:
-            g.add(snack.TextboxReflowed(WIDTH - 4, self.text, maxHeight=16), 0, 0)
+            g.add(snack.TextboxReflowed(WIDTH - 4, self.text, maxHeight=MESSAGE_ROWS), 0, 0)
         self.bar = snack.ButtonBar(ui.screen, self.buttons)
         g.add(self.bar, 0, 1, (0, 1, 0, 0))
         return g

@@ -198,10 +198,15 @@ class ServicesStep(Step[ServicesAnswers]):
         configured = bool(changes)
         stale = sorted(n for n in {d.unit for d in answers.dropins}
                        if n in status and status[n].need_reload)
-        if configured or stale:
+        # A required unit about to be started whose file changed on disk would start in
+        # the version systemd read before: reload first, as systemctl daemon-reload.
+        stale_start = sorted(n for n in answers.require if answers.start and n in status
+                             and status[n].need_reload and status[n].active != "active")
+        on_disk = sorted({*stale, *stale_start})
+        if configured or on_disk:
             changes.append(Change("systemd", "update", detail="Reload: systemd re-reads unit "
-                                  "files and drop-ins" + (f" ({', '.join(stale)} changed on disk)"
-                                                          if stale else "")))
+                                  "files and drop-ins" + (f" ({', '.join(on_disk)} changed on "
+                                                          "disk)" if on_disk else "")))
         stopped = [n for n in answers.stop if n in status and status[n].active in RUNNING]
         changes += [Change(f"unit {n}", "stop", _state(status[n]),  # type: ignore[arg-type]
                            {**_state(status[n]), "active": "inactive"}) for n in stopped]

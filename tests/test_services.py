@@ -49,7 +49,7 @@ def test_start_that_fails_exits_1_with_its_result(dbus_host: Sandbox, tmp_path: 
     res = hostsetup("apply", "--answers", str(answers), "--report", str(report))
     assert res.returncode == 1, res.stdout + res.stderr
     assert (f"start of {host.BROKEN_UNIT} ended with job result 'failed' "
-            "(unit failed, result 'exit-code', exit status 3)") in res.stderr
+            "(unit Result: exit-code)") in res.stderr
     step = json.loads(report.read_text())["steps"][0]
     assert step["status"] == "failed"
     # The report says exactly what took effect before the failure.
@@ -70,7 +70,7 @@ def test_failed_dependency_exits_1(dbus_host: Sandbox, tmp_path: Path) -> None:
     res = hostsetup("apply", "--answers", str(answers))
     assert res.returncode == 1, res.stdout + res.stderr
     assert ("start of needs-broken.service ended with job result 'dependency' "
-            "(unit inactive, result 'success')") in res.stderr
+            "(unit Result: success)") in res.stderr
     assert unit_state(dbus_host, "needs-broken.service") == "inactive"
     assert unit_state(dbus_host, host.BROKEN_UNIT) == "failed"
 
@@ -152,10 +152,11 @@ def test_enable_survives_daemon_reload(dbus_host: Sandbox, tmp_path: Path) -> No
     answers = tmp_path / "a.yaml"
     answers.write_text(
         f"version: 1\nservices:\n  bus: {dbus_host.env['HOSTSETUP_DBUS_ADDRESS']}\n"
-        "  require: [libvirtd.service]\n  enable: true\n")
+        "  require: [libvirtd.service]\n  enable: [libvirtd.service]\n")
     res = hostsetup("plan", "--answers", str(answers))
     assert res.returncode == 4, res.stdout + res.stderr
-    assert "+ enable unit libvirtd.service disabled -> enabled" in " ".join(res.stdout.split())
+    assert "+ enable unit libvirtd.service enablement: disabled -> enabled" in " ".join(
+        res.stdout.split())
     res = hostsetup("apply", "--answers", str(answers))
     assert res.returncode == 0, res.stdout + res.stderr
     assert unit_prop(dbus_host, "libvirtd.service", "UnitFileState") == "enabled"
@@ -191,8 +192,8 @@ def test_unit_file_changed_on_disk_is_reloaded_before_the_start(dbus_host: Sandb
     res = hostsetup("plan", "--answers", str(answers))
     assert res.returncode == 4, res.stdout + res.stderr
     text = " ".join(res.stdout.split())
-    assert "unit files changed on disk: greeter.service" in text
-    assert text.index("reload systemd") < text.index("start unit greeter.service")  # first
+    assert "(greeter.service changed on disk)" in text
+    assert text.index("update systemd: Reload") < text.index("start unit greeter.service")
     res = hostsetup("apply", "--answers", str(answers))
     assert res.returncode == 0, res.stdout + res.stderr
     # Started in the version on disk, drop-in included.

@@ -67,23 +67,3 @@ def test_facts_and_provides() -> None:
     assert step.provides(changes) == {"ovs", "libvirt"}
     assert step.provides([Change("unit x.service", "start")]) == set()
 
-
-def test_enable_and_reload_planned_and_applied_in_order() -> None:
-    """A disabled unit is enabled only with ``enable: true``; a unit file changed on
-    disk is reloaded first, once; the plan after apply is empty."""
-    fb = host(file_states={"libvirtd.service": "disabled"}, stale={"ovs-vswitchd.service"})
-    plain = run("plan", {"services": {"require": REQUIRE}}, fb)
-    assert [(c.action, c.target) for c in plain.steps[0].changes] == [
-        ("reload", "systemd"), ("start", "unit ovs-vswitchd.service"),
-        ("start", "unit libvirtd.service")]
-    section = {"services": {"require": REQUIRE, "enable": True}}
-    planned = run("plan", section, fb)
-    assert [(c.action, c.target) for c in planned.steps[0].changes] == [
-        ("reload", "systemd"), ("start", "unit ovs-vswitchd.service"),
-        ("enable", "unit libvirtd.service"), ("start", "unit libvirtd.service")]
-    assert fb.dbus.reloads == 0  # plan changed nothing
-    applied = run("apply", section, fb)
-    assert (applied.exit_code, statuses(applied)) == (EXIT_OK, {"services": "applied"})
-    assert fb.dbus.file_states["libvirtd.service"] == "enabled"
-    assert fb.dbus.reloads == 2  # the reload, and enable's own (as systemctl enable)
-    assert run("plan", section, fb).exit_code == EXIT_OK

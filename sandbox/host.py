@@ -24,11 +24,14 @@ services step starts them.  At boot the sandbox prepares what they will find:
 the bridge ``br0`` in OVS's database (ovsdb-server is started, given the bridge
 and stopped again) and veth ports ``vm1``/``vm2`` (peers in "VM" namespaces,
 10.250.0.1/.2) and ``mon0`` (capture on ``mon0c``), in the host's network
-namespace, which is named ``<tag>-<digest>-sw`` for ``ip netns exec``.
+namespace, which is named ``<tag>-<digest>-sw`` for ``ip netns exec``; and the
+underlay bridge ``wan0`` whose port ``wan-ana`` leads to the "analyser" namespace
+``<tag>-<digest>-ana`` (10.251.0.2), the far end of tunnelled mirrors.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shlex
@@ -50,12 +53,23 @@ BRIDGE = "br0"
 VMS = ("vm1", "vm2")
 MONITOR, CAPTURE = "mon0", "mon0c"
 VM_ADDRESSES = {"vm1": "10.250.0.1", "vm2": "10.250.0.2"}
+# The remote "analyser" for tunnelled mirrors: a namespace whose eth0 (ANALYSER_IP,
+# ANALYSER_MAC) is reached from the host over the underlay bridge UNDERLAY (port
+# ANALYSER_PORT; the bridge's local port has UNDERLAY_IP).  Named to sort after br0
+# and the VM ports, so that pickers keep their order.  The address, route and
+# neighbour are given to ovs-vswitchd each time it starts (the image's drop-in).
+UNDERLAY, ANALYSER_PORT = "wan0", "wan-ana"
+UNDERLAY_IP, ANALYSER_IP = "10.251.0.1", "10.251.0.2"
+ANALYSER_MAC = "02:00:0a:fb:00:02"
 # Inside path -> DIR/run/<name>: the sockets reachable from outside.
 RUN_BINDS = {"bus": "/run/dbus", "ovs": "/run/openvswitch", "libvirt": "/run/libvirt"}
 # The scenario's required units: NetworkManager runs, the rest is started by the step.
 REQUIRE = ["NetworkManager.service", "openvswitch-switch.service", "libvirtd.service"]
 BROKEN_UNIT = "hostsetup-broken.service"  # in the image: fails when started
 BOOT_TIMEOUT = 60.0
+# Huge pages reserved for hugepage-backed ivshmem objects (given back at down).
+HUGEPAGES = 4
+NR_HUGEPAGES = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 
 
 def prefix(sb: Sandbox) -> str:
@@ -71,6 +85,11 @@ def cgroup_name(sb: Sandbox) -> str:
 def switch_ns(sb: Sandbox) -> str:
     """The name under which the host's network namespace is attached (``ip netns``)."""
     return f"{prefix(sb)}-sw"
+
+
+def analyser_ns(sb: Sandbox) -> str:
+    """The remote analyser's namespace (receives tunnelled mirror copies)."""
+    return f"{prefix(sb)}-ana"
 
 
 def vm_ns(sb: Sandbox, vm: str) -> str:
@@ -186,7 +205,8 @@ def _made(sb: Sandbox) -> Path:
 
 def check_free(sb: Sandbox) -> None:
     """Refuse (before anything starts) when this host's namespaces exist already."""
-    taken = {switch_ns(sb), *(vm_ns(sb, vm) for vm in VMS)} & existing_namespaces()
+    taken = {switch_ns(sb), analyser_ns(sb), *(vm_ns(sb, vm) for vm in VMS)} \
+        & existing_namespaces()
     if taken:
         raise SandboxError(
             f"network namespace(s) {', '.join(sorted(taken))} exist: a sandbox with tag "
@@ -213,7 +233,16 @@ def make_network(sb: Sandbox) -> None:
             sb.run("ip link set up", ["ip", "-n", ns, "link", "set", dev, "up"])
     sb.run("ip link add", ["ip", "link", "add", MONITOR, "netns", sw, "type", "veth",
                            "peer", "name", CAPTURE, "netns", sw])
-    for dev in (*VMS, MONITOR, CAPTURE):
+    ana = analyser_ns(sb)
+    sb.run("ip netns add", ["ip", "netns", "add", ana])
+    with open(_made(sb), "a") as made:
+        made.write(ana + "\n")
+    sb.run("ip link add", ["ip", "link", "add", ANALYSER_PORT, "netns", sw, "type", "veth",
+                           "peer", "name", "eth0", "address", ANALYSER_MAC, "netns", ana])
+    sb.run("ip addr add", ["ip", "-n", ana, "addr", "add", f"{ANALYSER_IP}/24", "dev", "eth0"])
+    for dev in ("lo", "eth0"):
+        sb.run("ip link set up", ["ip", "-n", ana, "link", "set", dev, "up"])
+    for dev in (*VMS, MONITOR, CAPTURE, ANALYSER_PORT):
         sb.run("ip link set up", ["ip", "-n", sw, "link", "set", dev, "up"])
 
 
@@ -222,13 +251,55 @@ def make_bridge(sb: Sandbox) -> None:
     run_inside(sb, "start ovsdb-server", "systemctl", "start", "ovsdb-server.service")
     ports = [a for p in (*VMS, MONITOR) for a in ("--", "add-port", BRIDGE, p)]
     run_inside(sb, "ovs-vsctl add-br", "ovs-vsctl", "--no-wait", "add-br", BRIDGE, "--", "set",
-               "bridge", BRIDGE, "datapath_type=netdev", *ports)
+               "bridge", BRIDGE, "datapath_type=netdev", *ports, "--", "add-br", UNDERLAY,
+               "--", "set", "bridge", UNDERLAY, "datapath_type=netdev", "--", "add-port",
+               UNDERLAY, ANALYSER_PORT)
     run_inside(sb, "stop ovsdb-server", "systemctl", "stop", "ovsdb-server.service")
+
+
+def hugepages_up(sb: Sandbox) -> None:
+    """Reserve ``HUGEPAGES`` 2 MiB pages and mount hugetlbfs at ``DIR/hugepages``.
+
+    Done before the host boots: DIR is bound inside with its mounts, so the host
+    sees the same hugetlbfs at the same path.  The pool is the machine's: what was
+    added is recorded and taken off at :func:`hugepages_down`.
+    """
+    mount = sb.dir / "hugepages"
+    mount.mkdir(parents=True, exist_ok=True)
+    with open(NR_HUGEPAGES, "r+", encoding="ascii") as pool:
+        fcntl.flock(pool, fcntl.LOCK_EX)  # other sandboxes adjust it too
+        before = int(pool.read())
+        pool.seek(0)
+        pool.write(str(before + HUGEPAGES))
+        pool.flush()
+        pool.seek(0)
+        added = int(pool.read()) - before  # the kernel may find fewer
+    (sb.dir / "hugepages.added").write_text(str(added))
+    if not os.path.ismount(mount):
+        sb.run("mount", ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M,mode=0755",
+                         "hostsetup-hugepages", str(mount)])
+    sb.export("HOSTSETUP_HUGETLBFS", str(mount))
+
+
+def hugepages_down(sb: Sandbox) -> None:
+    """Unmount the sandbox's hugetlbfs (its files go) and give the pages it added back."""
+    mount = sb.dir / "hugepages"
+    if os.path.ismount(mount):
+        sb.run("umount", ["umount", str(mount)])
+    added = sb.dir / "hugepages.added"
+    if added.exists():
+        with open(NR_HUGEPAGES, "r+", encoding="ascii") as pool:
+            fcntl.flock(pool, fcntl.LOCK_EX)
+            now = int(pool.read())
+            pool.seek(0)
+            pool.write(str(max(now - int(added.read_text()), 0)))
+        added.unlink()
 
 
 def up(sb: Sandbox) -> None:
     """Boot the host, prepare its network; export how to reach it; add its answers."""
     check_free(sb)
+    hugepages_up(sb)
     boot(sb)
     make_network(sb)
     make_bridge(sb)
@@ -240,6 +311,8 @@ def up(sb: Sandbox) -> None:
         "HOSTSETUP_OVSDB": f"unix:{ovs / 'db.sock'}",
         "HOSTSETUP_OVS_CTL": str(ovs / "ovs-vswitchd.ctl"),
         "HOSTSETUP_OVS_NETNS": switch_ns(sb),
+        "HOSTSETUP_OVS_ANALYSER_NETNS": analyser_ns(sb),
+        "HOSTSETUP_OVS_ANALYSER_IP": ANALYSER_IP,
         "HOSTSETUP_LIBVIRT_URI": uri,
         "HOSTSETUP_LIBVIRT_HOOKS_DIR": str(hooks),
         "HOSTSETUP_LIBVIRT_LOG_DIR": str(log),
@@ -266,6 +339,7 @@ def up(sb: Sandbox) -> None:
         "owner": "libvirt-qemu:kvm",  # QEMU runs as libvirt-qemu: it must open the file
         "mode": "0660",
         "hook_log": str(log / "hostsetup-ivshmem.log"),
+        "hugetlbfs": str(sb.dir / "hugepages"),
         "restart_libvirtd": True,
         "bus": bus_address(sb),
     })
@@ -390,10 +464,12 @@ def qemu_pids(sb: Sandbox) -> dict[str, int]:
 
 
 def down(sb: Sandbox) -> None:
-    """After nspawn was stopped (by pid): its cgroups, the namespaces ``up`` made."""
+    """After nspawn was stopped (by pid): its cgroups, the namespaces ``up`` made, the
+    huge pages."""
     name = sb.env.get("HOSTSETUP_HOST_CGROUP")
     if name:
         remove_cgroups(name)
+    hugepages_down(sb)
     try:
         made = _made(sb).read_text().split()
     except FileNotFoundError:

@@ -83,7 +83,15 @@ FILES = {
     # which is the container's): what the answers used from outside point at.
     "/etc/systemd/system/ovs-vswitchd.service.d/hostsetup-sandbox.conf": (
         "[Service]\nExecStartPost=/bin/sh -c 'ln -sf ovs-vswitchd.$(cat "
-        "/run/openvswitch/ovs-vswitchd.pid).ctl /run/openvswitch/ovs-vswitchd.ctl'\n"),
+        "/run/openvswitch/ovs-vswitchd.pid).ctl /run/openvswitch/ovs-vswitchd.ctl'\n"
+        # The underlay towards the analyser (sandbox/host.py): the userspace datapath
+        # routes and resolves tunnel endpoints itself, so the route and the analyser's
+        # MAC are given to ovs-vswitchd, as the kernel's tables would be on a real
+        # host.  '-': a host without the analyser's bridge still starts Open vSwitch.
+        "ExecStartPost=-/bin/sh -c 'for i in $(seq 50); do ip link show wan0 >/dev/null "
+        "2>&1 && break; sleep 0.1; done; ip addr replace 10.251.0.1/24 dev wan0 && "
+        "ip link set wan0 up && ovs-appctl ovs/route/add 10.251.0.2/32 wan0 && "
+        "ovs-appctl tnl/neigh/set wan0 10.251.0.2 02:00:0a:fb:00:02'\n"),
     # NetworkManager runs for real but leaves the sandbox's veths to OVS.
     "/etc/NetworkManager/conf.d/hostsetup-sandbox.conf": (
         "[main]\nno-auto-default=*\n[keyfile]\nunmanaged-devices=interface-name:vm*;"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from test_ovs_mirror import running_host, vsctl
 
 from backends.bundle import RealBackends
@@ -140,7 +140,8 @@ def test_bad_fields_exit_3_with_path_and_line(switch: Sandbox, tmp_path: Path) -
 
 def test_host_rules_exit_3_with_path_and_line(switch: Sandbox, tmp_path: Path) -> None:
     before = vsctl(switch, "show")
-    bridges = [{"name": "br0", "fail_mode": "secure"}, {"name": "br-new"},
+    # The host's ovs-vswitchd has the netdev and system (kernel) datapaths, not DPDK.
+    bridges = [{"name": "br0", "fail_mode": "secure"}, {"name": "br-new", "datapath_type": "dpdk"},
                {"name": "vm1", "datapath_type": "netdev"}]
     ports = [
         {"name": "vm2", "bridge": "br0"},
@@ -166,7 +167,7 @@ def test_host_rules_exit_3_with_path_and_line(switch: Sandbox, tmp_path: Path) -
     res = hostsetup("plan", "--answers", str(tmp_path / "a.yaml"))
     expect_problems(res, where, [
         ("bridges", 0, "name", "bridge 'br0' was not made by hostsetup"),
-        ("bridges", 1, "datapath_type", "no datapath type 'system' (datapath_types: netdev)"),
+        ("bridges", 1, "datapath_type", "no datapath type 'dpdk' (datapath_types: "),
         ("bridges", 2, "name", "'vm1' is already a port on bridge 'br0'"),
         ("ports", 0, "name", "port 'vm2' (on bridge 'br0') was not made by hostsetup"),
         ("ports", 1, "bridge", "bridge 'br9' does not exist"),
@@ -298,12 +299,12 @@ def test_failed_transaction_builds_nothing(switch: Sandbox) -> None:
 
 def test_unsupported_tunnel_type_refused(tmp_path: Path) -> None:
     """The tunnel types come from Open_vSwitch.iface_types (here an OVS that has no vxlan)."""
-    from test_ovs_mirror import component
+    from test_ovs_mirror import SCHEMA
 
     sb = Sandbox(dir=tmp_path / "bare", tag="unused")
     db, sock = tmp_path / "bare.db", tmp_path / "bare.sock"
     try:
-        sb.run("ovsdb-tool", ["ovsdb-tool", "create", str(db), component.SCHEMA])
+        sb.run("ovsdb-tool", ["ovsdb-tool", "create", str(db), SCHEMA])
         sb.spawn("ovsdb-server", ["ovsdb-server", str(db), f"--remote=punix:{sock}",
                                   f"--unixctl={tmp_path / 'bare.ctl'}", "--no-chdir"],
                  ready=sock.exists)

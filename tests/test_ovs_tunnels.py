@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from test_ovs_mirror import answers_file, running_host, vsctl
 
-from sandbox import ovs as component
+from sandbox import host
 from sandbox.core import Sandbox, kill_group
 
-VM1, VM2 = component.VM_ADDRESSES["vm1"], component.VM_ADDRESSES["vm2"]
+VM1, VM2 = host.VM_ADDRESSES["vm1"], host.VM_ADDRESSES["vm2"]
 # What a mirror of vm1 (sent and delivered) copies of a ping to vm2.
 REQUEST, REPLY = (VM1, VM2, 8, None), (VM2, VM1, 0, None)
 
@@ -53,7 +53,7 @@ def switch(tmp_path: Path) -> Iterator[Sandbox]:
 
 def ping(sb: Sandbox, vm: str, to: str, mark: str) -> None:
     """Three ICMP echo requests carrying ``mark`` from ``vm``'s namespace."""
-    subprocess.run(["ip", "netns", "exec", component.layout(sb).vm_ns(vm), sys.executable,
+    subprocess.run(["ip", "netns", "exec", host.vm_ns(sb, vm), sys.executable,
                     "-c", PING, to, mark], check=True, timeout=10)
 
 
@@ -119,7 +119,7 @@ def gre_copies(frames: list[bytes], mark: str) -> list[tuple[int, int | None, by
         if struct.unpack("!H", frame[12:14])[0] != 0x0800 or mark.encode() not in frame:
             continue
         src, dst, proto, gre = ipv4(frame[14:])
-        assert (src, dst, proto) == (component.UNDERLAY_IP, component.ANALYSER_IP, 47)
+        assert (src, dst, proto) == (host.UNDERLAY_IP, host.ANALYSER_IP, 47)
         flags, kind = struct.unpack("!HH", gre[:4])
         at, key = 4, None
         if flags & 0x8000:  # checksum present
@@ -208,7 +208,7 @@ def test_rspan_copies_cross_on_the_vlan_to_the_far_monitor_port(
     apply(switch, tmp_path, ports, mirrors, bridges)
     assert vsctl(switch, "get", "Bridge", "br-far", "flood_vlans") == "[999]"
     assert vsctl(switch, "get", "Bridge", "br0", "flood_vlans") == "[999]"
-    sw = component.layout(switch).switch_ns
+    sw = host.switch_ns(switch)
     subprocess.run(["ip", "-n", sw, "link", "set", "mon-far", "up"], check=True)
     frames = capture(switch, sw, "mon-far", tmp_path / "far.pcap", "RSPANMARK", "icmp or vlan")
     copies = [inner_icmp(f) for f in frames if b"RSPANMARK" in f]

@@ -24,15 +24,19 @@ def wall(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+# A tmux server of the bench's own: another's server shutting down cannot refuse it.
+TMUX = ["tmux", "-L", "hostsetup-bench"]
+
+
 def to_screen(command: str, marker: str) -> float:
     """Seconds from starting ``command`` in an 80x24 tmux pane until ``marker`` shows."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "80", "-y", "24",
+    subprocess.run([*TMUX, "new-session", "-d", "-s", name, "-x", "80", "-y", "24",
                     f"{command}; sleep 30"], check=True)
     try:
         while True:
-            screen = subprocess.run(["tmux", "capture-pane", "-t", name, "-p"],
+            screen = subprocess.run([*TMUX, "capture-pane", "-t", name, "-p"],
                                     capture_output=True, text=True).stdout
             if marker in screen:
                 return time.perf_counter() - t0
@@ -40,7 +44,7 @@ def to_screen(command: str, marker: str) -> float:
                 raise SystemExit(f"no {marker!r} on screen after 20s:\n{screen}")
             time.sleep(0.002)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        subprocess.run([*TMUX, "kill-session", "-t", name], capture_output=True)
 
 
 def median_ms(samples: list[float]) -> str:

@@ -107,7 +107,7 @@ def build_with_step(sb: Sandbox, net: dict[str, list[dict[str, object]]]) -> tup
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        ovsdb = backends.ovsdb(answers.db)
+        ovsdb = ovsdb_api(backends, answers.db)
         before = ovsdb.transactions
         t0 = time.perf_counter()
         step.apply(answers, step.plan(answers, ctx), ctx)

@@ -125,6 +125,12 @@ def test_fleet_report_and_per_host_late_commands(fleet: Sandbox, tmp_path: Path)
     assert host.returncode == 0, host.stderr
     assert host.stdout.splitlines()[0].startswith("apply on hv2")
     assert f"  + run: sh -c 'echo hv2 >> {trace}' (exit 0)" in host.stdout
+    # Again, with no step change left: the hosts are still applied for their commands.
+    res = hostsetup("fleet", "apply", "--answers", str(answers), env=dict(fleet.env),
+                    timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [Path(Sandbox.load(fleet.dir / h).env["HOSTSETUP_HOST_ROOT"], trace[1:]).read_text()
+            for h in ("hv1", "hv2")] == ["hv1\nhv1\n", "hv2\nhv2\n"]
     res = hostsetup("report", "show", str(report), "--host", "hv9")
     assert res.returncode == 2 and "no host 'hv9' in this fleet report (hosts: hv1, hv2)" \
         in res.stderr

@@ -602,8 +602,14 @@ class FleetRun:
         return code
 
     def apply_batches(self) -> int:
-        """Apply on the hosts with changes, canary first; stop past ``max_fail``."""
-        todo = [n for n, o in self.outcomes.items() if o.status == "pending"]
+        """Apply on the hosts with changes, canary first; stop past ``max_fail``.
+
+        A host with nothing to change is applied too when its answers have early or
+        late commands: ``apply`` runs them on every run, as on a single host."""
+        from wizard.commands import EARLY, LATE
+
+        todo = [n for n, o in self.outcomes.items() if o.status == "pending" or (
+            o.status == "unchanged" and any(self.hosts[n].get(k) for k in (EARLY, LATE)))]
         allowed = allowed_failures(self.options.max_fail, len(self.hosts))
         self.batches = batches(todo, self.options.canary, self.options.batch_size)
         for i, batch in enumerate(self.batches):

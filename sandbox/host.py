@@ -405,10 +405,18 @@ def install_agent(sb: Sandbox, broker: str, password_file: Path) -> None:
     conf.write_text(f"[agent]\nbroker = {broker}\npassword = file:{REDIS_PASSWORD}\n")
     put_file(sb, "/etc/hostsetup/agent.conf", conf, 0o640)
     # The unit runs /opt/hostsetup/.venv/bin/hostsetup: the checkout, bound read-only.
+    # A checkout under /tmp (a CI clone) would be hidden by the unit's PrivateTmp=yes
+    # (its venv names its own path): only then does the sandbox add a drop-in that
+    # turns it off; a real install lives in /opt and keeps the unit as shipped.
+    tmp_checkout = any(CHECKOUT.is_relative_to(d) for d in ("/tmp", "/var/tmp"))
+    dropin = ("mkdir -p /etc/systemd/system/hostsetup-agent.service.d\n"
+              "printf '[Service]\\nPrivateTmp=no\\n' > "
+              "/etc/systemd/system/hostsetup-agent.service.d/checkout-in-tmp.conf\n"
+              if tmp_checkout else "")
     run_inside(sb, "install the agent", "sh", "-ec",
                f"ln -sfn {shlex.quote(str(CHECKOUT))} /opt/hostsetup\n"
                f"install -m 0644 {shlex.quote(str(CHECKOUT / 'deploy'))}/hostsetup-agent.service"
-               " /etc/systemd/system/\n"
+               " /etc/systemd/system/\n" + dropin +
                "systemctl daemon-reload && systemctl enable --quiet --now hostsetup-agent")
 
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import ROOT, hostsetup
-from tmux import Terminal
+from tmux import Terminal, apply_and_finish
 
 from sandbox.core import Sandbox
 from wizard.console import MARKER
@@ -84,14 +84,7 @@ def test_console_wizard_marks_the_host_configured(dbus_host: Sandbox, tmp_path: 
     t = Terminal(command, cwd=tmp_path)
     try:
         t.wait_for("[*] Host services")
-        t.send("F12")
-        t.wait_for("Review")
-        t.send("Tab", "Enter")  # the Apply button
-        t.wait_for("Apply? ")
-        t.send("Left", "Enter")  # Yes
-        t.wait_for("Summary")
-        t.send("Enter")
-        assert t.exit_code() == 0
+        assert apply_and_finish(t) == 0
     finally:
         t.close()
     assert "configured by the hostsetup console wizard" in marker.read_text()

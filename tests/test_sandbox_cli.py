@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from helpers import ROOT, hostsetup
-from tmux import Terminal
+from tmux import Terminal, apply_and_finish
 
 from sandbox.core import Sandbox, alive
 
@@ -108,14 +108,7 @@ def test_product_inside_a_host_on_default_answers(tmp_path: Path) -> None:
                      cwd=tmp_path)
         try:
             t.wait_for("[*] Host services")
-            t.send("F12")
-            t.wait_for("Review")
-            t.send("Tab", "Enter")  # the Apply button
-            t.wait_for("Apply? ")
-            t.send("Left", "Enter")  # Yes
-            t.wait_for("Summary", timeout=180)
-            t.send("Enter")
-            assert t.exit_code() == 0
+            assert apply_and_finish(t, timeout=180) == 0
         finally:
             t.close()
         steps = json.loads((d / "wizard.json").read_text())["steps"]

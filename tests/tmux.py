@@ -107,13 +107,14 @@ class Terminal:
         self.rc_file.unlink(missing_ok=True)
 
 
-def apply_and_finish(t: Terminal) -> int:
-    """From the questions of the last step: Next, Apply on the review, OK on the summary."""
+def apply_and_finish(t: Terminal, timeout: float = 20.0) -> int:
+    """From the questions of the last step (or the welcome window, when nothing is
+    asked): Next, Apply on the review, OK on the summary (within ``timeout``)."""
     t.send("F12")
     t.wait_for("Review")
     t.send("Tab", "Enter")  # the Apply button (the text has the focus, to scroll)
     t.wait_for("Apply? ")
     t.send("Left", "Enter")  # No has the focus: move to Yes
-    t.wait_for("Summary")
+    t.wait_for("Summary", timeout=timeout)
     t.send("Enter")
     return t.exit_code()

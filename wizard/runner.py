@@ -70,11 +70,18 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
 
+    def risky(self) -> dict[int, str]:
+        """The risky changes: ``id(change)`` -> why it needs confirmation (its
+        operation's ``risky``: it can cut the connection to the host)."""
+        return {id(op.change): op.risky for op in self.ops if op.risky}
+
     def as_dict(self) -> dict[str, Any]:
+        risky = self.risky()
         return {
             "name": self.name,
             "status": self.status,
-            "changes": [c.as_dict() for c in self.changes],
+            # Each change with "risky": why it needs confirmation ("" if it does not).
+            "changes": [{**c.as_dict(), "risky": risky.get(id(c), "")} for c in self.changes],
             "errors": self.errors,
             "notes": self.notes,
             "durations": {k: round(v, 4) for k, v in self.durations.items()},

@@ -1,0 +1,183 @@
+"""Confirm or revert on a real host: ``hostsetup apply`` runs inside a sandbox host (real
+systemd), where ``ssh.service`` is a small TCP server on 127.0.0.1:2222 (the "SSH
+connection" a probe can reach); stopping it is risky.  ``hostsetup confirm`` comes from
+another process entering the host (a new connection).  Every state is read back
+with ``busctl`` from outside, independently of our backend.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tmux
+from helpers import ROOT, systemd_call, unit_state
+
+from sandbox.core import Sandbox
+from sandbox.host import exec_argv
+from wizard.answers import write
+
+HOSTSETUP = str(ROOT / ".venv" / "bin" / "hostsetup")
+SERVERS = {"ssh.service": 2222, "vcenter-stub.service": 2223}
+
+
+@pytest.fixture
+def host(dbus_host: Sandbox) -> Sandbox:
+    """The host with SERVERS installed (as packages would), running and listening."""
+    for name, port in SERVERS.items():
+        Path(dbus_host.env["HOSTSETUP_HOST_ROOT"], "lib/systemd/system", name).write_text(
+            f"[Unit]\nDescription=test {name}\n[Service]\nExecStart=/usr/bin/python3 -m "
+            f"http.server {port} --bind 127.0.0.1\n[Install]\nWantedBy=multi-user.target\n")
+    systemd_call(dbus_host, "Reload")
+    for name in SERVERS:
+        systemd_call(dbus_host, "StartUnit", "ss", name, "replace")
+    wait(lambda: all(listening(dbus_host, p) for p in SERVERS.values()), "servers listen")
+    return dbus_host
+
+
+def wait(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.1)
+
+
+def inside(sb: Sandbox, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the host (a new connection to it)."""
+    return subprocess.run(exec_argv(sb, *argv), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def listening(sb: Sandbox, port: int) -> bool:
+    """A TCP connect to 127.0.0.1:PORT inside the host succeeds."""
+    return inside(sb, "/usr/bin/python3", "-c", "import socket; socket.create_connection"
+                  f"(('127.0.0.1', {port}), timeout=1)").returncode == 0
+
+
+def answers(sb: Sandbox, **confirm: Any) -> str:
+    """Answers (inside the host: bus 'system') that stop ssh.service."""
+    path = Path(sb.dir, "answers-confirm.yaml")
+    data: dict[str, Any] = {"version": 1, "services": {"require": [], "stop": ["ssh.service"]}}
+    if confirm:
+        data["confirm"] = confirm
+    write(path, data)
+    return str(path)
+
+
+def record(sb: Sandbox) -> dict[str, Any] | None:
+    """The run's confirmation record in the host's /var/lib/hostsetup, read from outside."""
+    found = list(Path(sb.env["HOSTSETUP_HOST_ROOT"], "var/lib/hostsetup/confirm").glob("*.json"))
+    return json.loads(found[0].read_text()) if found else None
+
+
+def apply_in_background(sb: Sandbox, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(exec_argv(sb, HOSTSETUP, "apply", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+
+
+def waiting(sb: Sandbox) -> None:
+    wait(lambda: (record(sb) or {}).get("state") == "waiting", "the window opens", 60)
+
+
+def test_not_confirmed_in_time_is_reverted(host: Sandbox) -> None:
+    # The probe's target is what the change cuts: it never answers after the stop.
+    report = Path(host.dir, "report.json")
+    res = inside(host, HOSTSETUP, "apply", "--answers",
+                 answers(host, within=3, tcp="127.0.0.1:2222"), "--report", str(report))
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert "~ stop unit ssh.service [needs confirmation: ssh.service carries the " \
+        "operator's SSH connections]" in out
+    assert "or tcp 127.0.0.1:2222 must answer" in out
+    assert "confirm: not confirmed within 3 s: reverted 1 operation(s)" in out
+    assert unit_state(host, "ssh.service") == "active"  # re-read with busctl
+    assert listening(host, 2222)
+    got = json.loads(report.read_text())
+    assert got["exit_code"] == 1
+    assert got["confirm"]["outcome"] == "reverted"
+    assert got["confirm"]["reverted"] == ["stop unit ssh.service"]
+    assert got["steps"][0]["changes"][0]["risky"]
+    assert (record(host) or {})["state"] == "reverted"
+    late = inside(host, HOSTSETUP, "confirm")
+    assert late.returncode == 1 and "nothing is waiting" in late.stderr
+
+
+def test_confirmed_from_a_new_connection_is_kept(host: Sandbox) -> None:
+    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "60")
+    try:
+        waiting(host)
+        assert unit_state(host, "ssh.service") == "inactive"
+        wrong = inside(host, HOSTSETUP, "confirm", "20250101-000000-abcdef")
+        assert wrong.returncode == 2, wrong.stderr
+        assert "is not waiting for a confirmation (waiting: " in wrong.stderr
+        res = inside(host, HOSTSETUP, "confirm")
+        assert res.returncode == 0, res.stderr
+        assert "confirmed: its changes are kept" in res.stdout
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "confirm: confirmed ('hostsetup confirm'): the changes are kept" in out
+    assert unit_state(host, "ssh.service") == "inactive"
+
+
+def test_a_probe_reachable_after_the_change_keeps_it(host: Sandbox) -> None:
+    res = inside(host, HOSTSETUP, "apply", "--answers",
+                 answers(host, within=30, tcp="127.0.0.1:2223"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "confirm: confirmed (the probe reached tcp 127.0.0.1:2223)" in res.stdout
+    assert unit_state(host, "ssh.service") == "inactive"
+
+
+def test_killed_while_waiting_is_reverted_at_the_next_start(host: Sandbox) -> None:
+    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "2")
+    try:
+        waiting(host)
+        pid = (record(host) or {})["pid"]
+        assert inside(host, "kill", "-9", str(pid)).returncode == 0
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    time.sleep(2.5)  # its window closes with nobody to revert
+    assert unit_state(host, "ssh.service") == "inactive"
+    assert (record(host) or {})["state"] == "waiting"
+    plan = inside(host, HOSTSETUP, "plan", "--answers", answers(host))
+    assert "its risky changes were not confirmed; the next apply (or 'hostsetup confirm " \
+        "--revert-expired') reverts them" in plan.stderr
+    res = inside(host, HOSTSETUP, "confirm", "--revert-expired")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "not confirmed within 2 s: reverted 1 operation(s)" in res.stdout
+    assert unit_state(host, "ssh.service") == "active"
+    assert (record(host) or {})["state"] == "reverted"
+
+
+def test_the_window_outlives_the_operators_terminal(host: Sandbox) -> None:
+    """The apply runs on a terminal (tmux) that goes away during the window, as an
+    SSH session does: the process is hung up on, outlives it, and reverts in time."""
+    argv = " ".join(exec_argv(host, HOSTSETUP, "apply", "--answers", answers(host),
+                              "--confirm-within", "4"))
+    term = tmux.Terminal(argv, Path(host.dir))
+    try:
+        term.wait_for("reverting in", timeout=60)
+    finally:
+        term.close()  # the terminal is gone: SIGHUP, then EIO on every write
+    wait(lambda: (record(host) or {}).get("state") == "reverted", "reverted", 30)
+    assert unit_state(host, "ssh.service") == "active"
+    assert record(host)["result"] == "not confirmed within 4 s: reverted 1 operation(s)"
+
+
+def test_interrupted_while_waiting_reverts_at_once(host: Sandbox) -> None:
+    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "600")
+    try:
+        waiting(host)
+        inside(host, "kill", "-TERM", str((record(host) or {})["pid"]))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted while waiting for the confirmation: reverted 1 operation(s)" in out
+    assert unit_state(host, "ssh.service") == "active"

@@ -97,7 +97,7 @@ class ServicesAnswers(ServicesConnection):
     )
     start: bool = Field(True, title="Start inactive units",
                         description="start required units that are inactive (mode 'replace')")
-    timeout: float = Field(30.0, gt=0, le=600, title="Job timeout (s)",
+    timeout: float = Field(30.0, gt=0, le=600, title="Start timeout (s)",
                            description="seconds to wait for each job")
     enable: list[str] = Field(default_factory=list, description="unit files to enable "
                               "(persistent: started at boot)")

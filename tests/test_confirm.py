@@ -40,6 +40,11 @@ def host() -> FakeBackends:
     return fb
 
 
+def no_keeper(_record: confirm.Record) -> int:
+    """No keeper process in the fast tests (test_confirm_sandbox.py has them)."""
+    return 0
+
+
 def doc(**confirm_key: Any) -> answers_mod.Answers:
     """Stop cron (not risky), then ssh (risky); start libvirtd after it."""
     data: dict[str, Any] = {"version": 1, "services": {
@@ -107,7 +112,7 @@ def test_no_confirmation_in_time_reverts_from_the_first_risky_operation(
     assert os.stat(state / "confirm" / "run1.json").st_mode & 0o777 == 0o600
     assert os.stat(state / "confirm").st_mode & 0o777 == 0o700
     t0 = time.monotonic()
-    out = confirm.wait_and_decide(tracker, host, said.append)
+    out = confirm.wait_and_decide(tracker, host, said.append, keeper=no_keeper)
     assert out is not None and not out.kept
     assert 1.0 <= time.monotonic() - t0 < 5
     assert out.text() == "not confirmed within 1 s: reverted 2 operation(s)"
@@ -129,7 +134,7 @@ def test_hostsetup_confirm_keeps_the_changes(host: FakeBackends, state: Path) ->
     assert err.value.code == 1
     answers: list[str] = []
     thread = threading.Thread(target=lambda: answers.append(
-        confirm.wait_and_decide(tracker, host, lambda _t: None)))  # type: ignore[func-returns-value]
+        confirm.wait_and_decide(tracker, host, lambda _t: None, keeper=no_keeper)))  # type: ignore[func-returns-value]
     thread.start()
     deadline = time.monotonic() + 10
     while json.loads((state / "confirm" / "run1.json").read_text())["state"] != "waiting":
@@ -151,7 +156,7 @@ def test_a_probe_that_answers_confirms(host: FakeBackends, state: Path) -> None:
         server.listen()
         port = server.getsockname()[1]
         tracker, _run = apply(host, state, within=10, probe={"tcp": f"127.0.0.1:{port}"})
-        out = confirm.wait_and_decide(tracker, host, lambda _t: None)
+        out = confirm.wait_and_decide(tracker, host, lambda _t: None, keeper=no_keeper)
     assert out is not None and out.kept
     assert out.how == f"the probe reached tcp 127.0.0.1:{port}"
     assert host.dbus.units["ssh.service"].active == "inactive"
@@ -162,7 +167,7 @@ def test_a_probe_that_does_not_answer_does_not_confirm(host: FakeBackends, state
         closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
         port = closed.getsockname()[1]
         tracker, _run = apply(host, state, within=2, probe={"tcp": f"127.0.0.1:{port}"})
-        out = confirm.wait_and_decide(tracker, host, lambda _t: None)
+        out = confirm.wait_and_decide(tracker, host, lambda _t: None, keeper=no_keeper)
     assert out is not None and not out.kept and out.probe == f"tcp 127.0.0.1:{port}"
     assert host.dbus.units["ssh.service"].active == "active"
 
@@ -225,7 +230,7 @@ def test_nothing_risky_leaves_no_record(host: FakeBackends, state: Path) -> None
                               sections=answers.sections)
     execute(answers, "apply", host, journal=tracker)
     assert tracker.risky == [] and not (state / "confirm" / "run2.json").exists()
-    assert confirm.wait_and_decide(tracker, host, lambda _t: None) is None
+    assert confirm.wait_and_decide(tracker, host, lambda _t: None, keeper=no_keeper) is None
     with pytest.raises(confirm.ConfirmError, match="nothing is waiting"):
         confirm.confirm(state, None)
 

@@ -133,15 +133,31 @@ def test_a_probe_reachable_after_the_change_keeps_it(host: Sandbox) -> None:
     assert unit_state(host, "ssh.service") == "inactive"
 
 
-def test_killed_while_waiting_is_reverted_at_the_next_start(host: Sandbox) -> None:
-    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "2")
+def kill_apply(sb: Sandbox, proc: subprocess.Popen[str], *who: str) -> dict[str, Any]:
+    """``kill -9`` the processes of the open window (``pid``: the apply, ``keeper``)."""
     try:
-        waiting(host)
-        pid = (record(host) or {})["pid"]
-        assert inside(host, "kill", "-9", str(pid)).returncode == 0
+        waiting(sb)
+        data = record(sb) or {}
+        for key in who:
+            assert inside(sb, "kill", "-9", str(data[key])).returncode == 0
         proc.wait(timeout=30)
     finally:
         proc.kill()
+    return data
+
+
+def test_killed_while_waiting_its_keeper_reverts_in_time(host: Sandbox) -> None:
+    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "3")
+    data = kill_apply(host, proc, "pid")
+    wait(lambda: (record(host) or {}).get("state") == "reverted", "reverted", 30)
+    assert unit_state(host, "ssh.service") == "active"
+    assert (record(host) or {})["reverted_by"] == data["keeper"] != data["pid"]
+    assert time.time() >= data["deadline"]  # not before the window closed
+
+
+def test_killed_with_its_keeper_is_reverted_at_the_next_start(host: Sandbox) -> None:
+    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "2")
+    kill_apply(host, proc, "keeper", "pid")
     time.sleep(2.5)  # its window closes with nobody to revert
     assert unit_state(host, "ssh.service") == "inactive"
     assert (record(host) or {})["state"] == "waiting"
@@ -167,7 +183,9 @@ def test_the_window_outlives_the_operators_terminal(host: Sandbox) -> None:
         term.close()  # the terminal is gone: SIGHUP, then EIO on every write
     wait(lambda: (record(host) or {}).get("state") == "reverted", "reverted", 30)
     assert unit_state(host, "ssh.service") == "active"
-    assert record(host)["result"] == "not confirmed within 4 s: reverted 1 operation(s)"
+    data = record(host) or {}
+    assert data["result"] == "not confirmed within 4 s: reverted 1 operation(s)"
+    assert data["reverted_by"] == data["pid"]  # the apply itself, not its keeper
 
 
 def test_interrupted_while_waiting_reverts_at_once(host: Sandbox) -> None:

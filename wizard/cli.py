@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--revert-expired", action="store_true",
                     help="instead: revert the runs whose window closed while their process "
                     "was gone")
+    cf.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)  # the keeper
 
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
@@ -305,13 +306,16 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from wizard import confirm
 
     try:
-        if not args.revert_expired:
+        if not (args.revert_expired or args.watch):
             print(confirm.confirm(confirm.state_dir(), args.run))
             return 0
         from backends.bundle import RealBackends
 
         backends = RealBackends()
         try:
+            if args.watch:  # the keeper of an open window (confirm.start_keeper)
+                out = confirm.watch(confirm.state_dir(), args.run or "", backends)
+                return EXIT_FAILED if out is not None and out.errors else 0
             outcomes = confirm.settle(confirm.state_dir(), backends, print, wait=False)
         finally:
             backends.close()

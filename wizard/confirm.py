@@ -233,7 +233,7 @@ def prune(where: Path, keep: int = KEEP) -> None:
             if rec.read().get("state") in FINAL:
                 done.append(rec)
     for rec in done[:max(0, len(done) - keep)]:
-        for suffix in (".json", ".lock", ".owner"):
+        for suffix in (".json", ".lock", ".owner", ".log"):
             with contextlib.suppress(FileNotFoundError):
                 (where / f"{rec.run}{suffix}").unlink()
 
@@ -504,6 +504,55 @@ def confirm_data(record: Record, how: str) -> bool:
     return data["state"] == "confirmed" and data["how"] == how
 
 
+KEEPER_MARGIN = 900  # seconds after the deadline a keeper waits for a live owner's revert
+
+
+def start_keeper(record: Record) -> int:
+    """Start the keeper of an open window: a process of its own (a new session, no
+    terminal; its lines go to ``STATE/confirm/RUN.log``) that does what this
+    process would if it is gone before the window closes (killed, or its terminal
+    lost: newt exits when it reads EOF): waits out the window, then reverts.
+    Returns its pid (kept in the record)."""
+    import subprocess
+
+    from backends.hostfiles import open_log
+
+    log_path = record.where / f"{record.run}.log"
+    argv = [sys.executable, "-m", "wizard", "--log", str(log_path), "confirm", "--watch",
+            record.run]
+    env = {**os.environ, STATE_ENV: str(record.where.parent)}
+    with open_log(log_path) as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env=env, cwd="/")
+    record.update(lambda d: _set(d, "waiting", keeper=proc.pid))
+    return proc.pid
+
+
+def watch(state: Path, run: str, backends: Backends) -> Outcome | None:
+    """The keeper (``hostsetup confirm --watch RUN``): while the run's own process
+    lives, it decides; once it is gone, this one finishes the window in its place
+    (the window's probe and ``hostsetup confirm`` still count) and reverts if
+    needed.  Bounded: it leaves :data:`KEEPER_MARGIN` seconds after the deadline."""
+    record = Record(folder(state, create=False), run)
+    while True:
+        data = record.read()
+        if data.get("state") in FINAL:
+            return None
+        if record.own():
+            try:
+                data = record.read()  # as its owner left it
+                if data.get("state") in FINAL:
+                    return None
+                return _settle_one(record, data, backends, log.warning, wait=True)
+            finally:
+                record.release()
+        if time.time() > float(data.get("deadline") or 0) + KEEPER_MARGIN:
+            log.warning("run %s: its process still decides %d s after the deadline; the "
+                        "keeper leaves it", run, KEEPER_MARGIN)
+            return None
+        time.sleep(POLL)
+
+
 # ------------------------------------------------------------------ reverting
 
 
@@ -577,7 +626,7 @@ def revert(record: Record, backends: Backends, journal: Journal | None = None) -
                                       "the host after it")
     result = out.text()
     record.update(lambda d: _set(d, "reverting", state="reverted", result=result,
-                                 errors=out.errors))
+                                 errors=out.errors, reverted_by=os.getpid()))
     log.warning("run %s: %s", record.run, result)
     return out
 
@@ -616,10 +665,12 @@ def _terminated(*_args: Any) -> None:
 
 
 def wait_and_decide(tracker: Tracker, backends: Backends, say: Callable[[str], None],
-                    countdown: Callable[[str], None] | None = None) -> Outcome | None:
+                    countdown: Callable[[str], None] | None = None,
+                    keeper: Callable[[Record], int] = start_keeper) -> Outcome | None:
     """After an apply: when risky operations were carried out under a window, wait
     for the confirmation, printing a countdown; revert without one.  ``None`` when
-    there was nothing to confirm.  Ctrl-C or SIGTERM while waiting reverts at once."""
+    there was nothing to confirm.  Ctrl-C or SIGTERM while waiting reverts at once;
+    the ``keeper`` (:func:`start_keeper`) reverts in time if this process dies."""
     record, window = tracker.record, tracker.window
     if record is None or window is None or not tracker.risky:
         return None
@@ -629,6 +680,7 @@ def wait_and_decide(tracker: Tracker, backends: Backends, say: Callable[[str], N
         f"kept only if confirmed within {window.within} s: run 'hostsetup confirm "
         f"{window.run}' from a new connection" + (f", or {probe} must answer" if probe else ""))
     waiter = Waiter(record, window.within, window.probe)
+    keeper(record)
     tick = countdown or (lambda text: None)
     shown = -1
     old = signal.signal(signal.SIGTERM, _terminated) \
@@ -751,11 +803,12 @@ def settle(state: Path, backends: Backends, say: Callable[[str], None],
     outcomes = []
     for rec in records(where):
         with contextlib.suppress(ConfirmError):
-            data = rec.read()
-            if data.get("state") in FINAL or not rec.own():
-                continue
+            if not rec.own():
+                continue  # its process (or its keeper) lives: it decides
             try:
-                out = _settle_one(rec, data, backends, say, wait)
+                data = rec.read()
+                out = None if data.get("state") in FINAL else \
+                    _settle_one(rec, data, backends, say, wait)
             finally:
                 rec.release()
             if out is not None:

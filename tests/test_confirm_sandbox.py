@@ -199,3 +199,74 @@ def test_interrupted_while_waiting_reverts_at_once(host: Sandbox) -> None:
     assert proc.returncode == 130, out
     assert "interrupted while waiting for the confirmation: reverted 1 operation(s)" in out
     assert unit_state(host, "ssh.service") == "active"
+
+
+# ---- the wizard: its "Keep these changes?" window, at 80x24
+
+
+def wizard(sb: Sandbox, within: int) -> tmux.Terminal:
+    """The wizard (outside the host, on its bus) with answers that stop ssh.service;
+    from its welcome window to the window that asks to keep the change."""
+    path = Path(sb.dir, "wizard-answers.yaml")
+    write(path, {"version": 1, "confirm": {"within": within}, "services": {
+        "bus": sb.env["HOSTSETUP_DBUS_ADDRESS"], "require": [], "stop": ["ssh.service"]}})
+    t = tmux.Terminal(f"HOSTSETUP_STATE_DIR={sb.dir}/state {ROOT}/.venv/bin/python -m wizard "
+                      f"--answers {path} --log {sb.dir}/w.log --report {sb.dir}/w.json",
+                      cwd=Path(sb.dir))
+    t.wait_for("[*] Host services")
+    t.send("F12")
+    review = t.wait_for("Review")
+    assert "~ stop unit ssh.service [needs confirmation:" in review
+    t.send("Tab", "Enter")
+    t.wait_for("Apply? ")
+    t.send("Left", "Enter")
+    return t
+
+
+def test_wizard_keep(host: Sandbox) -> None:
+    t = wizard(host, 60)
+    try:
+        screen = t.wait_for("Keep these changes?", timeout=60)
+        assert "~ stop unit ssh.service" in screen
+        first = int(screen.split("Reverting in ")[1].split()[0])
+        time.sleep(2.5)
+        later = int(t.screen().split("Reverting in ")[1].split()[0])
+        assert later <= first - 2  # a live countdown
+        assert unit_state(host, "ssh.service") == "inactive"
+        t.send("Enter")  # Keep has the focus
+        summary = t.wait_for("Summary")
+        assert "Changes marked ~: confirmed (Keep pressed in the wizard): the" in summary
+        t.send("Enter")
+        assert t.exit_code() == 0
+    finally:
+        t.close()
+    assert unit_state(host, "ssh.service") == "inactive"
+    assert json.loads(Path(host.dir, "w.json").read_text())["confirm"]["outcome"] == "kept"
+
+
+def test_wizard_no_key_reverts(host: Sandbox) -> None:
+    t = wizard(host, 4)
+    try:
+        t.wait_for("Keep these changes?", timeout=60)
+        summary = t.wait_for("Summary", timeout=30)
+        assert "not confirmed within 4 s: reverted 1 operation(s)" in " ".join(summary.split())
+        assert unit_state(host, "ssh.service") == "active"
+        t.send("Enter")
+        assert t.exit_code() == 1
+    finally:
+        t.close()
+    report = json.loads(Path(host.dir, "w.json").read_text())
+    assert report["exit_code"] == 1 and report["confirm"]["reverted"] == ["stop unit ssh.service"]
+
+
+def test_wizard_terminal_lost_in_the_window_is_reverted(host: Sandbox) -> None:
+    """newt exits when its terminal goes away: the window's keeper reverts in time."""
+    t = wizard(host, 4)
+    try:
+        t.wait_for("Keep these changes?", timeout=60)
+    finally:
+        t.close()
+    state = Path(host.dir, "state", "confirm")
+    wait(lambda: any(json.loads(p.read_text())["state"] == "reverted"
+                     for p in state.glob("*.json")), "reverted by the keeper", 30)
+    assert unit_state(host, "ssh.service") == "active"

@@ -7,9 +7,11 @@ with ``busctl`` from outside, independently of our backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,16 @@ def record(sb: Sandbox) -> dict[str, Any] | None:
     return json.loads(found[0].read_text()) if found else None
 
 
-def apply_in_background(sb: Sandbox, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(exec_argv(sb, HOSTSETUP, "apply", *args), stdout=subprocess.PIPE,
+@contextlib.contextmanager
+def apply_in_background(sb: Sandbox, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``hostsetup apply`` inside the host, running while the block runs (killed after)."""
+    proc = subprocess.Popen(exec_argv(sb, HOSTSETUP, "apply", *args), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def waiting(sb: Sandbox) -> None:
@@ -107,8 +116,7 @@ def test_not_confirmed_in_time_is_reverted(host: Sandbox) -> None:
 
 
 def test_confirmed_from_a_new_connection_is_kept(host: Sandbox) -> None:
-    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "60")
-    try:
+    with apply_in_background(host, "--answers", answers(host), "--confirm-within", "60") as proc:
         waiting(host)
         assert unit_state(host, "ssh.service") == "inactive"
         wrong = inside(host, HOSTSETUP, "confirm", "20250101-000000-abcdef")
@@ -118,8 +126,6 @@ def test_confirmed_from_a_new_connection_is_kept(host: Sandbox) -> None:
         assert res.returncode == 0, res.stderr
         assert "confirmed: its changes are kept" in res.stdout
         out, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, out
     assert "confirm: confirmed ('hostsetup confirm'): the changes are kept" in out
     assert unit_state(host, "ssh.service") == "inactive"
@@ -133,22 +139,20 @@ def test_a_probe_reachable_after_the_change_keeps_it(host: Sandbox) -> None:
     assert unit_state(host, "ssh.service") == "inactive"
 
 
-def kill_apply(sb: Sandbox, proc: subprocess.Popen[str], *who: str) -> dict[str, Any]:
-    """``kill -9`` the processes of the open window (``pid``: the apply, ``keeper``)."""
-    try:
+def kill_apply(sb: Sandbox, within: str, *who: str) -> dict[str, Any]:
+    """Apply, then ``kill -9`` the processes of its open window (``pid``: the apply,
+    ``keeper``); the record as it was."""
+    with apply_in_background(sb, "--answers", answers(sb), "--confirm-within", within) as proc:
         waiting(sb)
         data = record(sb) or {}
         for key in who:
             assert inside(sb, "kill", "-9", str(data[key])).returncode == 0
         proc.wait(timeout=30)
-    finally:
-        proc.kill()
     return data
 
 
 def test_killed_while_waiting_its_keeper_reverts_in_time(host: Sandbox) -> None:
-    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "3")
-    data = kill_apply(host, proc, "pid")
+    data = kill_apply(host, "3", "pid")
     wait(lambda: (record(host) or {}).get("state") == "reverted", "reverted", 30)
     assert unit_state(host, "ssh.service") == "active"
     assert (record(host) or {})["reverted_by"] == data["keeper"] != data["pid"]
@@ -156,8 +160,7 @@ def test_killed_while_waiting_its_keeper_reverts_in_time(host: Sandbox) -> None:
 
 
 def test_killed_with_its_keeper_is_reverted_at_the_next_start(host: Sandbox) -> None:
-    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "2")
-    kill_apply(host, proc, "keeper", "pid")
+    kill_apply(host, "2", "keeper", "pid")
     time.sleep(2.5)  # its window closes with nobody to revert
     assert unit_state(host, "ssh.service") == "inactive"
     assert (record(host) or {})["state"] == "waiting"
@@ -189,13 +192,10 @@ def test_the_window_outlives_the_operators_terminal(host: Sandbox) -> None:
 
 
 def test_interrupted_while_waiting_reverts_at_once(host: Sandbox) -> None:
-    proc = apply_in_background(host, "--answers", answers(host), "--confirm-within", "600")
-    try:
+    with apply_in_background(host, "--answers", answers(host), "--confirm-within", "600") as proc:
         waiting(host)
         inside(host, "kill", "-TERM", str((record(host) or {})["pid"]))
         out, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 130, out
     assert "interrupted while waiting for the confirmation: reverted 1 operation(s)" in out
     assert unit_state(host, "ssh.service") == "active"

@@ -767,18 +767,22 @@ def _client() -> str:
     return (os.environ.get("SSH_CONNECTION") or "").partition(" ")[0]
 
 
+def existing(state: Path) -> list[Record]:
+    """The records under ``state`` (none when it has no usable confirm directory)."""
+    try:
+        return records(folder(state, create=False))
+    except ConfirmError:
+        return []
+
+
 def expired_pending(state: Path) -> list[dict[str, Any]]:
     """Runs whose risky operations must be reverted at this start: their process is
     gone and they can no longer be confirmed (killed while applying, while
     reverting, or while waiting past their deadline).  Each is the record's data
     (``run``, ``host``, ``state``, ``deadline``, ``ops`` ...).  Read-only; the
     journal's check for an unfinished run calls it, :func:`settle` reverts them."""
-    try:
-        where = folder(state, create=False)
-    except ConfirmError:
-        return []
     found = []
-    for rec in records(where):
+    for rec in existing(state):
         try:
             data = rec.read()
         except ConfirmError:
@@ -796,12 +800,8 @@ def settle(state: Path, backends: Backends, say: Callable[[str], None],
     """Finish the windows of runs whose process is gone: revert the expired ones; a
     run still inside its window is waited for first (``wait``), as its own process
     would have (its probe, ``hostsetup confirm``), or left alone (``wait=False``)."""
-    try:
-        where = folder(state, create=False)
-    except ConfirmError:
-        return []
     outcomes = []
-    for rec in records(where):
+    for rec in existing(state):
         with contextlib.suppress(ConfirmError):
             if not rec.own():
                 continue  # its process (or its keeper) lives: it decides

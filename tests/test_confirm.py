@@ -107,9 +107,10 @@ def test_no_confirmation_in_time_reverts_from_the_first_risky_operation(
     assert run.exit_code == 0
     assert [o.change.describe() for _s, o in tracker.risky] == [
         "stop unit ssh.service", "start unit libvirtd.service"]
-    record = json.loads((state / "confirm" / "run1.json").read_text())
+    record = confirm.Record(state / "confirm", "run1").read()
     assert record["state"] == "applying" and len(record["ops"]) == 2
-    assert os.stat(state / "confirm" / "run1.json").st_mode & 0o777 == 0o600
+    for name in ("run1.json", "run1.ops"):
+        assert os.stat(state / "confirm" / name).st_mode & 0o777 == 0o600
     assert os.stat(state / "confirm").st_mode & 0o777 == 0o700
     t0 = time.monotonic()
     out = confirm.wait_and_decide(tracker, host, said.append, keeper=no_keeper)

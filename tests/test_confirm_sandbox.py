@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -204,15 +206,24 @@ def test_interrupted_while_waiting_reverts_at_once(host: Sandbox) -> None:
 # ---- the wizard: its "Keep these changes?" window, at 80x24
 
 
-def wizard(sb: Sandbox, within: int) -> tmux.Terminal:
-    """The wizard (outside the host, on its bus) with answers that stop ssh.service;
-    from its welcome window to the window that asks to keep the change."""
+def outside_answers(sb: Sandbox, within: int) -> Path:
+    """Answers for hostsetup outside the host (on its bus) that stop ssh.service."""
     path = Path(sb.dir, "wizard-answers.yaml")
     write(path, {"version": 1, "confirm": {"within": within}, "services": {
         "bus": sb.env["HOSTSETUP_DBUS_ADDRESS"], "require": [], "stop": ["ssh.service"]}})
-    t = tmux.Terminal(f"HOSTSETUP_STATE_DIR={sb.dir}/state {ROOT}/.venv/bin/python -m wizard "
-                      f"--answers {path} --log {sb.dir}/w.log --report {sb.dir}/w.json",
-                      cwd=Path(sb.dir))
+    return path
+
+
+def start_wizard(sb: Sandbox, within: int) -> tmux.Terminal:
+    return tmux.Terminal(f"HOSTSETUP_STATE_DIR={sb.dir}/state {ROOT}/.venv/bin/python -m "
+                         f"wizard --answers {outside_answers(sb, within)} --log {sb.dir}/w.log "
+                         f"--report {sb.dir}/w.json", cwd=Path(sb.dir))
+
+
+def wizard(sb: Sandbox, within: int) -> tmux.Terminal:
+    """The wizard (outside the host, on its bus) with answers that stop ssh.service;
+    from its welcome window to the window that asks to keep the change."""
+    t = start_wizard(sb, within)
     t.wait_for("[*] Host services")
     t.send("F12")
     review = t.wait_for("Review")
@@ -270,3 +281,34 @@ def test_wizard_terminal_lost_in_the_window_is_reverted(host: Sandbox) -> None:
     wait(lambda: any(json.loads(p.read_text())["state"] == "reverted"
                      for p in state.glob("*.json")), "reverted by the keeper", 30)
     assert unit_state(host, "ssh.service") == "active"
+
+
+def test_wizard_reverts_an_expired_window_at_start(host: Sandbox) -> None:
+    """An apply and its keeper killed inside the window: the next wizard reverts first."""
+    state = Path(host.dir, "state")
+    env = {**os.environ, "HOSTSETUP_STATE_DIR": str(state)}
+    proc = subprocess.Popen([HOSTSETUP, "apply", "--answers", str(outside_answers(host, 3))],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def opened() -> dict[str, Any]:
+        found = [json.loads(p.read_text()) for p in state.glob("confirm/*.json")]
+        return found[0] if found and "keeper" in found[0] else {}
+    try:
+        wait(opened, "the window opens, with its keeper", 60)
+        data = opened()
+        for pid in (data["keeper"], data["pid"]):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    time.sleep(max(0.0, data["deadline"] - time.time()) + 0.5)
+    assert unit_state(host, "ssh.service") == "inactive"
+    t = start_wizard(host, 3)
+    try:
+        screen = t.wait_for("Unconfirmed changes reverted", timeout=60)
+        assert "not confirmed within 3 s: reverted" in screen and "1 operation(s)" in screen
+        assert unit_state(host, "ssh.service") == "active"
+        t.send("Enter")
+        t.wait_for("[*] Host services")
+    finally:
+        t.close()

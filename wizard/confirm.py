@@ -108,9 +108,13 @@ def folder(state: Path, create: bool = True) -> Path:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode):
                 raise ConfirmError(f"{path} is not a directory (a link?): refusing to use it")
-            if st.st_uid != os.geteuid() or st.st_mode & (0o077 if private else 0o022):
-                raise ConfirmError(f"{path} is not private (owner uid {st.st_uid}, mode "
-                                   f"{stat.S_IMODE(st.st_mode):04o}): refusing to use it")
+            if st.st_uid != os.geteuid():
+                raise ConfirmError(f"{path} belongs to uid {st.st_uid}, not to this user "
+                                   f"(uid {os.geteuid()}): run hostsetup as its owner (root)")
+            if st.st_mode & (0o077 if private else 0o022):
+                wanted = "0700" if private else "not writable by group or others"
+                raise ConfirmError(f"{path} is not private (mode {stat.S_IMODE(st.st_mode):04o}"
+                                   f", expected {wanted}): refusing to use it")
     except FileNotFoundError:
         raise ConfirmError(f"nothing is waiting for a confirmation (no {where})") from None
     except OSError as exc:
@@ -177,24 +181,58 @@ class Record:
             os.close(fd)
 
     def read(self) -> dict[str, Any]:
-        """The record as written last; raises :class:`ConfirmError` if unreadable."""
+        """The record as written last, with its ``ops`` (replayed from ``RUN.ops``);
+        raises :class:`ConfirmError` if unreadable."""
+        data = self._load(self.path)
+        if not isinstance(data, dict) or data.get("run") != self.run:
+            raise ConfirmError(f"{self.path}: not a confirmation record of run {self.run}")
+        ops: list[Any] = []
+        path = self.where / f"{self.run}.ops"
+        for line in self._load(path, lines=True) if path.exists() else []:
+            if "add" in line:
+                ops.append(line["add"])
+            elif 0 <= line.get("drop", -1) < len(ops):
+                del ops[line["drop"]]
+        data["ops"] = ops
+        return data
+
+    def _load(self, path: Path, lines: bool = False) -> Any:
         from steps.base import InputRefused, read_regular
 
         try:
-            data = json.loads(read_regular(self.path, RECORD_LIMIT))
+            text = read_regular(path, RECORD_LIMIT)
+            if lines:  # a line cut by a crash while it was appended was never synced
+                return [json.loads(t) for t in text.splitlines() if t.endswith(b"}")]
+            return json.loads(text)
         except InputRefused as exc:
-            raise ConfirmError(f"{self.path}: cannot read: {exc}") from None
+            raise ConfirmError(f"{path}: cannot read: {exc}") from None
         except ValueError:
-            raise ConfirmError(f"{self.path}: not a confirmation record (not JSON)") from None
-        if not isinstance(data, dict) or data.get("run") != self.run:
-            raise ConfirmError(f"{self.path}: not a confirmation record of run {self.run}")
-        return data
+            raise ConfirmError(f"{path}: not a confirmation record (not JSON)") from None
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Add an event to ``RUN.ops`` (``{"add": entry}`` or ``{"drop": index}``),
+        synced before this returns: one short write per operation, whatever their number."""
+        line = (json.dumps(event) + "\n").encode()
+        fd = os.open(self.where / f"{self.run}.ops", os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            if os.fstat(fd).st_size + len(line) > RECORD_LIMIT:
+                raise ConfirmError(f"run {self.run}: more operations than its record holds "
+                                   f"({RECORD_LIMIT} bytes)")
+            os.write(fd, line)
+            os.fsync(fd)
+        except OSError as exc:
+            raise ConfirmError(f"cannot write the record of run {self.run}: "
+                               f"{exc.strerror}") from None
+        finally:
+            os.close(fd)
 
     def _write(self, data: dict[str, Any]) -> None:
         from backends.hostfiles import atomic_write
         from backends.interfaces import BackendError
 
         try:
+            data = {k: v for k, v in data.items() if k != "ops"}  # they are in RUN.ops
             atomic_write(self.path, json.dumps(data).encode(), 0o600)
             dir_fd = os.open(self.where, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -205,8 +243,10 @@ class Record:
             raise ConfirmError(f"cannot write {self.path}: {exc}") from None
 
     def create(self, data: dict[str, Any]) -> None:
-        """Write the first version (the owner's lock must be held)."""
+        """Write the first version (the owner's lock must be held), no operation yet."""
         with self._locked():
+            with contextlib.suppress(FileNotFoundError):
+                (self.where / f"{self.run}.ops").unlink()
             self._write(data)
 
     def update(self, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -233,7 +273,7 @@ def prune(where: Path, keep: int = KEEP) -> None:
             if rec.read().get("state") in FINAL:
                 done.append(rec)
     for rec in done[:max(0, len(done) - keep)]:
-        for suffix in (".json", ".lock", ".owner", ".log"):
+        for suffix in (".json", ".ops", ".lock", ".owner", ".log"):
             with contextlib.suppress(FileNotFoundError):
                 (where / f"{rec.run}{suffix}").unlink()
 
@@ -377,7 +417,7 @@ def op_of(entry: Mapping[str, Any]) -> tuple[str, Operation]:
 class Tracker:
     """A journal that passes every call on to the run's own (``inner``) and keeps what
     was carried out; from the first risky operation on, with a :class:`Window`, it
-    keeps the run's record current (the operation is recorded before it runs)."""
+    keeps the run's record (each operation is recorded before it runs)."""
 
     def __init__(self, inner: Journal | None = None, window: Window | None = None,
                  sections: Mapping[str, BaseModel] | None = None) -> None:
@@ -385,20 +425,23 @@ class Tracker:
         self.window = window
         self.sections = dict(sections or {})
         self.applied: list[tuple[str, Operation]] = []
+        self.start: int | None = None  # where the first risky operation was in applied
         self.record: Record | None = None
 
     @property
     def risky(self) -> list[tuple[str, Operation]]:
         """What a missing confirmation reverts: the operations carried out from the
         first risky one on ([] when none was risky)."""
-        first = next((i for i, (_s, op) in enumerate(self.applied) if op.risky), None)
-        return [] if first is None else self.applied[first:]
+        return [] if self.start is None else self.applied[self.start:]
 
     def begin(self, step: str, op: Operation) -> None:
         """Record ``op`` (before it runs) once the run is risky, then pass it on."""
         if op.change.action != "revert":
+            if op.risky and self.start is None:
+                self.start = len(self.applied)
             self.applied.append((step, op))
-            self._save()
+            if self.start is not None and self.window is not None:
+                self._open().append({"add": op_entry(step, op)})
         self.inner.begin(step, op)
 
     def end(self, step: str, op: Operation, error: str = "") -> None:
@@ -411,36 +454,34 @@ class Tracker:
             gone = [i for i, (s, o) in enumerate(self.applied) if s == step and o is op]
         else:
             return
-        if gone:
-            del self.applied[gone[-1]]
-            self._save()
-
-    def _save(self) -> None:
-        if self.window is None or (self.record is None and not self.risky):
+        if not gone:
             return
+        i = gone[-1]
+        del self.applied[i]
+        if self.start is not None and i >= self.start and self.record is not None:
+            self.record.append({"drop": i - self.start})
+        elif self.start is not None and i < self.start:
+            self.start -= 1
+
+    def _open(self) -> Record:
+        """The run's record, made when the first risky operation begins."""
         if self.record is None:
+            assert self.window is not None
             where = folder(self.window.state)
             prune(where)
-            self.record = Record(where, self.window.run)
-            if not self.record.own():
+            record = Record(where, self.window.run)
+            if not record.own():
                 raise ConfirmError(f"run {self.window.run} is owned by another process")
-            self.record.create(self._data())
-            return
-        ops = [op_entry(s, o) for s, o in self.risky]
-        self.record.update(lambda d: _set(d, "applying", ops=ops))
-
-    def _data(self) -> dict[str, Any]:
-        assert self.window is not None
-        return {
-            "version": 1, "run": self.window.run, "host": socket.gethostname(),
-            "pid": os.getpid(), "created": time.time(), "state": "applying",
-            "deadline": None, "within": self.window.within, "probe": dict(self.window.probe),
-            "how": "", "result": "",
-            # What a later process needs to revert: each step's answers (secrets stay
-            # references) and the operations, in the order they were carried out.
-            "steps": {n: s.model_dump(mode="json") for n, s in self.sections.items()},
-            "ops": [op_entry(s, o) for s, o in self.risky],
-        }
+            record.create({
+                "version": 1, "run": self.window.run, "host": socket.gethostname(),
+                "pid": os.getpid(), "created": time.time(), "state": "applying",
+                "deadline": None, "within": self.window.within,
+                "probe": dict(self.window.probe), "how": "", "result": "",
+                # What a later process needs to revert: each step's answers (secrets
+                # stay references); the operations go to RUN.ops, in their order.
+                "steps": {n: s.model_dump(mode="json") for n, s in self.sections.items()}})
+            self.record = record
+        return self.record
 
 
 # ------------------------------------------------------------------ the window

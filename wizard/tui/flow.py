@@ -582,6 +582,28 @@ def keep_or_revert(flow: Flow, tracker: Any) -> Any:
         flow.ui.screen.popWindow()
 
 
+def revert_expired(flow: Flow) -> None:
+    """At start: revert the risky changes of earlier runs whose confirmation window
+    closed while their process was gone (wizard/confirm.py), and say so."""
+    from wizard import confirm
+
+    state = confirm.state_dir()
+    if not confirm.expired_pending(state):
+        return
+    busy = snack.GridForm(flow.ui.screen, "Reverting", 1, 1)
+    busy.add(snack.Label("Reverting unconfirmed changes of an earlier run...".ljust(WIDTH - 4)),
+             0, 0)
+    busy.draw()
+    flow.ui.screen.refresh()
+    try:
+        outcomes = confirm.settle(state, flow.ctx.backends, log.warning, wait=False)
+    finally:
+        flow.ui.screen.popWindow()
+    flow.ui.message("Unconfirmed changes reverted", "\n".join(
+        f"Run {o.run}: {o.text()}" + "".join(f"\n  ! {e}" for e in o.errors)
+        for o in outcomes))
+
+
 def summary(flow: Flow, run_: Any, log_path: Path, report: Path | None,
             head: tuple[str, ...] = ()) -> None:
     """What was done, per step; any key closes it (the exit code is the run's)."""
@@ -717,6 +739,7 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     backends = RealBackends()
     flow.ctx = Context(backends=backends, log=log.info)
     try:
+        revert_expired(flow)
         index = 0
         while True:
             shown = [p for p in pages(flow.steps) if p.when(flow)]

@@ -180,20 +180,23 @@ class Record:
         finally:
             os.close(fd)
 
-    def read(self) -> dict[str, Any]:
-        """The record as written last, with its ``ops`` (replayed from ``RUN.ops``);
+    def read(self, ops: bool = True) -> dict[str, Any]:
+        """The record as written last, with its ``ops`` (replayed from ``RUN.ops``)
+        unless ``ops`` is False (the state alone, for a look every moment);
         raises :class:`ConfirmError` if unreadable."""
         data = self._load(self.path)
         if not isinstance(data, dict) or data.get("run") != self.run:
             raise ConfirmError(f"{self.path}: not a confirmation record of run {self.run}")
-        ops: list[Any] = []
+        if not ops:
+            return data
+        done: list[Any] = []
         path = self.where / f"{self.run}.ops"
         for line in self._load(path, lines=True) if path.exists() else []:
             if "add" in line:
-                ops.append(line["add"])
-            elif 0 <= line.get("drop", -1) < len(ops):
-                del ops[line["drop"]]
-        data["ops"] = ops
+                done.append(line["add"])
+            elif 0 <= line.get("drop", -1) < len(done):
+                del done[line["drop"]]
+        data["ops"] = done
         return data
 
     def _load(self, path: Path, lines: bool = False) -> Any:
@@ -253,7 +256,7 @@ class Record:
         """Read, let ``change`` edit the data (it returns whether it did), write if
         so; all under the record's lock.  Returns the data as it now is."""
         with self._locked():
-            data = self.read()
+            data = self.read(ops=False)
             if change(data):
                 self._write(data)
             return data
@@ -270,7 +273,7 @@ def prune(where: Path, keep: int = KEEP) -> None:
     done = []
     for rec in records(where):
         with contextlib.suppress(ConfirmError):
-            if rec.read().get("state") in FINAL:
+            if rec.read(ops=False).get("state") in FINAL:
                 done.append(rec)
     for rec in done[:max(0, len(done) - keep)]:
         for suffix in (".json", ".ops", ".lock", ".owner", ".log"):
@@ -511,7 +514,7 @@ class Waiter:
         passed), or ``None``: still waiting."""
         if self.prober.poll():
             self.keep(f"the probe reached {probe_text(self.prober.probe)}")
-        data = self.record.read()
+        data = self.record.read(ops=False)
         if data["state"] == "confirmed":
             self.how = data["how"]
             return "kept"
@@ -576,12 +579,12 @@ def watch(state: Path, run: str, backends: Backends) -> Outcome | None:
     needed.  Bounded: it leaves :data:`KEEPER_MARGIN` seconds after the deadline."""
     record = Record(folder(state, create=False), run)
     while True:
-        data = record.read()
+        data = record.read(ops=False)
         if data.get("state") in FINAL:
             return None
         if record.own():
             try:
-                data = record.read()  # as its owner left it
+                data = record.read(ops=False)  # as its owner left it
                 if data.get("state") in FINAL:
                     return None
                 return _settle_one(record, data, backends, log.warning, wait=True)
@@ -768,7 +771,7 @@ def confirm(state: Path, run: str | None, how: str = "") -> str:
     waiting = []
     for rec in records(where):
         with contextlib.suppress(ConfirmError):
-            data = rec.read()
+            data = rec.read(ops=False)
             if data.get("state") in WAITING:
                 waiting.append(data)
     if run is None:
@@ -783,7 +786,7 @@ def confirm(state: Path, run: str | None, how: str = "") -> str:
         others = ", ".join(describe(d) for d in waiting) or "none"
         raise ConfirmError(f"run {run} is not waiting for a confirmation (waiting: {others})",
                            2)
-    data = record.read()
+    data = record.read(ops=False)
     state_now = data.get("state")
     if state_now == "confirmed":
         return f"run {run} was already confirmed ({data.get('how')}): its changes are kept"
@@ -847,7 +850,7 @@ def settle(state: Path, backends: Backends, say: Callable[[str], None],
             if not rec.own():
                 continue  # its process (or its keeper) lives: it decides
             try:
-                data = rec.read()
+                data = rec.read(ops=False)
                 out = None if data.get("state") in FINAL else \
                     _settle_one(rec, data, backends, say, wait)
             finally:

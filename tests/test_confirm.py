@@ -257,3 +257,15 @@ def test_old_finished_records_are_pruned(host: FakeBackends, state: Path) -> Non
                                                         "state": "reverted"}))
     confirm.prune(where)
     assert len(list(where.glob("*.json"))) == confirm.KEEP
+
+
+def test_a_record_that_cannot_be_written_stops_before_the_risky_operation(
+        host: FakeBackends, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(confirm, "RECORD_LIMIT", 100)  # the first operation does not fit
+    tracker, run = apply(host, state)
+    assert run.exit_code == 1
+    step = run.as_dict()["steps"][0]
+    assert step["status"] == "failed"
+    assert "more operations than its record holds (100 bytes)" in step["errors"][0]
+    assert host.dbus.units["ssh.service"].active == "active"  # never stopped
+    assert host.dbus.units["cron.service"].active == "inactive"  # before it: done

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from backends.interfaces import BackendError
 from steps.base import Change, Context, Journal, NoJournal, Operation, inverse
 
 if TYPE_CHECKING:
@@ -77,9 +78,11 @@ WAITING = ("applying", "waiting")
 FINAL = ("confirmed", "reverted")
 
 
-class ConfirmError(Exception):
+class ConfirmError(BackendError):
     """A confirmation cannot be given or the state cannot be read; ``code`` is the
-    exit code (1: too late or nothing waits, 2: a run that does not wait)."""
+    exit code (1: too late or nothing waits, 2: a run that does not wait).  A
+    BackendError (the state directory is the host's): raised while a step applies
+    (the record cannot be written), it fails that step, before the operation."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)

@@ -269,3 +269,12 @@ def test_a_record_that_cannot_be_written_stops_before_the_risky_operation(
     assert "more operations than its record holds (100 bytes)" in step["errors"][0]
     assert host.dbus.units["ssh.service"].active == "active"  # never stopped
     assert host.dbus.units["cron.service"].active == "inactive"  # before it: done
+
+
+def test_template_confirm_example_validates(tmp_path: Path) -> None:
+    text = answers_mod.template()
+    line = next(t for t in text.splitlines() if t.startswith("# confirm: "))
+    f = tmp_path / "a.yaml"
+    f.write_text(text + line.removeprefix("# ") + "\n")
+    assert answers_mod.load(f).confirm == answers_mod.ConfirmAnswers(
+        within=120, tcp="vcenter.example.net:443")

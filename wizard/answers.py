@@ -693,7 +693,7 @@ def template() -> str:
                 section.yaml_add_eol_comment(info.description, key)
         body[step.name] = section
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
-    return (TEMPLATE_HEADER + dump_yaml(body) + commands_mod.TEMPLATE + TEMPLATE_CONFIRM
+    return (TEMPLATE_HEADER + dump_yaml(body) + TEMPLATE_CONFIRM + commands_mod.TEMPLATE
             + TEMPLATE_HOSTS)
 
 

@@ -16,7 +16,7 @@ from test_ivshmem_hook import DOMAIN, SHMEM, call, configure, ivs_hooks
 
 from backends.interfaces.libvirt import Domain, PciAddress, Shmem
 from steps.data.ivshmem_hook import parse_config
-from steps.ivshmem import IvshmemAnswers, IvshmemStep, hook_config, server_unit
+from steps.ivshmem import IvshmemAnswers, IvshmemFacts, IvshmemStep, hook_config, server_unit
 
 __all__ = ["ivs_hooks"]  # fixture shared with test_ivshmem_hook
 
@@ -95,7 +95,7 @@ def test_devices_against_each_domain() -> None:
     vm1 = Domain("vm1", UUID1, "shut off", False, True, EMULATOR,
                  pci_addresses=(("video vga", slot10),))
     odd = Domain("odd name", "u2", "shut off", False, True, EMULATOR)
-    facts = {"version": (9, 0, 0), "domains": {"vm1": vm1, "odd name": odd}}
+    facts = IvshmemFacts((9, 0, 0), {"vm1": vm1, "odd name": odd})
     problems = IvshmemStep().validate(IvshmemAnswers(devices=[
         {"name": "ag-{domain}", "per_domain": True},
         {"name": "x", "address": "00:0a.0"},

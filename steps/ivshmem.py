@@ -1137,16 +1137,17 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 continue
             before = "absent" if old is None else f"{len(old.content)} bytes, mode {old.mode:04o}"
             after = f"{len(content)} bytes, mode {mode:04o}"
-            extra = {"reload": True} if what == UNIT_FILE else {}
             if what == "ivshmem hook":
                 change = Change(f"hook {path}", "install", before, after, what)
-                # new_hook: libvirtd loads it at its next start (a note says so).
-                extra = {"new_hook": True} if new_hook else {}
             else:
                 change = Change(f"file {path}", "create" if old is None else "update",
                                 before, after, what)
-            ops.append(Operation(change, write_command(path, content, mode, **extra),
-                                 restore_command(path, old, **extra)))
+            # new_hook: libvirtd loads it at its next start (apply's note says so); a
+            # unit file put back or removed: systemd reads that at a reload.
+            hook = {"new_hook": True} if new_hook and what == "ivshmem hook" else {}
+            reload = {"reload": True} if what == UNIT_FILE else {}
+            ops.append(Operation(change, write_command(path, content, mode, **hook),
+                                 restore_command(path, old, **reload)))
         return ops
 
     def _unit_ops(self, answers: IvshmemAnswers, want: Desired, written: set[str],

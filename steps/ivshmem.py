@@ -36,8 +36,8 @@ import json
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1261,26 +1261,20 @@ class IvshmemStep(Step[IvshmemAnswers]):
         return ops, plugs
 
     def apply(self, answers: IvshmemAnswers, ops: list[Operation], ctx: Context) -> None:
-        """Carry out ``ops`` in order, each journaled.  A domain that vanished or refused
-        its change does not stop the others: the step fails at the end, naming it."""
+        """Carry out ``ops`` in order: the contract's apply (journaled), one operation at
+        a time, so that a domain that vanished or refused its change does not stop the
+        others; the step then fails at the end, naming it."""
         done: list[Operation] = []
         failed: list[str] = []
         for i, op in enumerate(ops):
-            ctx.progress(i / max(len(ops), 1), op.change.describe())
-            ctx.journal.begin(self.name, op)
             try:
-                self.execute(answers, op.do, ctx)
-            except BackendUnreachable:
-                raise  # the runner reports it (exit 5)
-            except (BackendError, StepFailed) as exc:
-                ctx.journal.end(self.name, op, str(exc))
+                super().apply(answers, [op], replace(ctx, progress=_nth(ctx, i, len(ops))))
+            except StepFailed as exc:
                 if op.do["op"] not in PER_DOMAIN:
-                    raise StepFailed(str(exc), [o.change for o in done]) from None
-                failed.append(_domain_error(op.do["name"], exc))
+                    raise StepFailed(str(exc), [o.change for o in done], exc.errors) from None
+                failed.append(str(exc))
                 continue
-            ctx.journal.end(self.name, op)
             done.append(op)
-            ctx.log(f"ivshmem: {op.change.describe()}")
         self._notes(done, ctx)
         if failed:
             raise StepFailed("; ".join(failed) + " (the other changes were applied)",
@@ -1302,10 +1296,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 ctx.notes.append(f"kept the replaced {command['path']} as {backup}")
         elif op == "remove_file":
             lv.remove_file(command["path"])
-        elif op == "domain":
-            edit_domain(lv, command)
-        elif op == "hotplug":
-            self._hotplug(answers, lv, command, ctx)
+        elif op in PER_DOMAIN:
+            self._on_domain(answers, lv, command, ctx)
         elif op == "unplug":
             unplug(lv, command)
         elif op == "swap_in":
@@ -1355,6 +1347,22 @@ class IvshmemStep(Step[IvshmemAnswers]):
         # hotplug: each device live (or, falling back, in the definition) and in it.
         return all((live.shmem(s.name) is not None or answers.live_fallback)
                    and dom.shmem(s.name) is not None for s in map(shmem_of, command["put"]))
+
+    def _on_domain(self, answers: IvshmemAnswers, lv: LibvirtAPI, command: Command,
+                   ctx: Context) -> None:
+        """A ``domain`` or ``hotplug`` command; a failure names the domain (StepFailed)."""
+        name = command["name"]
+        try:
+            if command["op"] == "domain":
+                edit_domain(lv, command)
+            else:
+                self._hotplug(answers, lv, command, ctx)
+        except BackendUnreachable:
+            raise
+        except DomainNotFound as exc:
+            raise StepFailed(f"{exc}: it vanished after the plan, not changed") from None
+        except BackendError as exc:
+            raise StepFailed(f"domain '{name}' not changed: {exc}") from None
 
     def _hotplug(self, answers: IvshmemAnswers, lv: LibvirtAPI, command: Command,
                  ctx: Context) -> None:
@@ -1455,16 +1463,17 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                  "it again for the device to appear")
 
 
-# Commands that change one domain: when one fails the others still run.
-PER_DOMAIN = ("domain", "hotplug", "unplug")
+# Commands that change one domain: when one fails, apply goes on with the others.
+PER_DOMAIN = ("domain", "hotplug")
 
 
-def _domain_error(name: str, exc: Exception) -> str:
-    if isinstance(exc, DomainNotFound):
-        return f"{exc}: it vanished after the plan, not changed"
-    if isinstance(exc, StepFailed):
-        return str(exc)
-    return f"domain '{name}' not changed: {exc}"
+def _nth(ctx: Context, i: int, n: int) -> Callable[[float, str], None]:
+    """Progress of the ``i``-th of ``n`` operations, shown on ``ctx``'s."""
+
+    def progress(_fraction: float, text: str) -> None:
+        ctx.progress(i / n, text)
+
+    return progress
 
 
 def _job(dbus: DBusAPI, action: str, unit: str, timeout: float) -> None:

@@ -8,14 +8,13 @@ a journal), and check the fake host is back where it was, file for file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes import FakeBackends, FakeDBus, FakeLibvirt, domain, unit
-from helpers import run, statuses
+from helpers import run, shm_prefix, statuses
 
 from backends.interfaces.libvirt import HostFile, PciAddress, Shmem
 from steps.base import Context, Operation, StepFailed, inverse
@@ -28,6 +27,8 @@ from steps.ivshmem import (
     domain_commands,
 )
 from wizard.exits import EXIT_INVALID, EXIT_OK, EXIT_PENDING
+
+__all__ = ["shm_prefix"]  # a fixture, from helpers
 
 HOOKS = "/fake/hooks"
 EMULATOR = "/usr/bin/qemu-system-x86_64"
@@ -218,17 +219,6 @@ def test_served_doorbell_is_stopped_disabled_and_removed_by_its_undo() -> None:
     assert unit_file.undo == {"op": "remove_file", "path": f"/fake/units/{unit_name}",
                               "reload": True}
     assert fb.dbus.reloads >= reloads + 2  # before the start, after the file went
-
-
-@pytest.fixture
-def shm_prefix() -> Iterator[str]:
-    """A unique object-name prefix (a hot-plug makes the object in the real /dev/shm)."""
-    import uuid
-
-    name = f"hs-unit-{uuid.uuid4().hex[:8]}"
-    yield name
-    for path in Path("/dev/shm").glob(f"{name}*"):
-        path.unlink()
 
 
 def live_answers(tmp_path: Path, prefix: str, **extra: Any) -> IvshmemAnswers:

@@ -110,6 +110,12 @@ def pci_addresses(devices: ET.Element) -> tuple[tuple[str, PciAddress], ...]:
     return tuple(found)
 
 
+def _affect(persistent: bool) -> int:
+    """The running guest, and with ``persistent`` its definition too (one call)."""
+    return libvirt.VIR_DOMAIN_AFFECT_LIVE | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent
+                                             else 0)
+
+
 class LibvirtBackend:
     """A connection to one libvirt URI."""
 
@@ -314,11 +320,9 @@ class LibvirtBackend:
         """Hot-plug a ``<shmem>`` device into the running domain (and, with
         ``persistent``, its definition in the same call: both or neither)."""
         dom = self._lookup(name)
-        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
-        if persistent:
-            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         try:
-            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"), flags)
+            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"),
+                                  _affect(persistent))
         except libvirt.libvirtError as exc:
             raise self._fail(exc, f"hot-plug into '{name}'", name) from None
 
@@ -331,11 +335,9 @@ class LibvirtBackend:
         live = self.live_domain(name).shmem(shmem)
         if live is None:
             raise BackendError(f"running domain '{name}' has no ivshmem device '{shmem}'")
-        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
-        if persistent:
-            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         try:
-            dom.detachDeviceFlags(ET.tostring(shmem_element(live), encoding="unicode"), flags)
+            dom.detachDeviceFlags(ET.tostring(shmem_element(live), encoding="unicode"),
+                                  _affect(persistent))
         except libvirt.libvirtError as exc:
             raise self._fail(exc, f"hot-unplug from '{name}'", name) from None
         if self.live_domain(name).shmem(shmem) is not None:

@@ -27,6 +27,10 @@ replaces first (chained).  libvirtd reads new hooks when it starts: the step
 restarts it over D-Bus when answered so, or says it must be done.  A doorbell
 device with ``serve`` gets its ivshmem server (``steps/data/ivshmem_server.py``)
 as a systemd unit, enabled and started over D-Bus.
+
+Each planned operation carries its ``do`` and ``undo`` as plain values (the
+file contents, the domain's devices, arguments or emulator as they were), so
+that the undos, carried out in reverse by another process, put the host back.
 """
 
 from __future__ import annotations

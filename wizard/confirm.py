@@ -635,7 +635,9 @@ class Outcome:
 
 def revert(record: Record, backends: Backends, journal: Journal | None = None) -> Outcome:
     """Revert a record's operations in reverse order (each step's ``revert``), re-read
-    the host (``observe``), and mark the record reverted."""
+    the host (``observe``), and mark the record reverted.  ``journal`` records each
+    revert operation (e.g. a run journal of its own; the record says what was done
+    in any case)."""
     from steps import REGISTRY
 
     data = record.read()
@@ -749,7 +751,7 @@ def wait_and_decide(tracker: Tracker, backends: Backends, say: Callable[[str], N
         record.release()
     else:
         say(f"confirm: {waiter.how}: reverting...")
-        out = revert(record, backends, tracker.inner)
+        out = revert(record, backends)  # journaled in the record (the run's journal is closed)
         record.release()
     say(f"confirm: {out.text()}")
     for err in out.errors:

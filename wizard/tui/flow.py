@@ -576,7 +576,7 @@ def keep_or_revert(flow: Flow, tracker: Any) -> Any:
     busy.draw()
     flow.ui.screen.refresh()
     try:
-        return confirm.revert(record, flow.ctx.backends, tracker.inner)
+        return confirm.revert(record, flow.ctx.backends)
     finally:
         record.release()
         flow.ui.screen.popWindow()

@@ -1,10 +1,16 @@
-"""Step ``vsphere_network``: standard vSwitches, port groups and VM adapters.
+"""Step ``vsphere_network``: standard and distributed switches, port groups, adapters.
 
 On every selected ESXi host (all, those of a cluster, or named ones) the
 answered vSwitches (ports, MTU, uplink NICs, policy) and port groups (vSwitch,
 VLAN, policy overrides) are created or updated in place, or removed when
 marked ``state: absent``; then VM network adapters are moved onto port groups
 (ReconfigVM_Task, waited on).  Only what the answers name is touched.
+
+Through vCenter, distributed switches (datacenter, version, uplink names, MTU,
+member hosts with their NICs, PVLAN map) and distributed port groups (VLAN,
+trunk ranges or a PVLAN, ports, binding, policy overrides) are made the same
+way, before anything on the hosts (VMkernel and VM adapters can be placed on
+them) and removed after.
 
 A policy is security (``allow_promiscuous``, ``forged_transmits``,
 ``mac_changes``), ``teaming`` (load balancing, active/standby NIC order,
@@ -23,18 +29,22 @@ every undo call that failed is listed as an error of the step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
+    DVPortgroup,
+    DvsMember,
+    DVSwitch,
     Host,
     Inventory,
     PortGroupSpec,
+    Pvlan,
     Security,
     Shaping,
     Teaming,
@@ -185,6 +195,165 @@ class PortGroupAnswer(PolicyAnswer):
         return self
 
 
+def vlan_range(text: str) -> tuple[int, int]:
+    """``"100-200"`` or ``"300"`` as (start, end)."""
+    start, _, end = text.partition("-")
+    return int(start), int(end or start)
+
+
+def _range(text: str) -> str:
+    start, end = vlan_range(text)
+    if not start <= end <= 4094:
+        raise ValueError(f"'{text}' is not a VLAN range within 0-4094 (e.g. 100-200)")
+    return text
+
+
+VlanRange = Annotated[str, Field(pattern=r"^\d{1,4}(-\d{1,4})?$"), AfterValidator(_range)]
+
+
+class PvlanAnswer(StepModel):
+    """One entry of a distributed switch's PVLAN map."""
+
+    primary: int = Field(ge=1, le=4094, description="primary VLAN ID")
+    secondary: int = Field(ge=1, le=4094,
+                           description="secondary VLAN ID (= primary for the promiscuous entry)")
+    type: Literal["promiscuous", "isolated", "community"] = Field(
+        description="promiscuous, isolated or community")
+
+    @model_validator(mode="after")
+    def _promiscuous(self) -> PvlanAnswer:
+        if (self.type == "promiscuous") != (self.primary == self.secondary):
+            raise ValueError(f"PVLAN {self.primary}/{self.secondary} {self.type}: the "
+                             "promiscuous entry, and only it, has secondary = primary")
+        return self
+
+    def value(self) -> Pvlan:
+        """The map entry."""
+        return Pvlan(self.primary, self.secondary, self.type)
+
+
+class DvsHostAnswer(StepModel):
+    """A host of a distributed switch and its NICs (given to the uplinks in order)."""
+
+    name: str = Field(min_length=1, max_length=255, description="ESXi host name")
+    nics: list[str] = Field(default_factory=list, max_length=32,
+                            description="free physical NICs, in uplink order, e.g. [vmnic2]")
+    state: State = Field("present", description="present, or absent to leave the switch")
+
+    @field_validator("nics")
+    @classmethod
+    def _once(cls, nics: list[str]) -> list[str]:
+        dupes = repeated(nics)
+        if dupes:
+            raise ValueError(f"NIC {', '.join(dupes)} listed more than once")
+        return nics
+
+
+class DVSwitchAnswer(StepModel):
+    """One distributed switch (vCenter); hosts and PVLAN map as listed."""
+
+    name: str = Field(min_length=1, max_length=80, description="switch name, e.g. dvSwitch1")
+    datacenter: str | None = Field(None, min_length=1,
+                                   description="its datacenter (required when present)")
+    version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$",
+                                description="switch version when created, e.g. 6.5.0 "
+                                "(vCenter's newest when unset)")
+    uplinks: list[str] = Field(default_factory=lambda: ["Uplink 1", "Uplink 2"],
+                               min_length=1, max_length=32, description="uplink names")
+    mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
+    hosts: list[DvsHostAnswer] = Field(
+        default_factory=list, max_length=1000,
+        description="hosts to join (or leave) with their NICs; others are left as they are")
+    pvlans: list[PvlanAnswer] | None = Field(
+        None, max_length=1000, description="the PVLAN map, exactly (unset: left as it is)")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DVSwitchAnswer:
+        if self.state == "absent":
+            return self
+        if not self.datacenter:
+            raise ValueError(f"distributed switch '{self.name}': 'datacenter' is required "
+                             "when present")
+        for what, names in (("uplink", self.uplinks), ("host", [h.name for h in self.hosts]),
+                            ("PVLAN secondary ID", [str(p.secondary)
+                                                    for p in self.pvlans or ()])):
+            dupes = repeated(names)
+            if dupes:
+                raise ValueError(f"{what} {', '.join(dupes)} listed more than once")
+        for h in self.hosts:
+            if len(h.nics) > len(self.uplinks):
+                raise ValueError(f"host '{h.name}' gives {len(h.nics)} NICs to "
+                                 f"{len(self.uplinks)} uplink(s); one NIC per uplink")
+        self._pvlan_rules()
+        return self
+
+    def _pvlan_rules(self) -> None:
+        entries = self.pvlans or []
+        promiscuous = {p.primary for p in entries if p.type == "promiscuous"}
+        isolated = [p.primary for p in entries if p.type == "isolated"]
+        for p in entries:
+            if p.primary not in promiscuous:
+                raise ValueError(f"PVLAN {p.secondary} ({p.type}) needs the promiscuous entry "
+                                 f"of its primary {p.primary} ({{primary: {p.primary}, "
+                                 f"secondary: {p.primary}, type: promiscuous}})")
+        dupes = repeated(str(p) for p in isolated)
+        if dupes:
+            raise ValueError(f"primary PVLAN {', '.join(dupes)} has more than one isolated "
+                             "secondary; it can have one")
+
+    def spec(self, have: DVSwitch | None) -> DVSwitch:
+        """The switch to reach: ``have``'s members with the answered hosts joined
+        (NICs as answered) or gone, the PVLAN map answered or ``have``'s."""
+        members = {m.host: m for m in have.hosts} if have else {}
+        for h in self.hosts:
+            members.pop(h.name, None)
+            if h.state == "present":
+                members[h.name] = DvsMember(h.name, tuple(h.nics))
+        pvlans = (tuple(p.value() for p in self.pvlans) if self.pvlans is not None
+                  else have.pvlans if have else ())
+        return DVSwitch(self.name, self.datacenter or (have.datacenter if have else ""),
+                        self.version or (have.version if have else None), tuple(self.uplinks),
+                        self.mtu, tuple(members.values()), pvlans)
+
+
+class DVPortgroupAnswer(PolicyAnswer):
+    """One distributed port group; unset policy fields inherit the switch's."""
+
+    name: str = Field(min_length=1, max_length=80, description="port group name")
+    dvswitch: str | None = Field(None, description="its distributed switch "
+                                 "(required when present)")
+    vlan: int | None = Field(None, ge=0, le=4094, description="VLAN ID 0-4094 (0 = none)")
+    vlan_trunk: list[VlanRange] | None = Field(
+        None, min_length=1, max_length=64, description="trunked VLAN ranges, e.g. [100-200, 300]")
+    pvlan: int | None = Field(None, ge=1, le=4094,
+                              description="a secondary PVLAN ID of the switch's PVLAN map")
+    ports: int = Field(8, ge=0, le=8192, description="number of ports (static binding grows "
+                       "them as needed)")
+    binding: Literal["static", "ephemeral"] = Field("static",
+                                                     description="static or ephemeral")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _one_vlan(self) -> DVPortgroupAnswer:
+        given = [k for k in ("vlan", "vlan_trunk", "pvlan") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"distributed port group '{self.name}': give one of vlan, "
+                             f"vlan_trunk or pvlan, not {' and '.join(given)}")
+        if self.state == "present" and not self.dvswitch:
+            raise ValueError(f"distributed port group '{self.name}': 'dvswitch' is required "
+                             "when present")
+        return self
+
+    def spec(self) -> DVPortgroup:
+        """The port group to reach (policy fields left unset stay unset)."""
+        trunk = None if self.vlan_trunk is None else tuple(vlan_range(r) for r in self.vlan_trunk)
+        vlan = 0 if self.vlan is None and trunk is None and self.pvlan is None else self.vlan
+        return DVPortgroup(self.name, self.dvswitch or "", vlan, trunk, self.pvlan, self.ports,
+                           self.binding, self.security(), self.teaming_value(),
+                           self.shaping_value())
+
+
 class AdapterAnswer(StepModel):
     """Move one VM network adapter onto a port group."""
 
@@ -270,6 +439,10 @@ class VSphereNetworkAnswers(StepModel):
     vm_adapters: list[AdapterAnswer] = Field(default_factory=list,
                                              description="VM adapters to move to a port group")
     vmkernel: list[VmkAnswer] = Field(default_factory=list, description="VMkernel adapters")
+    dvswitches: list[DVSwitchAnswer] = Field(default_factory=list, max_length=128,
+                                             description="distributed switches (vCenter)")
+    dvportgroups: list[DVPortgroupAnswer] = Field(
+        default_factory=list, max_length=4096, description="distributed port groups")
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -286,7 +459,9 @@ class VSphereNetworkAnswers(StepModel):
         if self.insecure and (self.thumbprint or self.ca_file):
             raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
         for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
-                            ("port group", [p.name for p in self.portgroups])):
+                            ("port group", [p.name for p in self.portgroups]),
+                            ("distributed switch", [d.name for d in self.dvswitches]),
+                            ("distributed port group", [p.name for p in self.dvportgroups])):
             dupes = repeated(names)
             if dupes:
                 raise ValueError(f"{kind} {', '.join(dupes)} listed more than once")
@@ -298,6 +473,11 @@ class VSphereNetworkAnswers(StepModel):
             if pg.state == "present" and pg.vswitch in absent_vs:
                 raise ValueError(f"port group '{pg.name}' is on vSwitch '{pg.vswitch}', "
                                  "which the answers remove")
+        absent_dvs = {d.name for d in self.dvswitches if d.state == "absent"}
+        for dvpg in self.dvportgroups:
+            if dvpg.state == "present" and dvpg.dvswitch in absent_dvs:
+                raise ValueError(f"distributed port group '{dvpg.name}' is on distributed "
+                                 f"switch '{dvpg.dvswitch}', which the answers remove")
         absent_pg = {p.name for p in self.portgroups if p.state == "absent"}
         for a in self.vm_adapters:
             if a.portgroup in absent_pg:
@@ -330,6 +510,49 @@ def connection(section: dict[str, Any]) -> VSphereConn:
         thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
         insecure=bool(section.get("insecure")),
     )
+
+
+def switch_of(answers: VSphereNetworkAnswers, inv: Inventory, name: str) -> DVSwitch | None:
+    """The distributed switch ``name`` as it will be: answered (present) over vCenter's,
+    ``None`` when it is neither."""
+    have = inv.dvswitch(name)
+    answer = next((d for d in answers.dvswitches if d.name == name), None)
+    if answer is None:
+        return have
+    return answer.spec(have) if answer.state == "present" else None
+
+
+def member_problems(inv: Inventory, d: DVSwitchAnswer, at: tuple[str | int, ...],
+                    h: DvsHostAnswer) -> list[Problem]:
+    """A host joining a distributed switch is in its datacenter and its NICs are free
+    (or already the switch's); one leaving it has no VMkernel adapter on it."""
+    host = inv.host(h.name)
+    if host is None:
+        return [Problem((*at, "name"), (
+            f"no host '{h.name}' (hosts: {', '.join(x.name for x in inv.hosts) or 'none'})"))]
+    if host.datacenter != d.datacenter:
+        return [Problem((*at, "name"), (
+            f"host '{h.name}' is in datacenter '{host.datacenter}', not in '{d.datacenter}' "
+            f"of distributed switch '{d.name}'"))]
+    if h.state == "absent":
+        on = [v.device for v in host.vmks if v.dvswitch == d.name]
+        return [Problem((*at, "state"), (
+            f"host '{h.name}' has VMkernel adapter(s) {', '.join(on)} on distributed switch "
+            f"'{d.name}'; move or remove them (in an earlier run) before it leaves"))] if on else []
+    problems = []
+    for k, nic in enumerate(h.nics):
+        pnic = host.pnic(nic)
+        used = (f"vSwitch '{pnic.vswitch}'" if pnic and pnic.vswitch else
+                f"distributed switch '{pnic.dvswitch}'" if pnic and pnic.dvswitch not in (
+                    None, d.name) else "")
+        if pnic is None:
+            problems.append(Problem((*at, "nics", k), (
+                f"'{nic}' is not a physical NIC of host '{h.name}' "
+                f"(has: {', '.join(n.device for n in host.pnics) or 'none'})")))
+        elif used:
+            problems.append(Problem((*at, "nics", k), (
+                f"'{nic}' on host '{h.name}' is already an uplink of {used}")))
+    return problems
 
 
 def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
@@ -373,8 +596,8 @@ def invoke(api: VSphereAPI, call: Call, progress: Callable[[float], None] | None
     """Make a backend call; a VM reconfigure reports its task's progress."""
     method, args = call
     if method == "move_adapter":
-        vm, adapter, portgroup = args
-        api.move_adapter(vm, adapter, portgroup, progress)
+        vm, adapter, portgroup, distributed = args
+        api.move_adapter(vm, adapter, portgroup, distributed, progress)
     else:
         getattr(api, method)(*args)
 
@@ -422,23 +645,42 @@ def changed(before: Settings, after: Settings) -> tuple[Settings, Settings]:
 
 @dataclass(frozen=True)
 class Kind:
-    """How to plan one kind of host object (vSwitch or port group)."""
+    """How to plan one kind of object (vSwitch, port group, distributed switch...)."""
 
     label: str  # for Change targets
     api: str  # VSphereAPI methods add_<api>, update_<api>, remove_<api>
-    find: Callable[[Host, str], Any]
+    find: Callable[[Any, str], Any]  # (container, name) -> the object or None
     current: Callable[[Any], Settings]  # the object's settings
     wanted: Callable[[Any, Any], Settings]  # (answer, object or None) -> settings
-    spec: Callable[[Any], Any]  # answer -> spec
+    spec: Callable[[Any, Any], Any]  # (answer, object or None) -> spec
     spec_of: Callable[[Any], Any]  # object -> spec (to restore it)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where objects live: the prefix of their Change targets, the leading
+    arguments of their backend calls, and their container in an inventory (a
+    host, vCenter's inventory itself, a distributed switch)."""
+
+    prefix: str
+    args: tuple[Any, ...]
+    container: Callable[[Inventory], Any]
+
+
+def host_scope(host: str) -> Scope:
+    """The scope of a host's standard switches and port groups."""
+    return Scope(f"{host}: ", (host,), lambda inv: inv.host(host))
+
+
+VCENTER = Scope("", (), lambda inv: inv)
 
 
 VSWITCH = Kind(
     "vSwitch", "vswitch", Host.vswitch,
     current=lambda v: vswitch_dict(v.num_ports, v.mtu, v.nics) | policy_of(v),
     wanted=lambda a, have: vswitch_dict(a.num_ports, a.mtu, a.nics) | wanted_policy(a, have),
-    spec=lambda a: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics), a.security(),
-                               a.teaming_value(), a.shaping_value()),
+    spec=lambda a, _have: VSwitchSpec(a.name, a.num_ports, a.mtu, tuple(a.nics), a.security(),
+                                      a.teaming_value(), a.shaping_value()),
     spec_of=lambda v: VSwitchSpec(v.name, v.num_ports, v.mtu, v.nics, v.security, v.teaming,
                                   v.shaping),
 )
@@ -447,18 +689,71 @@ PORTGROUP = Kind(
     "port group", "portgroup", Host.portgroup,
     current=lambda p: portgroup_dict(p.vswitch, p.vlan) | policy_of(p),
     wanted=lambda a, have: portgroup_dict(a.vswitch or "", a.vlan) | wanted_policy(a, have),
-    spec=lambda a: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security(),
-                                 a.teaming_value(), a.shaping_value()),
+    spec=lambda a, _have: PortGroupSpec(a.name, a.vswitch or "", a.vlan, a.security(),
+                                        a.teaming_value(), a.shaping_value()),
     spec_of=lambda p: PortGroupSpec(p.name, p.vswitch, p.vlan, p.security, p.teaming,
                                     p.shaping),
 )
 
 
-def finder(kind: Kind, host: str, name: str) -> Callable[[Inventory], Any]:
-    """Looks up one host object in an inventory (``None`` when it is not there)."""
+def pvlan_text(p: Pvlan) -> str:
+    """``101 isolated (primary 100)``: a PVLAN map entry in words."""
+    return f"{p.secondary} {p.type}" + ("" if p.type == "promiscuous" else
+                                        f" (primary {p.primary})")
+
+
+def dvswitch_dict(d: DVSwitch) -> Settings:
+    """A distributed switch's managed settings, for Change before/after."""
+    return {"datacenter": d.datacenter, "version": d.version, "uplinks": list(d.uplinks),
+            "mtu": d.mtu,
+            "hosts": sorted(f"{m.host} ({', '.join(m.nics) or 'no NICs'})" for m in d.hosts),
+            "pvlans": [pvlan_text(p) for p in sorted(d.pvlans,
+                                                     key=lambda p: (p.primary, p.secondary))]}
+
+
+def vlan_text(pg: DVPortgroup) -> int | str:
+    """A distributed port group's VLAN: its ID, ``trunk 100-200, 300`` or ``pvlan 101``."""
+    if pg.trunk is not None:
+        return "trunk " + ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in pg.trunk)
+    if pg.pvlan is not None:
+        return f"pvlan {pg.pvlan}"
+    return pg.vlan or 0
+
+
+def dvportgroup_dict(pg: DVPortgroup) -> Settings:
+    """A distributed port group's managed settings (without policy)."""
+    return {"dvswitch": pg.dvswitch, "vlan": vlan_text(pg), "ports": pg.ports,
+            "binding": pg.binding}
+
+
+def dvportgroup_spec(answer: DVPortgroupAnswer, have: DVPortgroup | None) -> DVPortgroup:
+    """The port group to reach; a static one keeps the ports it grew to (vCenter
+    adds ports to a static port group as adapters connect)."""
+    spec = answer.spec()
+    if have is not None and spec.binding == have.binding == "static":
+        spec = replace(spec, ports=max(spec.ports, have.ports))
+    return spec
+
+
+DVSWITCH = Kind(
+    "distributed switch", "dvswitch", Inventory.dvswitch,
+    current=dvswitch_dict, wanted=lambda a, have: dvswitch_dict(a.spec(have)),
+    spec=lambda a, have: a.spec(have), spec_of=lambda d: d,
+)
+DVPORTGROUP = Kind(
+    "distributed port group", "dvportgroup", Inventory.dvportgroup,
+    current=lambda p: dvportgroup_dict(p) | policy_of(p),
+    wanted=lambda a, have: (dvportgroup_dict(dvportgroup_spec(a, have))
+                            | wanted_policy(a, have)),
+    spec=dvportgroup_spec, spec_of=lambda p: p,
+)
+
+
+def finder(kind: Kind, scope: Scope, name: str) -> Callable[[Inventory], Any]:
+    """Looks up one object in an inventory (``None`` when it is not there)."""
     def find(inv: Inventory) -> Any:
-        h = inv.host(host)
-        return kind.find(h, name) if h is not None else None
+        container = scope.container(inv)
+        return kind.find(container, name) if container is not None else None
     return find
 
 
@@ -476,15 +771,16 @@ def differs(kind: Kind, find: Callable[[Inventory], Any],
     return check
 
 
-def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[Op]:
-    """Create/update (or, with ``absent``, remove) the answered objects on ``host``."""
+def object_ops(inv: Inventory, scope: Scope, kind: Kind, items: list[Any],
+               absent: bool) -> list[Op]:
+    """Create/update (or, with ``absent``, remove) the answered objects in ``scope``."""
     ops = []
-    h = host.name
+    container = scope.container(inv)
     for item in items:
-        have = kind.find(host, item.name)
-        target = f"{h}: {kind.label} {item.name}"
-        remove: Call = (f"remove_{kind.api}", (h, item.name))
-        find = finder(kind, h, item.name)
+        have = kind.find(container, item.name) if container is not None else None
+        target = f"{scope.prefix}{kind.label} {item.name}"
+        remove: Call = (f"remove_{kind.api}", (*scope.args, item.name))
+        find = finder(kind, scope, item.name)
         if absent:
             if item.state == "absent" and have is not None:
                 ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None,
@@ -493,14 +789,14 @@ def object_ops(host: Host, kind: Kind, items: list[Any], absent: bool) -> list[O
             after = kind.wanted(item, have)
             if have is None:
                 ops.append(Op(Change(target, "create", after=after),
-                              (f"add_{kind.api}", (h, kind.spec(item))), remove,
+                              (f"add_{kind.api}", (*scope.args, kind.spec(item, None))), remove,
                               exists(find, True)))
             elif changed(kind.current(have), after)[1]:
                 update = f"update_{kind.api}"
                 before, wanted = changed(kind.current(have), after)
                 ops.append(Op(Change(target, "update", before, wanted),
-                              (update, (h, item.name, kind.spec(item))),
-                              (update, (h, item.name, kind.spec_of(have))),
+                              (update, (*scope.args, item.name, kind.spec(item, have))),
+                              (update, (*scope.args, item.name, kind.spec_of(have))),
                               differs(kind, find, before)))
     return ops
 
@@ -526,8 +822,8 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
         ops.append(Op(
             Change(f"VM {a.vm}: {a.adapter}", "update", before={"port_group": old},
                    after={"port_group": a.portgroup}),
-            ("move_adapter", (a.vm, a.adapter, a.portgroup)),
-            ("move_adapter", (a.vm, a.adapter, old)) if old else None,
+            ("move_adapter", (a.vm, a.adapter, a.portgroup, False)),
+            ("move_adapter", (a.vm, a.adapter, old, False)) if old else None,
             adapter_moved(a.vm, a.adapter, old),
         ))
     return ops
@@ -603,24 +899,32 @@ def vmk_ops(answers: VSphereNetworkAnswers, host: Host, absent: bool) -> list[Op
 
 
 def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
-    """Every change, in a safe order: vSwitches, port groups, VMkernel adapters,
-    VM adapter moves, then removals (VMkernel adapters, port groups, vSwitches)."""
+    """Every change, in a safe order: distributed switches and port groups; per
+    host vSwitches, port groups, VMkernel adapters; VM adapter moves; then
+    removals (per host VMkernel adapters, port groups, vSwitches; distributed
+    port groups, distributed switches)."""
     hosts = selected_hosts(answers, inv)
+    vcenter: list[tuple[Kind, list[Any]]] = [(DVSWITCH, list(answers.dvswitches)),
+                                             (DVPORTGROUP, list(answers.dvportgroups))]
     ops: list[Op] = []
+    for kind, items in vcenter:
+        ops += object_ops(inv, VCENTER, kind, items, absent=False)
+    # Port groups are removed before their vSwitch, created after it; a
+    # VMkernel adapter is created after its port group, removed before it.
     for absent in (False, True):
         if absent:
             ops += adapter_ops(answers, inv)
-        # Port groups are removed before their vSwitch, created after it; a
-        # VMkernel adapter is created after its port group, removed before it.
         for host in hosts:
             kinds: list[tuple[Kind, list[Any]]] = [
                 (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
             if absent:
                 ops += vmk_ops(answers, host, True)
             for kind, items in reversed(kinds) if absent else kinds:
-                ops += object_ops(host, kind, items, absent)
+                ops += object_ops(inv, host_scope(host.name), kind, items, absent)
             if not absent:
                 ops += vmk_ops(answers, host, False)
+    for kind, items in reversed(vcenter):
+        ops += object_ops(inv, VCENTER, kind, items, absent=True)
     return ops
 
 
@@ -688,7 +992,8 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
         inv: Inventory = facts.get("inventory") or Inventory("esx")
-        nics = sorted({n.device for h in inv.hosts for n in h.pnics if n.vswitch is None})
+        nics = sorted({n.device for h in inv.hosts for n in h.pnics
+                       if n.vswitch is None and n.dvswitch is None})
         vswitches = sorted({v.name for h in inv.hosts for v in h.vswitches})
         pgs = sorted({p.name for h in inv.hosts for p in h.portgroups})
         labels = sorted({a.label for v in inv.vms for a in v.adapters})
@@ -772,9 +1077,94 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
             problems += self._teaming_problems(answers, host)
         problems += self._adapter_problems(answers, inv, hosts)
         problems += self._vmk_problems(answers, inv, hosts)
+        problems += self._distributed_problems(answers, inv)
         # A rule on answered values only (an answered vSwitch's uplinks) fails
         # alike on every host: say it once.
         return list(dict.fromkeys(problems))
+
+    def _distributed_problems(self, answers: VSphereNetworkAnswers,
+                              inv: Inventory) -> list[Problem]:
+        """Distributed switches and port groups fit vCenter's inventory."""
+        keys = [k for k in ("dvswitches", "dvportgroups") if getattr(answers, k)]
+        if not keys:
+            return []
+        if inv.kind != "vcenter":
+            return [Problem((keys[0],), f"distributed switches need vCenter; {answers.server} "
+                            "is an ESXi host")]
+        problems = []
+        for i, d in enumerate(answers.dvswitches):
+            problems += self._dvswitch_problems(answers, inv, i, d)
+        for i, p in enumerate(answers.dvportgroups):
+            problems += self._dvportgroup_problems(answers, inv, i, p)
+        return problems
+
+    def _dvswitch_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, i: int,
+                           d: DVSwitchAnswer) -> list[Problem]:
+        at: tuple[str | int, ...] = ("dvswitches", i)
+        have = inv.dvswitch(d.name)
+        if d.state == "absent":
+            named = {p.name for p in answers.dvportgroups if p.state == "absent"}
+            left = sorted(p.name for p in inv.dvportgroups
+                          if p.dvswitch == d.name and p.name not in named)
+            return [Problem((*at, "state"), (
+                f"distributed switch '{d.name}' still carries port group(s) "
+                f"{', '.join(left)}; mark them absent too"))] if left else []
+        problems = []
+        if d.datacenter not in inv.datacenters:
+            problems.append(Problem((*at, "datacenter"), (
+                f"no datacenter '{d.datacenter}' (datacenters: "
+                f"{', '.join(inv.datacenters) or 'none'})")))
+        elif have is not None and have.datacenter != d.datacenter:
+            problems.append(Problem((*at, "datacenter"), (
+                f"distributed switch '{d.name}' is in datacenter '{have.datacenter}'; a "
+                "switch does not move")))
+        if have is not None and d.version and have.version != d.version:
+            problems.append(Problem((*at, "version"), (
+                f"distributed switch '{d.name}' is version {have.version}; hostsetup does not "
+                "upgrade a switch (leave version out, or upgrade it in vCenter)")))
+        for j, h in enumerate(d.hosts):
+            problems += member_problems(inv, d, (*at, "hosts", j), h)
+        if d.pvlans is not None:
+            kept = {p.secondary for p in d.pvlans}
+            answered = {p.name for p in answers.dvportgroups}
+            problems += [Problem((*at, "pvlans"), (
+                f"PVLAN {p.pvlan} is used by distributed port group '{p.name}'; keep it in "
+                "the map")) for p in inv.dvportgroups if p.dvswitch == d.name
+                and p.pvlan is not None and p.pvlan not in kept and p.name not in answered]
+        return problems
+
+    def _dvportgroup_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, i: int,
+                              p: DVPortgroupAnswer) -> list[Problem]:
+        at: tuple[str | int, ...] = ("dvportgroups", i)
+        have = inv.dvportgroup(p.name)
+        if p.state == "absent":
+            return []
+        switch = switch_of(answers, inv, p.dvswitch or "")
+        if switch is None:
+            return [Problem((*at, "dvswitch"), (
+                f"distributed switch '{p.dvswitch}' is neither in vCenter nor in the answers' "
+                "dvswitches"))]
+        problems = []
+        if have is not None and have.dvswitch != p.dvswitch:
+            problems.append(Problem((*at, "dvswitch"), (
+                f"distributed port group '{p.name}' is on distributed switch "
+                f"'{have.dvswitch}'; a port group does not move to another switch")))
+        if have is None and any(h.portgroup(p.name) for h in inv.hosts):
+            problems.append(Problem((*at, "name"), (
+                f"a standard port group is called '{p.name}'; vCenter needs a name of its "
+                "own for a distributed port group")))
+        secondaries = sorted(x.secondary for x in switch.pvlans)
+        if p.pvlan is not None and p.pvlan not in secondaries:
+            problems.append(Problem((*at, "pvlan"), (
+                f"PVLAN {p.pvlan} is not in the PVLAN map of distributed switch "
+                f"'{p.dvswitch}' (secondary IDs: {', '.join(map(str, secondaries)) or 'none'})")))
+        for field in ("active_nics", "standby_nics"):
+            for k, uplink in enumerate(getattr(p.teaming, field, None) or ()):
+                if uplink not in switch.uplinks:
+                    problems.append(Problem((*at, "teaming", field, k), (
+                        f"'{uplink}' is not an uplink of distributed switch '{p.dvswitch}' "
+                        f"(uplinks: {', '.join(switch.uplinks)})")))
+        return problems
 
     def _teaming_problems(self, answers: VSphereNetworkAnswers, host: Host) -> list[Problem]:
         """Active/standby NICs are uplinks of the vSwitch: the answered uplinks of an
@@ -834,10 +1224,11 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                     problems.append(Problem(("vswitches", i, "nics", j), (
                         f"'{nic}' is not a physical NIC of host '{host.name}' "
                         f"(has: {', '.join(sorted(pnics)) or 'none'})")))
-                elif pnics[nic].vswitch not in (None, vs.name):
+                elif pnics[nic].vswitch not in (None, vs.name) or pnics[nic].dvswitch:
+                    used = (f"vSwitch '{pnics[nic].vswitch}'" if pnics[nic].vswitch else
+                            f"distributed switch '{pnics[nic].dvswitch}'")
                     problems.append(Problem(("vswitches", i, "nics", j), (
-                        f"'{nic}' on host '{host.name}' is already an uplink of vSwitch "
-                        f"'{pnics[nic].vswitch}'")))
+                        f"'{nic}' on host '{host.name}' is already an uplink of {used}")))
         for i, pg in enumerate(answers.portgroups):
             if pg.state == "present" and pg.vswitch not in present and not host.vswitch(
                     pg.vswitch or ""):

@@ -215,3 +215,58 @@ def test_a_service_listed_twice_is_one_selection_and_replans_clean() -> None:
     run("apply", answers, fb)
     assert fb.vsphere.hosts["esx01"].vmk_on("vMotion").services == ("vmotion",)
     assert run("plan", answers, fb).exit_code == EXIT_OK
+
+
+DVS = {"name": "dvSwitch1", "datacenter": "DC1", "uplinks": ["Uplink 1"],
+       "pvlans": [{"primary": 10, "secondary": 10, "type": "promiscuous"},
+                  {"primary": 10, "secondary": 11, "type": "isolated"}],
+       "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+DVPG = {"name": "Iso", "dvswitch": "dvSwitch1", "pvlan": 11,
+        "teaming": {"active_nics": ["Uplink 1"]}}
+
+
+def test_distributed_switch_before_its_port_groups_then_clean() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], dvswitches=[DVS], dvportgroups=[DVPG])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == ["create distributed switch dvSwitch1",
+                                               "create distributed port group Iso"]
+    assert statuses(run("apply", answers, fb)) == {"vsphere_network": "applied"}
+    pg = fb.vsphere.dvportgroups["Iso"]
+    assert (pg.pvlan, pg.teaming.active_nics, pg.security.allow_promiscuous) == (
+        11, ("Uplink 1",), False)
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # vmnic1 of esx01 now belongs to the switch: a vSwitch cannot take it
+    taken = run("plan", section(hosts=["esx01"], vswitches=[{"name": "v1", "nics": ["vmnic1"]}],
+                                dvswitches=[DVS]), fb)
+    assert taken.exit_code == EXIT_INVALID
+
+
+def test_a_failed_port_group_removes_the_new_switch_again() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_dvportgroup", "Iso"))
+    result = run("apply", section(dvswitches=[DVS], dvportgroups=[DVPG]), fb)
+    assert result.exit_code == EXIT_FAILED
+    assert result.steps[0].notes == ["remains changed: nothing"]
+    assert fb.vsphere.dvswitches == {}
+    writes = [c[0] for c in fb.vsphere.calls if c[0] != "inventory"]
+    assert writes == ["add_dvswitch", "add_dvportgroup", "remove_dvswitch"]
+
+
+def test_distributed_problems_all_listed_nothing_called() -> None:
+    fb = sample_backends()
+    bad = section(dvswitches=[{**DVS, "datacenter": "DC2",
+                               "hosts": [{"name": "esx01", "nics": ["vmnic0"]}]}],
+                  dvportgroups=[{**DVPG, "pvlan": 12}, {"name": "X", "dvswitch": "dvs9"}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.dvswitches[0].datacenter: no datacenter 'DC2' (datacenters: DC1)",
+        "vsphere_network.dvswitches[0].hosts[0].name: host 'esx01' is in datacenter 'DC1', not "
+        "in 'DC2' of distributed switch 'dvSwitch1'",
+        "vsphere_network.dvportgroups[0].pvlan: PVLAN 12 is not in the PVLAN map of distributed "
+        "switch 'dvSwitch1' (secondary IDs: 10, 11)",
+        "vsphere_network.dvportgroups[1].dvswitch: distributed switch 'dvs9' is neither in "
+        "vCenter nor in the answers' dvswitches",
+    ]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]

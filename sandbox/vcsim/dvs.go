@@ -74,7 +74,7 @@ type dvsExt struct {
 	next   map[string]int // per switch UUID: the next free port key
 }
 
-// twin receives the calls re-addressed from the object ``of``.
+// twin receives the calls re-addressed from the object in its field of.
 type twin struct {
 	Self types.ManagedObjectReference
 	of   types.ManagedObjectReference
@@ -792,9 +792,13 @@ func checkSwitchSpec(d *simulator.DistributedVirtualSwitch, s *types.VMwareDVSCo
 		if len(p.UplinkPortName) == 0 || len(uniq(p.UplinkPortName)) != len(p.UplinkPortName) {
 			return invalid("uplinkPortPolicy.uplinkPortName")
 		}
+		changed := map[types.ManagedObjectReference]bool{}
+		for _, m := range s.Host {
+			changed[m.Host] = true
+		}
 		if d != nil {
-			for _, m := range cfgOf(d).Host {
-				if len(pnicsOf(m.Config.Backing)) > len(p.UplinkPortName) {
+			for _, m := range cfgOf(d).Host { // members the spec changes are checked as changed
+				if !changed[*m.Config.Host] && len(pnicsOf(m.Config.Backing)) > len(p.UplinkPortName) {
 					return &types.ResourceInUse{Type: "uplink", Name: d.Name}
 				}
 			}
@@ -803,56 +807,70 @@ func checkSwitchSpec(d *simulator.DistributedVirtualSwitch, s *types.VMwareDVSCo
 	return nil
 }
 
+// run is what every twinned call does: a task on the object the call was sent
+// to, holding the extension's lock (a fault when that object is gone).
+func (t *twin) run(name string, f func(obj mo.Reference) (types.AnyType, types.BaseMethodFault)) (types.ManagedObjectReference, *soap.Fault) {
+	obj := simulator.Map.Get(t.of)
+	if obj == nil {
+		return types.ManagedObjectReference{}, simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})
+	}
+	return task(obj, name, func() (types.AnyType, types.BaseMethodFault) {
+		t.x.mu.Lock()
+		defer t.x.mu.Unlock()
+		return f(obj)
+	}), nil
+}
+
 // CreateDVSTask creates the switch with what the spec asks for, checked first.
 func (t *twin) CreateDVSTask(ctx *simulator.Context, req *types.CreateDVS_Task) soap.HasFault {
-	folder := simulator.Map.Get(t.of).(*simulator.Folder)
-	x := t.x
-	ref := task(folder, "createDVS", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		spec, ok := req.Spec.ConfigSpec.(*types.VMwareDVSConfigSpec)
-		if !ok {
-			return nil, invalid("spec.configSpec")
-		}
-		if fault := x.faults.task("CreateDVS_Task", spec.Name); fault != nil {
-			return nil, fault
-		}
-		if fault := checkSwitchSpec(nil, spec); fault != nil {
-			return nil, fault
-		}
-		version := "6.5.0"
-		if req.Spec.ProductInfo != nil && req.Spec.ProductInfo.Version != "" {
-			version = req.Spec.ProductInfo.Version
-		}
-		if !contains(dvsVersions, version) {
-			return nil, invalid("spec.productInfo.version")
-		}
-		pvlans, fault := checkPvlan(nil, spec.PvlanConfigSpec, nil)
-		if fault != nil {
-			return nil, fault
-		}
-		// The simulator creates the switch (and its uplink port group) from the
-		// bare spec; the rest is set here once it exists.
-		bare := *spec
-		bare.Host, bare.PvlanConfigSpec, bare.VspanConfigSpec = nil, nil, nil
-		created := folder.CreateDVSTask(ctx, &types.CreateDVS_Task{This: folder.Self,
-			Spec: types.DVSCreateSpec{ConfigSpec: &bare}}).(*methods.CreateDVS_TaskBody)
-		res, fault := taskResult(created.Res.Returnval)
-		if fault != nil {
-			return nil, fault
-		}
-		d := simulator.Map.Get(res.(types.ManagedObjectReference)).(*simulator.DistributedVirtualSwitch)
-		fault = x.initSwitch(d, spec, version, pvlans)
-		if fault == nil {
-			fault = x.applyMembers(d, spec.Host)
-		}
-		if fault != nil { // the switch goes again: the task failed
-			x.destroy(ctx, d)
-			return nil, fault
-		}
-		return d.Self, nil
+	ref, fault := t.run("createDVS", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return t.x.createSwitch(ctx, obj.(*simulator.Folder), req)
 	})
-	return &methods.CreateDVS_TaskBody{Res: &types.CreateDVS_TaskResponse{Returnval: ref}}
+	return &methods.CreateDVS_TaskBody{Res: &types.CreateDVS_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) createSwitch(ctx *simulator.Context, folder *simulator.Folder, req *types.CreateDVS_Task) (types.AnyType, types.BaseMethodFault) {
+	spec, ok := req.Spec.ConfigSpec.(*types.VMwareDVSConfigSpec)
+	if !ok {
+		return nil, invalid("spec.configSpec")
+	}
+	if fault := x.faults.task("CreateDVS_Task", spec.Name); fault != nil {
+		return nil, fault
+	}
+	if fault := checkSwitchSpec(nil, spec); fault != nil {
+		return nil, fault
+	}
+	version := "6.5.0"
+	if req.Spec.ProductInfo != nil && req.Spec.ProductInfo.Version != "" {
+		version = req.Spec.ProductInfo.Version
+	}
+	if !contains(dvsVersions, version) {
+		return nil, invalid("spec.productInfo.version")
+	}
+	pvlans, fault := checkPvlan(nil, spec.PvlanConfigSpec, nil)
+	if fault != nil {
+		return nil, fault
+	}
+	// The simulator creates the switch (and its uplink port group) from the
+	// bare spec; the rest is set here once it exists.
+	bare := *spec
+	bare.Host, bare.PvlanConfigSpec, bare.VspanConfigSpec = nil, nil, nil
+	created := folder.CreateDVSTask(ctx, &types.CreateDVS_Task{This: folder.Self,
+		Spec: types.DVSCreateSpec{ConfigSpec: &bare}}).(*methods.CreateDVS_TaskBody)
+	res, fault := taskResult(created.Res.Returnval)
+	if fault != nil {
+		return nil, fault
+	}
+	d := simulator.Map.Get(res.(types.ManagedObjectReference)).(*simulator.DistributedVirtualSwitch)
+	fault = x.initSwitch(d, spec, version, pvlans)
+	if fault == nil {
+		fault = x.applyMembers(d, spec.Host)
+	}
+	if fault != nil { // the switch goes again: the task failed
+		x.destroy(ctx, d)
+		return nil, fault
+	}
+	return d.Self, nil
 }
 
 // initSwitch gives a created switch its configuration.
@@ -915,67 +933,64 @@ func (x *dvsExt) applyMembers(d *simulator.DistributedVirtualSwitch, members []t
 // ReconfigureDvsTask changes a switch as vCenter does: the spec must quote the
 // current configVersion; what it leaves unset is unchanged.
 func (t *twin) ReconfigureDvsTask(ctx *simulator.Context, req *types.ReconfigureDvs_Task) soap.HasFault {
-	d, _ := simulator.Map.Get(t.of).(*simulator.DistributedVirtualSwitch)
-	x := t.x
-	if d == nil {
-		return &methods.ReconfigureDvs_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})}
-	}
-	ref := task(d, "reconfigureDvs", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		spec, ok := req.Spec.(*types.VMwareDVSConfigSpec)
-		c := cfgOf(d)
-		switch {
-		case !ok:
-			return nil, invalid("spec")
-		case spec.ConfigVersion != c.ConfigVersion:
-			return nil, &types.ConcurrentAccess{}
-		}
-		if fault := x.faults.task("ReconfigureDvs_Task", d.Name); fault != nil {
-			return nil, fault
-		}
-		if fault := checkSwitchSpec(d, spec); fault != nil {
-			return nil, fault
-		}
-		if spec.Name != "" && spec.Name != d.Name {
-			folder := simulator.Map.Get(*d.Parent).(*simulator.Folder)
-			if obj := simulator.Map.FindByName(spec.Name, folder.ChildEntity); obj != nil {
-				return nil, &types.DuplicateName{Name: spec.Name, Object: obj.Reference()}
-			}
-		}
-		pvlans, fault := checkPvlan(c.PvlanConfig, spec.PvlanConfigSpec, pvlanUsers(d))
-		if fault != nil {
-			return nil, fault
-		}
-		// Checked with the new uplinks and map in place; a failure restores them.
-		saved := *c
-		if p, ok := spec.UplinkPortPolicy.(*types.DVSNameArrayUplinkPortPolicy); ok {
-			c.UplinkPortPolicy = &types.DVSNameArrayUplinkPortPolicy{UplinkPortName: append([]string{}, p.UplinkPortName...)}
-		}
-		c.PvlanConfig = pvlans
-		sessions, fault := x.checkVspan(d, spec.VspanConfigSpec)
-		if fault == nil {
-			fault = x.applyMembers(d, spec.Host)
-		}
-		if fault != nil {
-			*c = saved
-			return nil, fault
-		}
-		followUplinks(d, uplinkNames(&saved))
-		c.VspanSession = sessions
-		if spec.MaxMtu != 0 {
-			c.MaxMtu = spec.MaxMtu
-		}
-		if spec.Name != "" {
-			d.Name, c.Name, d.Summary.Name = spec.Name, spec.Name, spec.Name
-		}
-		for _, m := range c.Host { // the proxy switches follow
-			x.setMember(d, *m.Config.Host, pnicsOf(m.Config.Backing))
-		}
-		c.ConfigVersion = bump(c.ConfigVersion)
-		return nil, nil
+	ref, fault := t.run("reconfigureDvs", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return nil, t.x.reconfigureSwitch(obj.(*simulator.DistributedVirtualSwitch), req)
 	})
-	return &methods.ReconfigureDvs_TaskBody{Res: &types.ReconfigureDvs_TaskResponse{Returnval: ref}}
+	return &methods.ReconfigureDvs_TaskBody{Res: &types.ReconfigureDvs_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) reconfigureSwitch(d *simulator.DistributedVirtualSwitch, req *types.ReconfigureDvs_Task) types.BaseMethodFault {
+	spec, ok := req.Spec.(*types.VMwareDVSConfigSpec)
+	c := cfgOf(d)
+	switch {
+	case !ok:
+		return invalid("spec")
+	case spec.ConfigVersion != c.ConfigVersion:
+		return &types.ConcurrentAccess{}
+	}
+	if fault := x.faults.task("ReconfigureDvs_Task", d.Name); fault != nil {
+		return fault
+	}
+	if fault := checkSwitchSpec(d, spec); fault != nil {
+		return fault
+	}
+	if spec.Name != "" && spec.Name != d.Name {
+		folder := simulator.Map.Get(*d.Parent).(*simulator.Folder)
+		if obj := simulator.Map.FindByName(spec.Name, folder.ChildEntity); obj != nil {
+			return &types.DuplicateName{Name: spec.Name, Object: obj.Reference()}
+		}
+	}
+	pvlans, fault := checkPvlan(c.PvlanConfig, spec.PvlanConfigSpec, pvlanUsers(d))
+	if fault != nil {
+		return fault
+	}
+	// Checked with the new uplinks and map in place; a failure restores them.
+	saved := *c
+	if p, ok := spec.UplinkPortPolicy.(*types.DVSNameArrayUplinkPortPolicy); ok {
+		c.UplinkPortPolicy = &types.DVSNameArrayUplinkPortPolicy{UplinkPortName: append([]string{}, p.UplinkPortName...)}
+	}
+	c.PvlanConfig = pvlans
+	sessions, fault := x.checkVspan(d, spec.VspanConfigSpec)
+	if fault == nil {
+		fault = x.applyMembers(d, spec.Host)
+	}
+	if fault != nil {
+		*c = saved
+		return fault
+	}
+	followUplinks(d, uplinkNames(&saved))
+	c.VspanSession = sessions
+	if spec.MaxMtu != 0 {
+		c.MaxMtu = spec.MaxMtu
+	}
+	if spec.Name != "" {
+		d.Name, c.Name, d.Summary.Name = spec.Name, spec.Name, spec.Name
+	}
+	for _, m := range c.Host { // the proxy switches follow
+		x.setMember(d, *m.Config.Host, pnicsOf(m.Config.Backing))
+	}
+	c.ConfigVersion = bump(c.ConfigVersion)
+	return nil
 }
 
 func bump(version string) string {
@@ -1006,37 +1021,34 @@ func followUplinks(d *simulator.DistributedVirtualSwitch, old []string) {
 
 // AddDVPortgroupTask adds port groups, checked first, with port keys unique on the switch.
 func (t *twin) AddDVPortgroupTask(ctx *simulator.Context, req *types.AddDVPortgroup_Task) soap.HasFault {
-	d, _ := simulator.Map.Get(t.of).(*simulator.DistributedVirtualSwitch)
-	x := t.x
-	if d == nil {
-		return &methods.AddDVPortgroup_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})}
-	}
-	ref := task(d, "addDVPortgroup", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		for i := range req.Spec {
-			if fault := x.faults.task("AddDVPortgroup_Task", req.Spec[i].Name); fault != nil {
-				return nil, fault
-			}
-			if req.Spec[i].Name == "" {
-				return nil, invalid("name")
-			}
-			if fault := checkPortgroupSpec(d, &req.Spec[i], nil); fault != nil {
-				return nil, fault
-			}
-		}
-		before := len(d.Portgroup)
-		added := d.AddDVPortgroupTask(ctx, &types.AddDVPortgroup_Task{This: d.Self, Spec: req.Spec}).(*methods.AddDVPortgroup_TaskBody)
-		if _, fault := taskResult(added.Res.Returnval); fault != nil {
-			return nil, fault
-		}
-		for i, pg := range portgroups(d)[before:] {
-			spec := req.Spec[i]
-			x.initPortgroup(d, pg, &spec)
-		}
-		return nil, nil
+	ref, fault := t.run("addDVPortgroup", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return nil, t.x.addPortgroups(ctx, obj.(*simulator.DistributedVirtualSwitch), req)
 	})
-	return &methods.AddDVPortgroup_TaskBody{Res: &types.AddDVPortgroup_TaskResponse{Returnval: ref}}
+	return &methods.AddDVPortgroup_TaskBody{Res: &types.AddDVPortgroup_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) addPortgroups(ctx *simulator.Context, d *simulator.DistributedVirtualSwitch, req *types.AddDVPortgroup_Task) types.BaseMethodFault {
+	for i := range req.Spec {
+		if fault := x.faults.task("AddDVPortgroup_Task", req.Spec[i].Name); fault != nil {
+			return fault
+		}
+		if req.Spec[i].Name == "" {
+			return invalid("name")
+		}
+		if fault := checkPortgroupSpec(d, &req.Spec[i], nil); fault != nil {
+			return fault
+		}
+	}
+	before := len(d.Portgroup)
+	added := d.AddDVPortgroupTask(ctx, &types.AddDVPortgroup_Task{This: d.Self, Spec: req.Spec}).(*methods.AddDVPortgroup_TaskBody)
+	if _, fault := taskResult(added.Res.Returnval); fault != nil {
+		return fault
+	}
+	for i, pg := range portgroups(d)[before:] {
+		spec := req.Spec[i]
+		x.initPortgroup(d, pg, &spec)
+	}
+	return nil
 }
 
 // initPortgroup sets what vCenter derives for a new port group.
@@ -1057,63 +1069,60 @@ func (x *dvsExt) initPortgroup(d *simulator.DistributedVirtualSwitch, pg *simula
 
 // ReconfigureDVPortgroupTask changes a port group; unset fields are unchanged.
 func (t *twin) ReconfigureDVPortgroupTask(ctx *simulator.Context, req *types.ReconfigureDVPortgroup_Task) soap.HasFault {
-	pg, _ := simulator.Map.Get(t.of).(*simulator.DistributedVirtualPortgroup)
-	x := t.x
-	if pg == nil {
-		return &methods.ReconfigureDVPortgroup_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})}
-	}
-	ref := task(pg, "reconfigureDvPortgroup", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		d := simulator.Map.Get(*pg.Config.DistributedVirtualSwitch).(*simulator.DistributedVirtualSwitch)
-		spec := &req.Spec
-		if spec.ConfigVersion != pg.Config.ConfigVersion {
-			return nil, &types.ConcurrentAccess{}
-		}
-		if fault := x.faults.task("ReconfigureDVPortgroup_Task", pg.Name); fault != nil {
-			return nil, fault
-		}
-		if fault := checkPortgroupSpec(d, spec, pg); fault != nil {
-			return nil, fault
-		}
-		top, _ := spec.DefaultPortConfig.(*types.VMwareDVSPortSetting)
-		pg.Config.DefaultPortConfig = mergeSetting(pg.Config.DefaultPortConfig.(*types.VMwareDVSPortSetting), top)
-		if spec.Name != "" && spec.Name != pg.Name {
-			for i, n := range d.Summary.PortgroupName {
-				if n == pg.Name {
-					d.Summary.PortgroupName[i] = spec.Name
-				}
-			}
-			pg.Name, pg.Config.Name, pg.Entity().Name = spec.Name, spec.Name, spec.Name
-		}
-		if spec.Type != "" {
-			pg.Config.Type = spec.Type
-		}
-		if spec.AutoExpand != nil {
-			pg.Config.AutoExpand = spec.AutoExpand
-		}
-		if spec.NumPorts != 0 && int(spec.NumPorts) > len(pg.PortKeys) {
-			pg.PortKeys = append(pg.PortKeys, x.newPorts(d.Uuid, int(spec.NumPorts)-len(pg.PortKeys))...)
-		} else if spec.NumPorts != 0 {
-			used := connected(d.Uuid)
-			keep := pg.PortKeys[:0:0]
-			for i, k := range pg.PortKeys {
-				if i < int(spec.NumPorts) || used[k] {
-					keep = append(keep, k)
-				}
-			}
-			pg.PortKeys = keep
-		}
-		if spec.NumPorts != 0 {
-			pg.Config.NumPorts = int32(len(pg.PortKeys))
-		}
-		if spec.Description != "" {
-			pg.Config.Description = spec.Description
-		}
-		pg.Config.ConfigVersion = bump(pg.Config.ConfigVersion)
-		return nil, nil
+	ref, fault := t.run("reconfigureDvPortgroup", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return nil, t.x.reconfigurePortgroup(obj.(*simulator.DistributedVirtualPortgroup), req)
 	})
-	return &methods.ReconfigureDVPortgroup_TaskBody{Res: &types.ReconfigureDVPortgroup_TaskResponse{Returnval: ref}}
+	return &methods.ReconfigureDVPortgroup_TaskBody{Res: &types.ReconfigureDVPortgroup_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) reconfigurePortgroup(pg *simulator.DistributedVirtualPortgroup, req *types.ReconfigureDVPortgroup_Task) types.BaseMethodFault {
+	d := simulator.Map.Get(*pg.Config.DistributedVirtualSwitch).(*simulator.DistributedVirtualSwitch)
+	spec := &req.Spec
+	if spec.ConfigVersion != pg.Config.ConfigVersion {
+		return &types.ConcurrentAccess{}
+	}
+	if fault := x.faults.task("ReconfigureDVPortgroup_Task", pg.Name); fault != nil {
+		return fault
+	}
+	if fault := checkPortgroupSpec(d, spec, pg); fault != nil {
+		return fault
+	}
+	top, _ := spec.DefaultPortConfig.(*types.VMwareDVSPortSetting)
+	pg.Config.DefaultPortConfig = mergeSetting(pg.Config.DefaultPortConfig.(*types.VMwareDVSPortSetting), top)
+	if spec.Name != "" && spec.Name != pg.Name {
+		for i, n := range d.Summary.PortgroupName {
+			if n == pg.Name {
+				d.Summary.PortgroupName[i] = spec.Name
+			}
+		}
+		pg.Name, pg.Config.Name, pg.Entity().Name = spec.Name, spec.Name, spec.Name
+	}
+	if spec.Type != "" {
+		pg.Config.Type = spec.Type
+	}
+	if spec.AutoExpand != nil {
+		pg.Config.AutoExpand = spec.AutoExpand
+	}
+	if spec.NumPorts != 0 && int(spec.NumPorts) > len(pg.PortKeys) {
+		pg.PortKeys = append(pg.PortKeys, x.newPorts(d.Uuid, int(spec.NumPorts)-len(pg.PortKeys))...)
+	} else if spec.NumPorts != 0 {
+		used := connected(d.Uuid)
+		keep := pg.PortKeys[:0:0]
+		for i, k := range pg.PortKeys {
+			if i < int(spec.NumPorts) || used[k] {
+				keep = append(keep, k)
+			}
+		}
+		pg.PortKeys = keep
+	}
+	if spec.NumPorts != 0 {
+		pg.Config.NumPorts = int32(len(pg.PortKeys))
+	}
+	if spec.Description != "" {
+		pg.Config.Description = spec.Description
+	}
+	pg.Config.ConfigVersion = bump(pg.Config.ConfigVersion)
+	return nil
 }
 
 // pgInUse: a VM adapter or VMkernel adapter is connected to the port group.
@@ -1128,39 +1137,36 @@ func pgInUse(d *simulator.DistributedVirtualSwitch, pg *simulator.DistributedVir
 
 // DestroyTask removes a port group or a switch that nothing is connected to.
 func (t *twin) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.HasFault {
-	x := t.x
-	obj := simulator.Map.Get(t.of)
-	if obj == nil {
-		return &methods.Destroy_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})}
-	}
-	ref := task(obj, "destroy", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		name := obj.(mo.Entity).Entity().Name
-		if fault := x.faults.task("Destroy_Task", name); fault != nil {
-			return nil, fault
-		}
-		switch o := obj.(type) {
-		case *simulator.DistributedVirtualPortgroup:
-			d := simulator.Map.Get(*o.Config.DistributedVirtualSwitch).(*simulator.DistributedVirtualSwitch)
-			if isUplinkPg(d, o) {
-				return nil, invalid("uplinkPortgroup")
-			}
-			if fault := pgInUse(d, o); fault != nil {
-				return nil, fault
-			}
-			x.destroyPortgroup(ctx, d, o)
-		case *simulator.DistributedVirtualSwitch:
-			for _, pg := range portgroups(o) {
-				if fault := pgInUse(o, pg); fault != nil {
-					return nil, fault
-				}
-			}
-			x.destroy(ctx, o)
-		}
-		return nil, nil
+	ref, fault := t.run("destroy", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return nil, t.x.destroyObject(ctx, obj)
 	})
-	return &methods.Destroy_TaskBody{Res: &types.Destroy_TaskResponse{Returnval: ref}}
+	return &methods.Destroy_TaskBody{Res: &types.Destroy_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) destroyObject(ctx *simulator.Context, obj mo.Reference) types.BaseMethodFault {
+	name := obj.(mo.Entity).Entity().Name
+	if fault := x.faults.task("Destroy_Task", name); fault != nil {
+		return fault
+	}
+	switch o := obj.(type) {
+	case *simulator.DistributedVirtualPortgroup:
+		d := simulator.Map.Get(*o.Config.DistributedVirtualSwitch).(*simulator.DistributedVirtualSwitch)
+		if isUplinkPg(d, o) {
+			return invalid("uplinkPortgroup")
+		}
+		if fault := pgInUse(d, o); fault != nil {
+			return fault
+		}
+		x.destroyPortgroup(ctx, d, o)
+	case *simulator.DistributedVirtualSwitch:
+		for _, pg := range portgroups(o) {
+			if fault := pgInUse(o, pg); fault != nil {
+				return fault
+			}
+		}
+		x.destroy(ctx, o)
+	}
+	return nil
 }
 
 // destroyPortgroup removes a port group and unlinks its hosts.
@@ -1307,54 +1313,51 @@ func mergeShaping(base, top *types.DVSTrafficShapingPolicy) *types.DVSTrafficSha
 // port group exist, the VM's host is a member), lets the simulator apply the
 // spec, then binds each newly connected adapter to a port.
 func (t *twin) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task) soap.HasFault {
-	vm, _ := simulator.Map.Get(t.of).(*simulator.VirtualMachine)
-	x := t.x
-	if vm == nil {
-		return &methods.ReconfigVM_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: t.of})}
-	}
-	ref := task(vm, "reconfigVm", func() (types.AnyType, types.BaseMethodFault) {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		if fault := x.faults.task("ReconfigVM_Task", vm.Name); fault != nil {
-			return nil, fault
-		}
-		for _, change := range req.Spec.DeviceChange {
-			dev := change.GetVirtualDeviceConfigSpec().Device
-			if dev == nil {
-				continue
-			}
-			b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
-			if !ok {
-				continue
-			}
-			d := dvsByUUID(b.Port.SwitchUuid)
-			if d == nil {
-				return nil, &types.NotFound{}
-			}
-			if pg := pgByKey(d, b.Port.PortgroupKey); pg == nil || isUplinkPg(d, pg) {
-				return nil, invalid("spec.deviceChange.device.backing.port.portgroupKey")
-			}
-			if simulator.FindReference(d.Summary.HostMember, *vm.Runtime.Host) == nil {
-				return nil, invalid("spec.deviceChange.device.backing.port.switchUuid")
-			}
-		}
-		var res *methods.ReconfigVM_TaskBody
-		simulator.Map.WithLock(vm, func() {
-			res = vm.ReconfigVMTask(ctx, req).(*methods.ReconfigVM_TaskBody)
-		})
-		if _, fault := taskResult(res.Res.Returnval); fault != nil {
-			return nil, fault
-		}
-		for _, dev := range vm.Config.Hardware.Device {
-			if b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok {
-				if fault := x.connect(&b.Port); fault != nil {
-					return nil, fault
-				}
-			}
-		}
-		return nil, nil
+	ref, fault := t.run("reconfigVm", func(obj mo.Reference) (types.AnyType, types.BaseMethodFault) {
+		return nil, t.x.reconfigVM(ctx, obj.(*simulator.VirtualMachine), req)
 	})
-	return &methods.ReconfigVM_TaskBody{Res: &types.ReconfigVM_TaskResponse{Returnval: ref}}
+	return &methods.ReconfigVM_TaskBody{Res: &types.ReconfigVM_TaskResponse{Returnval: ref}, Fault_: fault}
+}
+
+func (x *dvsExt) reconfigVM(ctx *simulator.Context, vm *simulator.VirtualMachine, req *types.ReconfigVM_Task) types.BaseMethodFault {
+	if fault := x.faults.task("ReconfigVM_Task", vm.Name); fault != nil {
+		return fault
+	}
+	for _, change := range req.Spec.DeviceChange {
+		dev := change.GetVirtualDeviceConfigSpec().Device
+		if dev == nil {
+			continue
+		}
+		b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
+		if !ok {
+			continue
+		}
+		d := dvsByUUID(b.Port.SwitchUuid)
+		if d == nil {
+			return &types.NotFound{}
+		}
+		if pg := pgByKey(d, b.Port.PortgroupKey); pg == nil || isUplinkPg(d, pg) {
+			return invalid("spec.deviceChange.device.backing.port.portgroupKey")
+		}
+		if simulator.FindReference(d.Summary.HostMember, *vm.Runtime.Host) == nil {
+			return invalid("spec.deviceChange.device.backing.port.switchUuid")
+		}
+	}
+	var res *methods.ReconfigVM_TaskBody
+	simulator.Map.WithLock(vm, func() {
+		res = vm.ReconfigVMTask(ctx, req).(*methods.ReconfigVM_TaskBody)
+	})
+	if _, fault := taskResult(res.Res.Returnval); fault != nil {
+		return fault
+	}
+	for _, dev := range vm.Config.Hardware.Device {
+		if b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok {
+			if fault := x.connect(&b.Port); fault != nil {
+				return fault
+			}
+		}
+	}
+	return nil
 }
 
 // -- VMkernel adapters on a distributed port group ----------------------------------

@@ -354,13 +354,33 @@ class DVPortgroupAnswer(PolicyAnswer):
                            self.shaping_value())
 
 
-class AdapterAnswer(StepModel):
-    """Move one VM network adapter onto a port group."""
+class Placement(StepModel):
+    """Where an adapter goes: a standard or a distributed port group (one of them)."""
+
+    portgroup: str | None = Field(None, min_length=1, max_length=59,
+                                  description="standard port group")
+    dvportgroup: str | None = Field(None, min_length=1, max_length=80,
+                                    description="distributed port group (vCenter)")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Placement:
+        if (self.portgroup is None) == (self.dvportgroup is None):
+            raise ValueError("give portgroup (standard) or dvportgroup (distributed): one of "
+                             "them")
+        return self
+
+    @property
+    def network(self) -> str:
+        """The port group's name, standard or distributed."""
+        return self.portgroup or self.dvportgroup or ""
+
+
+class AdapterAnswer(Placement):
+    """Move one VM network adapter onto a standard or distributed port group."""
 
     vm: str = Field(min_length=1, max_length=80, description="VM name")
     adapter: str = Field(pattern=r"^Network adapter \d+$",
                          description="adapter label, e.g. 'Network adapter 1'")
-    portgroup: str = Field(min_length=1, max_length=59, description="target port group")
 
 
 class StaticIp(StepModel):
@@ -389,15 +409,15 @@ IpAnswer = Annotated[
 Service = Literal["management", "vmotion", "vsan", "provisioning", "ft", "replication"]
 
 
-class VmkAnswer(StepModel):
-    """One VMkernel adapter, identified by its port group (or by ``device`` to move it)."""
+class VmkAnswer(Placement):
+    """One VMkernel adapter, identified by its (standard or distributed) port group, or
+    by ``device`` to move it."""
 
     host: str | None = Field(None, min_length=1, max_length=255,
                              description="the host (required for a static IP); "
                              "unset = every selected host")
     device: str | None = Field(None, pattern=r"^vmk\d{1,3}$",
                                description="an existing adapter to move or edit, e.g. vmk1")
-    portgroup: str = Field(min_length=1, max_length=59, description="standard port group")
     ip: IpAnswer = Field("dhcp", description="dhcp or {address, netmask}")
     mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
     services: list[Service] = Field(
@@ -412,12 +432,12 @@ class VmkAnswer(StepModel):
                              "cannot go to every host)")
         return self
 
-    def spec(self) -> VmkSpec:
-        """What the adapter should be."""
+    def spec(self, dvswitch: str | None = None) -> VmkSpec:
+        """What the adapter should be (``dvswitch``: the switch of its dvportgroup)."""
         ip = self.ip if isinstance(self.ip, StaticIp) else None
-        return VmkSpec(self.portgroup, str(ip.address) if ip else None,
+        return VmkSpec(self.network, str(ip.address) if ip else None,
                        str(ip.netmask) if ip else None, self.mtu,
-                       tuple(sorted(set(self.services))))
+                       tuple(sorted(set(self.services))), dvswitch)
 
 
 class VSphereNetworkAnswers(StepModel):
@@ -479,20 +499,22 @@ class VSphereNetworkAnswers(StepModel):
                 raise ValueError(f"distributed port group '{dvpg.name}' is on distributed "
                                  f"switch '{dvpg.dvswitch}', which the answers remove")
         absent_pg = {p.name for p in self.portgroups if p.state == "absent"}
+        absent_dvpg = {p.name for p in self.dvportgroups if p.state == "absent"}
         for a in self.vm_adapters:
-            if a.portgroup in absent_pg:
+            if a.portgroup in absent_pg or a.dvportgroup in absent_dvpg:
                 raise ValueError(f"'{a.adapter}' of VM '{a.vm}' moves to port group "
-                                 f"'{a.portgroup}', which the answers remove")
-        self._vmk_rules(absent_pg)
+                                 f"'{a.network}', which the answers remove")
+        self._vmk_rules(absent_pg, absent_dvpg)
         return self
 
-    def _vmk_rules(self, absent_pg: set[str]) -> None:
+    def _vmk_rules(self, absent_pg: set[str], absent_dvpg: set[str]) -> None:
         for i, v in enumerate(self.vmkernel):
-            if v.state == "present" and v.portgroup in absent_pg:
-                raise ValueError(f"vmkernel[{i}] is on port group '{v.portgroup}', which the "
+            if v.state == "present" and (v.portgroup in absent_pg or
+                                         v.dvportgroup in absent_dvpg):
+                raise ValueError(f"vmkernel[{i}] is on port group '{v.network}', which the "
                                  "answers remove")
         for what, keys in (
-                ("a VMkernel adapter", [f"{v.host or 'every host'}/{v.device or v.portgroup}"
+                ("a VMkernel adapter", [f"{v.host or 'every host'}/{v.device or v.network}"
                                         for v in self.vmkernel]),
                 ("a static VMkernel address", [str(v.ip.address) for v in self.vmkernel
                                                if isinstance(v.ip, StaticIp)])):
@@ -520,6 +542,22 @@ def switch_of(answers: VSphereNetworkAnswers, inv: Inventory, name: str) -> DVSw
     if answer is None:
         return have
     return answer.spec(have) if answer.state == "present" else None
+
+
+def dv_placement_problems(answers: VSphereNetworkAnswers, inv: Inventory,
+                          at: tuple[str | int, ...], portgroup: str,
+                          host: str) -> list[Problem]:
+    """An adapter of ``host`` can go onto the distributed port group: it exists (or
+    is answered) and the host is (or joins as) a member of its switch."""
+    switch = dvswitch_of(answers, inv, portgroup)
+    if switch is None:
+        return [Problem(at, (f"distributed port group '{portgroup}' is neither in vCenter "
+                             "nor in the answers' dvportgroups"))]
+    spec = switch_of(answers, inv, switch)
+    if spec is None or spec.member(host) is None:
+        return [Problem(at, (f"host '{host}' is not a member of distributed switch "
+                             f"'{switch}' (join it under dvswitches[].hosts)"))]
+    return []
 
 
 def member_problems(inv: Inventory, d: DVSwitchAnswer, at: tuple[str | int, ...],
@@ -553,6 +591,22 @@ def member_problems(inv: Inventory, d: DVSwitchAnswer, at: tuple[str | int, ...]
             problems.append(Problem((*at, "nics", k), (
                 f"'{nic}' on host '{h.name}' is already an uplink of {used}")))
     return problems
+
+
+def dvportgroup_users(answers: VSphereNetworkAnswers, inv: Inventory,
+                      pg: DVPortgroup) -> list[str]:
+    """The VMkernel adapters, and adapters of the VMs read, that stay on ``pg``."""
+    removed = {(v.host, v.dvportgroup) for v in answers.vmkernel if v.state == "absent"}
+    moved = {(a.vm, a.adapter) for a in answers.vm_adapters if a.network != pg.name}
+    users = [f"VMkernel adapter {x.device} of host '{h.name}'" for h in inv.hosts
+             for x in h.vmks if (x.portgroup, x.dvswitch) == (pg.name, pg.dvswitch)
+             and not {(None, pg.name), (h.name, pg.name)} & removed]
+    users += [f"'{a.label}' of VM '{vm.name}'" for vm in inv.vms for a in vm.adapters
+              if (a.network, a.dvswitch) == (pg.name, pg.dvswitch)
+              and (vm.name, a.label) not in moved]
+    # vCenter lists the VMs on it; their adapters were read only for the VMs named
+    detailed = {vm.name for vm in inv.vms if vm.host is not None}
+    return users + [f"VM '{name}'" for name in pg.vms if name not in detailed]
 
 
 def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
@@ -801,12 +855,35 @@ def object_ops(inv: Inventory, scope: Scope, kind: Kind, items: list[Any],
     return ops
 
 
-def adapter_moved(vm: str, label: str, old: str | None) -> Callable[[Inventory], bool]:
+def dvswitch_of(answers: VSphereNetworkAnswers, inv: Inventory, portgroup: str) -> str | None:
+    """The switch of a distributed port group: answered (present) or vCenter's."""
+    answer = next((p for p in answers.dvportgroups if p.name == portgroup), None)
+    if answer is not None:
+        return answer.dvswitch if answer.state == "present" else None
+    have = inv.dvportgroup(portgroup)
+    return have.dvswitch if have else None
+
+
+def placed(answers: VSphereNetworkAnswers, inv: Inventory,
+           answer: Placement) -> tuple[str, str | None]:
+    """Where an answer places an adapter: (port group, its distributed switch or None)."""
+    if answer.dvportgroup is None:
+        return answer.network, None
+    return answer.network, dvswitch_of(answers, inv, answer.dvportgroup) or "?"
+
+
+def network_dict(portgroup: str | None, dvswitch: str | None) -> Settings:
+    """An adapter's port group, and its distributed switch when it has one."""
+    return {"port_group": portgroup} | ({"dvswitch": dvswitch} if dvswitch else {})
+
+
+def adapter_moved(vm: str, label: str, old: str | None,
+                  old_switch: str | None) -> Callable[[Inventory], bool]:
     """In effect: the adapter is not on its old network any more."""
     def check(inv: Inventory) -> bool:
         found = inv.vm(vm)
         adapter = found.adapter(label) if found else None
-        return adapter is None or adapter.network != old
+        return adapter is None or (adapter.network, adapter.dvswitch) != (old, old_switch)
     return check
 
 
@@ -816,40 +893,43 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     for a in answers.vm_adapters:
         vm = inv.vm(a.vm)
         adapter = vm.adapter(a.adapter) if vm else None
-        if adapter is None or adapter.network == a.portgroup:
+        where = placed(answers, inv, a)
+        if adapter is None or (adapter.network, adapter.dvswitch) == where:
             continue
-        old = adapter.network
+        old, old_switch = adapter.network, adapter.dvswitch
         ops.append(Op(
-            Change(f"VM {a.vm}: {a.adapter}", "update", before={"port_group": old},
-                   after={"port_group": a.portgroup}),
-            ("move_adapter", (a.vm, a.adapter, a.portgroup, False)),
-            ("move_adapter", (a.vm, a.adapter, old, False)) if old else None,
-            adapter_moved(a.vm, a.adapter, old),
+            Change(f"VM {a.vm}: {a.adapter}", "update", before=network_dict(old, old_switch),
+                   after=network_dict(*where)),
+            ("move_adapter", (a.vm, a.adapter, a.network, a.dvportgroup is not None)),
+            ("move_adapter", (a.vm, a.adapter, old, old_switch is not None)) if old else None,
+            adapter_moved(a.vm, a.adapter, old, old_switch),
         ))
     return ops
 
 
 def vmk_dict(v: Vmk | VmkSpec) -> Settings:
-    """A VMkernel adapter's managed settings, for Change before/after."""
+    """A VMkernel adapter's managed settings, for Change before/after (``dvswitch``
+    only for one on a distributed port group)."""
     dhcp = v.dhcp if isinstance(v, Vmk) else v.address is None
     return {"portgroup": v.portgroup, "ip": "dhcp" if dhcp else f"{v.address}/{v.netmask}",
-            "mtu": v.mtu, "services": sorted(v.services)}
+            "mtu": v.mtu, "services": sorted(v.services)} | (
+                {"dvswitch": v.dvswitch} if v.dvswitch else {})
 
 
 def vmk_spec_of(v: Vmk) -> VmkSpec:
     """The spec that restores ``v``."""
     return VmkSpec(v.portgroup, None if v.dhcp else v.address, None if v.dhcp else v.netmask,
-                   v.mtu, tuple(sorted(v.services)))
+                   v.mtu, tuple(sorted(v.services)), v.dvswitch)
 
 
-def vmk_finder(host: str, device: str | None,
-               portgroup: str) -> Callable[[Inventory], Vmk | None]:
+def vmk_finder(host: str, device: str | None, portgroup: str,
+               dvswitch: str | None = None) -> Callable[[Inventory], Vmk | None]:
     """Looks up a VMkernel adapter by device (when given) or port group."""
     def find(inv: Inventory) -> Vmk | None:
         h = inv.host(host)
         if h is None:
             return None
-        return h.vmk(device) if device else h.vmk_on(portgroup)
+        return h.vmk(device) if device else h.vmk_on(portgroup, dvswitch)
     return find
 
 
@@ -858,42 +938,47 @@ def vmk_differs(find: Callable[[Inventory], Vmk | None],
     """In effect: the adapter is gone or one of ``before``'s settings is not restored."""
     def check(inv: Inventory) -> bool:
         found = find(inv)
-        return found is None or any(vmk_dict(found)[k] != x for k, x in before.items())
+        return found is None or any(vmk_dict(found).get(k) != x for k, x in before.items())
     return check
 
 
-def the_vmk(answer: VmkAnswer, host: Host) -> Vmk | None:
+def the_vmk(answer: VmkAnswer, host: Host, dvswitch: str | None) -> Vmk | None:
     """The existing adapter an answer is about on ``host``."""
-    return host.vmk(answer.device) if answer.device else host.vmk_on(answer.portgroup)
+    return host.vmk(answer.device) if answer.device else host.vmk_on(answer.network, dvswitch)
 
 
-def vmk_ops(answers: VSphereNetworkAnswers, host: Host, absent: bool) -> list[Op]:
+def vmk_ops(answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
+            absent: bool) -> list[Op]:
     """Create/update (or, with ``absent``, remove) the answered VMkernel adapters."""
     ops = []
     h = host.name
     for v in answers.vmkernel:
         if v.host not in (None, h):
             continue
-        have = the_vmk(v, host)
-        target = f"{h}: VMkernel " + (have.device if have else f"adapter on {v.portgroup}")
+        name, switch = placed(answers, inv, v)
+        have = the_vmk(v, host, switch)
+        target = f"{h}: VMkernel " + (have.device if have else f"adapter on {name}")
         if absent:
             if v.state == "absent" and have is not None:
                 ops.append(Op(Change(target, "delete", before=vmk_dict(have)),
-                              ("remove_vmk", (h, have.portgroup)),
+                              ("remove_vmk", (h, have.portgroup, have.dvswitch)),
                               ("add_vmk", (h, vmk_spec_of(have))),
-                              exists(vmk_finder(h, None, have.portgroup), False)))
+                              exists(vmk_finder(h, None, have.portgroup, have.dvswitch), False)))
         elif v.state == "present":
-            after = vmk_dict(v.spec())
+            spec = v.spec(switch)
+            after = vmk_dict(spec)
             if have is None:
                 ops.append(Op(Change(target, "create", after=after),
-                              ("add_vmk", (h, v.spec())), ("remove_vmk", (h, v.portgroup)),
-                              exists(vmk_finder(h, None, v.portgroup), True)))
+                              ("add_vmk", (h, spec)), ("remove_vmk", (h, name, switch)),
+                              exists(vmk_finder(h, None, name, switch), True)))
                 continue
+            if have.dvswitch and not switch:  # back to a standard port group
+                after["dvswitch"] = None
             before, wanted = changed(vmk_dict(have), after)
             if wanted:
                 ops.append(Op(Change(target, "update", before, wanted),
-                              ("update_vmk", (h, have.portgroup, v.spec())),
-                              ("update_vmk", (h, v.portgroup, vmk_spec_of(have))),
+                              ("update_vmk", (h, have.portgroup, spec, have.dvswitch)),
+                              ("update_vmk", (h, name, vmk_spec_of(have), switch)),
                               vmk_differs(vmk_finder(h, have.device, ""), before)))
     return ops
 
@@ -918,11 +1003,11 @@ def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
             kinds: list[tuple[Kind, list[Any]]] = [
                 (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
             if absent:
-                ops += vmk_ops(answers, host, True)
+                ops += vmk_ops(answers, inv, host, True)
             for kind, items in reversed(kinds) if absent else kinds:
                 ops += object_ops(inv, host_scope(host.name), kind, items, absent)
             if not absent:
-                ops += vmk_ops(answers, host, False)
+                ops += vmk_ops(answers, inv, host, False)
     for kind, items in reversed(vcenter):
         ops += object_ops(inv, VCENTER, kind, items, absent=True)
     return ops
@@ -1138,7 +1223,10 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         at: tuple[str | int, ...] = ("dvportgroups", i)
         have = inv.dvportgroup(p.name)
         if p.state == "absent":
-            return []
+            users = [] if have is None else dvportgroup_users(answers, inv, have)
+            return [Problem((*at, "state"), (
+                f"distributed port group '{p.name}' carries {', '.join(users)}; remove or "
+                "move them in the answers too"))] if users else []
         switch = switch_of(answers, inv, p.dvswitch or "")
         if switch is None:
             return [Problem((*at, "dvswitch"), (
@@ -1266,7 +1354,8 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     def _vmk_host_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
                            i: int, v: VmkAnswer, answered: set[str]) -> list[Problem]:
         here = f"on host '{host.name}'"
-        have = the_vmk(v, host)
+        name, switch = placed(answers, inv, v)
+        have = the_vmk(v, host, switch)
         if v.device and have is None:
             has = ", ".join(x.device for x in host.vmks) or "none"
             return [Problem(("vmkernel", i, "device"),
@@ -1274,22 +1363,26 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         guard = self._management(answers, have)
         if v.state == "absent":
             return [Problem(("vmkernel", i, "state"), guard)] if guard else []
-        problems = []
-        other = host.vmk_on(v.portgroup)
-        if host.portgroup(v.portgroup) is None and v.portgroup not in answered:
-            problems.append(Problem(("vmkernel", i, "portgroup"), (
-                f"port group '{v.portgroup}' is neither {here} nor in the answers' portgroups")))
-        elif other is not None and (have is None or other.device != have.device):
-            problems.append(Problem(("vmkernel", i, "portgroup"), (
-                f"port group '{v.portgroup}' {here} already has VMkernel adapter "
+        key = "dvportgroup" if v.dvportgroup else "portgroup"
+        other = host.vmk_on(name, switch)
+        if v.dvportgroup is not None:
+            problems = dv_placement_problems(answers, inv, ("vmkernel", i, key), name, host.name)
+        elif host.portgroup(name) is None and name not in answered:
+            problems = [Problem(("vmkernel", i, key), (
+                f"port group '{name}' is neither {here} nor in the answers' portgroups"))]
+        else:
+            problems = []
+        if not problems and other is not None and (have is None or other.device != have.device):
+            problems.append(Problem(("vmkernel", i, key), (
+                f"port group '{name}' {here} already has VMkernel adapter "
                 f"{other.device} (one per port group)")))
         if guard and have is not None:
-            wanted = vmk_dict(v.spec())
-            for key, moved in (("portgroup", wanted["portgroup"] != have.portgroup),
-                               ("ip", wanted["ip"] != vmk_dict(have)["ip"]),
-                               ("services", "management" not in wanted["services"])):
+            wanted = vmk_dict(v.spec(switch))
+            for field, moved in ((key, (name, switch) != (have.portgroup, have.dvswitch)),
+                                 ("ip", wanted["ip"] != vmk_dict(have)["ip"]),
+                                 ("services", "management" not in wanted["services"])):
                 if moved:
-                    problems.append(Problem(("vmkernel", i, key), guard))
+                    problems.append(Problem(("vmkernel", i, field), guard))
         if isinstance(v.ip, StaticIp):
             address = str(v.ip.address)
             for h in inv.hosts:
@@ -1326,8 +1419,12 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                 labels = ", ".join(x.label for x in vm.adapters) or "none"
                 problems.append(Problem(("vm_adapters", i, "adapter"), (
                     f"VM '{a.vm}' has no '{a.adapter}' (has: {labels})")))
+            if a.dvportgroup is not None:
+                problems += dv_placement_problems(answers, inv, ("vm_adapters", i, "dvportgroup"),
+                                                  a.dvportgroup, vm.host or "")
+                continue
             host = inv.host(vm.host or "")
-            on_host = host is not None and host.portgroup(a.portgroup) is not None
+            on_host = host is not None and host.portgroup(a.network) is not None
             if not on_host and not (a.portgroup in answered and vm.host in selected):
                 problems.append(Problem(("vm_adapters", i, "portgroup"), (
                     f"port group '{a.portgroup}' is not on host '{vm.host}' of VM '{a.vm}' "

@@ -270,3 +270,28 @@ def test_distributed_problems_all_listed_nothing_called() -> None:
         "vCenter nor in the answers' dvswitches",
     ]
     assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_adapters_onto_a_distributed_port_group_after_it_is_made() -> None:
+    fb = sample_backends()
+    dvs = {**DVS, "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+    pg = {"name": "dv-VM", "dvswitch": "dvSwitch1", "vlan": 20}
+    answers = section(hosts=["esx01"], dvswitches=[dvs], dvportgroups=[pg],
+                      vm_adapters=[{"vm": "sensor01", "adapter": "Network adapter 2",
+                                    "dvportgroup": "dv-VM"}],
+                      vmkernel=[{"dvportgroup": "dv-VM", "mtu": 9000}])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == [
+        "create distributed switch dvSwitch1", "create distributed port group dv-VM",
+        "create esx01: VMkernel adapter on dv-VM", "update VM sensor01: Network adapter 2"]
+    assert planned[2].after["dvswitch"] == "dvSwitch1"
+    run("apply", answers, fb)
+    adapter = fb.vsphere.vms["sensor01"].adapter("Network adapter 2")
+    assert (adapter.network, adapter.dvswitch) == ("dv-VM", "dvSwitch1")
+    assert fb.vsphere.hosts["esx01"].vmk_on("dv-VM", "dvSwitch1").mtu == 9000
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # esx02 is not a member: neither its adapter nor the VM's can go there
+    bad = section(vmkernel=[{"host": "esx02", "dvportgroup": "dv-VM"}])
+    assert run("apply", bad, fb).steps[0].errors == [
+        "vsphere_network.vmkernel[0].dvportgroup: host 'esx02' is not a member of distributed "
+        "switch 'dvSwitch1' (join it under dvswitches[].hosts)"]

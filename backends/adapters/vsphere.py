@@ -83,7 +83,7 @@ VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
 NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network, vim.Folder]
 OTHER_PROPS = [(vim.Datacenter, ["name", "networkFolder"]),
                (vim.DistributedVirtualSwitch, ["name", "parent", "uuid", "config"]),
-               (vim.dvs.DistributedVirtualPortgroup, ["name", "config", "portKeys"])]
+               (vim.dvs.DistributedVirtualPortgroup, ["name", "config", "portKeys", "vm"])]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
 TIMEOUT = 30  # seconds for a TCP connect / an HTTP response
 NP = vim.host.NetworkPolicy
@@ -867,7 +867,8 @@ def dvportgroup_value(p: dict[str, Any], names: Names) -> DVPortgroup:
         security=dv_security_value(setting.securityPolicy),
         teaming=dv_teaming_value(setting.uplinkTeamingPolicy),
         shaping=dv_shaping_value(setting.inShapingPolicy),
-        port_keys=tuple(p.get("portKeys") or ()))
+        port_keys=tuple(p.get("portKeys") or ()),
+        vms=tuple(sorted(str(names.name(vm) or vm._moId) for vm in p.get("vm") or ())))
 
 
 def vlan_value(spec: Any) -> tuple[int | None, tuple[tuple[int, int], ...] | None, int | None]:

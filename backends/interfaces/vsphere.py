@@ -318,6 +318,7 @@ class DVPortgroup:
     teaming: Teaming = Teaming()
     shaping: Shaping = Shaping()
     port_keys: tuple[str, ...] = ()
+    vms: tuple[str, ...] = ()  # the VMs connected to it (as read)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@
 //   - Destroy_Task refuses a port group or switch that VMs or VMkernel
 //     adapters are connected to, and unlinks hosts;
 //   - ReconfigVM_Task connects a VM adapter to a port of its distributed port
-//     group (a port key, unique on the switch).
+//     group (a port key, unique on the switch) and lists the VM in the port
+//     group's vm property.
 //
 // The simulator dispatches a SOAP call by reflection on the object the call
 // is addressed to, and other simulator code type-asserts the DVS objects, so
@@ -1357,7 +1358,28 @@ func (x *dvsExt) reconfigVM(ctx *simulator.Context, vm *simulator.VirtualMachine
 			}
 		}
 	}
+	syncVms()
 	return nil
+}
+
+// syncVms sets each distributed port group's vm list (what 0.24 leaves empty).
+func syncVms() {
+	on := map[string][]types.ManagedObjectReference{}
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm := e.(*simulator.VirtualMachine)
+		for _, d := range vm.Config.Hardware.Device {
+			if b, ok := d.GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok {
+				if simulator.FindReference(on[b.Port.PortgroupKey], vm.Self) == nil {
+					on[b.Port.PortgroupKey] = append(on[b.Port.PortgroupKey], vm.Self)
+				}
+			}
+		}
+	}
+	for _, e := range simulator.Map.All(dvsType) {
+		for _, pg := range portgroups(e.(*simulator.DistributedVirtualSwitch)) {
+			pg.Vm = on[pg.Key]
+		}
+	}
 }
 
 // -- VMkernel adapters on a distributed port group ----------------------------------

@@ -10,7 +10,10 @@ Through vCenter, distributed switches (datacenter, version, uplink names, MTU,
 member hosts with their NICs, PVLAN map) and distributed port groups (VLAN,
 trunk ranges or a PVLAN, ports, binding, policy overrides) are made the same
 way, before anything on the hosts (VMkernel and VM adapters can be placed on
-them) and removed after.
+them) and removed after.  Port mirroring sessions of a distributed switch
+(SPAN, RSPAN source and destination, ERSPAN) are made once the VM adapters
+they mirror are on their port groups; a VM adapter is looked up to its port
+when the session is written.
 
 A policy is security (``allow_promiscuous``, ``forged_transmits``,
 ``mac_changes``), ``teaming`` (load balancing, active/standby NIC order,
@@ -43,6 +46,8 @@ from backends.interfaces.vsphere import (
     DVSwitch,
     Host,
     Inventory,
+    MirrorPort,
+    MirrorSession,
     PortGroupSpec,
     Pvlan,
     Security,
@@ -354,6 +359,103 @@ class DVPortgroupAnswer(PolicyAnswer):
                            self.shaping_value())
 
 
+class MirrorEndAnswer(StepModel):
+    """A port mirroring endpoint: a VM adapter, a distributed port, an uplink or an IP."""
+
+    vm: str | None = Field(None, min_length=1, max_length=80, description="a VM (with adapter)")
+    adapter: str | None = Field(None, pattern=r"^Network adapter \d+$",
+                                description="its adapter, e.g. 'Network adapter 1'")
+    port: str | None = Field(None, pattern=r"^\d{1,9}$", description="a distributed port key")
+    uplink: str | None = Field(None, min_length=1, max_length=80,
+                               description="an uplink name (RSPAN source destination)")
+    ip: IPv4Address | None = Field(None, description="an IPv4 address (ERSPAN destination)")
+
+    @model_validator(mode="after")
+    def _one(self) -> MirrorEndAnswer:
+        if (self.vm is None) != (self.adapter is None):
+            raise ValueError("a VM adapter needs both vm and adapter")
+        if len([k for k in ("vm", "port", "uplink", "ip") if getattr(self, k) is not None]) != 1:
+            raise ValueError("give one of: vm and adapter, port, uplink, ip")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """vm, port, uplink or ip."""
+        return next(k for k in ("vm", "port", "uplink", "ip") if getattr(self, k) is not None)
+
+    def value(self) -> MirrorPort:
+        """The endpoint."""
+        return MirrorPort(self.port, self.vm, self.adapter, self.uplink,
+                          None if self.ip is None else str(self.ip))
+
+
+# Per session type: the kinds of sources (none: it mirrors source_vlans) and of
+# destination it takes.
+MIRROR_RULES = {"span": ({"vm", "port"}, {"vm", "port"}),
+                "rspan_source": ({"vm", "port"}, {"uplink"}),
+                "rspan_destination": (set(), {"vm", "port"}),
+                "erspan": ({"vm", "port"}, {"ip"})}
+
+
+class MirrorAnswer(StepModel):
+    """One port mirroring session of a distributed switch (SPAN, RSPAN, ERSPAN)."""
+
+    name: str = Field(min_length=1, max_length=80, description="session name")
+    dvswitch: str = Field(min_length=1, max_length=80, description="its distributed switch")
+    type: Literal["span", "rspan_source", "rspan_destination", "erspan"] = Field(
+        "span", description="span (to ports of the switch), rspan_source (to an uplink, in "
+        "an encapsulation VLAN), rspan_destination (from VLANs to ports), erspan (to an IP)")
+    sources: list[MirrorEndAnswer] = Field(default_factory=list, max_length=64,
+                                           description="mirrored VM adapters or ports")
+    direction: Literal["both", "transmitted", "received"] = Field(
+        "both", description="the sources' traffic mirrored: both, transmitted or received")
+    source_vlans: list[Annotated[int, Field(ge=1, le=4094)]] = Field(
+        default_factory=list, max_length=64, description="VLANs mirrored (rspan_destination)")
+    destination: list[MirrorEndAnswer] = Field(
+        default_factory=list, max_length=64,
+        description="VM adapters or ports (span, rspan_destination), uplinks (rspan_source) "
+        "or IPs (erspan)")
+    encapsulation_vlan: int | None = Field(None, ge=1, le=4094,
+                                           description="the RSPAN VLAN (rspan_source)")
+    strip_vlan: bool = Field(False, description="strip the original VLAN tag (rspan_source)")
+    enabled: bool = Field(True, description="mirror now")
+    state: State = Field("present", description="present, or absent to remove it")
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> MirrorAnswer:
+        if self.state == "absent":
+            return self
+        sources, destinations = MIRROR_RULES[self.type]
+        what = f"a {self.type} session"
+        if not sources and (self.sources or not self.source_vlans):
+            raise ValueError(f"{what} mirrors VLANs: give source_vlans, not sources")
+        if sources and (self.source_vlans or not self.sources):
+            raise ValueError(f"{what} mirrors VM adapters or ports: give sources, not "
+                             "source_vlans")
+        if not self.destination:
+            raise ValueError(f"{what} needs a destination")
+        for key, ends, kinds in (("sources", self.sources, sources),
+                                 ("destination", self.destination, destinations)):
+            for j, end in enumerate(ends):
+                if end.kind not in kinds:
+                    raise ValueError(f"{key}[{j}]: {what} takes {' or '.join(sorted(kinds))} "
+                                     f"there, not {end.kind}")
+        if (self.encapsulation_vlan is None) == (self.type == "rspan_source"):
+            raise ValueError(f"encapsulation_vlan is for an rspan_source session: {what} "
+                             f"{'needs' if self.type == 'rspan_source' else 'takes no'} one")
+        return self
+
+    def value(self) -> MirrorSession:
+        """The session to reach (VM adapters as such: their ports are looked up then)."""
+        ends = tuple(e.value() for e in self.sources)
+        return MirrorSession(
+            self.name, self.type, self.enabled,
+            ends if self.direction in ("both", "transmitted") else (),
+            ends if self.direction in ("both", "received") else (),
+            tuple(self.source_vlans), tuple(e.value() for e in self.destination),
+            self.encapsulation_vlan, self.strip_vlan)
+
+
 class Placement(StepModel):
     """Where an adapter goes: a standard or a distributed port group (one of them)."""
 
@@ -463,6 +565,9 @@ class VSphereNetworkAnswers(StepModel):
                                              description="distributed switches (vCenter)")
     dvportgroups: list[DVPortgroupAnswer] = Field(
         default_factory=list, max_length=4096, description="distributed port groups")
+    mirror_sessions: list[MirrorAnswer] = Field(
+        default_factory=list, max_length=256,
+        description="port mirroring sessions of distributed switches")
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -494,10 +599,17 @@ class VSphereNetworkAnswers(StepModel):
                 raise ValueError(f"port group '{pg.name}' is on vSwitch '{pg.vswitch}', "
                                  "which the answers remove")
         absent_dvs = {d.name for d in self.dvswitches if d.state == "absent"}
-        for dvpg in self.dvportgroups:
+        on_switch: list[DVPortgroupAnswer | MirrorAnswer] = [*self.dvportgroups,
+                                                             *self.mirror_sessions]
+        for dvpg in on_switch:
             if dvpg.state == "present" and dvpg.dvswitch in absent_dvs:
-                raise ValueError(f"distributed port group '{dvpg.name}' is on distributed "
-                                 f"switch '{dvpg.dvswitch}', which the answers remove")
+                kind = ("distributed port group" if isinstance(dvpg, DVPortgroupAnswer)
+                        else "mirror session")
+                raise ValueError(f"{kind} '{dvpg.name}' is on distributed switch "
+                                 f"'{dvpg.dvswitch}', which the answers remove")
+        dupes = repeated(f"{m.dvswitch}/{m.name}" for m in self.mirror_sessions)
+        if dupes:
+            raise ValueError(f"mirror session {', '.join(dupes)} listed more than once")
         absent_pg = {p.name for p in self.portgroups if p.state == "absent"}
         absent_dvpg = {p.name for p in self.dvportgroups if p.state == "absent"}
         for a in self.vm_adapters:
@@ -542,6 +654,45 @@ def switch_of(answers: VSphereNetworkAnswers, inv: Inventory, name: str) -> DVSw
     if answer is None:
         return have
     return answer.spec(have) if answer.state == "present" else None
+
+
+def mirror_problems(answers: VSphereNetworkAnswers, inv: Inventory,
+                    at: tuple[str | int, ...], m: MirrorAnswer) -> list[Problem]:
+    """A session's switch exists (or is answered); its VM adapters are (or are
+    moved) on that switch, its ports on it, its uplinks the switch's."""
+    switch = switch_of(answers, inv, m.dvswitch)
+    if switch is None:
+        return [Problem((*at, "dvswitch"), (
+            f"distributed switch '{m.dvswitch}' is neither in vCenter nor in the answers' "
+            "dvswitches"))]
+    have = inv.dvswitch(m.dvswitch)
+    ports = {k for p in inv.dvportgroups if p.dvswitch == m.dvswitch for k in p.port_keys}
+    moves = {(a.vm, a.adapter): placed(answers, inv, a) for a in answers.vm_adapters}
+    problems = []
+    for key in ("sources", "destination"):
+        for j, end in enumerate(getattr(m, key)):
+            here = (*at, key, j)
+            if end.vm is not None:
+                vm = inv.vm(end.vm)
+                adapter = vm.adapter(end.adapter or "") if vm else None
+                if adapter is None:
+                    problems.append(Problem(here, f"no '{end.adapter}' of VM '{end.vm}'"))
+                    continue
+                network, dvs = moves.get((end.vm, adapter.label),
+                                         (adapter.network, adapter.dvswitch))
+                if dvs != m.dvswitch:
+                    problems.append(Problem(here, (
+                        f"'{end.adapter}' of VM '{end.vm}' is on port group '{network}', not "
+                        f"on distributed switch '{m.dvswitch}' (nor moved there by the "
+                        "answers)")))
+            elif end.port is not None and have is not None and end.port not in ports:
+                problems.append(Problem(here, (
+                    f"no port {end.port} on distributed switch '{m.dvswitch}'")))
+            elif end.uplink is not None and end.uplink not in switch.uplinks:
+                problems.append(Problem(here, (
+                    f"'{end.uplink}' is not an uplink of distributed switch '{m.dvswitch}' "
+                    f"(uplinks: {', '.join(switch.uplinks)})")))
+    return problems
 
 
 def dv_placement_problems(answers: VSphereNetworkAnswers, inv: Inventory,
@@ -610,8 +761,10 @@ def dvportgroup_users(answers: VSphereNetworkAnswers, inv: Inventory,
 
 
 def named_vms(answers: VSphereNetworkAnswers) -> set[str]:
-    """The VMs whose adapters the answers move: the only ones whose devices are read."""
-    return {a.vm for a in answers.vm_adapters}
+    """The VMs whose adapters the answers move or mirror: the only ones whose devices
+    are read."""
+    return {a.vm for a in answers.vm_adapters} | {
+        e.vm for m in answers.mirror_sessions for e in (*m.sources, *m.destination) if e.vm}
 
 
 def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]:
@@ -803,6 +956,47 @@ DVPORTGROUP = Kind(
 )
 
 
+def port_labels(inv: Inventory) -> dict[str, str]:
+    """Distributed port key -> ``vm/adapter`` for the adapters read (the VMs named)."""
+    return {a.port: f"{vm.name}/{a.label}" for vm in inv.vms for a in vm.adapters if a.port}
+
+
+def mirror_dict(m: MirrorSession, labels: dict[str, str]) -> Settings:
+    """A mirror session's managed settings, its ports as the VM adapters on them."""
+    def label(end: MirrorPort) -> str:
+        if end.vm is not None:
+            return f"{end.vm}/{end.adapter}"
+        if end.port is not None:
+            return labels.get(end.port, f"port {end.port}")
+        return f"uplink {end.uplink}" if end.uplink is not None else str(end.ip)
+
+    tx, rx = {label(e) for e in m.transmitted}, {label(e) for e in m.received}
+    direction = (None if not tx | rx else "both" if tx == rx else
+                 "transmitted" if not rx else "received" if not tx else "mixed")
+    return {"type": m.kind, "enabled": m.enabled, "sources": sorted(tx | rx),
+            "direction": direction, "source_vlans": sorted(m.source_vlans),
+            "destination": sorted(label(e) for e in m.destination),
+            "encapsulation_vlan": m.encapsulation_vlan, "strip_vlan": m.strip_vlan}
+
+
+def mirror_kind(labels: dict[str, str]) -> Kind:
+    """How to plan mirror sessions, their ports named after the VM adapters in ``labels``."""
+    return Kind("mirror session", "mirror", DVSwitch.mirror,
+                current=lambda m: mirror_dict(m, labels),
+                wanted=lambda a, _have: mirror_dict(a.value(), labels),
+                spec=lambda a, _have: a.value(), spec_of=lambda m: m)
+
+
+def mirror_ops(answers: VSphereNetworkAnswers, inv: Inventory, absent: bool) -> list[Op]:
+    """Create/update (or, with ``absent``, remove) the answered mirror sessions."""
+    kind, ops = mirror_kind(port_labels(inv)), []
+    for switch in dict.fromkeys(m.dvswitch for m in answers.mirror_sessions):
+        scope = Scope(f"{switch}: ", (switch,), partial(Inventory.dvswitch, name=switch))
+        ops += object_ops(inv, scope, kind, [m for m in answers.mirror_sessions
+                                             if m.dvswitch == switch], absent)
+    return ops
+
+
 def finder(kind: Kind, scope: Scope, name: str) -> Callable[[Inventory], Any]:
     """Looks up one object in an inventory (``None`` when it is not there)."""
     def find(inv: Inventory) -> Any:
@@ -985,9 +1179,9 @@ def vmk_ops(answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
 
 def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     """Every change, in a safe order: distributed switches and port groups; per
-    host vSwitches, port groups, VMkernel adapters; VM adapter moves; then
-    removals (per host VMkernel adapters, port groups, vSwitches; distributed
-    port groups, distributed switches)."""
+    host vSwitches, port groups, VMkernel adapters; mirror session removals, VM
+    adapter moves, mirror sessions; then removals (per host VMkernel adapters,
+    port groups, vSwitches; distributed port groups, distributed switches)."""
     hosts = selected_hosts(answers, inv)
     vcenter: list[tuple[Kind, list[Any]]] = [(DVSWITCH, list(answers.dvswitches)),
                                              (DVPORTGROUP, list(answers.dvportgroups))]
@@ -995,10 +1189,12 @@ def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     for kind, items in vcenter:
         ops += object_ops(inv, VCENTER, kind, items, absent=False)
     # Port groups are removed before their vSwitch, created after it; a
-    # VMkernel adapter is created after its port group, removed before it.
+    # VMkernel adapter is created after its port group, removed before it; a
+    # mirror session is made once its VM adapters are on their port group.
     for absent in (False, True):
         if absent:
-            ops += adapter_ops(answers, inv)
+            ops += [*mirror_ops(answers, inv, True), *adapter_ops(answers, inv),
+                    *mirror_ops(answers, inv, False)]
         for host in hosts:
             kinds: list[tuple[Kind, list[Any]]] = [
                 (VSWITCH, list(answers.vswitches)), (PORTGROUP, list(answers.portgroups))]
@@ -1021,6 +1217,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     help = (
         "Standard vSwitches and port groups on ESXi hosts (directly or through vCenter),\n"
         "and which port group VM network adapters are on. VLAN 4095 = trunk (all VLANs).\n"
+        "Distributed switches, their port groups and mirror sessions: in the answers file.\n"
         "TLS is verified: give a CA file or pin the SHA-256 thumbprint; 'insecure' is for\n"
         "labs only. Only what is listed is changed; state: absent removes an item.\n"
         "If a change fails, what this run did is undone and the report says what remains."
@@ -1170,7 +1367,8 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     def _distributed_problems(self, answers: VSphereNetworkAnswers,
                               inv: Inventory) -> list[Problem]:
         """Distributed switches and port groups fit vCenter's inventory."""
-        keys = [k for k in ("dvswitches", "dvportgroups") if getattr(answers, k)]
+        keys = [k for k in ("dvswitches", "dvportgroups", "mirror_sessions")
+                if getattr(answers, k)]
         if not keys:
             return []
         if inv.kind != "vcenter":
@@ -1181,6 +1379,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
             problems += self._dvswitch_problems(answers, inv, i, d)
         for i, p in enumerate(answers.dvportgroups):
             problems += self._dvportgroup_problems(answers, inv, i, p)
+        for i, m in enumerate(answers.mirror_sessions):
+            if m.state == "present":
+                problems += mirror_problems(answers, inv, ("mirror_sessions", i), m)
         return problems
 
     def _dvswitch_problems(self, answers: VSphereNetworkAnswers, inv: Inventory, i: int,

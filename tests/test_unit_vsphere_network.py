@@ -8,7 +8,7 @@ import pytest
 from fakes import FakeBackends, sample_backends
 from helpers import run, statuses
 
-from backends.interfaces.vsphere import VM, Adapter, Security
+from backends.interfaces.vsphere import VM, Adapter, MirrorPort, Security
 from steps.base import Context
 from steps.vsphere_network import VSphereNetworkStep
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
@@ -295,3 +295,28 @@ def test_adapters_onto_a_distributed_port_group_after_it_is_made() -> None:
     assert run("apply", bad, fb).steps[0].errors == [
         "vsphere_network.vmkernel[0].dvportgroup: host 'esx02' is not a member of distributed "
         "switch 'dvSwitch1' (join it under dvswitches[].hosts)"]
+
+
+def test_a_mirror_session_follows_the_adapter_moves_it_mirrors() -> None:
+    fb = sample_backends()
+    session = {"name": "span1", "dvswitch": "dvSwitch1", "direction": "received",
+               "sources": [{"vm": "sensor01", "adapter": "Network adapter 1"}],
+               "destination": [{"vm": "sensor01", "adapter": "Network adapter 2"}]}
+    answers = section(
+        hosts=["esx01"], dvswitches=[DVS], dvportgroups=[{**DVPG, "pvlan": None, "vlan": 5}],
+        vm_adapters=[{"vm": "sensor01", "adapter": f"Network adapter {n}", "dvportgroup": "Iso"}
+                     for n in (1, 2)],
+        mirror_sessions=[session])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned][-3:] == [
+        "update VM sensor01: Network adapter 1", "update VM sensor01: Network adapter 2",
+        "create dvSwitch1: mirror session span1"]
+    assert planned[-1].after["sources"] == ["sensor01/Network adapter 1"]
+    run("apply", answers, fb)
+    [made] = fb.vsphere.dvswitches["dvSwitch1"].mirrors
+    port = fb.vsphere.vms["sensor01"].adapter("Network adapter 1").port
+    assert made.received == (MirrorPort(port=port),) and made.transmitted == ()
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    gone = section(hosts=["esx01"], mirror_sessions=[{**session, "state": "absent"}])
+    assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
+        "delete dvSwitch1: mirror session span1"]

@@ -309,9 +309,43 @@ func (x *dvsExt) connect(conn *types.DistributedVirtualSwitchPortConnection) typ
 
 // -- checks ------------------------------------------------------------------------
 
+// keyedOp applies one add, edit or remove to a list keyed by key(), as vCenter
+// does: edit and remove need the item there; add calls add to refuse or
+// complete the new item, remove calls drop to refuse taking it away.
+func keyedOp[T any](list []T, operation string, item T, key func(T) string,
+	add func(item *T, exists bool) types.BaseMethodFault, drop func(T) types.BaseMethodFault) ([]T, types.BaseMethodFault) {
+	i := -1
+	for j := range list {
+		if key(list[j]) == key(item) {
+			i = j
+		}
+	}
+	switch op := types.ConfigSpecOperation(operation); {
+	case op == types.ConfigSpecOperationAdd:
+		if fault := add(&item, i >= 0); fault != nil {
+			return nil, fault
+		}
+		return append(list, item), nil
+	case i < 0 && (op == types.ConfigSpecOperationEdit || op == types.ConfigSpecOperationRemove):
+		return nil, &types.NotFound{}
+	case op == types.ConfigSpecOperationEdit:
+		list[i] = item
+		return list, nil
+	case op == types.ConfigSpecOperationRemove:
+		if fault := drop(list[i]); fault != nil {
+			return nil, fault
+		}
+		return append(list[:i:i], list[i+1:]...), nil
+	}
+	return nil, invalid("operation")
+}
+
+func noFault[T any](T) types.BaseMethodFault { return nil }
+
 // checkPvlan applies ops to a PVLAN map as vCenter does; returns the new map.
 func checkPvlan(have []types.VMwareDVSPvlanMapEntry, ops []types.VMwareDVSPvlanConfigSpec, inUse map[int32]string) ([]types.VMwareDVSPvlanMapEntry, types.BaseMethodFault) {
 	entries := append([]types.VMwareDVSPvlanMapEntry{}, have...)
+	key := func(e types.VMwareDVSPvlanMapEntry) string { return strconv.Itoa(int(e.SecondaryVlanId)) }
 	find := func(id int32) int {
 		for i, e := range entries {
 			if e.SecondaryVlanId == id {
@@ -321,29 +355,22 @@ func checkPvlan(have []types.VMwareDVSPvlanMapEntry, ops []types.VMwareDVSPvlanC
 		return -1
 	}
 	for _, op := range ops {
-		e := op.PvlanEntry
-		i := find(e.SecondaryVlanId)
-		switch types.ConfigSpecOperation(op.Operation) {
-		case types.ConfigSpecOperationAdd:
-			if i >= 0 {
-				return nil, &types.AlreadyExists{Name: strconv.Itoa(int(e.SecondaryVlanId))}
-			}
-			entries = append(entries, e)
-		case types.ConfigSpecOperationEdit:
-			if i < 0 {
-				return nil, &types.NotFound{}
-			}
-			entries[i] = e
-		case types.ConfigSpecOperationRemove:
-			if i < 0 {
-				return nil, &types.NotFound{}
-			}
-			if name, ok := inUse[e.SecondaryVlanId]; ok {
-				return nil, &types.ResourceInUse{Type: dvpgType, Name: name}
-			}
-			entries = append(entries[:i:i], entries[i+1:]...)
-		default:
-			return nil, invalid("pvlanConfigSpec.operation")
+		var fault types.BaseMethodFault
+		entries, fault = keyedOp(entries, op.Operation, op.PvlanEntry, key,
+			func(e *types.VMwareDVSPvlanMapEntry, exists bool) types.BaseMethodFault {
+				if exists {
+					return &types.AlreadyExists{Name: key(*e)}
+				}
+				return nil
+			},
+			func(e types.VMwareDVSPvlanMapEntry) types.BaseMethodFault {
+				if name, ok := inUse[e.SecondaryVlanId]; ok {
+					return &types.ResourceInUse{Type: dvpgType, Name: name}
+				}
+				return nil
+			})
+		if fault != nil {
+			return nil, fault
 		}
 	}
 	isolated := map[int32]bool{}
@@ -464,40 +491,23 @@ func checkPortgroupSpec(d *simulator.DistributedVirtualSwitch, spec *types.DVPor
 func (x *dvsExt) checkVspan(d *simulator.DistributedVirtualSwitch, ops []types.VMwareDVSVspanConfigSpec) ([]types.VMwareVspanSession, types.BaseMethodFault) {
 	c := cfgOf(d)
 	sessions := append([]types.VMwareVspanSession{}, c.VspanSession...)
-	find := func(key string) int {
-		for i, s := range sessions {
-			if s.Key == key {
-				return i
-			}
-		}
-		return -1
-	}
+	key := func(s types.VMwareVspanSession) string { return s.Key }
 	for _, op := range ops {
-		s := op.VspanSession
-		if fault := x.faults.task("ReconfigureDvs_Task", d.Name+"/"+s.Name); fault != nil {
+		if fault := x.faults.task("ReconfigureDvs_Task", d.Name+"/"+op.VspanSession.Name); fault != nil {
 			return nil, fault
 		}
-		i := find(s.Key)
-		switch types.ConfigSpecOperation(op.Operation) {
-		case types.ConfigSpecOperationAdd:
-			if s.Key != "" {
-				return nil, invalid("vspanConfigSpec.vspanSession.key")
-			}
-			s.Key = fmt.Sprintf("%s-vspan-%d", d.Self.Value, x.next["vspan:"+d.Uuid])
-			x.next["vspan:"+d.Uuid]++
-			sessions = append(sessions, s)
-		case types.ConfigSpecOperationEdit:
-			if i < 0 {
-				return nil, &types.NotFound{}
-			}
-			sessions[i] = s
-		case types.ConfigSpecOperationRemove:
-			if i < 0 {
-				return nil, &types.NotFound{}
-			}
-			sessions = append(sessions[:i:i], sessions[i+1:]...)
-		default:
-			return nil, invalid("vspanConfigSpec.operation")
+		var fault types.BaseMethodFault
+		sessions, fault = keyedOp(sessions, op.Operation, op.VspanSession, key,
+			func(s *types.VMwareVspanSession, _ bool) types.BaseMethodFault {
+				if s.Key != "" { // vCenter gives the key
+					return invalid("vspanConfigSpec.vspanSession.key")
+				}
+				s.Key = fmt.Sprintf("%s-vspan-%d", d.Self.Value, x.next["vspan:"+d.Uuid])
+				x.next["vspan:"+d.Uuid]++
+				return nil
+			}, noFault[types.VMwareVspanSession])
+		if fault != nil {
+			return nil, fault
 		}
 	}
 	names := map[string]bool{}

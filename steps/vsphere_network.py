@@ -1217,7 +1217,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
     help = (
         "Standard vSwitches and port groups on ESXi hosts (directly or through vCenter),\n"
         "and which port group VM network adapters are on. VLAN 4095 = trunk (all VLANs).\n"
-        "Distributed switches, their port groups and mirror sessions: in the answers file.\n"
+        "Distributed switches, their port groups and mirror sessions: answers file only.\n"
         "TLS is verified: give a CA file or pin the SHA-256 thumbprint; 'insecure' is for\n"
         "labs only. Only what is listed is changed; state: absent removes an item.\n"
         "If a change fails, what this run did is undone and the report says what remains."

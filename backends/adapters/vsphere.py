@@ -254,8 +254,8 @@ class VSphereBackend:
                                          type=vim.view.ContainerView)])],
                     propSet=[
                         PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
-                        *(PC.PropertySpec(type=t, pathSet=["name", "parent"])
-                          for t in (vim.VirtualMachine, *NAMED)),
+                        PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"]),
+                        *(PC.PropertySpec(type=t, pathSet=["name", "parent"]) for t in NAMED),
                         *(PC.PropertySpec(type=t, pathSet=paths) for t, paths in OTHER_PROPS),
                     ],
                 )

@@ -81,7 +81,7 @@ VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
 # Read in the bulk retrieval besides hosts and VMs: names, and parents up to the
 # datacenters; the distributed switches' and port groups' configuration.
 NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network, vim.Folder]
-OTHER_PROPS = [(vim.Datacenter, ["name", "networkFolder"]),
+OTHER_PROPS = [(vim.Datacenter, ["name", "vmFolder", "networkFolder"]),
                (vim.DistributedVirtualSwitch, ["name", "parent", "uuid", "config"]),
                (vim.dvs.DistributedVirtualPortgroup, ["name", "config", "portKeys", "vm"])]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
@@ -243,47 +243,89 @@ class VSphereBackend:
         the host and adapters only of the VMs in ``vms`` (all when ``None``), in
         one more.  The round trips never grow with the number of VMs or hosts."""
         with self._guard("inventory"):
-            content = self._content
-            view = content.viewManager.CreateContainerView(
-                content.rootFolder,
-                [vim.HostSystem, vim.VirtualMachine, *NAMED, *(t for t, _ in OTHER_PROPS)], True)
-            try:
-                spec = PC.FilterSpec(
-                    objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
-                        PC.TraversalSpec(name="view", path="view", skip=False,
-                                         type=vim.view.ContainerView)])],
-                    propSet=[
-                        PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
-                        PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"]),
-                        *(PC.PropertySpec(type=t, pathSet=["name", "parent"]) for t in NAMED),
-                        *(PC.PropertySpec(type=t, pathSet=paths) for t, paths in OTHER_PROPS),
-                    ],
-                )
-                objects = self._retrieve([spec])
-            finally:
-                view.Destroy()
-            return self._build(objects, content.about.apiType, vms)
+            # Named VMs are looked up by name (SearchIndex.FindChild in each
+            # datacenter's VM folder): parsing every VM's name is what makes a read
+            # of 10,000 VMs slow.  Any not found there (a VM in a sub-folder) makes
+            # it read every VM's name after all.
+            objects = self._bulk(vms is None)
+            if vms is not None:
+                found = self._find_vms(objects, vms)
+                if len(found) < len(set(vms)):
+                    objects = self._bulk(True)
+                else:
+                    objects += found
+            return self._build(objects, self._content.about.apiType, vms)
 
-    def _vm_details(self, names: Collection[str] | None) -> dict[str, dict[str, Any]]:
-        """Host and devices of the VMs called ``names`` (every VM for ``None``)."""
+    def _bulk(self, all_vms: bool) -> list[Any]:
+        """One retrieval: the hosts' networking, the names (and parents) of clusters,
+        networks and folders, the datacenters (with their VM and network folders),
+        the distributed switches and port groups, and every VM's name if ``all_vms``."""
+        content = self._content
+        vms = [vim.VirtualMachine] if all_vms else []
+        types = [vim.HostSystem, *NAMED, *(t for t, _ in OTHER_PROPS), *vms]
+        view = content.viewManager.CreateContainerView(content.rootFolder, types, True)
+        try:
+            spec = PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
+                    PC.TraversalSpec(name="view", path="view", skip=False,
+                                     type=vim.view.ContainerView)])],
+                propSet=[
+                    PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
+                    *(PC.PropertySpec(type=t, pathSet=["name", "parent"]) for t in NAMED),
+                    *(PC.PropertySpec(type=t, pathSet=paths) for t, paths in OTHER_PROPS),
+                    *(PC.PropertySpec(type=t, pathSet=["name"]) for t in vms),
+                ],
+            )
+            return self._retrieve([spec])
+        finally:
+            view.Destroy()
+
+    def _find_vms(self, objects: list[Any], names: Collection[str]) -> list[Any]:
+        """The VMs called ``names`` directly in a datacenter's VM folder, as the
+        bulk retrieval gives objects (an object and its name)."""
+        folders = [p.val for o in objects if isinstance(o.obj, vim.Datacenter)
+                   for p in o.propSet if p.name == "vmFolder"]
+        found = []
+        for name in sorted(set(names)):
+            for folder in folders:
+                vm = self._content.searchIndex.FindChild(entity=folder, name=name)
+                if isinstance(vm, vim.VirtualMachine):
+                    found.append(PC.ObjectContent(obj=vm, propSet=[
+                        vmodl.DynamicProperty(name="name", val=name)]))
+                    break
+        return found
+
+    def _vm_details(self, names: Collection[str] | None,
+                    others: Collection[Any] = ()) -> dict[str, dict[str, Any]]:
+        """Host and devices of the VMs called ``names`` (every VM for ``None``), and
+        the name of the VM objects ``others``, in one retrieval (none when neither)."""
         objs = [o for n, o in self._vms.items() if names is None or n in names]
-        if not objs:
-            return {}
-        found = self._retrieve([PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=o) for o in objs],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS)])])
-        return {o.obj._moId: {p.name: p.val for p in o.propSet} for o in found}
+        others = [o for o in others if o not in objs]
+        specs = [PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=o) for o in group],
+                               propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
+                 for group, paths in ((objs, VM_PROPS), (others, ["name"])) if group]
+        found: dict[str, dict[str, Any]] = {}
+        for o in self._retrieve(specs) if specs else ():
+            found.setdefault(o.obj._moId, {}).update({p.name: p.val for p in o.propSet})
+        return found
 
     def _build(self, objects: list[Any], api_type: str,
                detailed: Collection[str] | None) -> Inventory:
         props = {o.obj._moId: (o.obj, {p.name: p.val for p in o.propSet}) for o in objects}
-        names = Names(props)
         hosts = []
         self._hosts, self._netsys = {}, {}
         of = {kind: {p["name"]: obj for obj, p in props.values() if isinstance(obj, kind)}
               for kind in (vim.VirtualMachine, vim.DistributedVirtualSwitch, DVPG)}
         self._vms, self._dvs, self._dvpgs = (of[vim.VirtualMachine],
                                              of[vim.DistributedVirtualSwitch], of[DVPG])
+        # The VMs on distributed port groups are listed there; the bulk read has
+        # the names of the VMs asked for only: the others' come with the details.
+        connected = {vm._moId: vm for obj, p in props.values() if isinstance(obj, DVPG)
+                     for vm in p.get("vm") or () if vm._moId not in props}
+        details = self._vm_details(detailed, list(connected.values()))
+        props |= {moid: (vm, {"name": details[moid]["name"]}) for moid, vm in connected.items()
+                  if "name" in details.get(moid, {})}
+        names = Names(props)
         self._folders = {p["name"]: p.get("networkFolder") for obj, p in props.values()
                          if isinstance(obj, vim.Datacenter)}
         for obj, p in props.values():
@@ -295,7 +337,6 @@ class VSphereBackend:
                 cluster = (names.name(parent)
                            if isinstance(parent, vim.ClusterComputeResource) else None)
                 hosts.append(host_value(p, cluster, names))
-        details = self._vm_details(detailed)
         vms = []
         for name, obj in self._vms.items():
             d = details.get(obj._moId, {})
@@ -394,9 +435,10 @@ class VSphereBackend:
 
     def _cached(self, what: str, name: str) -> Any:
         """An object from the inventory's caches, re-reading the inventory once
-        when it is not there (this session may have just created it)."""
+        when it is not there (this session may have just created it; a VM is
+        looked up by its name)."""
         if name not in getattr(self, CACHES[what]):
-            self.inventory(vms=())
+            self.inventory(vms=[name] if what == "VM" else ())
         cache: dict[str, Any] = getattr(self, CACHES[what])
         if name not in cache:
             raise BackendError(f"vSphere {what} '{name}' not found")

@@ -45,7 +45,7 @@ from wizard import __version__
 from wizard.exits import EXIT_FAILED, EXIT_OK
 
 Status = Literal["ok", "fail", "skip"]
-CHECK_TIMEOUT = 20.0  # seconds for every check that waits on a system, together
+CHECK_TIMEOUT = 30.0  # seconds for every check that waits on a system, together
 MAX_SKEW = 60.0  # seconds of clock difference with the vCenter before it fails
 # Tests only: seconds added to this host's clock by the clock-skew check (the
 # vSphere simulator's clock cannot be set).
@@ -357,10 +357,14 @@ def unit_check(api: Any, unit: str, fact: str | None, check: str = "") -> Result
         return fail(check, f"{unit} is not installed (install {UNIT_PACKAGES[unit]})")
     if status.active == "active":
         return ok(check, f"{unit} active ({status.sub})")
+    socket_ = api.unit_status(unit.removesuffix(".service") + ".socket")
+    if socket_ is not None and socket_.active == "active":  # e.g. libvirtd: on demand
+        return ok(check, f"{unit} {status.active}, started on demand by {socket_.name} "
+                  "(active)")
     result = f", result {status.result}" if status.result not in ("", "success") else ""
     state = f"{unit} {status.active} ({status.sub}{result})"
-    return fail(check, f"{state}: start it (systemctl start {unit}), or list it under "
-                "services.require", fact, state)
+    how = "or list it under services.require" if fact else "and enable it"
+    return fail(check, f"{state}: start it (systemctl start {unit}), {how}", fact, state)
 
 
 # ---------------------------------------------------------------- Open vSwitch

@@ -283,3 +283,34 @@ def test_the_wizard_shows_what_fails_before_the_first_step(host: Host, tmp_path:
     finally:
         hooks.chmod(0o755)
     assert "host check: FAIL  hooks dir:" in (tmp_path / "w.log").read_text()
+
+
+def test_many_failures_scroll_and_escape_goes_back(tmp_path: Path) -> None:
+    """No host at all: every answered system is unreachable.  The window's text
+    scrolls; Escape goes back to the welcome, and Next checks again."""
+    nothing = tmp_path / "nothing"
+    write_yaml(tmp_path / "answers.yaml", {
+        "version": 1, "services": {"bus": f"unix:path={nothing}"},
+        "ovs_mirror": {"db": f"unix:{nothing}"},
+        "vsphere_network": {"server": "127.0.0.1", "port": 9, "password": "env:NO_SUCH_PW",
+                            "insecure": True},
+        "ivshmem": {"uri": f"qemu:///system?socket={nothing}",
+                    "hooks_dir": str(tmp_path / "hooks")}})
+    t = Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {tmp_path}/answers.yaml "
+                 f"--log {tmp_path}/w.log", cwd=tmp_path)
+    try:
+        t.wait_for("[*] Host services")
+        t.send("F12")
+        screen = t.wait_for("Host check", timeout=60)
+        assert "PgUp/PgDn/arrows scroll" in screen and "FAIL  dbus:" in screen
+        t.send("Escape")
+        t.wait_for("[*] Host services")  # the welcome again
+        t.send("F12")
+        screen = t.wait_for("Host check", timeout=60)
+        t.send("PgDn", "PgDn")
+        screen = t.wait_for("FAIL  vsphere: password: secret env:NO_SUCH_PW")
+        t.send("Tab", "Tab", "Enter")  # Quit
+        assert t.exit_code() == 130
+    finally:
+        t.close()
+    assert (tmp_path / "w.log").read_text().count("host check: FAIL  dbus:") == 2

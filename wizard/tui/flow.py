@@ -28,6 +28,8 @@ from wizard.tui.widgets import (
     KEYS_APPLY,
     KEYS_FIRST,
     KEYS_SUMMARY,
+    KEYS_TEXT,
+    MESSAGE_ROWS,
     TEXT_ROWS,
     WIDTH,
     Cancelled,
@@ -35,10 +37,12 @@ from wizard.tui.widgets import (
     Ui,
     WaitCancelled,
     Window,
+    hanging,
 )
 
 log = logging.getLogger("hostsetup")
 ASK_WAIT = 600.0  # seconds the next step waits while the operator is asked "Stop?"
+KEYS_CHECK = " Tab/arrows move | Enter press | Esc back | F1 help | ^C quit"
 
 
 def welcome_text(steps: list[Any]) -> str:
@@ -182,12 +186,14 @@ def host_check(flow: Flow) -> str:
     failed = [r for r in results if r.status == "fail"]
     if not failed:
         return "next"
-    win = TextWindow("Host check", f"{len(failed)} of {len(results)} checks failed:\n\n"
-                     + "\n".join(r.line() for r in failed) + "\n\nThe same checks from a "
-                     "shell: hostsetup doctor [--answers FILE]. Nothing has been changed.",
-                     ["Continue anyway", "Quit"], rows=0,
-                     help_text="hostsetup doctor checked this host for the chosen steps, "
-                     "read-only. Continue anyway: the steps' windows follow (a step whose "
+    text = (f"{len(failed)} of {len(results)} checks failed:\n\n"
+            + "\n".join(r.line() for r in failed) + "\n\nThe same checks from a shell: "
+            "hostsetup doctor [--answers FILE]. Nothing has been changed.")
+    long = len(hanging(text, WIDTH - 2).splitlines()) > MESSAGE_ROWS  # then it scrolls
+    win = TextWindow("Host check", text, ["Continue anyway", "Quit"],
+                     keys=KEYS_TEXT if long else KEYS_CHECK, rows=MESSAGE_ROWS if long else 0,
+                     help_text="hostsetup doctor checked this host, read-only, for the "
+                     "chosen steps. Continue anyway: the steps' windows follow (a step whose "
                      "system cannot be reached says so there). Quit: leave, nothing changed.")
     while True:
         result = flow.ui.show(win)

@@ -176,15 +176,6 @@ def _agent_name(config: Path) -> str | None:
 # ---------------------------------------------------------------- running
 
 
-@dataclass
-class State:
-    """What the groups share: the bundle, and the facts the services step's plan
-    makes true (e.g. "ovs": it starts Open vSwitch)."""
-
-    backends: Backends
-    coming: set[str] = field(default_factory=set)
-
-
 def guarded(check: str, work: Callable[[], list[Result]],
             needs: str | None = None) -> list[Result]:
     """``work()``, with a backend's or the host's error as a failing ``check``."""
@@ -200,23 +191,30 @@ def guarded(check: str, work: Callable[[], list[Result]],
 
 def run(target: Target, backends: Backends, timeout: float = CHECK_TIMEOUT) -> list[Result]:
     """Every check, in a stable order; the groups that wait on a system run side by
-    side, all within ``timeout`` seconds."""
+    side, all within ``timeout`` seconds.  Only when a check fails for want of a
+    daemon is the services step planned, to see whether it starts that daemon."""
+    deadline = time.monotonic() + timeout
     results = [answers_check(target), root_check(target), *binding_checks(target)]
-    state = State(backends)
-    groups: list[tuple[str, Callable[[Target, State], list[Result]]]] = [
+    groups: list[tuple[str, Callable[[Target, Backends], list[Result]]]] = [
         ("dbus", dbus_checks), ("ovsdb", ovs_checks), ("libvirt", libvirt_checks),
         ("vsphere", vsphere_checks), ("broker", broker_checks)]
     pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="doctor")
     try:
-        futures = [pool.submit(guarded, name, partial(fn, target, state))
+        futures = [pool.submit(guarded, name, partial(fn, target, backends))
                    for name, fn in groups]
         wait(futures, timeout=timeout)
         for (name, _fn), future in zip(groups, futures, strict=True):
             results += future.result() if future.done() else [
                 fail(name, f"no answer within {timeout:g} s")]
+        services = target.section("services")
+        if services is not None and any(r.status == "fail" and r.needs for r in results):
+            plan = pool.submit(services_provide, services, backends)
+            wait([plan], timeout=max(deadline - time.monotonic(), 0.0))
+            coming = plan.result() if plan.done() and plan.exception() is None else set()
+            results = [deferred(r, coming) for r in results]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung connect is abandoned
-    return [deferred(r, state.coming) for r in results]
+    return results
 
 
 def deferred(result: Result, coming: set[str]) -> Result:
@@ -312,7 +310,7 @@ def needed_units(target: Target) -> list[tuple[str, str]]:
     return units
 
 
-def dbus_checks(target: Target, state: State) -> list[Result]:
+def dbus_checks(target: Target, backends: Backends) -> list[Result]:
     """The services step's bus (the system bus when it is not answered), the units of
     the local daemons, and in fleet mode the agent's unit."""
     from backends.interfaces.dbus import dbus_api
@@ -322,15 +320,13 @@ def dbus_checks(target: Target, state: State) -> list[Result]:
     if services is None and not units and target.fleet is None:
         return [skip("dbus", target.not_checked("services"))]
     try:
-        api = dbus_api(state.backends, services.bus if services else "system")
+        api = dbus_api(backends, services.bus if services else "system")
         count = len(api.list_units())
     except BackendUnreachable as exc:
         if services is None and target.fleet is None:  # nothing asked for this bus
             return [skip("dbus", f"services not answered and {exc}: units not checked")]
         raise
     results = [ok("dbus", f"{api.address}: systemd answers ({count} units loaded)")]
-    if services is not None:
-        state.coming = services_provide(services, state)
     for unit, fact in units:
         results.append(unit_check(api, unit, fact))
     if target.fleet is not None:
@@ -338,14 +334,15 @@ def dbus_checks(target: Target, state: State) -> list[Result]:
     return results
 
 
-def services_provide(section: BaseModel, state: State) -> set[str]:
-    """The facts the services step's plan makes true (the runner's own check phase)."""
+def services_provide(section: BaseModel, backends: Backends) -> set[str]:
+    """The facts the services step's plan makes true, e.g. "ovs" when it starts Open
+    vSwitch (the runner's own check phase)."""
     from steps.base import Context
     from wizard.runner import Prepared, StepResult, prepare
 
     step = next(s for s in REGISTRY if s.name == "services")
     item = Prepared(step, section, StepResult(step.name))
-    prepare(item, Context(backends=state.backends))
+    prepare(item, Context(backends=backends))
     return step.provides(item.result.changes) if item.result.status == "pending" else set()
 
 
@@ -370,7 +367,7 @@ def unit_check(api: Any, unit: str, fact: str | None, check: str = "") -> Result
 # ---------------------------------------------------------------- Open vSwitch
 
 
-def ovs_checks(target: Target, state: State) -> list[Result]:
+def ovs_checks(target: Target, backends: Backends) -> list[Result]:
     """The OVSDB server, and the datapath and interface types ovs-vswitchd reports
     against what the answers' bridges and ports need."""
     from backends.interfaces.ovsdb import OvsdbTLS, ovsdb_api
@@ -382,7 +379,7 @@ def ovs_checks(target: Target, state: State) -> list[Result]:
     keys = (section.ssl_key, section.ssl_cert, section.ssl_ca)
     tls = OvsdbTLS(*keys) if all(keys) else None
     try:
-        api = ovsdb_api(state.backends, section.db, tls)
+        api = ovsdb_api(backends, section.db, tls)
     except BackendUnreachable as exc:
         return [fail("ovsdb", str(exc), "ovs"),
                 *(skip(n, "not checked: ovsdb unreachable") for n in names[1:])]
@@ -413,7 +410,7 @@ def types_check(check: str, have: tuple[str, ...], need: set[str]) -> Result:
 # ---------------------------------------------------------------- libvirt, the hook, memory
 
 
-def libvirt_checks(target: Target, state: State) -> list[Result]:
+def libvirt_checks(target: Target, backends: Backends) -> list[Result]:
     """libvirt's version, the hooks directory and the installed hook, /dev/shm and
     hugetlbfs for the answers' devices."""
     from backends.interfaces.libvirt import libvirt_api
@@ -425,7 +422,7 @@ def libvirt_checks(target: Target, state: State) -> list[Result]:
         return [skip(n, target.not_checked("ivshmem")) for n in names]
     lv, version, domains = None, None, None
     try:
-        lv = libvirt_api(state.backends, section.uri)
+        lv = libvirt_api(backends, section.uri)
         version = lv.version()
         domains = {d.name: d for d in lv.domains()}
         first = ok("libvirt", f"{section.uri}: libvirt {'.'.join(map(str, version))}")
@@ -649,7 +646,7 @@ def hugetlbfs_check(section: Any, lv: Any, domains: dict[str, Any] | None) -> Re
 # ---------------------------------------------------------------- vSphere, the broker
 
 
-def vsphere_checks(target: Target, state: State) -> list[Result]:
+def vsphere_checks(target: Target, backends: Backends) -> list[Result]:
     """Log in to the answered vCenter / ESXi; its clock against ours."""
     from backends.interfaces.vsphere import vsphere_api
     from steps.base import SecretUnavailable
@@ -664,7 +661,7 @@ def vsphere_checks(target: Target, state: State) -> list[Result]:
     except SecretUnavailable as exc:  # names the reference, never a value
         return [fail("vsphere", f"password: {exc}"), skip("clock skew", "not checked")]
     try:
-        api = vsphere_api(state.backends, conn)
+        api = vsphere_api(backends, conn)
     except BackendError as exc:
         return [fail("vsphere", str(exc)), skip("clock skew", "not checked: not logged in")]
     t0 = time.time()
@@ -679,7 +676,7 @@ def vsphere_checks(target: Target, state: State) -> list[Result]:
             ok("clock skew", f"{text}, within {target.max_skew:g} s")]
 
 
-def broker_checks(target: Target, state: State) -> list[Result]:
+def broker_checks(target: Target, backends: Backends) -> list[Result]:
     """In fleet mode: the agent's broker answers (agent.conf, as the agent reads it)."""
     if target.fleet is None:
         return [skip("broker", "not in fleet mode (--fleet, or answers with hosts:)")]

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +315,24 @@ def test_many_failures_scroll_and_escape_goes_back(tmp_path: Path) -> None:
     finally:
         t.close()
     assert (tmp_path / "w.log").read_text().count("host check: FAIL  dbus:") == 2
+
+
+def test_a_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
+    """A vSphere address that accepts and never answers: the doctor names it after
+    --timeout and exits at once (the hung connection does not hold it up)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever speaks TLS
+    port = silent.getsockname()[1]
+    write_yaml(tmp_path / "vc.yaml", {"version": 1, "vsphere_network": {
+        "server": "127.0.0.1", "port": port, "password": "env:HS_PW", "insecure": True}})
+    try:
+        start = time.monotonic()
+        run = parsed(hostsetup("doctor", "--json", "--answers", str(tmp_path / "vc.yaml"),
+                               "--timeout", "2", env={"HS_PW": "pw"}, timeout=60))
+        took = time.monotonic() - start
+    finally:
+        silent.close()
+    assert run[0] == 1 and failed(run) == {"vsphere"}, run
+    assert detail(run, "vsphere") == f"127.0.0.1:{port}: no answer within 2 s"
+    assert took < 15, took  # not the adapter's own 30 s

@@ -134,6 +134,9 @@ def add_doctor_parser(sub: Any) -> None:
                     metavar="FILE", help="fleet: agent.conf (default: %(default)s)")
     dp.add_argument("--max-skew", type=float, default=60.0, metavar="S",
                     help="clock difference with the vCenter that fails (default %(default)g s)")
+    dp.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="how long the systems get to answer, all together (default "
+                    "%(default)g s)")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

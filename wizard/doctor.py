@@ -26,13 +26,13 @@ import os
 import posixpath
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
@@ -45,6 +45,7 @@ from wizard import __version__
 from wizard.exits import EXIT_FAILED, EXIT_OK
 
 Status = Literal["ok", "fail", "skip"]
+T = TypeVar("T")
 CHECK_TIMEOUT = 30.0  # seconds for every check that waits on a system, together
 MAX_SKEW = 60.0  # seconds of clock difference with the vCenter before it fails
 # Tests only: seconds added to this host's clock by the clock-skew check (the
@@ -189,6 +190,22 @@ def guarded(check: str, work: Callable[[], list[Result]],
         return [fail(check, f"internal error: {type(exc).__name__}: {exc}")]
 
 
+def side_by_side(works: list[Callable[[], T]], deadline: float) -> list[T | None]:
+    """Each of ``works`` (which must not raise) in a thread of its own until
+    ``deadline`` (monotonic); the results, ``None`` for one not done by then.
+    Daemon threads: one that hangs is abandoned, and does not hold the program
+    up at its exit."""
+    boxes: list[dict[str, T]] = [{} for _ in works]
+    threads = [threading.Thread(target=lambda b=box, w=work: b.setdefault("done", w()),
+                                daemon=True, name="doctor")
+               for box, work in zip(boxes, works, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    return [box.get("done") for box in boxes]
+
+
 def run(target: Target, backends: Backends, timeout: float = CHECK_TIMEOUT) -> list[Result]:
     """Every check, in a stable order; the groups that wait on a system run side by
     side, all within ``timeout`` seconds.  Only when a check fails for want of a
@@ -198,23 +215,33 @@ def run(target: Target, backends: Backends, timeout: float = CHECK_TIMEOUT) -> l
     groups: list[tuple[str, Callable[[Target, Backends], list[Result]]]] = [
         ("dbus", dbus_checks), ("ovsdb", ovs_checks), ("libvirt", libvirt_checks),
         ("vsphere", vsphere_checks), ("broker", broker_checks)]
-    pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="doctor")
-    try:
-        futures = [pool.submit(guarded, name, partial(fn, target, backends))
-                   for name, fn in groups]
-        wait(futures, timeout=timeout)
-        for (name, _fn), future in zip(groups, futures, strict=True):
-            results += future.result() if future.done() else [
-                fail(name, f"no answer within {timeout:g} s")]
-        services = target.section("services")
-        if services is not None and any(r.status == "fail" and r.needs for r in results):
-            plan = pool.submit(services_provide, services, backends)
-            wait([plan], timeout=max(deadline - time.monotonic(), 0.0))
-            coming = plan.result() if plan.done() and plan.exception() is None else set()
-            results = [deferred(r, coming) for r in results]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # a hung connect is abandoned
+    done = side_by_side([partial(guarded, name, partial(fn, target, backends))
+                         for name, fn in groups], deadline)
+    for (name, _fn), found in zip(groups, done, strict=True):
+        results += found if found is not None else [
+            fail(name, f"{address(name, target)}: no answer within {timeout:g} s")]
+    services = target.section("services")
+    if services is not None and any(r.status == "fail" and r.needs for r in results):
+        coming = side_by_side([partial(services_provide, services, backends)], deadline)[0]
+        results = [deferred(r, coming or set()) for r in results]
     return results
+
+
+# Group -> the section and key of the address it talks to (for a message).
+ADDRESSES = {"dbus": ("services", "bus"), "ovsdb": ("ovs_mirror", "db"),
+             "libvirt": ("ivshmem", "uri"), "vsphere": ("vsphere_network", "server")}
+
+
+def address(group: str, target: Target) -> str:
+    """What a group of checks talks to, for a message."""
+    if group == "broker":
+        return f"the broker of {target.fleet}"
+    name, key = ADDRESSES[group]
+    section = target.section(name)
+    if section is None:
+        return "the system bus"  # dbus without services: the only group that goes on
+    where = str(getattr(section, key))
+    return f"{where}:{section.port}" if group == "vsphere" else where
 
 
 def deferred(result: Result, coming: set[str]) -> Result:
@@ -242,7 +269,7 @@ def command(answers: Any, args: argparse.Namespace) -> int:
     target.max_skew = args.max_skew
     backends = RealBackends()
     try:
-        results = run(target, backends)
+        results = run(target, backends, args.timeout)
     finally:
         backends.close()
     if args.json:
@@ -336,13 +363,16 @@ def dbus_checks(target: Target, backends: Backends) -> list[Result]:
 
 def services_provide(section: BaseModel, backends: Backends) -> set[str]:
     """The facts the services step's plan makes true, e.g. "ovs" when it starts Open
-    vSwitch (the runner's own check phase)."""
+    vSwitch (the runner's own check phase, which reports its errors, not raises)."""
     from steps.base import Context
     from wizard.runner import Prepared, StepResult, prepare
 
     step = next(s for s in REGISTRY if s.name == "services")
     item = Prepared(step, section, StepResult(step.name))
-    prepare(item, Context(backends=backends))
+    try:
+        prepare(item, Context(backends=backends))
+    except Exception:  # noqa: BLE001 - then nothing is known to be started
+        return set()
     return step.provides(item.result.changes) if item.result.status == "pending" else set()
 
 

@@ -9,8 +9,8 @@ written or changed (a socket-activated daemon may be started by systemd when
 it is connected to, as by any client).
 
 The checks that talk to a system run side by side, one group per system,
-bounded together by ``timeout``: a daemon that does not answer makes its
-group fail ("no answer within N s"), never the doctor hang.  As in a run, a
+bounded together by ``timeout``: a system that does not answer makes its
+group fail ("ADDRESS: no answer within N s"), never the doctor hang.  As in a run, a
 daemon that is down is not a failure when the services step's plan starts it
 (the check says so and is skipped).
 """
@@ -95,14 +95,17 @@ class Result:
 
 
 def ok(check: str, detail: str) -> Result:
+    """A check that passed."""
     return Result(check, "ok", detail)
 
 
 def fail(check: str, detail: str, needs: str | None = None, now: str = "") -> Result:
+    """A check that failed (see :class:`Result` for ``needs`` and ``now``)."""
     return Result(check, "fail", detail, needs, now)
 
 
 def skip(check: str, detail: str) -> Result:
+    """A check not made (not answered, or made unnecessary), and why."""
     return Result(check, "skip", detail)
 
 
@@ -119,9 +122,11 @@ class Target:
     problem: str = ""  # the answers cannot be used for this host (a failing check)
 
     def section(self, name: str) -> Any:
+        """The validated section of step ``name``, ``None`` when it is not checked."""
         return self.sections.get(name)
 
     def not_checked(self, name: str) -> str:
+        """Why step ``name`` is not checked."""
         return self.why.get(name, "not answered")
 
 
@@ -177,15 +182,12 @@ def _agent_name(config: Path) -> str | None:
 # ---------------------------------------------------------------- running
 
 
-def guarded(check: str, work: Callable[[], list[Result]],
-            needs: str | None = None) -> list[Result]:
+def guarded(check: str, work: Callable[[], list[Result]]) -> list[Result]:
     """``work()``, with a backend's or the host's error as a failing ``check``."""
     try:
         return work()
-    except BackendUnreachable as exc:
-        return [fail(check, str(exc), needs)]
     except (BackendError, ValueError, OSError) as exc:
-        return [fail(check, str(exc) or type(exc).__name__, needs)]
+        return [fail(check, str(exc) or type(exc).__name__)]
     except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
         return [fail(check, f"internal error: {type(exc).__name__}: {exc}")]
 

@@ -135,6 +135,7 @@ def test_a_healthy_host_inside_and_from_outside(host: Host) -> None:
     run = host.inside("--answers", str(host.path("inside-answers.yaml")))
     assert run[0] == 0, run
     assert status(run)["vsphere"] == status(run)["clock skew"] == "ok"
+    assert detail(run, "vsphere").endswith(" as root: VMware ESXi 6.5.0 build-5969303")
     run = host.outside("--answers", str(host.path("answers.yaml")))
     assert run[0] == 0, run
     assert "ok" == status(run)["hook config"] == status(run)["unit ovs-vswitchd.service"]

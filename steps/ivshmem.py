@@ -51,7 +51,7 @@ from backends.interfaces.libvirt import (
     Shmem,
     libvirt_api,
 )
-from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.base import Change, Context, Operation, Problem, Question, Step, StepFailed, StepModel
 from steps.data import ivshmem_hook
 from steps.validators import DbusAddress, LibvirtUri, repeated
 
@@ -645,6 +645,10 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 "size": first.size_mib,
                 "domains": [d.name for d in having if d.shmem(first.name)]}
 
+    def facts_for(self, answers: IvshmemAnswers, ctx: Context) -> dict[str, Any]:
+        # Transitional (contract v2): this step's discover still takes a dict.
+        return self.discover(answers.model_dump(), ctx)
+
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         domains: dict[str, Domain] = facts.get("domains", {})
         names = tuple(domains)
@@ -1000,7 +1004,11 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                       before, after, what))
         return changes
 
-    def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
+    def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Operation]:
+        # Transitional (contract v2): operations without commands yet.
+        return [Operation(c, {}) for c in self._changes(answers, ctx)]
+
+    def _changes(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
         lv = libvirt_api(ctx.backends, answers.uri)
         want = self._desired(answers, lv)
         changes = self._file_changes(lv, want.wrappers)
@@ -1068,7 +1076,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                   "new hooks when it starts"))
         return changes
 
-    def apply(self, answers: IvshmemAnswers, changes: list[Change], ctx: Context) -> None:
+    def apply(self, answers: IvshmemAnswers, ops: list[Operation], ctx: Context) -> None:
+        changes = [o.change for o in ops]
         lv = libvirt_api(ctx.backends, answers.uri)
         done: list[Change] = []
         failed: list[str] = []

@@ -32,7 +32,7 @@ from backends.interfaces.ovsdb import (
     VswitchdTimeout,
     ovsdb_api,
 )
-from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.base import Change, Context, Operation, Problem, Question, Step, StepFailed, StepModel
 from steps.validators import OvsdbRemote
 
 DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
@@ -566,6 +566,10 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
     def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return _read(_backend(ctx, answers))
 
+    def facts_for(self, answers: OvsMirrorAnswers, ctx: Context) -> dict[str, Any]:
+        # Transitional (contract v2): this step's discover still takes a dict.
+        return self.discover(answers.model_dump(), ctx)
+
     def questions(self, facts: dict[str, Any]) -> list[Question]:
         bridges: dict[str, Bridge] = facts.get("bridges", {})
         ports = tuple(sorted({p for b in bridges.values() for p in b.ports}))
@@ -989,10 +993,14 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         else:
             ctx.log(f"ovs_mirror: cached flows revalidated through {target}")
 
-    def plan(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Change]:
+    def plan(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Operation]:
+        # Transitional (contract v2): operations without commands yet.
+        return [Operation(c, {}) for c in self._changes(answers, ctx)]
+
+    def _changes(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Change]:
         return self._diff(answers, _backend(ctx, answers.model_dump()))[0]
 
-    def apply(self, answers: OvsMirrorAnswers, changes: list[Change], ctx: Context) -> None:
+    def apply(self, answers: OvsMirrorAnswers, ops: list[Operation], ctx: Context) -> None:
         ovsdb = _backend(ctx, answers.model_dump())
         now, edit = self._diff(answers, ovsdb)
         if now:

@@ -49,6 +49,7 @@ from backends.interfaces.vsphere import (
 from steps.base import (
     Change,
     Context,
+    Operation,
     Problem,
     Question,
     SecretRef,
@@ -943,7 +944,11 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                     "and the answers do not create it there")))
         return problems
 
-    def plan(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Change]:
+    def plan(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Operation]:
+        # Transitional (contract v2): operations without commands yet.
+        return [Operation(c, {}) for c in self._changes(answers, ctx)]
+
+    def _changes(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Change]:
         """Creations and updates per host, adapter moves, then removals."""
         return [op.change for op in operations(answers, self._inventory(answers, ctx))]
 
@@ -952,18 +957,19 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         inv: Inventory = facts["inventory"]
         return inv
 
-    def apply(self, answers: VSphereNetworkAnswers, changes: list[Change], ctx: Context) -> None:
+    def apply(self, answers: VSphereNetworkAnswers, ops: list[Operation], ctx: Context) -> None:
         """Make the planned changes; on failure undo this run's and raise StepFailed."""
+        changes = [o.change for o in ops]
         api = vsphere_api(ctx.backends, connection(answers.model_dump()))
         wanted = {(c.target, c.action) for c in changes}
-        ops = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
+        todo = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
                if (op.change.target, op.change.action) in wanted]
         done: list[Op] = []
         try:
-            for i, op in enumerate(ops):
+            for i, op in enumerate(todo):
                 text = op.change.describe()
-                ctx.progress(i / len(ops), text)
-                invoke(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
+                ctx.progress(i / len(todo), text)
+                invoke(api, op.do, partial(part_progress, ctx, i / len(todo), len(todo), text))
                 done.append(op)
                 ctx.log(f"vsphere_network: {text}")
         except BackendUnreachable:
@@ -973,7 +979,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                              + (", ".join(op.change.describe() for op in done) or "nothing"))
             raise
         except BackendError as exc:
-            failed = ops[len(done)]
+            failed = todo[len(done)]
             not_undone, errors = self._compensate(api, done, ctx)
             remains = self._remains(answers, ctx, [*done, failed], not_undone, errors)
             undone = sum(op.change not in remains for op in done)

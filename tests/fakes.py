@@ -102,7 +102,8 @@ class FakeDBus:
                           "exit-code" if found.active == "failed" else "success")
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
-        state = {"enable": "enabled", "disable": "disabled", "mask": "masked"}[action]
+        state = {"enable": "enabled", "disable": "disabled", "mask": "masked",
+                 "unmask": "disabled"}[action]
         for name in names:
             self.enablement[name] = state
         return [("symlink", f"/etc/systemd/system/{n}", "") for n in names]
@@ -117,6 +118,9 @@ class FakeDBus:
         old = self.files.get(path)
         self.files[path] = HostFile(path, content, mode)
         return f"{path}.bak" if old is not None and old.content != content else None
+
+    def remove_file(self, path: str) -> str | None:
+        return f"{path}.bak" if self.files.pop(path, None) is not None else None
 
     def close(self) -> None:
         pass

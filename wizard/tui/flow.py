@@ -211,7 +211,7 @@ def host_check(flow: Flow) -> str:
 
 
 def validate_section(step: Any, questions: list[Any], values: dict[str, Any],
-                     facts: dict[str, Any]) -> list[str]:
+                     facts: Any) -> list[str]:
     """Problems with one section as entered on screen (model, then host checks),
     named by the fields' labels."""
     problems = model_problems(step.Answers, values, questions)
@@ -224,11 +224,14 @@ def validate_section(step: Any, questions: list[Any], values: dict[str, Any],
     return [problem_text(p.path, p.message, questions) for p in found]
 
 
-def discover(flow: Flow, step: Any, values: dict[str, Any]) -> dict[str, Any]:
+def discover(flow: Flow, step: Any, values: dict[str, Any]) -> Any:
     """The step's facts, read in a thread under a 'Please wait' that a key stops."""
-    facts: dict[str, Any] = flow.ui.wait(f"Reading the host for '{step.title}'...",
-                                         lambda: step.discover(dict(values), flow.ctx))
-    return facts
+    from steps.base import StepModel
+
+    # Transitional (contract v2): a step without a Connection model still reads a dict.
+    connection = dict(values) if step.Connection is StepModel else step.connection(values)
+    return flow.ui.wait(f"Reading the host for '{step.title}'...",
+                        lambda: step.discover(connection, flow.ctx))
 
 
 def step_pages(flow: Flow, step: Any) -> str:
@@ -251,7 +254,7 @@ def step_pages(flow: Flow, step: Any) -> str:
         else 0
     if focus in keys:
         stage = 0
-    facts: dict[str, Any] = {}
+    facts = step.Facts()
     while True:
         if stage == 0:
             button = ask_step(ui, f"{title}: connection", step, connect, values, focus)
@@ -276,7 +279,7 @@ def step_pages(flow: Flow, step: Any) -> str:
             if connect:
                 stage = 0
                 continue
-            facts = {}
+            facts = step.Facts()
         else:
             if step.name not in flow.prefilled:
                 flow.prefilled.add(step.name)
@@ -344,7 +347,8 @@ def relabel(flow: Flow, text: str) -> str:
         return text
     loc = tuple(int(p) if p.isdigit() else p
                 for p in re.findall(r"\w+", m["path"]))
-    questions = step.connect_questions() + step.questions(flow.ctx.facts.get(step.name, {}))
+    facts = flow.ctx.facts.get(step.name) or step.Facts()
+    questions = step.connect_questions() + step.questions(facts)
     line = int(m["line"]) if m["line"] else None
     return f"{step.title}: " + problem_text(loc, m["msg"], questions, line)
 
@@ -576,7 +580,7 @@ def answers_problems(flow: Flow, loaded: Loaded, path: Path) -> None:
         step = by_step.get(str(issue.loc[0])) if issue.loc else None
         if step is None:
             return problem_text(issue.loc, issue.message, [], issue.line)
-        questions = step.connect_questions() + step.questions({})
+        questions = step.connect_questions() + step.questions(step.Facts())
         return f"{step.title}: " + problem_text(issue.loc[1:], issue.message, questions,
                                                 issue.line)
 

@@ -10,9 +10,7 @@ alone, and the whole run (the groups side by side).  Best of REPEAT, seconds.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +19,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_check import applied_sandbox  # noqa: E402 - the benchmarks' shared sandbox
+
 from backends.bundle import RealBackends  # noqa: E402
-from sandbox import manage  # noqa: E402
-from wizard import answers as answers_mod  # noqa: E402
 from wizard import doctor  # noqa: E402
-from wizard.runner import execute  # noqa: E402
 
 REPEAT = 5
 
@@ -48,36 +45,25 @@ def best(work: Callable[[Any], list[doctor.Result]]) -> float:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-doctor-") as tmp:
-        sb = manage.up(Path(tmp) / "sb", tag=f"bd{os.getpid() % 1000}")
-        try:
-            answers = answers_mod.load(sb.dir / "answers.yaml")
-            backends = RealBackends()
-            try:
-                if execute(answers, "apply", backends).exit_code != 0:
-                    raise SystemExit("the sandbox answers did not apply")
-            finally:
-                backends.close()
-            target = doctor.from_answers(answers, Path("/nonexistent"))
-            doctor.run(target, RealBackends())  # imports and caches warm
-            groups = {"root, bindings": lambda b: [doctor.root_check(target),
-                                                   *doctor.binding_checks(target)],
-                      **{name: (lambda b, f=fn: f(target, b))
-                         for name, fn in (("dbus, units", doctor.dbus_checks),
-                                          ("ovsdb", doctor.ovs_checks),
-                                          ("libvirt, hook, memory", doctor.libvirt_checks),
-                                          ("vsphere, clock", doctor.vsphere_checks))}}
-            print(f"{'doctor (best of ' + str(REPEAT) + ')':28} {'seconds':>8}")
-            total = 0.0
-            for name, work in groups.items():
-                took = best(work)
-                total += took
-                print(f"  {name:26} {took:8.3f}")
-            print(f"  {'sum, one after the other':26} {total:8.3f}")
-            print(f"  {'doctor.run (side by side)':26} "
-                  f"{best(lambda b: doctor.run(target, b)):8.3f}")
-        finally:
-            manage.down(sb.dir)
+    """Each group's best time, their sum, and the whole run's."""
+    with applied_sandbox("bd") as answers:
+        target = doctor.from_answers(answers, Path("/nonexistent"))
+        doctor.run(target, RealBackends())  # imports and caches warm
+        groups = {"root, bindings": lambda b: [doctor.root_check(target),
+                                               *doctor.binding_checks(target)],
+                  **{name: (lambda b, f=fn: f(target, b))
+                     for name, fn in (("dbus, units", doctor.dbus_checks),
+                                      ("ovsdb", doctor.ovs_checks),
+                                      ("libvirt, hook, memory", doctor.libvirt_checks),
+                                      ("vsphere, clock", doctor.vsphere_checks))}}
+        print(f"{'doctor (best of ' + str(REPEAT) + ')':28} {'seconds':>8}")
+        total = 0.0
+        for name, work in groups.items():
+            took = best(work)
+            total += took
+            print(f"  {name:26} {took:8.3f}")
+        print(f"  {'sum, one after the other':26} {total:8.3f}")
+        print(f"  {'doctor.run (side by side)':26} {best(lambda b: doctor.run(target, b)):8.3f}")
     return 0
 
 

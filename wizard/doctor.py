@@ -655,7 +655,7 @@ def shm_check(section: Any, domains: dict[str, Any] | None) -> Result:
 def hugetlbfs_check(section: Any, lv: Any, domains: dict[str, Any] | None) -> Result:
     """For hugepage-backed devices: the mount is a hugetlbfs with enough free pages
     (the step's own check)."""
-    from steps.ivshmem import IvshmemStep
+    from steps.ivshmem import IvshmemFacts, IvshmemStep
 
     check, mount = "hugetlbfs", section.hugetlbfs
     if not any(d.backing == "hugepages" for d in section.device_list()):
@@ -665,8 +665,8 @@ def hugetlbfs_check(section: Any, lv: Any, domains: dict[str, Any] | None) -> Re
     if lv is None or domains is None:
         return fail(check, "not checked: libvirt unreachable", "libvirt")
     info = lv.hugetlbfs(mount)
-    facts = {"hugetlbfs": info, "huge_files": lv.list_files(mount) if info else [],
-             "domains": domains}
+    facts = IvshmemFacts(domains=domains, hugetlbfs_mount=mount, hugetlbfs=info,
+                         huge_files=tuple(lv.list_files(mount)) if info else ())
     problems = IvshmemStep().hugepage_problems(section, facts)
     if problems:
         return fail(check, "; ".join(p.message for p in problems))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
@@ -266,6 +267,13 @@ class FakeVSphere:
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     logged_out: bool = False
     ports: itertools.count[int] = field(default_factory=itertools.count)
+    clock_offset: float = 0.0  # seconds the server's clock is ahead of ours
+
+    def about(self) -> str:
+        return f"fake vSphere ({self.kind})"
+
+    def current_time(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
 
     @property
     def round_trips(self) -> int:

@@ -97,7 +97,7 @@ class MirrorAnswers(StepModel):
     name: str = Field(min_length=1, max_length=64, title="Mirror name",
                       description="mirror name, unique on its bridge")
     bridge: str = Field(min_length=1, title="Bridge",
-                        description="the bridge whose traffic is mirrored, e.g. br0")
+                        description="The bridge whose traffic is mirrored, e.g. br0.")
     state: Literal["present", "absent"] = Field(
         "present", title="State", description="present: create or update it; absent: delete "
         "it (only if hostsetup made it)")
@@ -114,8 +114,8 @@ class MirrorAnswers(StepModel):
         description="only mirror these VLANs, comma-separated IDs 0-4095; empty: all VLANs")
     output_port: str | None = Field(
         None, title="Output port (SPAN)",
-        description="SPAN: the port that receives the copies (a tunnel port sends them to a "
-        "remote analyser); it then carries nothing else. Empty for RSPAN")
+        description="The port that receives the copies (SPAN; a tunnel port sends them to a "
+        "remote analyser); it then carries nothing else. Empty for RSPAN.")
     output_vlan: int | None = Field(
         None, ge=1, le=4095, title="Output VLAN (RSPAN)",
         description="RSPAN: the VLAN (1-4095) the copies are sent out on, tagged; added to "

@@ -17,7 +17,8 @@ Each operation carries its command and the undo restoring what was there
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
@@ -750,6 +751,9 @@ class _Edit:
     def put_port(self, p: Port) -> None:
         have = self.ports.get(p.name)
         _mine(f"port {p.bridge}/{p.name}", have)
+        if have is not None and have.bridge != p.bridge:  # a port does not move
+            raise StepFailed(f"port {p.name} is on bridge {have.bridge}, not {p.bridge}; "
+                             "not touching it")
         self.ports_put.append(replace(p, uuid=have.uuid) if have is not None else p)
 
     def put_mirror(self, m: Mirror) -> None:
@@ -771,8 +775,21 @@ def _edit(commands: list[Command], ovsdb: OvsdbAPI) -> MirrorEdit:
     edit = _Edit(ovsdb.bridges(), ovsdb.ports(),
                  {(m.bridge, m.name): m for m in ovsdb.mirrors()})
     for command in commands:
-        edit.command(command)
+        with _malformed(command):
+            edit.command(command)
     return edit.done()
+
+
+@contextmanager
+def _malformed(command: Command) -> Iterator[None]:
+    """A command that lacks a key or has a value of the wrong type (e.g. a journal
+    edited by hand) fails the step with its name, not with a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        op = command.get("op") if isinstance(command, dict) else None
+        raise StepFailed(f"ovs_mirror: malformed command {op!r} "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _observe(c: Command, facts: OvsMirrorFacts) -> bool:
@@ -1271,7 +1288,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         self._revalidate(answers, ovsdb, ctx)
 
     def observe(self, answers: OvsMirrorAnswers, command: Command, ctx: Context) -> bool:
-        return _observe(command, _read(answers.api(ctx)))
+        facts = _read(answers.api(ctx))
+        with _malformed(command):
+            return _observe(command, facts)
 
     def apply(self, answers: OvsMirrorAnswers, ops: list[Operation], ctx: Context) -> None:
         """All of ``ops`` in ONE OVSDB transaction (all or nothing), journaled: every

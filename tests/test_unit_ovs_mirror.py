@@ -310,6 +310,28 @@ def test_a_command_never_touches_what_hostsetup_did_not_make() -> None:
         STEP.execute(answers({}), {"op": "frobnicate"}, Context(backends=fb))
 
 
+def test_a_malformed_command_fails_with_its_name_and_changes_nothing() -> None:
+    fb = built()
+    before = state(fb.ovsdb)
+    for command in ({"op": "put_port", "port": {"name": "x"}}, {"op": "delete_mirror"},
+                    {"op": "flood", "bridge": "br0", "add": 5, "remove": [],
+                     "rspan_vlans": None}):
+        with pytest.raises(StepFailed, match=f"malformed command '{command['op']}'"):
+            STEP.execute(answers({}), command, Context(backends=fb))
+    with pytest.raises(StepFailed, match="malformed command 'put_mirror'"):
+        STEP.observe(answers({}), {"op": "put_mirror"}, Context(backends=fb))
+    assert state(fb.ovsdb) == before
+
+
+def test_a_port_found_on_another_bridge_is_not_rewritten() -> None:
+    fb = built()
+    op = next(o for o in STEP.plan(answers(CHANGE), Context(backends=fb))
+              if o.change.target == "port br0/gre1")
+    moved = {**op.do["port"], "bridge": "br1"}
+    with pytest.raises(StepFailed, match="port gre1 is on bridge br0, not br1"):
+        STEP.execute(answers({}), {"op": "put_port", "port": moved}, Context(backends=fb))
+
+
 def test_undo_of_an_update_whose_bridge_is_gone_does_not_create_it() -> None:
     fb = switch()
     undo = {"op": "put_bridge", "bridge": {"name": "br-upd", "fail_mode": "secure",

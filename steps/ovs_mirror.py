@@ -383,8 +383,8 @@ class OvsMirrorConnection(StepModel):
 
     db: OvsdbRemote = Field(
         DEFAULT_DB, title="OVSDB remote",
-        description="OVSDB remote: unix:PATH on the host itself (unix:/var/run/openvswitch/"
-        "db.sock), tcp:HOST:6640 or ssl:HOST:6640 for a remote switch")
+        description="OVSDB remote: unix:PATH (this host's switch), tcp:HOST:6640 or "
+        "ssl:HOST:6640 (a remote switch)")
     ssl_key: str | None = Field(None, title="SSL private key",
                                 description="ssl: remotes only: the client's private key file")
     ssl_cert: str | None = Field(None, title="SSL certificate",

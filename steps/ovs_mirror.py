@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -670,13 +671,31 @@ def _mine(what: str, have: Mirror | Bridge | Port | None) -> None:
         raise StepFailed(f"{what} exists and was not made by hostsetup; not touching it")
 
 
+class _Switch:
+    """The switch as it is now, each table read on first use only: a command on a
+    mirror does not read the (maybe thousands of) ports."""
+
+    def __init__(self, ovsdb: OvsdbAPI) -> None:
+        self.ovsdb = ovsdb
+
+    @cached_property
+    def bridges(self) -> dict[str, Bridge]:
+        return self.ovsdb.bridges()
+
+    @cached_property
+    def ports(self) -> dict[str, Port]:
+        return self.ovsdb.ports()
+
+    @cached_property
+    def mirrors(self) -> dict[tuple[str, str], Mirror]:
+        return {(m.bridge, m.name): m for m in self.ovsdb.mirrors()}
+
+
 @dataclass
 class _Edit:
-    """The rows of the switch at translation time, and the edit being built."""
+    """The edit being built from commands, rows found by name in ``switch``."""
 
-    bridges: dict[str, Bridge]
-    ports: dict[str, Port]
-    mirrors: dict[tuple[str, str], Mirror]
+    switch: _Switch
     bridges_put: list[BridgePut] = field(default_factory=list)
     bridges_delete: list[Bridge] = field(default_factory=list)
     ports_put: list[Port] = field(default_factory=list)
@@ -693,7 +712,7 @@ class _Edit:
         if op == "put_bridge":
             self.put_bridge(c["bridge"])
         elif op == "delete_bridge":
-            have = self.bridges.get(c["name"])
+            have = self.switch.bridges.get(c["name"])
             _mine(f"bridge {c['name']}", have)
             self.bridges_delete += [have] if have is not None else []
         elif op == "restore_bridge":
@@ -701,13 +720,13 @@ class _Edit:
         elif op == "put_port":
             self.put_port(_port_of(c["port"]))
         elif op == "delete_port":
-            gone = self.ports.get(c["name"])
+            gone = self.switch.ports.get(c["name"])
             _mine(f"port {c['bridge']}/{c['name']}", gone)
             self.ports_delete += [gone] if gone is not None else []
         elif op == "put_mirror":
             self.put_mirror(_mirror_of(c["mirror"]))
         elif op == "delete_mirror":
-            old = self.mirrors.get((c["bridge"], c["name"]))
+            old = self.switch.mirrors.get((c["bridge"], c["name"]))
             _mine(f"mirror {c['bridge']}/{c['name']}", old)
             self.delete += [old] if old is not None else []
         elif op == "flood":
@@ -719,7 +738,7 @@ class _Edit:
             raise StepFailed(f"ovs_mirror: unknown command {op!r}")
 
     def put_bridge(self, v: Mapping[str, Any]) -> None:
-        have = self.bridges.get(v["name"])
+        have = self.switch.bridges.get(v["name"])
         _mine(f"bridge {v['name']}", have)
         if have is None and v["external_ids"].get(MANAGED) != "true":
             # Only a creation carries the mark; an update's bridge went away.
@@ -730,7 +749,7 @@ class _Edit:
 
     def restore_bridge(self, v: Mapping[str, Any], ports: list[dict[str, Any]],
                        mirrors: list[dict[str, Any]]) -> None:
-        name, have = v["name"], self.bridges.get(v["name"])
+        name, have = v["name"], self.switch.bridges.get(v["name"])
         _mine(f"bridge {name}", have)
         # Keys and VLANs the bridge has now (if it came back) that it had not before go.
         now = have or Bridge(name)
@@ -749,7 +768,7 @@ class _Edit:
             self.put_mirror(_mirror_of(m))
 
     def put_port(self, p: Port) -> None:
-        have = self.ports.get(p.name)
+        have = self.switch.ports.get(p.name)
         _mine(f"port {p.bridge}/{p.name}", have)
         if have is not None and have.bridge != p.bridge:  # a port does not move
             raise StepFailed(f"port {p.name} is on bridge {have.bridge}, not {p.bridge}; "
@@ -757,7 +776,7 @@ class _Edit:
         self.ports_put.append(replace(p, uuid=have.uuid) if have is not None else p)
 
     def put_mirror(self, m: Mirror) -> None:
-        have = self.mirrors.get((m.bridge, m.name))
+        have = self.switch.mirrors.get((m.bridge, m.name))
         _mine(f"mirror {m.bridge}/{m.name}", have)
         self.put.append(replace(m, uuid=have.uuid) if have is not None else m)
 
@@ -772,8 +791,7 @@ class _Edit:
 
 def _edit(commands: list[Command], ovsdb: OvsdbAPI) -> MirrorEdit:
     """The one edit that carries out ``commands``, rows found by name in the switch now."""
-    edit = _Edit(ovsdb.bridges(), ovsdb.ports(),
-                 {(m.bridge, m.name): m for m in ovsdb.mirrors()})
+    edit = _Edit(_Switch(ovsdb))
     for command in commands:
         with _malformed(command):
             edit.command(command)
@@ -792,35 +810,35 @@ def _malformed(command: Command) -> Iterator[None]:
                          f"({type(exc).__name__}: {exc})") from None
 
 
-def _observe(c: Command, facts: OvsMirrorFacts) -> bool:
-    """Whether the switch (``facts``) is in the state command ``c`` leads to."""
+def _observe(c: Command, switch: _Switch) -> bool:
+    """Whether the switch is in the state command ``c`` leads to."""
     op = c["op"]
-    mirrors = {(m.bridge, m.name): m for m in facts.mirrors}
     if op in ("put_bridge", "restore_bridge"):
-        b = facts.bridges.get(c["bridge"]["name"])
+        b = switch.bridges.get(c["bridge"]["name"])
         if op == "put_bridge" or b is None:
             return b is not None and _bridge_has(b, c["bridge"])
         return _bridge_has(b, c["bridge"], exact=True) and all(
-            _observe({"op": "put_port", "port": p}, facts) for p in c["ports"]
+            _observe({"op": "put_port", "port": p}, switch) for p in c["ports"]
             if p["name"] != b.name) and all(
-            _observe({"op": "put_mirror", "mirror": m}, facts) for m in c["mirrors"])
+            _observe({"op": "put_mirror", "mirror": m}, switch) for m in c["mirrors"])
     if op == "put_port":
-        port = facts.ports.get(c["port"]["name"])
+        port = switch.ports.get(c["port"]["name"])
         return port is not None and _port_value(port) == c["port"]
     if op == "put_mirror":
-        m = mirrors.get((c["mirror"]["bridge"], c["mirror"]["name"]))
+        m = switch.mirrors.get((c["mirror"]["bridge"], c["mirror"]["name"]))
         return m is not None and _mirror_value(m) == c["mirror"]
     if op == "flood":
-        b = facts.bridges.get(c["bridge"])
+        b = switch.bridges.get(c["bridge"])
         return b is not None and set(c["add"]) <= set(b.flood_vlans) \
             and not set(c["remove"]) & set(b.flood_vlans) \
             and b.external_ids.get(RSPAN_VLANS) == c["rspan_vlans"]
-    gone = {"delete_bridge": c.get("name") in facts.bridges,
-            "delete_port": c.get("name") in facts.ports,
-            "delete_mirror": (c.get("bridge"), c.get("name")) in mirrors}
-    if op not in gone:
-        raise StepFailed(f"ovs_mirror: unknown command {op!r}")
-    return not gone[op]
+    if op == "delete_bridge":
+        return c["name"] not in switch.bridges
+    if op == "delete_port":
+        return c["name"] not in switch.ports
+    if op == "delete_mirror":
+        return (c["bridge"], c["name"]) not in switch.mirrors
+    raise StepFailed(f"ovs_mirror: unknown command {op!r}")
 
 
 # Why an operation can cut traffic the operator (or a control plane) depends on:
@@ -1288,9 +1306,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         self._revalidate(answers, ovsdb, ctx)
 
     def observe(self, answers: OvsMirrorAnswers, command: Command, ctx: Context) -> bool:
-        facts = _read(answers.api(ctx))
+        switch = _Switch(answers.api(ctx))
         with _malformed(command):
-            return _observe(command, facts)
+            return _observe(command, switch)
 
     def apply(self, answers: OvsMirrorAnswers, ops: list[Operation], ctx: Context) -> None:
         """All of ``ops`` in ONE OVSDB transaction (all or nothing), journaled: every

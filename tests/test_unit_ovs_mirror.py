@@ -332,6 +332,19 @@ def test_a_port_found_on_another_bridge_is_not_rewritten() -> None:
         STEP.execute(answers({}), {"op": "put_port", "port": moved}, Context(backends=fb))
 
 
+def test_a_mirror_command_reads_neither_bridges_nor_ports(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undo is a transaction per command: it reads only the table it needs (a
+    switch may have thousands of ports)."""
+    fb = built()
+    op = next(o for o in STEP.plan(answers(CHANGE), Context(backends=fb))
+              if o.change.target == "mirror br0/m-upd")
+    for table in ("bridges", "ports"):
+        monkeypatch.setattr(fb.ovsdb, table, lambda t=table: pytest.fail(f"{t} read"))
+    STEP.execute(answers({}), op.do, Context(backends=fb))
+    assert STEP.observe(answers({}), op.do, Context(backends=fb))
+
+
 def test_undo_of_an_update_whose_bridge_is_gone_does_not_create_it() -> None:
     fb = switch()
     undo = {"op": "put_bridge", "bridge": {"name": "br-upd", "fail_mode": "secure",

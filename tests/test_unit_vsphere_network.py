@@ -124,8 +124,9 @@ def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> Non
     run("apply", FULL, fb)
     reads = [args[0] for method, args in fb.vsphere.calls if method == "inventory"]
     assert reads and all(vms == {"sensor01"} for vms in reads)
-    facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
-    assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all
+    step = VSphereNetworkStep()
+    facts = step.discover(step.connection(FULL["vsphere_network"]), Context(backends=fb))
+    assert facts.inventory.vm("other").adapters  # the wizard's choices need them all
 
 
 def test_policies_plan_only_what_changes_and_keep_the_rest() -> None:

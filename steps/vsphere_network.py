@@ -876,10 +876,11 @@ def decode(command: Command) -> tuple[str, dict[str, Any]]:
         raise StepFailed(f"vsphere_network: unknown command {op!r} (known: "
                          f"{', '.join(ADAPTERS)}) or its 'args' is not a mapping")
     types = ADAPTERS[op]
-    odd = sorted(set(args) ^ set(types))
-    if odd:
-        raise StepFailed(f"vsphere_network: command {op!r} takes arguments "
-                         f"{', '.join(types)}, not as given (wrong: {', '.join(odd)})")
+    missing, unknown = [k for k in types if k not in args], sorted(set(args) - set(types))
+    if missing or unknown:
+        raise StepFailed(f"vsphere_network: command {op!r} takes {', '.join(types)}: "
+                         + "; ".join(f"{what} {', '.join(keys)}" for what, keys in (
+                             ("missing", missing), ("unknown", unknown)) if keys))
     values = {}
     for key, value in args.items():
         try:

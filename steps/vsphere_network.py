@@ -22,6 +22,11 @@ the fields left out keep their value (ESXi's default on a new one); on a port
 group they are inherited from the vSwitch when it is created and left as they
 are when it is updated.
 
+Each operation's ``do`` and ``undo`` are JSON commands (a VSphereAPI method and its
+arguments, specs as dicts) carried out through a fixed table (:data:`COMMANDS`),
+so that a journal can keep them and ``hostsetup undo`` run them later; an
+operation that can cut the management path is ``risky``.
+
 If a change fails, what this run did is undone in reverse order (created
 objects removed, updated ones restored, adapters moved back).  What remains
 changed is then computed from a re-read of the inventory, not from which

@@ -226,10 +226,7 @@ def validate_section(step: Any, questions: list[Any], values: dict[str, Any],
 
 def discover(flow: Flow, step: Any, values: dict[str, Any]) -> Any:
     """The step's facts, read in a thread under a 'Please wait' that a key stops."""
-    from steps.base import StepModel
-
-    # Transitional (contract v2): a step without a Connection model still reads a dict.
-    connection = dict(values) if step.Connection is StepModel else step.connection(values)
+    connection = step.connection(values)  # checked by the connection window already
     return flow.ui.wait(f"Reading the host for '{step.title}'...",
                         lambda: step.discover(connection, flow.ctx))
 

@@ -168,7 +168,8 @@ class FakeOvsdb:
     ports_: dict[str, Port] = field(default_factory=dict)
 
     def bridges(self) -> dict[str, Bridge]:
-        return dict(self.bridges_)
+        # Ports by name, as the adapter reads them.
+        return {n: replace(b, ports=tuple(sorted(b.ports))) for n, b in self.bridges_.items()}
 
     def ports(self) -> dict[str, Port]:
         return {p: self.ports_.get(p) or Port(p, b.name, uuid=f"port-{p}")
@@ -186,9 +187,11 @@ class FakeOvsdb:
         ids = {k: v for k, v in {**old.external_ids, **put.external_ids}.items() if v is not None}
         other = {k: v for k, v in {**old.other_config, **put.other_config}.items()
                  if v is not None}
+        # As the adapter: None leaves a setting as it is; fail_mode "" clears it.
         self.bridges_[put.name] = replace(
-            old, datapath_type=put.datapath_type or old.datapath_type,
-            fail_mode=put.fail_mode if put.fail_mode is not None else old.fail_mode,
+            old, datapath_type=old.datapath_type if put.datapath_type is None
+            else put.datapath_type,
+            fail_mode=old.fail_mode if put.fail_mode is None else put.fail_mode or None,
             external_ids=ids, other_config=other)
 
     def _edit_ports(self, edit: MirrorEdit) -> None:
@@ -220,8 +223,10 @@ class FakeOvsdb:
         for put in edit.bridges_put:
             self._put_bridge(put)
         self._edit_ports(edit)
-        for gone in edit.bridges_delete:
-            self.bridges_.pop(gone.name, None)
+        for gone in edit.bridges_delete:  # its ports and mirrors go with it
+            for port in self.bridges_.pop(gone.name, gone).ports:
+                self.ports_.pop(port, None)
+            self.mirrors_ = {k: m for k, m in self.mirrors_.items() if m.bridge != gone.name}
         for m in edit.delete:
             self.mirrors_.pop(m.uuid, None)
         for m in edit.put:

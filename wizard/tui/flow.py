@@ -229,10 +229,16 @@ def validate_section(step: Any, questions: list[Any], values: dict[str, Any],
 
 def discover(flow: Flow, step: Any, values: dict[str, Any]) -> Any:
     """The step's facts, read in a thread under a 'Please wait' that a key stops."""
-    from steps.base import StepModel
+    from pydantic import ValidationError
 
-    # Transitional (contract v2): a step without a Connection model still reads a dict.
-    connection = dict(values) if step.Connection is StepModel else step.connection(values)
+    try:
+        connection = step.connection(values)
+    except ValidationError:
+        # Its text would quote the values (a typed password): say it as the
+        # connection window does, by label.
+        keys = set(step.Connection.model_fields)
+        raise ValueError("\n".join(model_problems(step.Answers, values,
+                                                   step.connect_questions(), only=keys))) from None
     return flow.ui.wait(f"Reading the host for '{step.title}'...",
                         lambda: step.discover(connection, flow.ctx))
 

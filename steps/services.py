@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from backends.interfaces import BackendError
 from backends.interfaces.dbus import DBusAPI, NetworkState, Unit, UnitStatus, dbus_api
 from steps.base import (
     Change,
@@ -97,7 +98,7 @@ class ServicesAnswers(ServicesConnection):
     )
     start: bool = Field(True, title="Start inactive units",
                         description="start required units that are inactive (mode 'replace')")
-    timeout: float = Field(30.0, gt=0, le=600, title="Job timeout (s)",
+    timeout: float = Field(30.0, gt=0, le=600, title="Start timeout (s)",
                            description="seconds to wait for each job")
     enable: list[str] = Field(default_factory=list, description="unit files to enable "
                               "(persistent: started at boot)")
@@ -327,8 +328,20 @@ def _set_enablement(dbus: DBusAPI, unit: str, wanted: str) -> None:
         return
     if now == "masked":
         dbus.unit_files("unmask", [unit])
-    if wanted in ("enabled", "masked"):
-        dbus.unit_files("enable" if wanted == "enabled" else "mask", [unit])
+    if wanted == "masked":
+        try:
+            dbus.unit_files("mask", [unit])
+        except BackendError as exc:
+            if "exist" not in str(exc):
+                raise
+            # Masking links /etc/systemd/system/UNIT to /dev/null: a unit file of
+            # that name already there (the admin's own unit) cannot be replaced.
+            raise StepFailed(
+                f"cannot mask {unit}: its unit file is in /etc/systemd/system, where "
+                "masking would put a link to /dev/null; disable or stop it instead, or "
+                f"move the file to /usr/lib/systemd/system (systemd: {exc})") from None
+    elif wanted == "enabled":
+        dbus.unit_files("enable", [unit])
     elif now == "enabled":
         dbus.unit_files("disable", [unit])
 

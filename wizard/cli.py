@@ -63,18 +63,27 @@ def fetch_answers(args: argparse.Namespace) -> int | None:
     return None
 
 
+def common_options(default: object) -> argparse.ArgumentParser:
+    """``--report`` and ``--log``, accepted before and after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--report", type=Path, metavar="FILE", default=default,
+                        help="write a JSON report")
+    common.add_argument("--log", type=Path, metavar="FILE", default=default,
+                        help="write a log file")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (usage errors exit 2, as argparse does)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report")
-    common.add_argument("--log", type=Path, metavar="FILE", help="write a log file")
-
     p = argparse.ArgumentParser(
         prog="hostsetup",
         description="Set up a virtualization host: services, OVS mirrors, vSphere "
         "networking, ivshmem devices. Without a command: the interactive wizard.",
-        parents=[common],
+        parents=[common_options(None)],
     )
+    # In a subcommand the options default to "not given", so that
+    # `hostsetup --log F apply ...` keeps the F given before the subcommand.
+    common = common_options(argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"hostsetup {__version__}")
     p.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
                    help="prefill the wizard; it asks only what is missing or listed "

@@ -439,7 +439,8 @@ class JournalRun:
             return {**base, "exit_code": end["exit_code"], "started": end["started"],
                     "duration": end["duration"], "steps": steps}
         last = max((float(r.get("time", 0)) for r in self.records), default=0.0)
-        return {**base, "exit_code": None, "started": h.get("time", 0),
+        return {**base, "exit_code": None, "last_begun": self.last_begun(),
+                "started": h.get("time", 0),
                 "duration": round(last - float(h.get("time", 0)), 4),
                 "steps": self._steps_so_far()}
 
@@ -464,23 +465,25 @@ class JournalRun:
         return out
 
 
-def _records(data: bytes, path: Path) -> list[dict[str, Any]]:
-    """JSON lines; a last line cut short (a power cut mid-write) is left out."""
-    lines = data.split(b"\n")
-    records = []
-    for i, line in enumerate(lines):
+def records(data: bytes, path: Path) -> list[dict[str, Any]]:
+    """JSON lines.  A line cut short (a power cut mid-write) is left out when only
+    marks follow it (written by later processes); anywhere else it is damage."""
+    out: list[dict[str, Any]] = []
+    cut = 0  # the line number of a line cut short, not yet followed by a record
+    for i, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            if i >= len(lines) - 2:
-                break  # the last line, not complete
-            raise JournalError(f"{path}: damaged at line {i + 1} (not JSON)") from None
+            record = None
         if not isinstance(record, dict):
-            raise JournalError(f"{path}: damaged at line {i + 1} (not a record)")
-        records.append(record)
-    return records
+            cut = cut or i
+            continue
+        if cut and record.get("t") != "mark":
+            raise JournalError(f"{path}: damaged at line {cut} (not a JSON record)")
+        out.append(record)
+    return out
 
 
 def _open(path: Path) -> int:
@@ -518,10 +521,10 @@ def read_path(path: Path, limit: int = JOURNAL_LIMIT + TAIL) -> JournalRun:
         os.close(fd)
     if len(data) > limit:
         raise JournalError(f"{path}: larger than {limit} bytes: not a run journal")
-    records = _records(data, path)
-    if not records or records[0].get("t") != "run":
+    found = records(data, path)
+    if not found or found[0].get("t") != "run":
         raise JournalError(f"{path}: not a hostsetup run journal (no run header)")
-    return JournalRun(path.name.removesuffix(SUFFIX), path, records, busy)
+    return JournalRun(path.name.removesuffix(SUFFIX), path, found, busy)
 
 
 def read_run(run_id: str, base: Path | None = None) -> JournalRun:

@@ -341,3 +341,36 @@ def test_a_line_cut_short_is_left_out_only_at_the_end(state_dir: Path) -> None:
         f.write(b'{"t":"end","n":1}\n')
     with pytest.raises(JournalError, match="damaged at line 2"):
         journal_mod.read_run(journal.id)
+
+
+@pytest.mark.parametrize("at", [1, 2, 4])
+def test_an_interrupted_undo_is_finished_by_undoing_again(
+        at: int, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fb, answers = sample_backends(), doc(services=SERVICES)
+    first = changes(fb, answers)
+    _run, applied = apply(fb, answers)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(_pid: int, _sig: int) -> None:
+        raise Killed
+
+    monkeypatch.setenv("HOSTSETUP_TEST", "1")
+    monkeypatch.setenv("HOSTSETUP_TEST_KILL_AT", str(at))
+    target, every = recovery.target_run(None)
+    with monkeypatch.context() as m:
+        m.setattr(os, "kill", kill)
+        m.setattr(RunJournal, "finish", lambda self, _run: self.close())
+        with pytest.raises(Killed):
+            recovery.undo(target, fb, every=every)
+    monkeypatch.delenv("HOSTSETUP_TEST_KILL_AT")
+    [stuck] = journal_mod.unsettled()
+    assert stuck.mode == "undo" and stuck.header["undoes"] == applied.id
+    said: list[str] = []
+    assert recovery.settle(None, fb, said.append) == EXIT_INTERRUPTED_RUN
+    assert recovery.settle("resume", fb, said.append) is None  # an undo: undone again
+    assert changes(fb, answers) == first
+    assert journal_mod.unsettled() == []
+    assert journal_mod.read_run(applied.id).state == "undone"
+    assert journal_mod.read_run(stuck.id).state == "resumed"

@@ -330,6 +330,9 @@ def resume_run(args: argparse.Namespace, backends: Any) -> int:
     code = recovery.settle(args.after_interrupted, backends, say, skip=frozenset({run.id}))
     if code is not None:
         return code
+    if run.mode == "undo":  # finishing an undo is undoing again
+        say(f"hostsetup: resume: {run.notice()}: undoing again")
+        return recovery.carry_out(run, "undo", backends, print)
     done, journal = recovery.resume(run, backends)
     print(f"run {journal.id} resumes run {run.id} ({run.when()})")
     print_run(done)
@@ -347,9 +350,9 @@ def undo_run(args: argparse.Namespace, backends: Any) -> int:
             raise
         print(f"hostsetup: undo: {exc}")
         return 0
-    chain = frozenset(r.id for r in recovery.chain_of(target, every))
     if not args.dry_run:
-        code = recovery.settle(args.after_interrupted, backends, say, skip=chain)
+        code = recovery.settle(args.after_interrupted, backends, say,
+                               skip=recovery.related(target, every))
         if code is not None:
             return code
     result = recovery.undo(target, backends, dry_run=args.dry_run, every=every)

@@ -82,25 +82,50 @@ def settle(after: str | None, backends: Backends, say: Say, via: str = "cli",
         if after is None:
             say(f"hostsetup: {run.notice()}: {HOW}")
             return EXIT_INTERRUPTED_RUN
+        if read_path(run.path).state != "interrupted":
+            continue  # settled meanwhile (an undo marks the runs it finished)
         say(f"hostsetup: {run.notice()}: {after} it first")
-        if after == "ignore":
-            mark(run, "abandoned")
-            continue
-        try:
-            if after == "resume":
-                done, _journal = resume(run, backends, via=via, base=base)
-                code = done.exit_code
-            else:
-                result = undo(run, backends, via=via, base=base)
-                for line in result.lines():
-                    say(line)
-                code = result.exit_code
-        except Refused as exc:
-            say(f"hostsetup: {exc}")
-            return exc.code
+        code = carry_out(run, after, backends, say, via, base)
         if code != EXIT_OK:
             return code
     return None
+
+
+def carry_out(run: JournalRun, action: str, backends: Backends, say: Say, via: str = "cli",
+              base: Path | None = None) -> int:
+    """Resume, undo or ignore (mark ``abandoned``) the interrupted ``run``; returns the
+    exit code.  An interrupted undo is finished by undoing again, whatever ``action``."""
+    try:
+        if action == "ignore":
+            mark(run, "abandoned")
+            say(f"run {run.id} marked abandoned")
+            return EXIT_OK
+        every = runs(base)
+        if run.mode == "undo" or action == "undo":
+            result = undo(origin(run, every), backends, via=via, every=every, base=base)
+            for line in result.lines():
+                say(line)
+            return result.exit_code
+        done, journal = resume(run, backends, via=via, base=base)
+        say(f"run {journal.id} resumed run {run.id}: exit {done.exit_code}")
+        return done.exit_code
+    except Refused as exc:
+        say(f"hostsetup: {exc}")
+        return exc.code
+
+
+def origin(run: JournalRun, every: list[JournalRun]) -> JournalRun:
+    """The run an undo run reverts (``run`` itself for an apply or a resume)."""
+    undoes = run.header.get("undoes") if run.mode == "undo" else None
+    return next((r for r in every if r.id == undoes), run)
+
+
+def related(target: JournalRun, every: list[JournalRun]) -> frozenset[str]:
+    """The runs undoing ``target`` settles: its chain, and the undo runs of it (an
+    interrupted undo is finished by the next one)."""
+    chain = {r.id for r in chain_of(target, every)}
+    return frozenset(chain | {r.id for r in every
+                              if r.mode == "undo" and r.header.get("undoes") in chain})
 
 
 def interrupted(run_id: str | None, base: Path | None = None) -> JournalRun | None:
@@ -329,9 +354,11 @@ def undo(target: JournalRun, backends: Backends, dry_run: bool = False, via: str
             journal.finish(done)
             result.journal = read_path(journal.path)
     if journal is not None and result.exit_code == EXIT_OK:
-        for run in chain:
-            if run.state != "undone":
-                mark(run, "undone", journal.id)
+        every = every if every is not None else runs(base)
+        for run in every:
+            if run.id in related(target, every) and run.state in ("interrupted", "finished",
+                                                                   "resumed", "abandoned"):
+                mark(run, "undone" if run.mode in UNDOABLE_MODES else "resumed", journal.id)
     return result
 
 

@@ -148,7 +148,9 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     fl = sub.add_parser("fleet", help="run plan/apply on the hosts of an answers file")
     fsub = fl.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
     for name, text in (("plan", "plan on every host (exit 4 if any has changes pending)"),
-                       ("apply", "plan everywhere, then apply in batches: canary first")):
+                       ("apply", "plan everywhere, then apply in batches: canary first"),
+                       ("resume", "on each host, finish its interrupted run (its journal)"),
+                       ("undo", "on each host, revert its last run that applied something")):
         sp = fsub.add_parser(name, help=text, description=text, parents=[common, broker])
         sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
         sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
@@ -168,6 +170,7 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         sp.add_argument("--run-id", help=argparse.SUPPRESS)
         sp.add_argument("--lines", action="store_true",
                         help="progress as lines even on a terminal (default there: a window)")
+        add_fleet_recovery(sp, name)
     st = fsub.add_parser("status", help="state of a (detached) run", parents=[common, broker])
     st.add_argument("run", metavar="RUN", help="the run id printed by --detach")
 
@@ -257,6 +260,46 @@ def add_recovery_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     for parser in (rs, ud):
         parser.add_argument("--after-interrupted", choices=("ignore",),
                             help="another interrupted run: ignore it (marked abandoned)")
+
+
+def add_fleet_recovery(sp: argparse.ArgumentParser, name: str) -> None:
+    """``fleet apply --after-interrupted``; ``fleet resume|undo --hosts``, ``undo --run``
+    and ``--dry-run``."""
+    from wizard.recovery import AFTER
+
+    if name == "apply":
+        sp.add_argument("--after-interrupted", choices=AFTER, help=AFTER_HELP)
+    if name in ("resume", "undo"):
+        sp.add_argument("--hosts", metavar="NAME,...", help="only these hosts (default: all)")
+    if name == "undo":
+        sp.add_argument("--run", metavar="RUN", help="the run to revert: a host's run id or "
+                        "a fleet run id (default: each host's last run)")
+        sp.add_argument("--dry-run", action="store_true", help="list what would be reverted")
+
+
+def fleet_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """What a fleet resume/undo (or apply --after-interrupted) adds to each task."""
+    return {k: v for k, v in (("after_interrupted", getattr(args, "after_interrupted", None)),
+                              ("target", getattr(args, "run", None)),
+                              ("dry_run", getattr(args, "dry_run", False))) if v}
+
+
+def fleet_hosts(args: argparse.Namespace, hosts: dict[str, Any]) -> dict[str, Any]:
+    """``--hosts a,b``: those hosts of the answers file; raises ValueError for an unknown one."""
+    wanted = [h for h in (getattr(args, "hosts", None) or "").split(",") if h]
+    unknown = [h for h in wanted if h not in hosts]
+    if unknown:
+        raise ValueError(f"--hosts: {', '.join(unknown)} not in the answers file's hosts "
+                         f"({', '.join(hosts)})")
+    return {h: v for h, v in hosts.items() if not wanted or h in wanted}
+
+
+def fleet_argv(args: argparse.Namespace) -> list[str]:
+    """The same options, for a detached run."""
+    argv = [f"{flag}={getattr(args, key)}" for flag, key in (
+        ("--after-interrupted", "after_interrupted"), ("--run", "run"), ("--hosts", "hosts"))
+        if getattr(args, key, None)]
+    return argv + (["--dry-run"] if getattr(args, "dry_run", False) else [])
 
 
 def say(line: str) -> None:
@@ -437,7 +480,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    """``fleet plan|apply|status``."""
+    """``fleet plan|apply|resume|undo|status``."""
     from wizard import answers as answers_mod
     from wizard import fleet
 
@@ -463,9 +506,14 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     options = fleet.Options(canary=args.canary, batch_size=args.batch_size,
                             max_fail=args.max_fail, timeout=args.timeout,
                             agent_wait=args.agent_wait)
-    run = fleet.FleetRun(app, args.fleet_command, fleet.host_payloads(answers), options,
-                         args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
-                                                                         flush=True))
+    try:
+        hosts = fleet_hosts(args, fleet.host_payloads(answers))
+    except ValueError as exc:
+        print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run = fleet.FleetRun(app, args.fleet_command, hosts, options, args.run_id,
+                         on_event=lambda host, text: print(f"[{host}] {text}", flush=True),
+                         extra=fleet_extra(args))
     if args.detach:
         from backends.interfaces import BackendError
 
@@ -505,7 +553,8 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
             "--answers", source, "--run-id", run_id,
             "--canary", str(args.canary), "--batch-size", str(args.batch_size),
             "--max-fail", args.max_fail, "--timeout", str(args.timeout),
-            "--agent-wait", str(args.agent_wait), "--config", str(args.config)]
+            "--agent-wait", str(args.agent_wait), "--config", str(args.config),
+            *fleet_argv(args)]
     for flag, value in (("--broker", args.broker), ("--password", args.password),
                         ("--answers-ca", args.answers_ca and args.answers_ca.resolve()),
                         ("--report", args.report and args.report.resolve())):

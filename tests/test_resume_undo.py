@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,10 +65,9 @@ def boundaries(total: int) -> list[int]:
     return sorted({1, total, *rng.sample(every[1:-1], SAMPLE - 2)})
 
 
-def check(res: object, code: int) -> None:
-    assert getattr(res, "returncode") == code, (  # noqa: B009 - CompletedProcess
-        f"exit {getattr(res, 'returncode')}, expected {code}\n{getattr(res, 'stdout')}"
-        f"{getattr(res, 'stderr')}")
+def check(res: subprocess.CompletedProcess[str], code: int) -> None:
+    assert res.returncode == code, \
+        f"exit {res.returncode}, expected {code}\n{res.stdout}{res.stderr}"
 
 
 def test_killed_at_each_operation_boundary_resume_and_undo(

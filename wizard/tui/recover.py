@@ -20,11 +20,12 @@ from wizard.tui.widgets import TextWindow
 
 log = logging.getLogger("hostsetup")
 
-HELP = ("hostsetup keeps a journal of every Apply (/var/lib/hostsetup/journal). This run "
-        "began changing the host and did not end. Resume: plan again with its answers "
-        "(the review shows what is left) and apply. Undo: revert what it applied, last "
-        "first, checked by reading the host. Ignore: mark it abandoned and go on. Quit: "
-        "leave it as it is (exit 6).")
+HELP = ("hostsetup keeps a journal of every Apply ({where}). This run began changing the "
+        "host and did not end. Resume: plan again with its answers (the review shows what "
+        "is left) and apply. Undo: revert what it applied, last first, checked by reading "
+        "the host. Ignore: mark it abandoned and go on. Quit (Esc, Ctrl-C): leave it as it "
+        "is (exit 6); 'hostsetup resume' and 'hostsetup undo' do the same from a shell.")
+KEYS = " Tab/arrows move | Enter press | Esc/^C quit, the run left as it is | F1 help"
 
 
 def earlier_run(flow: Any, backends: Any) -> int | None:
@@ -50,9 +51,10 @@ def earlier_run(flow: Any, backends: Any) -> int | None:
                 f"  started {run.when()}\n  last operation begun: {run.last_begun()}\n\n"
                 "Resume it, undo it, or ignore it?")
         win = TextWindow("Interrupted run", text, ["Resume", "Undo", "Ignore", "Quit"],
-                         rows=0, help_text=HELP)
+                         keys=KEYS, rows=0, help_text=HELP.format(where=run.path.parent))
+        win.ctrl_c = "return"
         result = flow.ui.show(win)
-        button = "quit" if result == "ESC" else win.pressed(result)
+        button = "quit" if result in ("ESC", "CTRL-C") else win.pressed(result)
         if button == "quit":
             return EXIT_INTERRUPTED_RUN
         if button == "ignore":

@@ -643,12 +643,13 @@ class FleetRun:
             code = rep.get("exit_code")
             status = rep.get("status") or RUN_STATUS.get(code if isinstance(code, int) else -1,
                                                          "failed")
+            changes = sum(len(s.get("changes", [])) for s in rep.get("steps", []))
             if phase in DONE and code == EXIT_OK:
-                status = DONE[phase] if rep.get("steps") else "unchanged"
+                # a resume or an undo that changed nothing (nothing to do, a dry run)
+                status = DONE[phase] if changes or phase == "apply" else "unchanged"
             out.status = status
             out.errors = list(rep.get("errors", [])) + [e for s in rep.get("steps", [])
                                                          for e in s.get("errors", [])]
-            changes = sum(len(s.get("changes", [])) for s in rep.get("steps", []))
             if rep.get("redelivered"):
                 out.errors.append("note: redelivered (an earlier attempt's worker died)")
             if "status" not in rep:

@@ -6,9 +6,11 @@ test_resume_undo.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,27 +98,35 @@ def test_the_report_is_read_back_from_the_journal(state_dir: Path) -> None:
     assert report_lines(load_report(journal.path), None, 200) == shown
 
 
-def interrupt(answers: answers_mod.Answers, fb: FakeBackends, at: int,
-              monkeypatch: pytest.MonkeyPatch) -> RunJournal:
-    """An apply "killed" at boundary ``at``: SIGKILL is replaced by an exception that
-    skips the rest of the run (the end records are not written, as after a kill)."""
-    class Killed(BaseException):
-        pass
+class Killed(BaseException):
+    """What the pause point's SIGKILL becomes in these tests."""
 
+
+@contextlib.contextmanager
+def killed_at(at: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The pause point at boundary ``at``, its SIGKILL replaced by :class:`Killed`, which
+    skips the rest (no end records are written, as after a kill)."""
     def kill(_pid: int, _sig: int) -> None:
         raise Killed
 
     monkeypatch.setenv("HOSTSETUP_TEST", "1")
     monkeypatch.setenv("HOSTSETUP_TEST_KILL_AT", str(at))
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, pytest.raises(Killed):
         m.setattr(os, "kill", kill)
         m.setattr(RunJournal, "finish", lambda self, _run: self.close())
-        journal = RunJournal.create("apply", answers_document(answers))
-        with pytest.raises(Killed):
-            execute(answers, "apply", fb, journal=journal)
-        journal.close()
+        yield
     monkeypatch.delenv("HOSTSETUP_TEST_KILL_AT")
-    return journal
+
+
+def interrupt(answers: answers_mod.Answers, fb: FakeBackends, at: int,
+              monkeypatch: pytest.MonkeyPatch) -> RunJournal:
+    """An apply killed at boundary ``at``."""
+    made: list[RunJournal] = []
+    with killed_at(at, monkeypatch):  # the pause point is read when a journal is made
+        made.append(RunJournal.create("apply", answers_document(answers)))
+        execute(answers, "apply", fb, journal=made[0])
+    made[0].close()
+    return made[0]
 
 
 def test_an_interrupted_run_is_found_named_and_reported(
@@ -349,22 +359,9 @@ def test_an_interrupted_undo_is_finished_by_undoing_again(
     fb, answers = sample_backends(), doc(services=SERVICES)
     first = changes(fb, answers)
     _run, applied = apply(fb, answers)
-
-    class Killed(BaseException):
-        pass
-
-    def kill(_pid: int, _sig: int) -> None:
-        raise Killed
-
-    monkeypatch.setenv("HOSTSETUP_TEST", "1")
-    monkeypatch.setenv("HOSTSETUP_TEST_KILL_AT", str(at))
     target, every = recovery.target_run(None)
-    with monkeypatch.context() as m:
-        m.setattr(os, "kill", kill)
-        m.setattr(RunJournal, "finish", lambda self, _run: self.close())
-        with pytest.raises(Killed):
-            recovery.undo(target, fb, every=every)
-    monkeypatch.delenv("HOSTSETUP_TEST_KILL_AT")
+    with killed_at(at, monkeypatch):
+        recovery.undo(target, fb, every=every)
     [stuck] = journal_mod.unsettled()
     assert stuck.mode == "undo" and stuck.header["undoes"] == applied.id
     said: list[str] = []

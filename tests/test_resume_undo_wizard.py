@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, hostsetup
-from tmux import Terminal
+from tmux import Terminal, apply_and_finish
 
 from sandbox import manage
 from sandbox.core import Sandbox
@@ -98,12 +98,24 @@ def check_ignored(answers: Path, tmp_path: Path, run: journal.JournalRun) -> Non
     assert journal.read_run(run.id).state == "abandoned"
 
 
-def test_resume_reviews_what_is_left_and_applies_it(answers: Path, tmp_path: Path) -> None:
-    first = hostsetup("plan", "--answers", str(answers))
-    run = interrupted(answers, 2)  # the first start carried out, its end not recorded
-    t = wizard(answers, tmp_path)
+def shown(answers: Path, tmp: Path, at: int) -> tuple[str, journal.JournalRun, Terminal]:
+    """The first plan (its text), a run killed at boundary ``at`` and the wizard showing
+    the window about it."""
+    first = hostsetup("plan", "--answers", str(answers)).stdout
+    run = interrupted(answers, at)
+    t = wizard(answers, tmp)
     try:
         window(t, run)
+    except BaseException:
+        t.close()
+        raise
+    return first, run, t
+
+
+def test_resume_reviews_what_is_left_and_applies_it(answers: Path, tmp_path: Path) -> None:
+    # the first start carried out, its end not recorded
+    first, run, t = shown(answers, tmp_path, 2)
+    try:
         t.send("Enter")  # Resume
         t.wait_for("[*] Host services")
         t.send("F12")
@@ -111,12 +123,7 @@ def test_resume_reviews_what_is_left_and_applies_it(answers: Path, tmp_path: Pat
         # what is left, read from the host: the first start took effect
         assert "services: 1 change" in review and "start unit libvirtd.service" in review
         assert "openvswitch-switch" not in review
-        t.send("Tab", "Enter")
-        t.wait_for("Apply? ")
-        t.send("Left", "Enter")
-        t.wait_for("Summary", timeout=60)
-        t.send("Enter")
-        assert t.exit_code() == 0
+        assert apply_and_finish(t, timeout=60) == 0  # its F12 does nothing on the Review
     finally:
         t.close()
     assert hostsetup("plan", "--answers", str(answers)).returncode == 0
@@ -126,15 +133,12 @@ def test_resume_reviews_what_is_left_and_applies_it(answers: Path, tmp_path: Pat
     assert resumed.header["via"] == "wizard" and resumed.header["resumes"] == run.id
     undone = hostsetup("undo")
     assert undone.returncode == 0, undone.stdout + undone.stderr
-    assert hostsetup("plan", "--answers", str(answers)).stdout == first.stdout
+    assert hostsetup("plan", "--answers", str(answers)).stdout == first
 
 
 def test_undo_reverts_it_and_says_so(answers: Path, tmp_path: Path) -> None:
-    first = hostsetup("plan", "--answers", str(answers))
-    run = interrupted(answers, 2)  # the first start carried out, its end not recorded
-    t = wizard(answers, tmp_path)
+    first, run, t = shown(answers, tmp_path, 2)
     try:
-        window(t, run)
         t.send("Tab", "Enter")  # Undo
         screen = t.wait_for("everything reverted (exit 0)", timeout=60)
         assert "undone: services: start unit" in screen
@@ -143,4 +147,4 @@ def test_undo_reverts_it_and_says_so(answers: Path, tmp_path: Path) -> None:
     finally:
         t.close()
     assert journal.read_run(run.id).state == "undone"
-    assert hostsetup("plan", "--answers", str(answers)).stdout == first.stdout
+    assert hostsetup("plan", "--answers", str(answers)).stdout == first

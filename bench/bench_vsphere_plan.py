@@ -4,8 +4,8 @@ Starts the simulator itself (sandbox.vcsim), runs discover + validate +
 plan as the runner does, and prints SOAP round trips and wall time.  The round
 trips must be the same for every inventory (bulk PropertyCollector retrieval);
 the script exits 1 if they are not.  Target: the plan at 10,000 VMs takes at
-most 3x the plan at 10 VMs (every VM's name is read, devices only of the VMs
-the answers name).  The answers include a teamed vSwitch and VMkernel
+most 3x the plan at 10 VMs (the VMs the answers name are found by name; their
+devices only are read).  The answers include a teamed vSwitch and VMkernel
 adapters (read in the same bulk retrieval as the rest of the hosts' networking).
 
     .venv/bin/python bench/bench_vsphere_plan.py

@@ -113,7 +113,8 @@ def start(sb: Sandbox, model: str = "esx", hosts: int = 3, vms: int = 2,
          "-cert", str(cert), "-info-file", str(info_file), "-fail-file", str(faults)],
         env={"TMPDIR": str(work)},  # the simulated datastore lives under DIR
         ready=info_file.exists,
-        timeout=60,
+        # Building a large inventory takes a while (about 10 s per 10,000 VMs idle).
+        timeout=60 + vms / 100,
     )
     info: dict[str, Any] = json.loads(info_file.read_text())
     hostport = info["url"].split("://", 1)[1].split("/", 1)[0]

@@ -66,12 +66,12 @@ def run(section: dict[str, Any], apply: bool = True) -> list[Change]:
     try:
         ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)
         assert STEP.validate(answers, ctx.facts[STEP.name]) == []
-        changes = STEP.plan(answers, ctx)
-        if apply and changes:
-            STEP.apply(answers, changes, ctx)
+        ops = STEP.plan(answers, ctx)
+        if apply and ops:
+            STEP.apply(answers, ops, ctx)
             ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)  # the runner refreshes it
             assert STEP.verify(answers, ctx) == []
-        return changes
+        return [op.change for op in ops]
     finally:
         backends.close()
 

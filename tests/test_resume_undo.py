@@ -70,6 +70,7 @@ def check(res: subprocess.CompletedProcess[str], code: int) -> None:
         f"exit {res.returncode}, expected {code}\n{res.stdout}{res.stderr}"
 
 
+@pytest.mark.timeout(900)  # a sequence of runs, on 2 shared cores
 def test_killed_at_each_operation_boundary_resume_and_undo(
         host: Sandbox, answers: Path, tmp_path: Path) -> None:
     first = hostsetup("plan", "--answers", str(answers), "--report", str(tmp_path / "p.json"))

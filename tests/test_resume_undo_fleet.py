@@ -69,6 +69,7 @@ def statuses(data: dict[str, Any]) -> dict[str, str]:
     return {h["name"]: h["status"] for h in data["hosts"]}
 
 
+@pytest.mark.timeout(900)  # a sequence of runs, on 2 shared cores
 def test_fleet_resume_and_undo_from_each_hosts_journal(fleet: Path, tmp_path: Path) -> None:
     hv1 = member(fleet, "hv1")
     services = host_mod.inside_answers({"services": hv1.answers["services"]})["services"]

@@ -332,12 +332,12 @@ def cmd_apply(args: argparse.Namespace, answers: Any) -> int:
         return EXIT_USAGE
     finally:
         backends.close()
-    print_run(run)
     try:
         report = read_path(journal.path).report()
     except JournalError as exc:  # the run is reported as it ran
         say(f"hostsetup: {exc}")
         report = run.as_dict()
+    print_report(report)
     return reported(args.report, report, run.exit_code)
 
 
@@ -378,8 +378,16 @@ def resume_run(args: argparse.Namespace, backends: Any) -> int:
         return recovery.carry_out(run, "undo", backends, print)
     done, journal = recovery.resume(run, backends)
     print(f"run {journal.id} resumes run {run.id} ({run.when()})")
-    print_run(done)
+    print_report(journal.report())
     return reported(args.report, journal.report(), done.exit_code)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """What a journaled run did, as ``apply`` prints it: from its report, which comes
+    from the journal."""
+    from wizard.reportshow import run_from_dict
+
+    print_run(run_from_dict(report))
 
 
 def undo_run(args: argparse.Namespace, backends: Any) -> int:

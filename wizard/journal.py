@@ -234,7 +234,11 @@ class RunJournal:
         fd = os.open(directory / (run_id + SUFFIX),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _lock(fd)
+        except JournalError:
+            os.close(fd)
+            raise
         _sync_dir(directory)  # the new name survives a power cut too
         journal = cls(directory, run_id, fd, limit)
         header = {"t": "run", "id": run_id, "time": now, "host": socket.gethostname(),
@@ -322,6 +326,21 @@ class RunJournal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _lock(fd: int, wait: float = 5.0) -> None:
+    """The run's lock, held while it lives.  The file is new: only a reader checking
+    whether it is busy can hold it, for an instant; the wait is bounded anyway."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise JournalError("cannot lock the new run journal (held by a reader "
+                                   f"for more than {wait:g} s)") from None
+            time.sleep(0.01)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -603,6 +603,7 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     from backends.bundle import RealBackends
     from steps.base import Context
     from wizard.journal import JournalError
+    from wizard.reportshow import run_from_dict
     from wizard.runner import reserve
     from wizard.session import Unusable, default_log, load_answers, record, setup_logging
     from wizard.session import write_report as save_report
@@ -657,8 +658,9 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
         code = reserve(prepared, flow.ctx)  # room in the journal, or nothing is applied
         plan_run.exit_code = apply_with_progress(flow, prepared) if code is None else code
         plan_run.finished = time.time()
-        save_report(args.report, recover.report(journal, plan_run))
-        summary(flow, plan_run, log_path, args.report)
+        report = recover.report(journal, plan_run)
+        save_report(args.report, report)
+        summary(flow, run_from_dict(report), log_path, args.report)  # as the journal has it
         return int(plan_run.exit_code)
     finally:
         backends.close()

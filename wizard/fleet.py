@@ -280,13 +280,22 @@ def journaled_task(mode: str, answers: Answers, payload: dict[str, Any], backend
     said: list[str] = []
     after, fleet_run = payload.get("after_interrupted"), str(payload.get("run_id") or "")
     try:
+        # This very task, handed out again after its worker process died: its own run
+        # (same fleet run) is finished, as the redelivery means it to be.
+        mine = [r for r in journal.unsettled() if fleet_run and not r.busy
+                and r.header.get("fleet_run") == fleet_run] if mode == "apply" else []
         if mode in ("plan", "apply"):
             code = None if mode == "plan" and after else recovery.settle(
-                after if mode == "apply" else None, backends, said.append, via="agent")
+                after if mode == "apply" else None, backends, said.append, via="agent",
+                skip=frozenset(r.id for r in mine))
             if code is not None:
                 return {"exit_code": code, "errors": said}
             if mode == "plan":
                 return execute(answers, "plan", backends, progress).as_dict()
+            if mine:
+                log.info("run %s of this task was interrupted: resuming it", mine[-1].id)
+                return recovery.resume(mine[-1], backends, "agent", progress, fleet_run)[1] \
+                    .report()
             run_journal = journal.RunJournal.create("apply", journal.answers_document(answers),
                                                     via="agent", fleet_run=fleet_run)
             execute(answers, "apply", backends, progress, journal=run_journal)

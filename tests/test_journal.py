@@ -19,7 +19,7 @@ from fakes import FakeBackends, sample_backends
 
 from backends.interfaces import BackendError
 from steps import REGISTRY
-from steps.base import Step
+from steps.base import Change, Operation, Step
 from wizard import answers as answers_mod
 from wizard import journal as journal_mod
 from wizard import recovery
@@ -371,3 +371,15 @@ def test_an_interrupted_undo_is_finished_by_undoing_again(
     assert journal_mod.unsettled() == []
     assert journal_mod.read_run(applied.id).state == "undone"
     assert journal_mod.read_run(stuck.id).state == "resumed"
+
+
+def test_an_error_longer_than_the_room_left_is_cut(state_dir: Path) -> None:
+    run = RunJournal.create("apply", {"version": 1}, limit=3000)
+    op = Operation(Change("unit x.service", "start"), {"op": "job"}, None)
+    run.reserve([op], steps=0)
+    run.begin("services", op)
+    run.end("services", op, "é" * 100_000)
+    run.close()
+    assert run.path.stat().st_size <= 3000
+    [entry] = journal_mod.read_run(run.id).entries()
+    assert entry.ended and entry.error.startswith("éé") and entry.error.endswith("... [cut]")

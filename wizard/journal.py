@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 JOURNAL_LIMIT = 8 * 1024 * 1024  # bytes per run file
 KEEP = 30  # run files kept (the newest; an unfinished one is never deleted)
 TEXT_LIMIT = 2000  # characters of one error or note kept in a record
-END_ROOM = 2 * TEXT_LIMIT + 200  # bytes reserved per operation for its end record
+END_ROOM = 200  # bytes reserved per operation for its end record (an error is cut to fit)
 RESULT_ROOM = 64 * 1024  # bytes reserved per step for its result record
 TAIL = 64 * 1024  # bytes read from a file's end to tell whether it is finished
 RUN_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}$")
@@ -296,12 +296,17 @@ class RunJournal:
         self._boundary()
 
     def end(self, step: str, op: Operation, error: str = "") -> None:
-        """``op`` was carried out (``error`` empty) or failed."""
+        """``op`` was carried out (``error`` empty) or failed; an error longer than the
+        room left is cut (the record itself always fits: its room was reserved)."""
         self._boundary()
         n = next((i for i, (_n, s, o) in enumerate(self.open) if s == step and o == op), None)
         seq = self.open.pop(n)[0] if n is not None else 0
-        self._write({"t": "end", "step": step, "n": seq, "time": time.time(),
-                     "error": _cut(error)}, True)
+        record = {"t": "end", "step": step, "n": seq, "time": time.time(), "error": ""}
+        room = self.limit - self.size - len(_line(record))
+        error = _cut(error)
+        if len(json.dumps(error)) > room:  # a character is at most 6 bytes in JSON (\uXXXX)
+            error = error[:max(room // 6 - 10, 0)] + "... [cut]"
+        self._write({**record, "error": error}, True)
 
     def _boundary(self) -> None:
         self.boundaries += 1

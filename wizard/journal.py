@@ -158,6 +158,9 @@ def answers_document(answers: Answers) -> dict[str, Any]:
         doc[name] = section.model_dump(mode="json")
     for name, commands in answers.commands.items():
         doc[name] = commands.model_dump(mode="json", exclude_none=True)
+    confirm = getattr(answers, "confirm", None)  # confirm-or-revert's window, when answered
+    if confirm is not None:
+        doc["confirm"] = confirm.model_dump(mode="json", exclude_none=True)
     return doc
 
 

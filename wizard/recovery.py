@@ -26,6 +26,7 @@ from wizard.exits import (
     EXIT_INTERRUPTED_RUN,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
 )
 from wizard.journal import (
     JournalError,
@@ -156,7 +157,7 @@ def resume(run: JournalRun, backends: Backends, via: str = "cli",
         raise Refused(f"run {run.id} is an {run.mode}: only an apply or a resume is resumed "
                       "(run 'hostsetup undo' again to finish an undo)")
     if run.state != "interrupted":
-        raise Refused(f"run {run.id} is {run.state}: nothing to resume")
+        raise Refused(f"run {run.id} is {run.state}: nothing to resume", EXIT_OK)
     try:
         answers = answers_mod.validate(run.answers)
     except answers_mod.AnswersError as exc:
@@ -252,7 +253,8 @@ def target_run(run_id: str | None, base: Path | None = None) -> tuple[JournalRun
     if run_id:
         found = next((r for r in every if r.id == run_id), None)
         if found is None:
-            raise Refused(f"no run {run_id} in the journal ('hostsetup report list' lists them)")
+            raise Refused(f"no run {run_id} in the journal ('hostsetup report list' lists "
+                          "them)", EXIT_USAGE)
         return found, every
     for run in reversed(every):
         if run.mode in UNDOABLE_MODES and run.state not in ("undone", "resumed") \

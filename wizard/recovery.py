@@ -29,9 +29,7 @@ from wizard.exits import (
     EXIT_USAGE,
 )
 from wizard.journal import (
-    JournalError,
     JournalRun,
-    RunBusy,
     RunJournal,
     answers_document,
     mark,
@@ -421,5 +419,5 @@ def _revert_one(step: Step[Any], answers: Any, p: Pending, back: Operation | Non
     return ("undone" if seen else "not verifiable"), ""
 
 
-__all__ = ["AFTER", "Refused", "UndoResult", "interrupted", "resume", "settle", "undo",
-           "target_run", "JournalError", "RunBusy"]
+__all__ = ["AFTER", "Refused", "UndoResult", "carry_out", "interrupted", "resume", "settle",
+           "undo", "target_run"]

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from fakes import FakeBackends, sample_backends
 
+import steps
 from backends.interfaces import BackendError
 from steps import REGISTRY
-from steps.base import Change, Operation, Step
+from steps.base import Change, Operation, Step, StepModel
 from wizard import answers as answers_mod
 from wizard import journal as journal_mod
 from wizard import recovery
@@ -247,20 +248,28 @@ def test_undo_stops_at_the_first_failure_and_goes_on_when_run_again(
     assert changes(fb, answers) == first
 
 
+class Legacy(Step[StepModel]):
+    """A step still on the transitional contract: no ``execute``, no commands."""
+
+    name, title, Answers = "legacy", "Legacy", StepModel
+
+
 def test_undo_refuses_a_step_that_does_not_journal_its_commands(
         state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    unconverted = next((s for s in REGISTRY if type(s).execute is Step.execute), None)
-    if unconverted is None:
-        pytest.fail("every step is converted: this test needs a new subject")
-    monkeypatch.setenv("VSPHERE_PASSWORD", "example")
-    fb = sample_backends()
-    answers = doc(**{unconverted.name: unconverted.example()})
+    fb, answers = sample_backends(), doc(services=SERVICES)
     run, _journal = apply(fb, answers)
-    assert run.exit_code == EXIT_OK, run.as_dict()
+    assert run.exit_code == EXIT_OK
+    legacy = RunJournal.create("apply", answers_document(answers))
+    legacy.step("services", 0)
+    legacy.step("legacy", 2)  # it applied, and recorded no operation
+    legacy.finish(Run("apply"))
+    known = steps.by_name()
+    monkeypatch.setattr(steps, "by_name", lambda: {**known, "legacy": Legacy()})
     target, every = recovery.target_run(None)
-    with pytest.raises(recovery.Refused, match=f"step '{unconverted.name}' does not journal"):
+    assert target.id == legacy.id
+    with pytest.raises(recovery.Refused, match="step 'legacy' does not journal how to undo"):
         recovery.undo(target, fb, every=every)
-    assert changes(fb, answers) == []  # nothing undone
+    assert changes(fb, answers) == []  # nothing was undone
 
 
 def test_the_run_journal_is_bounded_and_a_run_past_it_applies_nothing(state_dir: Path) -> None:

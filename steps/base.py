@@ -467,6 +467,10 @@ class Step(Generic[A]):
         when a command leaves no state to read (a restart, a reload)."""
         return None
 
+    def doing(self, op: Operation) -> str:
+        """The progress text while ``op`` is carried out (its change, by default)."""
+        return op.change.describe()
+
     def apply(self, answers: A, ops: list[Operation], ctx: Context) -> None:
         """Carry out ``ops`` (from :meth:`plan`) in order, each journaled before
         and after (:class:`Journal`); idempotent.  A step overrides this to
@@ -477,7 +481,7 @@ class Step(Generic[A]):
         """
         done: list[Operation] = []
         for i, op in enumerate(ops):
-            ctx.progress(i / max(len(ops), 1), op.change.describe())
+            ctx.progress(i / max(len(ops), 1), self.doing(op))
             ctx.journal.begin(self.name, op)
             try:
                 self.execute(answers, op.do, ctx)

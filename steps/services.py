@@ -99,7 +99,7 @@ class ServicesAnswers(ServicesConnection):
     start: bool = Field(True, title="Start inactive units",
                         description="start required units that are inactive (mode 'replace')")
     timeout: float = Field(30.0, gt=0, le=600, title="Start timeout (s)",
-                           description="seconds to wait for each job")
+                           description="Seconds to wait for each start, stop or restart job")
     enable: list[str] = Field(default_factory=list, description="unit files to enable "
                               "(persistent: started at boot)")
     disable: list[str] = Field(default_factory=list, description="unit files to disable")
@@ -247,6 +247,13 @@ class ServicesStep(Step[ServicesAnswers]):
                     "listed under restart, and this run changes the configuration"
                 ops.append(self._job("restart", name, _state(st), None, answers, why))
         return ops
+
+    def doing(self, op: Operation) -> str:
+        """"starting x.service" while a job runs (what fleet progress lines show)."""
+        if op.do["op"] == "job":
+            verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}
+            return f"{verb[op.do['action']]} {op.do['unit']}"
+        return op.change.describe()
 
     @staticmethod
     def _job(action: str, unit: str, before: Any, after: Any, answers: ServicesAnswers,

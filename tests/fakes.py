@@ -103,8 +103,8 @@ class FakeDBus:
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
         state = {"enable": "enabled", "disable": "disabled", "mask": "masked",
                  "unmask": "disabled"}[action]
-        for name in names:
-            self.enablement[name] = state
+        for name in names:  # a unit file given by its path enables the unit of its name
+            self.enablement[name.rsplit("/", 1)[-1]] = state
         return [("symlink", f"/etc/systemd/system/{n}", "") for n in names]
 
     def reload(self) -> None:
@@ -453,6 +453,19 @@ class FakeLibvirt:
         self.live[name] = replace(dom, shmems=(*others, shmem))
         if persistent:
             self.set_shmem(name, shmem)
+
+    # Running guests that do not release a hot-unplugged device (no OS to eject it).
+    holding: set[str] = field(default_factory=set)
+
+    def detach_shmem(self, name: str, shmem: str, persistent: bool) -> None:
+        dom = self.live_domain(name)
+        if dom.shmem(shmem) is None:
+            raise BackendError(f"running domain '{name}' has no ivshmem device '{shmem}'")
+        if persistent:
+            self.remove_shmems(name, [shmem])
+        if name in self.holding:
+            raise BackendError(f"running domain '{name}' did not release '{shmem}'")
+        self.live[name] = replace(dom, shmems=tuple(s for s in dom.shmems if s.name != shmem))
 
     def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
         return [(s.address, "1af4:1110") for s in self.live_domain(name).shmems

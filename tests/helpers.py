@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+
+import pytest
 
 from backends.interfaces import Backends
 from sandbox.core import Sandbox
@@ -74,3 +78,13 @@ def run(mode: Literal["plan", "apply"], sections: dict[str, Any], backends: Back
 def statuses(run_: Run) -> dict[str, str]:
     """Step name -> status of a run."""
     return {s.name: s.status for s in run_.steps}
+
+
+@pytest.fixture
+def shm_prefix() -> Iterator[str]:
+    """A unique object-name prefix for tests that make real /dev/shm objects (the
+    ivshmem hook, a hot-plug); the objects under it are removed afterwards."""
+    name = f"hs-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for path in Path("/dev/shm").glob(f"{name}*"):
+        path.unlink()

@@ -58,7 +58,7 @@ def test_steps_read_the_facts_cache_and_never_write_it(step: Step[Any]) -> None:
 
 # Steps whose operations carry their commands (contract v2); the others are being
 # converted and plan operations with an empty command.
-CONVERTED = {"services"}
+CONVERTED = {"services", "ivshmem"}
 V2 = [pytest.param(s, id=s.name) for s in REGISTRY if s.name in CONVERTED]
 
 

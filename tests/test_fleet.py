@@ -286,7 +286,7 @@ def test_worker_process_killed_mid_task_is_redelivered(fleet: Sandbox, tmp_path:
     slow_start(member(fleet, "hv1"))
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report))
-    run.wait_line(f"[hv1] apply: running - start unit {SLOW_UNIT}")
+    run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
     _main, *pool = agent_pids(member(fleet, "hv1"))
     assert len(pool) == 1  # concurrency 1: the pool process running the task
     os.kill(pool[0], signal.SIGKILL)
@@ -306,7 +306,7 @@ def test_agent_killed_mid_task_is_reported_then_redelivered(fleet: Sandbox,
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report),
                      "--agent-wait", "1")
-    run.wait_line(f"[hv1] apply: running - start unit {SLOW_UNIT}")
+    run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
     # The whole agent, as a crash; then stopped, or systemd would restart it (5 s).
     systemctl(member(fleet, "hv1"), "kill", "--signal=SIGKILL", AGENT)
     systemctl(member(fleet, "hv1"), "stop", AGENT)
@@ -337,7 +337,7 @@ def test_redis_restart_during_run(fleet: Sandbox, tmp_path: Path) -> None:
     slow_start(member(fleet, "hv1"))
     report = tmp_path / "r.json"
     run = Background(fleet, "apply", "--answers", answers(fleet), "--report", str(report))
-    run.wait_line(f"[hv1] apply: running - start unit {SLOW_UNIT}")
+    run.wait_line(f"[hv1] apply: running - starting {SLOW_UNIT}")
     redis_component.restart(fleet)
     assert run.finish() == 0, "".join(run.output)
     data = json.loads(report.read_text())
@@ -525,7 +525,7 @@ def test_progress_window_on_a_terminal(fleet: Sandbox, tmp_path: Path, interrupt
     t = Terminal(f"env {exports} {ROOT}/.venv/bin/python -m wizard fleet apply "
                  f"--answers {answers(fleet)}", cwd=tmp_path)
     try:
-        screen = t.wait_for(f"apply: running - start unit {SLOW_UNIT}")
+        screen = t.wait_for(f"apply: running - starting {SLOW_UNIT}")
         assert "fleet apply: run" in screen and "hv2" in screen and "hv3" in screen
         assert "Fleet run in progress" in screen
         if interrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeBackends, sample_backends
+from fakes import FakeBackends, sample_backends, unit
 
 import steps
 from backends.interfaces import BackendError
@@ -392,3 +392,22 @@ def test_an_error_longer_than_the_room_left_is_cut(state_dir: Path) -> None:
     assert run.path.stat().st_size <= 3000
     [entry] = journal_mod.read_run(run.id).entries()
     assert entry.ended and entry.error.startswith("éé") and entry.error.endswith("... [cut]")
+
+
+def test_undo_of_a_start_stops_what_the_start_pulled_in(state_dir: Path) -> None:
+    """libvirtd.service pulls in its sockets: left active, they would start it again."""
+    fb = sample_backends()
+    fb.dbus.pulls["libvirtd.service"] = ("libvirtd.socket", "NetworkManager.service",
+                                         "sockets.target")
+    fb.dbus.units["libvirtd.socket"] = unit("libvirtd.socket", "inactive")
+    answers = doc(services={"require": ["libvirtd.service"]})
+    first = changes(fb, answers)
+    run, journal = apply(fb, answers)
+    [begin] = [r for r in lines(journal) if r["t"] == "begin"]
+    assert begin["op"]["undo"]["also"] == ["libvirtd.socket"]  # it was inactive; a unit
+    assert fb.dbus.units["libvirtd.socket"].active == "active"
+    target, every = recovery.target_run(None)
+    assert recovery.undo(target, fb, every=every).exit_code == EXIT_OK
+    assert fb.dbus.units["libvirtd.socket"].active == "inactive"
+    assert fb.dbus.units["NetworkManager.service"].active == "active"  # active before
+    assert changes(fb, answers) == first

@@ -65,6 +65,14 @@ def boundaries(total: int) -> list[int]:
     return sorted({1, total, *rng.sample(every[1:-1], SAMPLE - 2)})
 
 
+def planned(answers: Path, report: Path) -> list[tuple[str, str, list[dict[str, object]]]]:
+    """What ``plan`` shows now: per step its status and changes (its notes, e.g. why a
+    step waits for a daemon, may word the same state differently)."""
+    check(hostsetup("plan", "--answers", str(answers), "--report", str(report)), 4)
+    return [(s["name"], s["status"], s["changes"])
+            for s in json.loads(report.read_text())["steps"]]
+
+
 def check(res: subprocess.CompletedProcess[str], code: int) -> None:
     assert res.returncode == code, \
         f"exit {res.returncode}, expected {code}\n{res.stdout}{res.stderr}"
@@ -73,9 +81,9 @@ def check(res: subprocess.CompletedProcess[str], code: int) -> None:
 @pytest.mark.timeout(900)  # a sequence of runs, on 2 shared cores
 def test_killed_at_each_operation_boundary_resume_and_undo(
         host: Sandbox, answers: Path, tmp_path: Path) -> None:
-    first = hostsetup("plan", "--answers", str(answers), "--report", str(tmp_path / "p.json"))
-    check(first, 4)
-    ops = sum(len(s["changes"]) for s in json.loads((tmp_path / "p.json").read_text())["steps"])
+    report = tmp_path / "p.json"
+    first = planned(answers, report)
+    ops = sum(len(changes) for _name, _status, changes in first)
     assert ops >= 2
     for n in boundaries(2 * ops):
         killed = hostsetup("apply", "--answers", str(answers),
@@ -87,7 +95,6 @@ def test_killed_at_each_operation_boundary_resume_and_undo(
         check(again, 6)
         assert f"hostsetup: run {run.id} (apply, {run.when()}) was interrupted; last " \
             f"operation begun: {run.last_begun()}" in again.stderr
-        assert run.last_begun().startswith("services: start unit "), run.last_begun()
         shown = hostsetup("report", "show", run.id)
         check(shown, 0)
         assert "interrupted, no end recorded; last operation begun:" in shown.stdout
@@ -98,15 +105,13 @@ def test_killed_at_each_operation_boundary_resume_and_undo(
         undone = hostsetup("undo")
         check(undone, 0)
         assert "everything reverted (exit 0)" in undone.stdout
-        back = hostsetup("plan", "--answers", str(answers))
-        check(back, 4)
-        assert back.stdout == first.stdout, f"boundary {n}"
+        assert planned(answers, report) == first, f"boundary {n}"
         assert journal.unsettled() == []
 
 
 def test_exit_6_is_reported_and_after_interrupted_says_what_to_do(
         host: Sandbox, answers: Path, tmp_path: Path) -> None:
-    first = hostsetup("plan", "--answers", str(answers))
+    first = planned(answers, tmp_path / "p.json")
     check(hostsetup("apply", "--answers", str(answers),
                     env={**KILL, "HOSTSETUP_TEST_KILL_AT": "2"}), -9)
     [killed] = journal.unsettled()
@@ -133,11 +138,12 @@ def test_exit_6_is_reported_and_after_interrupted_says_what_to_do(
     listed = hostsetup("report", "list")
     assert f"{ignored.id}  apply   {ignored.when()}  abandoned" in listed.stdout
     check(hostsetup("undo"), 0)
-    assert hostsetup("plan", "--answers", str(answers)).stdout == first.stdout
+    assert planned(answers, tmp_path / "p.json") == first
 
 
-def test_undo_dry_run_nothing_to_resume_nothing_to_undo(host: Sandbox, answers: Path) -> None:
-    first = hostsetup("plan", "--answers", str(answers))
+def test_undo_dry_run_nothing_to_resume_nothing_to_undo(
+        host: Sandbox, answers: Path, tmp_path: Path) -> None:
+    first = planned(answers, tmp_path / "p.json")
     res = hostsetup("resume")
     check(res, 0)
     assert "no interrupted run in the journal: nothing to resume" in res.stdout
@@ -148,7 +154,7 @@ def test_undo_dry_run_nothing_to_resume_nothing_to_undo(host: Sandbox, answers: 
     assert "  would revert: services: start unit libvirtd.service" in dry.stdout
     check(hostsetup("plan", "--answers", str(answers)), 0)  # nothing was changed
     check(hostsetup("undo"), 0)
-    assert hostsetup("plan", "--answers", str(answers)).stdout == first.stdout
+    assert planned(answers, tmp_path / "p.json") == first
     res = hostsetup("undo")
     check(res, 0)
     assert "nothing to undo" in res.stdout

@@ -8,7 +8,7 @@ import pytest
 from fakes import FakeBackends, sample_backends
 from helpers import run, statuses
 
-from backends.interfaces.vsphere import VM, Adapter, Security
+from backends.interfaces.vsphere import VM, Adapter, MirrorPort, Security
 from steps.base import Context
 from steps.vsphere_network import VSphereNetworkStep
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
@@ -215,3 +215,108 @@ def test_a_service_listed_twice_is_one_selection_and_replans_clean() -> None:
     run("apply", answers, fb)
     assert fb.vsphere.hosts["esx01"].vmk_on("vMotion").services == ("vmotion",)
     assert run("plan", answers, fb).exit_code == EXIT_OK
+
+
+DVS = {"name": "dvSwitch1", "datacenter": "DC1", "uplinks": ["Uplink 1"],
+       "pvlans": [{"primary": 10, "secondary": 10, "type": "promiscuous"},
+                  {"primary": 10, "secondary": 11, "type": "isolated"}],
+       "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+DVPG = {"name": "Iso", "dvswitch": "dvSwitch1", "pvlan": 11,
+        "teaming": {"active_nics": ["Uplink 1"]}}
+
+
+def test_distributed_switch_before_its_port_groups_then_clean() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], dvswitches=[DVS], dvportgroups=[DVPG])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == ["create distributed switch dvSwitch1",
+                                               "create distributed port group Iso"]
+    assert statuses(run("apply", answers, fb)) == {"vsphere_network": "applied"}
+    pg = fb.vsphere.dvportgroups["Iso"]
+    assert (pg.pvlan, pg.teaming.active_nics, pg.security.allow_promiscuous) == (
+        11, ("Uplink 1",), False)
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # vmnic1 of esx01 now belongs to the switch: a vSwitch cannot take it
+    taken = run("plan", section(hosts=["esx01"], vswitches=[{"name": "v1", "nics": ["vmnic1"]}],
+                                dvswitches=[DVS]), fb)
+    assert taken.exit_code == EXIT_INVALID
+
+
+def test_a_failed_port_group_removes_the_new_switch_again() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_dvportgroup", "Iso"))
+    result = run("apply", section(dvswitches=[DVS], dvportgroups=[DVPG]), fb)
+    assert result.exit_code == EXIT_FAILED
+    assert result.steps[0].notes == ["remains changed: nothing"]
+    assert fb.vsphere.dvswitches == {}
+    writes = [c[0] for c in fb.vsphere.calls if c[0] != "inventory"]
+    assert writes == ["add_dvswitch", "add_dvportgroup", "remove_dvswitch"]
+
+
+def test_distributed_problems_all_listed_nothing_called() -> None:
+    fb = sample_backends()
+    bad = section(dvswitches=[{**DVS, "datacenter": "DC2",
+                               "hosts": [{"name": "esx01", "nics": ["vmnic0"]}]}],
+                  dvportgroups=[{**DVPG, "pvlan": 12}, {"name": "X", "dvswitch": "dvs9"}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.dvswitches[0].datacenter: no datacenter 'DC2' (datacenters: DC1)",
+        "vsphere_network.dvswitches[0].hosts[0].name: host 'esx01' is in datacenter 'DC1', not "
+        "in 'DC2' of distributed switch 'dvSwitch1'",
+        "vsphere_network.dvportgroups[0].pvlan: PVLAN 12 is not in the PVLAN map of distributed "
+        "switch 'dvSwitch1' (secondary IDs: 10, 11)",
+        "vsphere_network.dvportgroups[1].dvswitch: distributed switch 'dvs9' is neither in "
+        "vCenter nor in the answers' dvswitches",
+    ]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_adapters_onto_a_distributed_port_group_after_it_is_made() -> None:
+    fb = sample_backends()
+    dvs = {**DVS, "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+    pg = {"name": "dv-VM", "dvswitch": "dvSwitch1", "vlan": 20}
+    answers = section(hosts=["esx01"], dvswitches=[dvs], dvportgroups=[pg],
+                      vm_adapters=[{"vm": "sensor01", "adapter": "Network adapter 2",
+                                    "dvportgroup": "dv-VM"}],
+                      vmkernel=[{"dvportgroup": "dv-VM", "mtu": 9000}])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == [
+        "create distributed switch dvSwitch1", "create distributed port group dv-VM",
+        "create esx01: VMkernel adapter on dv-VM", "update VM sensor01: Network adapter 2"]
+    assert planned[2].after["dvswitch"] == "dvSwitch1"
+    run("apply", answers, fb)
+    adapter = fb.vsphere.vms["sensor01"].adapter("Network adapter 2")
+    assert (adapter.network, adapter.dvswitch) == ("dv-VM", "dvSwitch1")
+    assert fb.vsphere.hosts["esx01"].vmk_on("dv-VM", "dvSwitch1").mtu == 9000
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # esx02 is not a member: neither its adapter nor the VM's can go there
+    bad = section(vmkernel=[{"host": "esx02", "dvportgroup": "dv-VM"}])
+    assert run("apply", bad, fb).steps[0].errors == [
+        "vsphere_network.vmkernel[0].dvportgroup: host 'esx02' is not a member of distributed "
+        "switch 'dvSwitch1' (join it under dvswitches[].hosts)"]
+
+
+def test_a_mirror_session_follows_the_adapter_moves_it_mirrors() -> None:
+    fb = sample_backends()
+    session = {"name": "span1", "dvswitch": "dvSwitch1", "direction": "received",
+               "sources": [{"vm": "sensor01", "adapter": "Network adapter 1"}],
+               "destination": [{"vm": "sensor01", "adapter": "Network adapter 2"}]}
+    answers = section(
+        hosts=["esx01"], dvswitches=[DVS], dvportgroups=[{**DVPG, "pvlan": None, "vlan": 5}],
+        vm_adapters=[{"vm": "sensor01", "adapter": f"Network adapter {n}", "dvportgroup": "Iso"}
+                     for n in (1, 2)],
+        mirror_sessions=[session])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned][-3:] == [
+        "update VM sensor01: Network adapter 1", "update VM sensor01: Network adapter 2",
+        "create dvSwitch1: mirror session span1"]
+    assert planned[-1].after["sources"] == ["sensor01/Network adapter 1"]
+    run("apply", answers, fb)
+    [made] = fb.vsphere.dvswitches["dvSwitch1"].mirrors
+    port = fb.vsphere.vms["sensor01"].adapter("Network adapter 1").port
+    assert made.received == (MirrorPort(port=port),) and made.transmitted == ()
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    gone = section(hosts=["esx01"], mirror_sessions=[{**session, "state": "absent"}])
+    assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
+        "delete dvSwitch1: mirror session span1"]

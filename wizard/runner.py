@@ -44,6 +44,7 @@ from wizard.exits import (
     EXIT_PENDING,
     EXIT_UNREACHABLE,
 )
+from wizard.journal import JournalError, RunJournal
 
 log = logging.getLogger("hostsetup")
 
@@ -268,6 +269,10 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
         return None
     log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
+        if isinstance(ctx.journal, RunJournal):
+            if item.deferred:  # its plan is new: the room for it was not reserved yet
+                ctx.journal.reserve(result.ops)
+            ctx.journal.step(item.step.name, len(result.ops))
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.ops, ctx)
         with Timer(result, "verify"):
@@ -278,7 +283,7 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
             left = item.step.verify(item.answers, ctx)
     except BackendUnreachable as exc:
         return unreachable(item, exc, ctx)
-    except (StepFailed, BackendError, ValueError) as exc:
+    except (StepFailed, BackendError, ValueError, JournalError) as exc:
         result.status = "failed"
         result.errors.append(str(exc))
         result.errors.extend(getattr(exc, "errors", []))
@@ -341,7 +346,9 @@ def execute(
     """Run ``plan`` or ``apply`` for the answered steps; never prompts.
 
     ``concurrent=False`` checks the steps one after the other (benchmarks).
-    ``journal`` records each operation around its execution (apply)."""
+    ``journal`` records each operation around its execution (apply); a
+    :class:`~wizard.journal.RunJournal` also gets each step's start, and the
+    results and exit code at the end (it is then closed)."""
     run = Run(mode)
     ctx = Context(backends=backends, progress=progress, log=log.info,
                   journal=journal or NoJournal())
@@ -355,6 +362,8 @@ def execute(
             if code is None and mode == "plan":
                 code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
             if code is None:
+                code = reserve(prepared, ctx)
+            if code is None:
                 code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
         run.exit_code = commands.after(answers, mode, run, code)
     except KeyboardInterrupt:
@@ -367,7 +376,29 @@ def execute(
                 break
     finally:
         run.finished = time.time()
+        if isinstance(journal, RunJournal):
+            try:
+                journal.finish(run)
+            except JournalError as exc:  # the run is done; its file will read "interrupted"
+                log.error("%s", exc)
     return run
+
+
+def reserve(prepared: list[Prepared], ctx: Context) -> int | None:
+    """Before anything is applied: room in the run journal for every planned
+    operation, or the run fails here (exit 1, nothing applied)."""
+    if not isinstance(ctx.journal, RunJournal):
+        return None
+    try:
+        ctx.journal.reserve([op for p in prepared for op in p.result.ops], len(prepared) + 3)
+    except JournalError as exc:
+        log.error("%s", exc)
+        first = next((p for p in prepared if p.result.changes), None)
+        if first is not None:
+            first.result.status = "failed"
+            first.result.errors.append(str(exc))
+        return not_run([p for p in prepared if p is not first], EXIT_FAILED)
+    return None
 
 
 __all__ = ["AnswersError", "Run", "StepResult", "execute", "check", "apply_all"]

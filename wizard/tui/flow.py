@@ -21,7 +21,7 @@ from typing import Any
 
 import snack
 
-from wizard.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID
+from wizard.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_USAGE
 from wizard.session import Loaded
 from wizard.tui.questions import ask, defaults, model_problems, problem_text
 from wizard.tui.widgets import (
@@ -73,6 +73,7 @@ class Flow:
     planned: Any = None  # (answers, prepared, plan run) once the review is confirmed
     commands: dict[str, Any] = field(default_factory=dict)  # early/late/error_commands
     checked: tuple[str, ...] | None = None  # the steps the host check last ran for
+    resumes: str = ""  # the interrupted run whose answers these are (wizard/tui/recover.py)
 
     def step_title(self, step: Any) -> str:
         """The window title: "Step N of M: title", numbered over the selected steps."""
@@ -667,8 +668,12 @@ def internal_error(ui: Ui, flow: Flow | None, args: argparse.Namespace, exc: Exc
 def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     from backends.bundle import RealBackends
     from steps.base import Context
+    from wizard.journal import JournalError
+    from wizard.reportshow import run_from_dict
+    from wizard.runner import reserve
     from wizard.session import Unusable, default_log, load_answers, record, setup_logging
     from wizard.session import write_report as save_report
+    from wizard.tui import recover
 
     ui = flow.ui
     log_path = args.log or default_log()
@@ -689,6 +694,9 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     backends = RealBackends()
     flow.ctx = Context(backends=backends, log=log.info)
     try:
+        code = recover.earlier_run(flow, backends)
+        if code is not None:
+            return code
         index = 0
         while True:
             shown = [p for p in pages(flow.steps) if p.when(flow)]
@@ -707,11 +715,18 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
         answers, prepared, plan_run = flow.planned
         if args.record:
             record(args.record, answers)
+        try:
+            journal = recover.start(flow, answers)
+        except JournalError as exc:
+            ui.message("Run journal", f"{exc}\n\nNothing was changed.")
+            return EXIT_USAGE
         # From here on the exit code is the run's, whatever key closes the summary.
-        plan_run.exit_code = apply_with_progress(flow, prepared)
+        code = reserve(prepared, flow.ctx)  # room in the journal, or nothing is applied
+        plan_run.exit_code = apply_with_progress(flow, prepared) if code is None else code
         plan_run.finished = time.time()
-        save_report(args.report, plan_run.as_dict())
-        summary(flow, plan_run, log_path, args.report)
+        report = recover.report(journal, plan_run)
+        save_report(args.report, report)
+        summary(flow, run_from_dict(report), log_path, args.report)  # as the journal has it
         return int(plan_run.exit_code)
     finally:
         backends.close()

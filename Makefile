@@ -30,11 +30,13 @@ check: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not daemons and not processes" tests
 
 # The long randomized suites (make test runs a seeded sample of each): the answers
-# loader's property test, randomized, and the wizard's key-mash test, a few hundred
-# random key sequences (HOSTSETUP_FUZZ_SEED=N to vary).
+# loader's property test, randomized, the wizard's key-mash test, a few hundred
+# random key sequences (HOSTSETUP_FUZZ_SEED=N to vary), and the journal's kill test at
+# every operation boundary.
 fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=3600 tests/test_answers_fuzz.py
 	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
+	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_resume_undo.py -k boundary
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

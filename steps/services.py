@@ -255,8 +255,9 @@ class ServicesStep(Step[ServicesAnswers]):
             unit = units.get(name)
             if unit is not None and unit.active != "active" and answers.start:
                 started.append(name)
-                ops.append(self._job("start", name, f"{unit.active} ({unit.sub})", "active",
-                                     answers))
+                ops.append(also_stop(self._job("start", name, f"{unit.active} ({unit.sub})",
+                                               "active", answers),
+                                     _pulled(dbus, status.get(name))))
         # A running unit whose configuration changed runs the old one until restarted.
         again = amended | set(stale) | (set(answers.restart) if configured else set())
         for name in sorted(again - set(stopped) - set(started)):
@@ -300,7 +301,8 @@ class ServicesStep(Step[ServicesAnswers]):
         elif op == "reload":
             dbus.reload()
         elif op == "job":
-            _run_job(dbus, command["action"], command["unit"], command["timeout"])
+            for unit in [command["unit"], *command.get("also", ())]:
+                _run_job(dbus, command["action"], unit, command["timeout"])
         else:
             raise StepFailed(f"services: unknown command {op!r}")
         if command.get("reload"):
@@ -314,13 +316,14 @@ class ServicesStep(Step[ServicesAnswers]):
             found = dbus.read_file(command["path"])
             return found is None if op == "remove_file" else found is not None and \
                 found.content == command["content"].encode(errors="surrogateescape")
-        if op == "unit_file" or (op == "job" and command["action"] in ("start", "stop")):
+        if op == "job" and command["action"] in ("start", "stop"):
+            # A stop that also stops what the start pulled in: all of them stopped.
+            states = [dbus.unit_status(u) for u in [command["unit"], *command.get("also", ())]]
+            return all(st is not None and (st.active == "active") == (command["action"] == "start")
+                       for st in states)
+        if op == "unit_file":
             st = dbus.unit_status(command["unit"])
-            if st is None:
-                return False
-            if op == "job":
-                return (st.active == "active") == (command["action"] == "start")
-            return _enablement_is(st.enablement, command["to"])
+            return st is not None and _enablement_is(st.enablement, command["to"])
         return None
 
 
@@ -379,6 +382,29 @@ def _set_enablement(dbus: DBusAPI, unit: str, wanted: str) -> None:
         dbus.unit_files("enable", [unit])
     elif now == "enabled":
         dbus.unit_files("disable", [unit])
+
+
+# Kinds of unit a start pulls in that its undo stops again, when they were inactive
+# before (targets, slices, mounts and devices are left as they are).
+PULLED_KINDS = (".service", ".socket", ".path", ".timer")
+
+
+def _pulled(dbus: DBusAPI, st: UnitStatus | None) -> list[str]:
+    """The units starting ``st`` would start that are inactive now (read live)."""
+    found = []
+    for name in st.pulls if st is not None else ():
+        other = dbus.unit_status(name) if name.endswith(PULLED_KINDS) else None
+        if other is not None and other.active in ("inactive", "failed"):
+            found.append(name)
+    return found
+
+
+def also_stop(op: Operation, units: list[str]) -> Operation:
+    """A start whose undo also stops ``units``: what the start pulls in (e.g.
+    libvirtd.service's sockets, which would start libvirtd again on a connection)."""
+    if not units or op.undo is None:
+        return op
+    return Operation(op.change, op.do, {**op.undo, "also": units}, op.risky)
 
 
 def _run_job(dbus: DBusAPI, action: str, unit: str, timeout: float) -> None:

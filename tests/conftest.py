@@ -3,6 +3,7 @@ helpers.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,29 @@ from helpers import ROOT, hostsetup  # noqa: F401
 
 from sandbox import manage
 from sandbox.core import Sandbox
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The run journal of the session's processes (module fixtures included) goes to a
+    directory of its own, never to this machine's /var/lib/hostsetup."""
+    path = tmp_path_factory.mktemp("state")
+    old = os.environ.get("HOSTSETUP_STATE_DIR")
+    os.environ["HOSTSETUP_STATE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HOSTSETUP_STATE_DIR", None)
+    else:
+        os.environ["HOSTSETUP_STATE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's runs have a journal of their own (an interrupted run in one test
+    must not stop another's apply with exit 6)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("HOSTSETUP_STATE_DIR", str(path))
+    return path
 
 
 @pytest.fixture

@@ -68,6 +68,8 @@ class FakeDBus:
     enablement: dict[str, str] = field(default_factory=dict)
     files: dict[str, HostFile] = field(default_factory=dict)
     reloads: int = 0
+    # What starting a unit starts too (its Requires=/Wants=), as systemd does.
+    pulls: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def list_units(self) -> dict[str, Unit]:
         return dict(self.units)
@@ -89,6 +91,8 @@ class FakeDBus:
             self.units[name] = unit(name, "failed")
             return "failed"
         self.units[name] = unit(name)
+        for other in self.pulls.get(name, ()):
+            self.units[other] = unit(other)
         return "done"
 
     def restart_unit(self, name: str, timeout: float) -> str:
@@ -105,7 +109,8 @@ class FakeDBus:
             return None
         return UnitStatus(name, found.load, found.active, found.sub,
                           self.enablement.get(name, "disabled"), False,
-                          "exit-code" if found.active == "failed" else "success")
+                          "exit-code" if found.active == "failed" else "success",
+                          self.pulls.get(name, ()))
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
         state = {"enable": "enabled", "disable": "disabled", "mask": "masked",

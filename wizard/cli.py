@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "and DIR/fleet-answers.yaml")
     sb.add_argument("--host", metavar="NAME", help="shell: which host of a fleet (default hv1)")
     add_fleet_parsers(sub, common)
-    rp = sub.add_parser("report", help="read a JSON report")
+    rp = sub.add_parser("report", help="read a JSON report or a run's journal")
     rsub = rp.add_subparsers(dest="report_command", metavar="ACTION", required=True)
-    show = rsub.add_parser("show", help="print a report (plan or apply, one host or a fleet) "
-                           "as the same text as the command that wrote it")
-    show.add_argument("file", type=Path, metavar="FILE")
+    show = rsub.add_parser("show", help="print a report (plan or apply, one host or a fleet, "
+                           "or a run of the journal) as the same text as the command that "
+                           "wrote it")
+    show.add_argument("file", type=Path, metavar="FILE|RUN")
     show.add_argument("--host", metavar="NAME", help="fleet report: this host's own report")
+    rsub.add_parser("list", help="the runs in this host's journal (id, mode, time, state)")
+    add_recovery_parsers(sub, common)
     return p
 
 
@@ -195,7 +199,9 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     fl = sub.add_parser("fleet", help="run plan/apply on the hosts of an answers file")
     fsub = fl.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
     for name, text in (("plan", "plan on every host (exit 4 if any has changes pending)"),
-                       ("apply", "plan everywhere, then apply in batches: canary first")):
+                       ("apply", "plan everywhere, then apply in batches: canary first"),
+                       ("resume", "on each host, finish its interrupted run (its journal)"),
+                       ("undo", "on each host, revert its last run that applied something")):
         sp = fsub.add_parser(name, help=text, description=text, parents=[common, broker])
         sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
         sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
@@ -215,6 +221,7 @@ def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         sp.add_argument("--run-id", help=argparse.SUPPRESS)
         sp.add_argument("--lines", action="store_true",
                         help="progress as lines even on a terminal (default there: a window)")
+        add_fleet_recovery(sp, name)
     st = fsub.add_parser("status", help="state of a (detached) run", parents=[common, broker])
     st.add_argument("run", metavar="RUN", help="the run id printed by --detach")
 
@@ -267,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"hostsetup: {args.answers} lists hosts: run it with "
               f"'hostsetup fleet {args.command}'", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "apply":
+        return cmd_apply(args, answers)
     backends = RealBackends()
     try:
         run, extra = run_confirmed(args, answers, backends, execute)
@@ -288,10 +297,13 @@ def seconds(text: str) -> int:
     return int(text)
 
 
-def run_confirmed(args: argparse.Namespace, answers: Any, backends: Any,
-                  execute: Any) -> tuple[Run, dict[str, Any]]:
-    """Plan, or apply under the confirmation window of ``--confirm-within`` or the
-    answers' ``confirm:``; print the run.  Returns it and the report's extra keys."""
+def run_confirmed(args: argparse.Namespace, answers: Any, backends: Any, execute: Any,
+                  journal: Any = None,
+                  show: Callable[[Run], None] = lambda run: print_run(run),
+                  ) -> tuple[Run, dict[str, Any]]:
+    """Plan, or apply (journaled in ``journal``) under the confirmation window of
+    ``--confirm-within`` or the answers' ``confirm:``; ``show`` the run before the
+    window opens.  Returns the run and the report's extra keys."""
     from wizard import confirm
 
     console = confirm.Console()
@@ -304,14 +316,14 @@ def run_confirmed(args: argparse.Namespace, answers: Any, backends: Any,
         print_run(run)
         return run, {}
     window = confirm.Window.of(confirm.new_run_id(), args.confirm_within, answers.confirm)
-    tracker = confirm.Tracker(window=window, sections=answers.sections)
+    tracker = confirm.Tracker(inner=journal, window=window, sections=answers.sections)
     try:
         if window is not None:
             confirm.folder(window.state)  # refused before anything is changed
             confirm.survive_hangup()  # the window must outlive the operator's SSH session
         settled = confirm.settle(confirm.state_dir(), backends, console.say)
         run = execute(answers, "apply", backends, journal=tracker)
-        print_run(run)
+        show(run)
         outcome = confirm.wait_and_decide(tracker, backends, console.say, console.tick)
     except confirm.ConfirmError as exc:
         from wizard.runner import Run
@@ -357,6 +369,190 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     if not outcomes:
         print("nothing to revert")
     return EXIT_FAILED if any(o.errors for o in outcomes) else 0
+
+
+# ---------------------------------------------------------------- the journal: apply,
+# resume, undo (wizard/journal.py, wizard/recovery.py)
+
+AFTER_HELP = ("what to do first with a run the journal shows as interrupted "
+              "(default: say so and exit 6): resume it, undo it, or ignore it "
+              "(marked abandoned)")
+
+
+def add_recovery_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``apply --after-interrupted``, ``resume [RUN]`` and ``undo [RUN]``."""
+    from wizard.recovery import AFTER
+
+    sub.choices["apply"].add_argument("--after-interrupted", choices=AFTER, help=AFTER_HELP)
+    rs = sub.add_parser("resume", parents=[common], help="finish an interrupted run: plan "
+                        "again with its answers and apply what is left")
+    rs.add_argument("run", nargs="?", metavar="RUN",
+                    help="the run (default: the last interrupted one)")
+    ud = sub.add_parser("undo", parents=[common], help="revert what a run applied, last "
+                        "first, from the journal (checked by reading the host again)")
+    ud.add_argument("run", nargs="?", metavar="RUN", help="the run (default: the last "
+                    "one that applied something and is not undone)")
+    ud.add_argument("--dry-run", action="store_true", help="list what would be reverted; "
+                    "change nothing")
+    for parser in (rs, ud):
+        parser.add_argument("--after-interrupted", choices=("ignore",),
+                            help="another interrupted run: ignore it (marked abandoned)")
+
+
+def add_fleet_recovery(sp: argparse.ArgumentParser, name: str) -> None:
+    """``fleet apply --after-interrupted``; ``fleet resume|undo --hosts``, ``undo --run``
+    and ``--dry-run``."""
+    from wizard.recovery import AFTER
+
+    if name == "apply":
+        sp.add_argument("--after-interrupted", choices=AFTER, help=AFTER_HELP)
+    if name in ("resume", "undo"):
+        sp.add_argument("--hosts", metavar="NAME,...", help="only these hosts (default: all)")
+    if name == "undo":
+        sp.add_argument("--run", metavar="RUN", help="the run to revert: a host's run id or "
+                        "a fleet run id (default: each host's last run)")
+        sp.add_argument("--dry-run", action="store_true", help="list what would be reverted")
+
+
+def fleet_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """What a fleet resume/undo (or apply --after-interrupted) adds to each task."""
+    return {k: v for k, v in (("after_interrupted", getattr(args, "after_interrupted", None)),
+                              ("target", getattr(args, "run", None)),
+                              ("dry_run", getattr(args, "dry_run", False))) if v}
+
+
+def fleet_hosts(args: argparse.Namespace, hosts: dict[str, Any]) -> dict[str, Any]:
+    """``--hosts a,b``: those hosts of the answers file; raises ValueError for an unknown one."""
+    wanted = [h for h in (getattr(args, "hosts", None) or "").split(",") if h]
+    unknown = [h for h in wanted if h not in hosts]
+    if unknown:
+        raise ValueError(f"--hosts: {', '.join(unknown)} not in the answers file's hosts "
+                         f"({', '.join(hosts)})")
+    return {h: v for h, v in hosts.items() if not wanted or h in wanted}
+
+
+def fleet_argv(args: argparse.Namespace) -> list[str]:
+    """The same options, for a detached run."""
+    argv = [f"{flag}={getattr(args, key)}" for flag, key in (
+        ("--after-interrupted", "after_interrupted"), ("--run", "run"), ("--hosts", "hosts"))
+        if getattr(args, key, None)]
+    return argv + (["--dry-run"] if getattr(args, "dry_run", False) else [])
+
+
+def say(line: str) -> None:
+    """A line about the journal, on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_apply(args: argparse.Namespace, answers: Any) -> int:
+    """``apply``: after the start-up check, a journaled run; its report is read
+    back from the journal."""
+    from backends.bundle import RealBackends
+    from wizard.exits import EXIT_INTERRUPTED_RUN
+    from wizard.journal import JournalError, RunJournal, answers_document, read_path
+    from wizard.recovery import settle
+    from wizard.runner import execute
+
+    backends = RealBackends()
+    try:
+        code = settle(args.after_interrupted, backends, say)
+        if code is not None:
+            return reported(args.report, {"version": 1, "mode": "apply", "steps": [],
+                                          "exit_code": code, "errors": [
+                                              "an earlier run was interrupted"
+                                              if code == EXIT_INTERRUPTED_RUN else
+                                              "dealing with an earlier run failed"]}, code)
+        journal = RunJournal.create("apply", answers_document(answers))
+        report: dict[str, Any] = {}
+
+        def show(run: Run) -> None:
+            # What the journal has, before the confirmation window (if any) opens.
+            try:
+                report.update(read_path(journal.path).report())
+            except JournalError as exc:  # the run is reported as it ran
+                say(f"hostsetup: {exc}")
+                report.update(run.as_dict())
+            print_report(report)
+
+        run, extra = run_confirmed(args, answers, backends, execute, journal, show)
+    except JournalError as exc:
+        say(f"hostsetup: {exc}")
+        return EXIT_USAGE
+    finally:
+        backends.close()
+    return reported(args.report, {**(report or run.as_dict()), **extra,
+                                  "exit_code": run.exit_code}, run.exit_code)
+
+
+def cmd_recovery(args: argparse.Namespace) -> int:
+    """``resume [RUN]`` / ``undo [RUN] [--dry-run]``."""
+    from backends.bundle import RealBackends
+    from wizard import recovery
+    from wizard.journal import JournalError
+
+    backends = RealBackends()
+    try:
+        if args.command == "resume":
+            return resume_run(args, backends)
+        return undo_run(args, backends)
+    except recovery.Refused as exc:
+        say(f"hostsetup: {args.command}: {exc}")
+        return exc.code
+    except JournalError as exc:
+        say(f"hostsetup: {args.command}: {exc}")
+        return EXIT_USAGE
+    finally:
+        backends.close()
+
+
+def resume_run(args: argparse.Namespace, backends: Any) -> int:
+    """``resume``: the interrupted run, finished as a new run."""
+    from wizard import recovery
+
+    run = recovery.interrupted(args.run)
+    if run is None:
+        print("hostsetup: resume: no interrupted run in the journal: nothing to resume")
+        return 0
+    code = recovery.settle(args.after_interrupted, backends, say, skip=frozenset({run.id}))
+    if code is not None:
+        return code
+    if run.mode == "undo":  # finishing an undo is undoing again
+        say(f"hostsetup: resume: {run.notice()}: undoing again")
+        return recovery.carry_out(run, "undo", backends, print)
+    done, journal = recovery.resume(run, backends)
+    print(f"run {journal.id} resumes run {run.id} ({run.when()})")
+    print_report(journal.report())
+    return reported(args.report, journal.report(), done.exit_code)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """What a journaled run did, as ``apply`` prints it: from its report, which comes
+    from the journal."""
+    from wizard.reportshow import run_from_dict
+
+    print_run(run_from_dict(report))
+
+
+def undo_run(args: argparse.Namespace, backends: Any) -> int:
+    """``undo``: revert a run (and the runs it resumed)."""
+    from wizard import recovery
+
+    try:
+        target, every = recovery.target_run(args.run)
+    except recovery.Refused as exc:
+        if exc.code != 0:
+            raise
+        print(f"hostsetup: undo: {exc}")
+        return 0
+    if not args.dry_run:
+        code = recovery.settle(args.after_interrupted, backends, say,
+                               skip=recovery.related(target, every))
+        if code is not None:
+            return code
+    result = recovery.undo(target, backends, dry_run=args.dry_run, every=every)
+    print("\n".join(result.lines()))
+    report = result.journal.report() if result.journal else result.run().as_dict()
+    return reported(args.report, report, result.exit_code)
 
 
 SANDBOX_MISSING = (
@@ -435,7 +631,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    """``fleet plan|apply|status``."""
+    """``fleet plan|apply|resume|undo|status``."""
     from wizard import answers as answers_mod
     from wizard import fleet
 
@@ -461,9 +657,14 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     options = fleet.Options(canary=args.canary, batch_size=args.batch_size,
                             max_fail=args.max_fail, timeout=args.timeout,
                             agent_wait=args.agent_wait)
-    run = fleet.FleetRun(app, args.fleet_command, fleet.host_payloads(answers), options,
-                         args.run_id, on_event=lambda host, text: print(f"[{host}] {text}",
-                                                                         flush=True))
+    try:
+        hosts = fleet_hosts(args, fleet.host_payloads(answers))
+    except ValueError as exc:
+        print(f"hostsetup: fleet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run = fleet.FleetRun(app, args.fleet_command, hosts, options, args.run_id,
+                         on_event=lambda host, text: print(f"[{host}] {text}", flush=True),
+                         extra=fleet_extra(args))
     if args.detach:
         from backends.interfaces import BackendError
 
@@ -503,7 +704,8 @@ def fleet_detach(args: argparse.Namespace, run_id: str) -> int:
             "--answers", source, "--run-id", run_id,
             "--canary", str(args.canary), "--batch-size", str(args.batch_size),
             "--max-fail", args.max_fail, "--timeout", str(args.timeout),
-            "--agent-wait", str(args.agent_wait), "--config", str(args.config)]
+            "--agent-wait", str(args.agent_wait), "--config", str(args.config),
+            *fleet_argv(args)]
     for flag, value in (("--broker", args.broker), ("--password", args.password),
                         ("--answers-ca", args.answers_ca and args.answers_ca.resolve()),
                         ("--report", args.report and args.report.resolve())):
@@ -530,16 +732,20 @@ def print_fleet(report: dict[str, Any]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``report show FILE [--host NAME]``: exit 0, or 2 if FILE is not a report."""
+    """``report show FILE|RUN [--host NAME]`` and ``report list``: exit 0, or 2 if
+    FILE is not a report (nor RUN a run of the journal)."""
     import shutil
 
-    from wizard.reportshow import ReportError, read_report, report_lines
+    from wizard.reportshow import ReportError, list_lines, load_report, report_lines
 
     width = shutil.get_terminal_size().columns - 2 if sys.stdout.isatty() else 1 << 20
     try:
-        lines = report_lines(read_report(args.file), args.host, width)
+        if args.report_command == "list":
+            lines = list_lines()
+        else:
+            lines = report_lines(load_report(args.file), args.host, width)
     except ReportError as exc:
-        print(f"hostsetup: report show: {exc}", file=sys.stderr)
+        print(f"hostsetup: report {args.report_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print("\n".join(lines))
     return 0
@@ -589,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_confirm(args)
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command in ("resume", "undo"):
+            return cmd_recovery(args)
         if args.command == "schema":
             from wizard.answers import json_schema
 

@@ -42,6 +42,7 @@ from steps.base import SECRET_PATTERN, resolve_secret
 from wizard.exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_INTERRUPTED_RUN,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_PENDING,
@@ -72,12 +73,18 @@ RUN_KEY = "hostsetup:fleet:run:"
 
 # Per-host outcome -> its weight for the fleet's exit code (highest wins).
 STATUS_EXIT = {"unchanged": EXIT_OK, "applied": EXIT_OK, "pending": EXIT_PENDING,
+               "resumed": EXIT_OK, "undone": EXIT_OK,
                "failed": EXIT_FAILED, "unknown": EXIT_FAILED, "skipped": EXIT_FAILED,
                "invalid": EXIT_INVALID, "unreachable": EXIT_UNREACHABLE,
-               "no agent": EXIT_UNREACHABLE}
-EXIT_PRIORITY = [EXIT_INVALID, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_PENDING, EXIT_OK]
+               "no agent": EXIT_UNREACHABLE, "interrupted run": EXIT_INTERRUPTED_RUN}
+EXIT_PRIORITY = [EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED_RUN, EXIT_FAILED,
+                 EXIT_PENDING, EXIT_OK]
 RUN_STATUS = {EXIT_OK: "unchanged", EXIT_PENDING: "pending", EXIT_INVALID: "invalid",
-              EXIT_UNREACHABLE: "unreachable", EXIT_FAILED: "failed", EXIT_INTERRUPTED: "failed"}
+              EXIT_UNREACHABLE: "unreachable", EXIT_FAILED: "failed", EXIT_INTERRUPTED: "failed",
+              EXIT_INTERRUPTED_RUN: "interrupted run"}
+# A host's status when its task of that mode ended well.
+DONE = {"apply": "applied", "resume": "resumed", "undo": "undone"}
+MODES = ("plan", "apply", "resume", "undo")
 
 
 class FleetError(Exception):
@@ -230,14 +237,13 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """The task: validate this host's answers and run them with the local runner."""
     from backends.bundle import RealBackends
     from wizard import answers as answers_mod
-    from wizard.runner import execute
 
     host, mode = payload.get("host"), payload.get("mode")
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     base: dict[str, Any] = {"version": 1, "mode": mode, "host": host,
                             "agent": task.request.hostname, "machine": socket.gethostname(),
                             "redelivered": redelivered, "steps": []}
-    if host not in AGENT["names"] or mode not in ("plan", "apply"):
+    if host not in AGENT["names"] or mode not in MODES:
         return {**base, "exit_code": EXIT_USAGE,
                 "errors": [f"refused: task for host {host!r} mode {mode!r} reached the "
                            f"agent of {', '.join(AGENT['names'])}"]}
@@ -252,12 +258,87 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - progress is best effort (broker may be restarting)
             pass
 
+    own = {k: base[k] for k in ("host", "agent", "machine", "redelivered")}
     backends = RealBackends()
     try:
-        run = execute(answers, mode, backends, progress)
+        report = journaled_task(mode, answers, payload, backends, progress)
     finally:
         backends.close()
-    return {**run.as_dict(), **{k: base[k] for k in ("host", "agent", "machine", "redelivered")}}
+    return {**base, **report, **own}
+
+
+def journaled_task(mode: str, answers: Answers, payload: dict[str, Any], backends: Any,
+                   progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The agent's side of a task with this host's run journal (wizard/journal.py):
+    ``plan`` and ``apply`` first look for an interrupted run (exit 6 naming it, unless
+    ``after_interrupted`` says what to do); ``apply`` is journaled (with the fleet run's
+    id); ``resume`` finishes the interrupted run, ``undo`` reverts the last run (or
+    ``target``: a run id of this host, or a fleet run id).  Returns the run report."""
+    from wizard import journal, recovery
+    from wizard.runner import execute
+
+    said: list[str] = []
+    after, fleet_run = payload.get("after_interrupted"), str(payload.get("run_id") or "")
+    try:
+        # This very task, handed out again after its worker process died: its own run
+        # (same fleet run) is finished, as the redelivery means it to be.
+        mine = [r for r in journal.unsettled() if fleet_run and not r.busy
+                and r.header.get("fleet_run") == fleet_run] if mode == "apply" else []
+        if mode in ("plan", "apply"):
+            code = None if mode == "plan" and after else recovery.settle(
+                after if mode == "apply" else None, backends, said.append, via="agent",
+                skip=frozenset(r.id for r in mine))
+            if code is not None:
+                return {"exit_code": code, "errors": said}
+            if mode == "plan":
+                return execute(answers, "plan", backends, progress).as_dict()
+            if mine:
+                log.info("run %s of this task was interrupted: resuming it", mine[-1].id)
+                return recovery.resume(mine[-1], backends, "agent", progress, fleet_run)[1] \
+                    .report()
+            run_journal = journal.RunJournal.create("apply", journal.answers_document(answers),
+                                                    via="agent", fleet_run=fleet_run)
+            execute(answers, "apply", backends, progress, journal=run_journal)
+            return journal.read_path(run_journal.path).report()
+        every = journal.runs()
+        if mode == "resume":
+            run = recovery.interrupted(None)
+            if run is None:
+                return {"exit_code": EXIT_OK, "notes": ["no interrupted run: nothing to resume"]}
+            if run.mode != "undo":
+                _done, resumed = recovery.resume(run, backends, "agent", progress, fleet_run)
+                return resumed.report()
+            target = recovery.origin(run, every)  # an interrupted undo: undo again
+        else:
+            target = fleet_target(str(payload.get("target") or ""), every)
+        dry = bool(payload.get("dry_run"))
+        code = None if dry else recovery.settle(None, backends, said.append, via="agent",
+                                                skip=recovery.related(target, every))
+        if code is not None:
+            return {"exit_code": code, "errors": said}
+        result = recovery.undo(target, backends, dry, "agent", every, fleet_run)
+        report = result.journal.report() if result.journal else result.run().as_dict()
+        return {**report, "notes": result.lines()}
+    except recovery.Refused as exc:
+        if exc.code == EXIT_OK:
+            return {"exit_code": EXIT_OK, "notes": [str(exc)]}
+        return {"exit_code": exc.code, "errors": [*said, str(exc)]}
+    except journal.JournalError as exc:
+        return {"exit_code": EXIT_USAGE, "errors": [*said, str(exc)]}
+
+
+def fleet_target(target: str, every: list[Any]) -> Any:
+    """The run a fleet undo reverts on this host: ``target`` (a run id of this host's
+    journal, or the id of the fleet run that made it), or the last one; raises Refused."""
+    from wizard import journal, recovery
+
+    if not target or journal.RUN_NAME.match(target):
+        return recovery.target_run(target or None)[0]
+    mine = [r for r in every if r.header.get("fleet_run") == target
+            and r.mode in recovery.UNDOABLE_MODES]
+    if not mine:
+        raise recovery.Refused(f"no run of fleet run {target} in this host's journal")
+    return mine[-1]
 
 
 LOG_LINE_LIMIT = 2000  # characters of one log record's message (and of its traceback)
@@ -392,8 +473,11 @@ class FleetRun:
     """One ``fleet plan`` / ``fleet apply``: dispatch, bounded waits, state in Redis."""
 
     def __init__(self, app: Celery, mode: str, hosts: dict[str, dict[str, Any]],
-                 options: Options, run_id: str | None = None, on_event: Event = _quiet) -> None:
+                 options: Options, run_id: str | None = None, on_event: Event = _quiet,
+                 extra: dict[str, Any] | None = None) -> None:
         self.app, self.mode, self.hosts, self.options = app, mode, hosts, options
+        # Added to each task: after_interrupted, an undo's target and dry_run.
+        self.extra = extra or {}
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.on_event = on_event
         self.outcomes = {name: HostOutcome(name) for name in hosts}
@@ -478,7 +562,7 @@ class FleetRun:
                     f"(waited {self.options.agent_wait:g}s)")
                 continue
             payload = {"host": name, "mode": mode, "answers": self.hosts[name],
-                       "run_id": self.run_id}
+                       "run_id": self.run_id, **self.extra}
             tasks[name] = self.app.send_task(TASK_RUN, args=[payload], queue=queue_name(name),
                                              expires=self.options.timeout)
             self.outcomes[name].tasks[mode] = tasks[name].id
@@ -564,16 +648,17 @@ class FleetRun:
         """Turn host run reports into outcomes, and announce them."""
         for name, rep in results.items():
             out = self.outcomes[name]
-            setattr(out, phase, rep)
+            setattr(out, "plan" if phase == "plan" else "apply", rep)
             code = rep.get("exit_code")
             status = rep.get("status") or RUN_STATUS.get(code if isinstance(code, int) else -1,
                                                          "failed")
-            if phase == "apply" and code == EXIT_OK:
-                status = "applied"
+            changes = sum(len(s.get("changes", [])) for s in rep.get("steps", []))
+            if phase in DONE and code == EXIT_OK:
+                # a resume or an undo that changed nothing (nothing to do, a dry run)
+                status = DONE[phase] if changes or phase == "apply" else "unchanged"
             out.status = status
             out.errors = list(rep.get("errors", [])) + [e for s in rep.get("steps", [])
                                                          for e in s.get("errors", [])]
-            changes = sum(len(s.get("changes", [])) for s in rep.get("steps", []))
             if rep.get("redelivered"):
                 out.errors.append("note: redelivered (an earlier attempt's worker died)")
             if "status" not in rep:
@@ -587,6 +672,12 @@ class FleetRun:
         """Plan everywhere; for ``apply``, then apply in batches. Returns the exit code."""
         self.save()
         try:
+            if self.mode in ("resume", "undo"):  # each host from its own journal, at once
+                self.record(self.mode, self.dispatch(self.mode, list(self.hosts)))
+                self.exit_code, self.state, self.finished = \
+                    self.exit_of(self.outcomes.values()), "done", time.time()
+                self.save()
+                return self.exit_code
             self.record("plan", self.dispatch("plan", list(self.hosts)))
             code = self.exit_of(self.outcomes.values())
             if self.mode == "apply" and code in (EXIT_OK, EXIT_PENDING):

@@ -1,4 +1,4 @@
-"""``hostsetup report show FILE``: a JSON report as the CLI's human text.
+"""``hostsetup report show FILE|RUN``: a JSON report as the CLI's human text.
 
 A single-host report (``plan``, ``apply``, the wizard, an agent's) is turned
 back into a :class:`wizard.runner.Run` and printed by :mod:`wizard.plantext`,
@@ -6,6 +6,9 @@ as ``hostsetup plan/apply`` print it; a fleet report (``"kind": "fleet"``)
 is printed by :func:`fleet_lines`, as ``hostsetup fleet`` prints it, and one
 host's own report with ``--host NAME``.  The file is read bounded in size,
 never through a FIFO or a device, so a console can read a report without jq.
+A run's journal (``wizard/journal.py``) is shown as its report: given as the
+file, or by its run id; an interrupted run from the operations it recorded.
+``hostsetup report list`` lists the runs of the journal.
 """
 
 from __future__ import annotations
@@ -24,8 +27,39 @@ class ReportError(Exception):
     """The file cannot be shown; the message names it and says why."""
 
 
+def load_report(arg: Path) -> dict[str, Any]:
+    """The report ``arg`` names: a report file, a run's journal file, or a run id
+    of this host's journal."""
+    from wizard import journal
+
+    if not arg.exists() and journal.RUN_NAME.match(str(arg)):
+        try:
+            return journal.read_run(str(arg)).report()
+        except journal.JournalError as exc:
+            raise ReportError(str(exc)) from None
+    return read_report(arg)
+
+
+def list_lines() -> list[str]:
+    """``report list``: one line per run of the journal, oldest first."""
+    from wizard import journal
+
+    try:
+        found = journal.runs()
+    except journal.JournalError as exc:
+        raise ReportError(str(exc)) from None
+    lines = []
+    for run in found:
+        ops = len(run.entries())
+        extra = "".join(f", {k} {run.header[k]}" for k in ("resumes", "undoes", "fleet_run")
+                        if run.header.get(k))
+        lines.append(f"{run.id}  {run.mode:7} {run.when()}  {run.state:11} "
+                     f"{ops} operation(s){extra}")
+    return lines or [f"no runs in {journal.journal_dir()}"]
+
+
 def read_report(path: Path, limit: int = REPORT_LIMIT) -> dict[str, Any]:
-    """Read and parse a report: a regular file of at most ``limit`` bytes."""
+    """Read and parse a report (or a run journal): a regular file of at most ``limit`` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -36,6 +70,14 @@ def read_report(path: Path, limit: int = REPORT_LIMIT) -> dict[str, Any]:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ReportError(f"{path}: larger than {limit // (1024 * 1024)} MiB: not a report")
+    if data.startswith(b'{"t":"run"'):
+        from wizard.journal import JournalError, JournalRun, records
+
+        try:
+            return JournalRun(path.name.removesuffix(".jsonl"), path,
+                              records(data, path)).report()
+        except (JournalError, KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"{path}: a damaged run journal ({exc})") from None
     try:
         report = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -73,7 +115,8 @@ def exit_words(code: Any) -> str:
     meaning = {exits.EXIT_OK: "done", exits.EXIT_FAILED: "a step failed",
                exits.EXIT_USAGE: "usage error", exits.EXIT_INVALID: "answers invalid",
                exits.EXIT_PENDING: "changes pending", exits.EXIT_UNREACHABLE:
-               "a backend is unreachable", exits.EXIT_INTERRUPTED: "interrupted"}
+               "a backend is unreachable", exits.EXIT_INTERRUPTED_RUN:
+               "an earlier run was interrupted", exits.EXIT_INTERRUPTED: "interrupted"}
     return f"exit {code}" + (f" ({meaning[code]})" if code in meaning else "")
 
 
@@ -85,8 +128,13 @@ def run_report_lines(report: dict[str, Any], width: int) -> list[str]:
     run = run_from_dict(report)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.started)) \
         if run.started else "time unknown"
-    lines = [f"{run.mode} on {run.host}, {when}, "
-             f"{run.finished - run.started:.1f} s: {exit_words(run.exit_code)}"]
+    ran = f" (run {report['run']})" if report.get("run") else ""
+    end = exit_words(run.exit_code)
+    if report.get("state") in ("interrupted", "running"):
+        end = f"{report['state']}, no end recorded; last operation begun: " \
+            f"{report.get('last_begun', '?')}"
+    lines = [f"{run.mode} on {run.host}{ran}, {when}, "
+             f"{run.finished - run.started:.1f} s: {end}"]
     lines += run_lines(run, width=width)
     lines += [f"  ! {err}" for err in report.get("errors") or []]
     return lines

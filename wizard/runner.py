@@ -44,6 +44,7 @@ from wizard.exits import (
     EXIT_PENDING,
     EXIT_UNREACHABLE,
 )
+from wizard.journal import JournalError, RunJournal
 
 log = logging.getLogger("hostsetup")
 
@@ -275,6 +276,11 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
         return None
     log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
+        journal = run_journal(ctx.journal)
+        if journal is not None:
+            if item.deferred:  # its plan is new: the room for it was not reserved yet
+                journal.reserve(result.ops)
+            journal.step(item.step.name, len(result.ops))
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.ops, ctx)
         with Timer(result, "verify"):
@@ -285,7 +291,7 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
             left = item.step.verify(item.answers, ctx)
     except BackendUnreachable as exc:
         return unreachable(item, exc, ctx)
-    except (StepFailed, BackendError, ValueError) as exc:
+    except (StepFailed, BackendError, ValueError, JournalError) as exc:
         result.status = "failed"
         result.errors.append(str(exc))
         result.errors.extend(getattr(exc, "errors", []))
@@ -348,7 +354,9 @@ def execute(
     """Run ``plan`` or ``apply`` for the answered steps; never prompts.
 
     ``concurrent=False`` checks the steps one after the other (benchmarks).
-    ``journal`` records each operation around its execution (apply)."""
+    ``journal`` records each operation around its execution (apply); a
+    :class:`~wizard.journal.RunJournal` also gets each step's start, and the
+    results and exit code at the end (it is then closed)."""
     run = Run(mode)
     ctx = Context(backends=backends, progress=progress, log=log.info,
                   journal=journal or NoJournal())
@@ -362,6 +370,8 @@ def execute(
             if code is None and mode == "plan":
                 code = EXIT_PENDING if any(p.result.changes for p in prepared) else EXIT_OK
             if code is None:
+                code = reserve(prepared, ctx)
+            if code is None:
                 code = apply_all(prepared, ctx, lambda i, s: progress(i / len(prepared), s.title))
         run.exit_code = commands.after(answers, mode, run, code)
     except KeyboardInterrupt:
@@ -374,7 +384,39 @@ def execute(
                 break
     finally:
         run.finished = time.time()
+        ours = run_journal(journal)
+        if ours is not None:
+            try:
+                ours.finish(run)
+            except JournalError as exc:  # the run is done; its file will read "interrupted"
+                log.error("%s", exc)
     return run
+
+
+def run_journal(journal: Any) -> RunJournal | None:
+    """The run's :class:`RunJournal` behind ``journal``: itself, or the journal a
+    wrapper passes every call on to (``inner``, e.g. the confirmation tracker)."""
+    while journal is not None and not isinstance(journal, RunJournal):
+        journal = getattr(journal, "inner", None)
+    return journal
+
+
+def reserve(prepared: list[Prepared], ctx: Context) -> int | None:
+    """Before anything is applied: room in the run journal for every planned
+    operation, or the run fails here (exit 1, nothing applied)."""
+    journal = run_journal(ctx.journal)
+    if journal is None:
+        return None
+    try:
+        journal.reserve([op for p in prepared for op in p.result.ops], len(prepared) + 3)
+    except JournalError as exc:
+        log.error("%s", exc)
+        first = next((p for p in prepared if p.result.changes), None)
+        if first is not None:
+            first.result.status = "failed"
+            first.result.errors.append(str(exc))
+        return not_run([p for p in prepared if p is not first], EXIT_FAILED)
+    return None
 
 
 __all__ = ["AnswersError", "Run", "StepResult", "execute", "check", "apply_all"]

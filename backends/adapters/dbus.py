@@ -141,9 +141,11 @@ class DBusBackend:
             result = str(unit["org.freedesktop.systemd1.Service"].Result)
         except (GLib.Error, KeyError, AttributeError):
             result = ""  # not a service
+        pulls = tuple(dict.fromkeys([*props.Requires, *props.Wants, *props.BindsTo]))
         return UnitStatus(name=name, load=props.LoadState, active=props.ActiveState,
                           sub=props.SubState, enablement=props.UnitFileState,
-                          need_reload=bool(props.NeedDaemonReload), result=result)
+                          need_reload=bool(props.NeedDaemonReload), result=result,
+                          pulls=pulls)
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
         """Enable/Disable/Mask/UnmaskUnitFiles (persistent); the changes."""

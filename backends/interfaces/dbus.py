@@ -24,7 +24,8 @@ class Unit:
 class UnitStatus:
     """A unit's state as its properties tell it: ``ActiveState``/``SubState``,
     the enablement (``UnitFileState``: enabled, disabled, masked, static...),
-    ``NeedDaemonReload`` and, for a service, ``Result`` (e.g. exit-code)."""
+    ``NeedDaemonReload``, for a service ``Result`` (e.g. exit-code), and the units
+    its start pulls in (``pulls``)."""
 
     name: str
     load: str
@@ -33,6 +34,9 @@ class UnitStatus:
     enablement: str
     need_reload: bool
     result: str = ""
+    # What starting it starts too: its Requires=, Wants= and BindsTo= (as systemd
+    # resolved them, implicit ones included).
+    pulls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import snack
 
-from wizard.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID
+from wizard.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_USAGE
 from wizard.session import Loaded
 from wizard.tui.questions import ask, defaults, model_problems, problem_text
 from wizard.tui.widgets import (
@@ -76,6 +76,7 @@ class Flow:
     # early/late/error_commands and confirm, as in the answers file
     commands: dict[str, Any] = field(default_factory=dict)
     checked: tuple[str, ...] | None = None  # the steps the host check last ran for
+    resumes: str = ""  # the interrupted run whose answers these are (wizard/tui/recover.py)
 
     def step_title(self, step: Any) -> str:
         """The window title: "Step N of M: title", numbered over the selected steps."""
@@ -782,8 +783,12 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     from backends.bundle import RealBackends
     from steps.base import Context
     from wizard import confirm
+    from wizard.journal import JournalError
+    from wizard.reportshow import run_from_dict
+    from wizard.runner import reserve
     from wizard.session import Unusable, default_log, load_answers, record, setup_logging
     from wizard.session import write_report as save_report
+    from wizard.tui import recover
 
     ui = flow.ui
     log_path = args.log or default_log()
@@ -804,6 +809,9 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     backends = RealBackends()
     flow.ctx = Context(backends=backends, log=log.info)
     try:
+        code = recover.earlier_run(flow, backends)
+        if code is not None:
+            return code
         revert_expired(flow)
         index = 0
         while True:
@@ -823,7 +831,13 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
         answers, prepared, plan_run = flow.planned
         if args.record:
             record(args.record, answers)
-        tracker = confirm.Tracker(window=confirm.Window.of(
+        try:
+            journal = recover.start(flow, answers)
+        except JournalError as exc:
+            ui.message("Run journal", f"{exc}\n\nNothing was changed.")
+            return EXIT_USAGE
+        # The confirmation window's tracker passes every operation on to the journal.
+        tracker = confirm.Tracker(inner=journal, window=confirm.Window.of(
             confirm.new_run_id(), None, answers.confirm, confirm.DEFAULT_WITHIN),
             sections=answers.sections)
         if any(r.risky() for r in plan_run.steps):
@@ -835,19 +849,20 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         flow.ctx.journal = tracker
         # From here on the exit code is the run's, whatever key closes the summary.
-        plan_run.exit_code = apply_with_progress(flow, prepared)
+        code = reserve(prepared, flow.ctx)  # room in the journal, or nothing is applied
+        plan_run.exit_code = apply_with_progress(flow, prepared) if code is None else code
         outcome = keep_or_revert(flow, tracker)
         plan_run.finished = time.time()
-        report = plan_run.as_dict()
         head: tuple[str, ...] = ()
+        if outcome is not None and not outcome.kept:
+            plan_run.exit_code = EXIT_FAILED
+        report = recover.report(journal, plan_run)
         if outcome is not None:
             report["confirm"] = outcome.as_dict()
             head = (f"Changes marked ~: {outcome.text()}", *(f"  ! {e}" for e in outcome.errors),
                     "")
-            if not outcome.kept:
-                plan_run.exit_code = report["exit_code"] = EXIT_FAILED
         save_report(args.report, report)
-        summary(flow, plan_run, log_path, args.report, head)
+        summary(flow, run_from_dict(report), log_path, args.report, head)  # as the journal has it
         return int(plan_run.exit_code)
     finally:
         backends.close()

@@ -112,6 +112,9 @@ def test_not_confirmed_in_time_is_reverted(host: Sandbox) -> None:
     assert got["confirm"]["outcome"] == "reverted"
     assert got["confirm"]["reverted"] == ["stop unit ssh.service"]
     assert got["steps"][0]["changes"][0]["risky"]
+    # One id: the run's journal is the record's run (hostsetup confirm/undo RUN).
+    journal = Path(host.env["HOSTSETUP_HOST_ROOT"], "var/lib/hostsetup/journal")
+    assert (journal / f"{got['confirm']['run']}.jsonl").is_file()
     assert (record(host) or {})["state"] == "reverted"
     late = inside(host, HOSTSETUP, "confirm")
     assert late.returncode == 1 and "nothing is waiting" in late.stderr
@@ -306,7 +309,8 @@ def test_wizard_reverts_an_expired_window_at_start(host: Sandbox) -> None:
     t = start_wizard(host, 3)
     try:
         screen = t.wait_for("Unconfirmed changes reverted", timeout=60)
-        assert "not confirmed within 3 s: reverted" in screen and "1 operation(s)" in screen
+        text = " ".join(line.strip(" │") for line in screen.splitlines())  # unwrapped
+        assert "not confirmed within 3 s: reverted 1 operation(s)" in text
         assert unit_state(host, "ssh.service") == "active"
         t.send("Enter")
         t.wait_for("[*] Host services")

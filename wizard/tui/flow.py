@@ -838,7 +838,8 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         # The confirmation window's tracker passes every operation on to the journal.
         tracker = confirm.Tracker(inner=journal, window=confirm.Window.of(
-            confirm.new_run_id(), None, answers.confirm, confirm.DEFAULT_WITHIN),
+            getattr(journal, "id", None) or confirm.new_run_id(), None, answers.confirm,
+            confirm.DEFAULT_WITHIN),
             sections=answers.sections)
         if any(r.risky() for r in plan_run.steps):
             try:

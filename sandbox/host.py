@@ -471,6 +471,17 @@ def qemu_pids(sb: Sandbox) -> dict[str, int]:
     return found
 
 
+def before_stop(sb: Sandbox) -> None:
+    """Let every process of the host run (SIGCONT) before it is powered off: one that a
+    test stopped (SIGSTOP) could not act on the SIGTERM of the shutdown, which would
+    then wait out its timeout."""
+    for pid in _cgroup_pids(Path(CGROUP_TREES[0], sb.env.get("HOSTSETUP_HOST_CGROUP", "-"))):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            continue
+
+
 def down(sb: Sandbox) -> None:
     """After nspawn was stopped (by pid): its cgroups, the namespaces ``up`` made, the
     huge pages."""
@@ -494,5 +505,5 @@ def shell(sb: Sandbox, argv: list[str]) -> int:
     return subprocess.call(exec_argv(sb, *(argv or ["/bin/bash", "-l"])))
 
 
-__all__ = ["up", "down", "boot", "shell", "exec_argv", "run_inside", "leader", "bus_address",
+__all__ = ["up", "down", "before_stop", "boot", "shell", "exec_argv", "run_inside", "leader", "bus_address",
            "system_state", "BROKEN_UNIT", "REQUIRE", "VM_ADDRESSES"]

@@ -35,10 +35,15 @@ def dbus_host(tmp_path: Path) -> Iterator[Sandbox]:
         manage.down(directory)
 
 
-# Modules whose sandboxes share names (fleet host tags hs1..hsN): one worker runs them.
-SAME_WORKER = {"test_fleet": "fleet", "test_fleet_sandbox": "fleet"}
+# Modules whose module-scoped sandbox is shared by so many slow tests that one worker
+# would run them alone for minutes: their tests are dealt round-robin into this many
+# groups (each group's worker starts the module's sandbox once).
+SPLIT = {"test_fleet": 2, "test_tui_keymash": 2}
 # Fixtures that start real services.
 DAEMON_FIXTURES = {"dbus_host"}
+# Seconds a test is expected to take by layer, until a run has measured it.
+GUESS = {"daemons": 10.0, "processes": 1.0, None: 0.1}
+DURATIONS = "hostsetup/unit-seconds"  # pytest's cache: seconds per work unit, last run
 
 
 def layer(module: ModuleType) -> str | None:
@@ -55,21 +60,73 @@ def layer(module: ModuleType) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def shares_a_fixture(item: pytest.Item) -> bool:
+    """The test uses a fixture of ours wider than a test (a module's sandbox)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        defs[-1].scope != "function" and defs[-1].baseid  # baseid "": pytest's own
+        for defs in info.name2fixturedefs.values())
+
+
+def loadgroup(config: pytest.Config) -> bool:
+    """Run with ``--dist loadgroup`` (xdist's workers see it as ``option.loadgroup``)."""
+    return bool(getattr(config.option, "loadgroup", False)
+                or config.getoption("dist", "no") == "loadgroup")
+
+
+def unit_of(nodeid: str) -> str:
+    """The work unit of a test as pytest-xdist's loadgroup reads it: its group (after
+    ``@``) or, for a test of no group, the test itself."""
+    return nodeid.rsplit("@", 1)[1] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its layer (``make check`` deselects ``daemons`` and
-    ``processes``).  Under ``-n N --dist loadgroup``, a module's tests stay on one
-    worker (its module-scoped sandbox is started once); the fleet modules share one."""
+    ``processes``).  For ``-n N --dist loadgroup``: the tests that share a module's
+    sandbox go to one worker (``SPLIT``: to a few), the others are dealt one by one,
+    and the work is handed out longest first, as the last run measured it, so that
+    no worker is left alone with a long group at the end."""
+    counters: dict[str, int] = {}
+    units: list[str] = []
+    guessed: dict[str, float] = {}
     for item in items:
-        module = item.module
-        if module is None:
-            continue
-        kind = layer(module)
+        kind = layer(item.module) if item.module is not None else None
         if kind is None and DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             kind = "daemons"
         if kind is not None:
             item.add_marker(getattr(pytest.mark, kind))
-        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module.__name__,
-                                                                module.__name__)))
+        unit = item.nodeid
+        if shares_a_fixture(item):
+            name = item.module.__name__ if item.module is not None else unit
+            n = counters[name] = counters.get(name, -1) + 1
+            unit = f"{name}.{n % SPLIT[name]}" if name in SPLIT else name
+            item.add_marker(pytest.mark.xdist_group(unit))
+        units.append(unit)
+        guessed[unit] = guessed.get(unit, 0.0) + GUESS[kind]
+    if loadgroup(config):
+        measured = config.cache.get(DURATIONS, {}) if config.cache else {}
+        cost = {unit: measured.get(unit, guess) for unit, guess in guessed.items()}
+        order = sorted(range(len(items)), key=lambda i: -cost[units[i]])  # stable
+        items[:] = [items[i] for i in order]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up each work unit's seconds (setup, call, teardown) on the controller."""
+    SPENT[unit_of(report.nodeid)] = SPENT.get(unit_of(report.nodeid), 0.0) + report.duration
+
+
+SPENT: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep what this run measured per work unit for the next run's order."""
+    config = session.config
+    if (loadgroup(config) and config.cache is not None
+            and getattr(config, "workerinput", None) is None and SPENT
+            and not (config.option.keyword or config.option.markexpr)):  # a whole run
+        config.cache.set(DURATIONS, {**config.cache.get(DURATIONS, {}),
+                                     **{k: round(v, 2) for k, v in SPENT.items()}})
 
 
 SHORT_BASETEMP = pytest.StashKey[str]()
@@ -78,7 +135,10 @@ SHORT_BASETEMP = pytest.StashKey[str]()
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, a short base directory of our own: the workers' ``popen-gwN``
     level would push the sandboxes' socket paths past their length limit
-    (dbus-daemon: "Socket name too long")."""
+    (dbus-daemon: "Socket name too long").  Under ``--dist loadgroup``, xdist keeps
+    the order of :func:`pytest_collection_modifyitems` (longest first)."""
+    if loadgroup(config):
+        config.option.loadscopereorder = False
     if getattr(config, "workerinput", None) is None and config.getoption(
             "numprocesses", None) and config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="hs-")

@@ -1,7 +1,7 @@
 """Sandbox hosts: boot time, hosts booted side by side, memory per host.
 
 Boots hosts from the image (``make setup`` builds it) with real systemd:
-the time until systemd runs, until the host is ready (network, bridge), the
+the time until systemd runs, until the host is ready (network), the
 time for its systemd to start Open vSwitch and libvirtd, and the memory (PSS)
 of everything in the host's cgroup, idle and with those daemons running.
 Run: .venv/bin/python bench/bench_sandbox.py
@@ -46,7 +46,6 @@ def main() -> None:
             host.boot(sb)
             booted = time.monotonic() - t0
             host.make_network(sb)
-            host.make_bridge(sb)
             ready = time.monotonic() - t0
             time.sleep(3)
             idle = pss_mib(sb)
@@ -58,7 +57,7 @@ def main() -> None:
             busy = pss_mib(sb)
         finally:
             manage.down(d)
-        print(f"host: systemd running {booted:.2f}s, ready (network, bridge) {ready:.2f}s")
+        print(f"host: systemd running {booted:.2f}s, ready (network) {ready:.2f}s")
         print(f"host: systemd starts Open vSwitch and libvirtd in {started:.2f}s")
         print(f"host: memory (PSS) idle {idle:.0f} MiB, with OVS and libvirtd {busy:.0f} MiB")
 

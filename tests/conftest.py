@@ -1,23 +1,26 @@
-"""Shared fixtures: a sandbox host (real systemd) and the test layers (helpers are in
-helpers.py)."""
+"""Shared fixtures (sandbox hosts of real systemd, the ivshmem hook's directory, the
+vSphere simulator), the test layers and the order of a parallel run (helpers are in
+helpers.py and tmux.py; no test module imports another)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from helpers import Start, call, hostsetup, systemctl, virsh
 
-# Re-exported for test modules that still import them from here; new tests
-# import helpers (ROOT, hostsetup, ...) from helpers.py.
-from helpers import ROOT, hostsetup  # noqa: F401
-
-from sandbox import manage
+from sandbox import host as host_mod
+from sandbox import manage, vcsim
 from sandbox.core import Sandbox
+from steps.ivshmem import HOOK_SOURCE
 
 
 @pytest.fixture
@@ -35,6 +38,76 @@ def dbus_host(tmp_path: Path) -> Iterator[Sandbox]:
         manage.down(directory)
 
 
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One sandbox host (its systemd started OVS and libvirtd) and the vSphere simulator,
+    for the module (the wizard's windows are filled from them)."""
+    directory = tmp_path_factory.mktemp("tuifields") / "host"
+    try:
+        sb = manage.up(directory, tag="tuifld", components=[manage.HOST, "sandbox.vcsim"])
+        systemctl(sb, "start", "openvswitch-switch.service", "libvirtd.service")
+        yield sb
+    finally:
+        manage.down(directory)
+
+
+@pytest.fixture(scope="module")
+def ivs_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A booted host whose systemd has started libvirtd (domains vm1 and vm2), for the
+    module; no QEMU may be left running at the end."""
+    directory = tmp_path_factory.mktemp("ivshmem") / "sb"
+    try:
+        sb = manage.up(directory, tag=f"iv{os.getpid() % 10000}", components=[manage.HOST])
+        systemctl(sb, "start", "libvirtd.service")
+        yield sb
+    finally:
+        manage.down(directory)
+    assert not host_mod.qemu_pids(sb), "QEMU processes leaked"
+
+
+@pytest.fixture
+def ivs_clean(ivs_sb: Sandbox) -> Iterator[Sandbox]:
+    """The module's libvirt host; leaves every domain shut off after the test."""
+    yield ivs_sb
+    for name, _pid in host_mod.qemu_pids(ivs_sb).items():
+        virsh(ivs_sb, "destroy", name)
+
+
+@pytest.fixture
+def ivs_hooks(tmp_path: Path) -> Path:
+    """A hooks dir with the hook installed as qemu.d/hostsetup-ivshmem."""
+    qemu_d = tmp_path / "hooks" / "qemu.d"
+    qemu_d.mkdir(parents=True)
+    shutil.copy(HOOK_SOURCE, qemu_d / "hostsetup-ivshmem")
+    (qemu_d / "hostsetup-ivshmem").chmod(0o755)
+    return qemu_d
+
+
+@pytest.fixture
+def ivs_shm_name() -> Iterator[str]:
+    """A unique shared-memory name; its /dev/shm object is removed afterwards."""
+    name = f"hs-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def vs_start(tmp_path: Path) -> Iterator[Start]:
+    """Start simulators for one test (``vs_start(model=..., hosts=..., vms=...)``)."""
+    sb = Sandbox(dir=tmp_path / "vs")
+    count = 0
+
+    def start(**kwargs: Any) -> vcsim.Vcsim:
+        nonlocal count
+        count += 1
+        return vcsim.start(sb, name=f"vcsim{count}", **kwargs)
+
+    try:
+        yield start
+    finally:
+        sb.stop()
+
+
 # Modules whose module-scoped sandbox is shared by so many slow tests that one worker
 # would run them alone for minutes: their tests are dealt round-robin into this many
 # groups (each group's worker starts the module's sandbox once).
@@ -48,14 +121,15 @@ DURATIONS = "hostsetup/unit-seconds"  # pytest's cache: seconds per work unit, l
 
 def layer(module: ModuleType) -> str | None:
     """``daemons`` for a test module that starts real services (it uses the sandbox
-    or tmux), ``processes`` for one that runs the CLI or the hook as a process,
+    or tmux), ``processes`` for one that runs the CLI or the hook as a process
+    (subprocess, or the helpers ``hostsetup`` and ``call``),
     ``None`` for the fast layer.  Read from what the module imports, so a new
     test module is classified without anyone remembering to mark it."""
     found = vars(module).values()
     if any(getattr(v, "__name__" if isinstance(v, ModuleType) else "__module__", "")
            .startswith(("sandbox", "tmux")) for v in found):
         return "daemons"
-    if any(v is subprocess or v is hostsetup for v in found):
+    if any(v is subprocess or v is hostsetup or v is call for v in found):
         return "processes"
     return None
 

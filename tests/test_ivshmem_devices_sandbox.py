@@ -19,24 +19,16 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from test_ivshmem_sandbox import (
-    answers,
-    cli,
-    define,
-    ivs_clean,
-    ivs_sb,
-    shm,
-    start,
-    systemctl,
-    virsh,
-)
+from helpers import define_domain as define
+from helpers import ivshmem_answers as answers
+from helpers import ivshmem_cli as cli
+from helpers import shm, systemctl, virsh
+from helpers import start_domain as start
 
 from sandbox import host
 from sandbox.core import Sandbox
 from sandbox.image import EMULATOR, domain_xml
 from steps.data.ivshmem_hook import QEMU_NS as QEMU_NS_BRACED
-
-__all__ = ["ivs_clean", "ivs_sb"]  # module fixtures, shared with test_ivshmem_sandbox
 
 BAR_WAIT = 60.0  # seconds for SeaBIOS (TCG) to assign the BARs
 QEMU_NS = QEMU_NS_BRACED.strip("{}")

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Start, networks, read_back
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVmomi import vim
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
-from test_vsphere_policies import networks
 
 from sandbox import vcsim
 from steps.base import StepFailed
-
-__all__ = ["vs_start"]  # the fixture, used by name
 
 
 def esxi_build(sim: vcsim.Vcsim) -> dict[str, Any]:

@@ -139,6 +139,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def restored(t: Terminal) -> bool:
+    """newt switches the terminal to raw mode; after exit it must be cooked again."""
+    settings = t.stty().split()
+    return "icanon" in settings and "isig" in settings and "echo" in settings
+
+
 def apply_and_finish(t: Terminal, timeout: float = 20.0) -> int:
     """From the questions of the last step (or the welcome window, when nothing is
     asked): Next, Apply on the review, OK on the summary (within ``timeout``)."""

@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test check lint bench clean fuzz
+.PHONY: setup demo test check lint bench bench-suite clean fuzz
 DEMO_DIR ?= /tmp/hostsetup-demo
 PY := .venv/bin/python
 
@@ -37,7 +37,11 @@ fuzz: setup
 	HOSTSETUP_FUZZ=1 $(PY) -m pytest -q --timeout=0 tests/test_tui_keymash.py
 
 bench: setup
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# Where the test suite's time goes (runs the whole suite, as make test does).
+bench-suite: setup
+	$(PY) bench/suite_times.py
 
 clean:
 	rm -rf .venv

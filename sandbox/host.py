@@ -180,8 +180,8 @@ def boot(sb: Sandbox, image: Path | None = None) -> int:
 
     def booted() -> bool:
         if not alive(pid):
-            raise SandboxError(f"systemd-nspawn exited while booting {sb.name}\n"
-                               + _log_tail(sb))
+            raise SandboxError(f"systemd-nspawn exited ({_how_it_ended(pid)}) while booting "
+                               f"{sb.name}\n" + _log_tail(sb))
         inner = holder.get("pid") or _container_pid(pid)
         if inner is None:
             return False
@@ -192,6 +192,18 @@ def boot(sb: Sandbox, image: Path | None = None) -> int:
     sb.export("HOSTSETUP_HOST_PID", str(holder["pid"]))
     sb.export("HOSTSETUP_HOST_ROOT", f"/proc/{holder['pid']}/root")
     return holder["pid"]
+
+
+def _how_it_ended(pid: int) -> str:
+    """The exit status of our child ``pid`` (reaped here), or how it is unknown."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exit status unknown"
+    if not done:
+        return "still a process"
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _log_tail(sb: Sandbox) -> str:

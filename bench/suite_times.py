@@ -28,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 OUT = "HOSTSETUP_SUITE_TIMES"  # the file the plugin appends its records to
+RAW = "HOSTSETUP_SUITE_TIMES_RAW"  # where to keep them (JSON lines), if set
 TOP = 15
 
 
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> int:
         if counted:
             cgroup.rmdir()  # empty: the suite leaves no process behind
         report([json.loads(line) for line in out.read_text().splitlines()], wall, cpu)
+        if os.environ.get(RAW):
+            Path(os.environ[RAW]).write_text(out.read_text())
     return code
 
 

@@ -4,6 +4,7 @@ helpers.py and tmux.py; no test module imports another)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,7 +111,7 @@ def vs_start(tmp_path: Path) -> Iterator[Start]:
 
 # Modules whose module-scoped sandbox is shared by so many slow tests that one worker
 # would run them alone for minutes: their tests are dealt round-robin into this many
-# groups (each group's worker starts the module's sandbox once).
+# work units (each unit's worker starts the module's sandbox once).
 SPLIT = {"test_fleet": 2, "test_tui_keymash": 2}
 # Fixtures that start real services.
 DAEMON_FIXTURES = {"dbus_host"}
@@ -148,19 +149,22 @@ def loadgroup(config: pytest.Config) -> bool:
                 or config.getoption("dist", "no") == "loadgroup")
 
 
-def unit_of(nodeid: str) -> str:
-    """The work unit of a test as pytest-xdist's loadgroup reads it: its group (after
-    ``@``) or, for a test of no group, the test itself."""
-    return nodeid.rsplit("@", 1)[1] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+def units_dir(config: pytest.Config) -> Path | None:
+    """Where the workers leave each test's work unit for the scheduler: the run's base
+    temporary directory (a worker's own is below it)."""
+    if not loadgroup(config) or config.option.basetemp is None:
+        return None
+    base = Path(config.option.basetemp).resolve()
+    return base.parent if hasattr(config, "workerinput") else base
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its layer (``make check`` deselects ``daemons`` and
-    ``processes``).  For ``-n N --dist loadgroup``: the tests that share a module's
-    sandbox go to one worker (``SPLIT``: to a few), the others are dealt one by one,
-    and the work is handed out longest first, as the last run measured it, so that
-    no worker is left alone with a long group at the end."""
+    ``processes``).  For ``-n N --dist loadgroup``, each test's work unit: the tests
+    that share a module's sandbox are one unit (``SPLIT``: a few), every other test
+    is a unit of its own; units are handed out longest first, as the last run
+    measured them, so that no worker is left alone with a long one at the end."""
     counters: dict[str, int] = {}
     units: list[str] = []
     guessed: dict[str, float] = {}
@@ -171,36 +175,75 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if kind is not None:
             item.add_marker(getattr(pytest.mark, kind))
         unit = item.nodeid
-        if shares_a_fixture(item):
-            name = item.module.__name__ if item.module is not None else unit
+        if shares_a_fixture(item) and item.module is not None:
+            name = item.module.__name__
             n = counters[name] = counters.get(name, -1) + 1
             unit = f"{name}.{n % SPLIT[name]}" if name in SPLIT else name
-            item.add_marker(pytest.mark.xdist_group(unit))
         units.append(unit)
         guessed[unit] = guessed.get(unit, 0.0) + GUESS[kind]
-    if loadgroup(config):
+    where = units_dir(config)
+    if where is not None:
         measured = config.cache.get(DURATIONS, {}) if config.cache else {}
         cost = {unit: measured.get(unit, guess) for unit, guess in guessed.items()}
         order = sorted(range(len(items)), key=lambda i: -cost[units[i]])  # stable
         items[:] = [items[i] for i in order]
+        # For the scheduler (pytest-xdist's own loadgroup marks node ids, which
+        # pytest 9.2 no longer reads back: pytest-xdist issue #1386).
+        mine = where / f"units-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json"
+        mine.with_suffix(".tmp").write_text(json.dumps(
+            {item.nodeid: unit for item, unit in zip(items, [units[i] for i in order],
+                                                     strict=True)}))
+        mine.with_suffix(".tmp").replace(mine)
+
+
+WORK_UNITS: dict[str, str] = {}  # node id -> work unit, on the controller
+
+
+def work_units(config: pytest.Config) -> dict[str, str]:
+    """The work units the workers wrote at collection (identical collections: one file)."""
+    where = units_dir(config)
+    if not WORK_UNITS and where is not None:
+        for path in sorted(where.glob("units-*.json"))[:1]:
+            WORK_UNITS.update(json.loads(path.read_text()))
+    return WORK_UNITS
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: pytest-xdist's scheduling by scope, the scopes being our work
+    units, in the order of the workers' collection (longest first)."""
+    if not loadgroup(config):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_units(config).get(nodeid, nodeid)
+
+    return WorkUnits(config, log)
+
+
+SPENT: dict[str, float] = {}  # node id -> seconds (setup, call, teardown), on the controller
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Add up each work unit's seconds (setup, call, teardown) on the controller."""
-    SPENT[unit_of(report.nodeid)] = SPENT.get(unit_of(report.nodeid), 0.0) + report.duration
-
-
-SPENT: dict[str, float] = {}
+    """Add up each test's seconds."""
+    SPENT[report.nodeid] = SPENT.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Keep what this run measured per work unit for the next run's order."""
     config = session.config
-    if (loadgroup(config) and config.cache is not None
-            and getattr(config, "workerinput", None) is None and SPENT
+    if (loadgroup(config) and config.cache is not None and SPENT
+            and not hasattr(config, "workerinput")
             and not (config.option.keyword or config.option.markexpr)):  # a whole run
+        units = work_units(config)
+        spent: dict[str, float] = {}
+        for nodeid, seconds in SPENT.items():
+            unit = units.get(nodeid, nodeid)
+            spent[unit] = spent.get(unit, 0.0) + seconds
         config.cache.set(DURATIONS, {**config.cache.get(DURATIONS, {}),
-                                     **{k: round(v, 2) for k, v in SPENT.items()}})
+                                     **{k: round(v, 2) for k, v in spent.items()}})
 
 
 SHORT_BASETEMP = pytest.StashKey[str]()

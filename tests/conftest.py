@@ -112,7 +112,7 @@ def vs_start(tmp_path: Path) -> Iterator[Start]:
 # Modules whose module-scoped sandbox is shared by so many slow tests that one worker
 # would run them alone for minutes: their tests are dealt round-robin into this many
 # work units (each unit's worker starts the module's sandbox once).
-SPLIT = {"test_fleet": 2, "test_tui_keymash": 2}
+SPLIT = {"test_fleet": 2}
 # Fixtures that start real services.
 DAEMON_FIXTURES = {"dbus_host"}
 # Seconds a test is expected to take by layer, until a run has measured it.

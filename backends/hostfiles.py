@@ -187,3 +187,19 @@ def write_file(path: str, content: bytes, mode: int = 0o755) -> str | None:
     tmp_dir = target.parent.parent if target.parent.name.endswith(".d") else target.parent
     atomic_write(target, content, mode, tmp_dir)
     return backup
+
+
+def remove_file(path: str) -> str | None:
+    """Remove a host file, keeping a backup of it (returned); ``None`` if it was
+    not there.  A symbolic link at ``path`` is refused, as by :func:`read_file`."""
+    old = read_file(path)
+    if old is None:
+        return None
+    backup = _backup(Path(path), old)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
+    return backup

@@ -22,7 +22,7 @@ from backends.bundle import RealBackends  # noqa: E402
 from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
 from sandbox.image import domain_xml  # noqa: E402
-from steps.base import Context  # noqa: E402
+from steps.base import Context, inverse  # noqa: E402
 from steps.ivshmem import IvshmemAnswers, IvshmemStep  # noqa: E402
 
 T = TypeVar("T")
@@ -64,11 +64,15 @@ def main() -> None:
             ctx = Context(backends=backends)
             try:
                 n = EXTRA_DOMAINS + len(host.VMS)
-                changes = timed(f"discover + plan ({n} domains)", lambda: (
-                    step.discover(answers.model_dump(), ctx), step.plan(answers, ctx))[1])
-                timed(f"apply ({len(changes)} changes)", step.apply, answers, changes, ctx)
+                ops = timed(f"discover + plan ({n} domains)", lambda: (
+                    step.discover(answers, ctx), step.plan(answers, ctx))[1])
+                timed(f"apply ({len(ops)} operations)", step.apply, answers, ops, ctx)
                 left = timed("plan again", step.plan, answers, ctx)
                 assert not left, left
+                backs = [b for op in reversed(ops) if (b := inverse(op)) is not None]
+                timed(f"undo ({len(backs)} operations, in reverse)", lambda: [
+                    step.execute(answers, b.do, Context(backends=backends)) for b in backs])
+                timed("apply again", step.apply, answers, step.plan(answers, ctx), ctx)
                 # Two per-guest devices on every domain (names rendered per guest).
                 base = {k: v for k, v in answers.model_dump().items()
                         if k not in ("name", "size", "model", "backing", "per_domain", "keep",
@@ -76,9 +80,8 @@ def main() -> None:
                 two = IvshmemAnswers(**{**base, "devices": [
                     {"name": "hsb-a-{domain}", "per_domain": True, "size": 1},
                     {"name": "hsb-b-{uuid}", "per_domain": True, "size": 2}]})
-                changes = timed(f"plan, 2 per-guest devices ({n} domains)", step.plan, two,
-                                ctx)
-                timed(f"apply ({len(changes)} changes)", step.apply, two, changes, ctx)
+                ops = timed(f"plan, 2 per-guest devices ({n} domains)", step.plan, two, ctx)
+                timed(f"apply ({len(ops)} operations)", step.apply, two, ops, ctx)
                 left = timed("plan again", step.plan, two, ctx)
                 assert not left, left
             finally:

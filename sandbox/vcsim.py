@@ -1,8 +1,8 @@
 """Sandbox component: the vSphere simulator (govmomi's ``simulator`` package).
 
-Our Go ``main`` (``vcsim/main.go``) is built with Debian's golang-go against
-Debian's golang-github-vmware-govmomi-dev into a cache directory and rebuilt
-when the source is newer.  It serves the real vSphere SOAP API over TLS (a
+Our Go ``main`` (``vcsim/*.go``) is built with Debian's golang-go against
+Debian's golang-github-vmware-govmomi-dev into a cache directory, named by the
+digest of its sources.  It serves the real vSphere SOAP API over TLS (a
 fresh self-signed certificate per start) on a free local port.
 
 ``python -m sandbox.vcsim build`` builds it (quick when up to date);
@@ -42,12 +42,15 @@ def cache_dir() -> Path:
 def build() -> Path:
     """Build the simulator unless a binary of this very source is cached; returns it.
 
-    The binary is named by its source's digest, so checkouts with different
+    The binary is named by the digest of its sources, so checkouts with different
     sources (branches, worktrees) never run each other's simulator."""
     import hashlib
 
     cache = cache_dir()
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    sha = hashlib.sha256()
+    for source in sorted(SOURCE.parent.glob("*.go")):
+        sha.update(source.name.encode() + b"\0" + source.read_bytes())
+    digest = sha.hexdigest()[:16]
     binary = cache / f"vcsim-{digest}"
     # Several sandboxes may start at once: one builds, the others wait and reuse.
     with open(cache / "vcsim.lock", "w") as lock:
@@ -113,7 +116,8 @@ def start(sb: Sandbox, model: str = "esx", hosts: int = 3, vms: int = 2,
          "-cert", str(cert), "-info-file", str(info_file), "-fail-file", str(faults)],
         env={"TMPDIR": str(work)},  # the simulated datastore lives under DIR
         ready=info_file.exists,
-        timeout=60,
+        # Building a large inventory takes a while (about 10 s per 10,000 VMs idle).
+        timeout=60 + vms / 100,
     )
     info: dict[str, Any] = json.loads(info_file.read_text())
     hostport = info["url"].split("://", 1)[1].split("/", 1)[0]

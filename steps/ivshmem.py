@@ -27,31 +27,49 @@ replaces first (chained).  libvirtd reads new hooks when it starts: the step
 restarts it over D-Bus when answered so, or says it must be done.  A doorbell
 device with ``serve`` gets its ivshmem server (``steps/data/ivshmem_server.py``)
 as a systemd unit, enabled and started over D-Bus.
+
+Each planned operation carries its ``do`` and ``undo`` as plain values (the
+file contents, the domain's devices, arguments or emulator as they were), so
+that the undos, carried out in reverse by another process, put the host back.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from backends.interfaces import BackendError, BackendUnreachable
-from backends.interfaces.dbus import dbus_api
+from backends.interfaces.dbus import DBusAPI, dbus_api
 from backends.interfaces.libvirt import (
     Domain,
     DomainNotFound,
+    HostFile,
     LibvirtAPI,
     PciAddress,
     Shmem,
     libvirt_api,
 )
-from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from steps.base import (
+    Change,
+    Command,
+    Context,
+    Operation,
+    Problem,
+    Question,
+    Step,
+    StepFailed,
+    StepModel,
+    ask,
+)
 from steps.data import ivshmem_hook
 from steps.validators import DbusAddress, LibvirtUri, repeated
 
@@ -69,6 +87,7 @@ HOOK_LOG = ivshmem_hook.DEFAULT_LOG
 IVSHMEM_PCI_ID = "1af4:1110"  # vendor:device of ivshmem (plain and doorbell)
 HOTPLUG_SINCE = (3, 0, 0)  # libvirt hot-plugs <shmem> (ivshmem-plain/-doorbell) since 3.0
 LIVE = "into running "  # target prefix of a hot-plug change: "into running vm1"
+UNIT_FILE = "ivshmem doorbell server unit"  # what a unit file is, in a change
 QEMU_D_SINCE = (6, 5, 0)
 LIBVIRTD = "libvirtd.service"
 DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
@@ -92,33 +111,43 @@ class DeviceKeys(StepModel):
     """What makes one ivshmem device (shared by the top level and ``devices`` entries)."""
 
     name: str = Field(
-        "hostsetup", description="shared-memory object name (/dev/shm/<name>): letters, "
+        "hostsetup", title="Shared-memory name",
+        description="shared-memory object name (/dev/shm/<name>): letters, "
         "digits, '_', '.', '-'; at most 64 characters. With per_domain: a template with "
         "{domain} and/or {uuid}, e.g. fg_{uuid}")
     size: int | None = Field(
-        4, description="size in MiB, a power of two (model plain). "
+        4, title="Size (MiB)", description="size in MiB, a power of two (model plain). "
         "Not used with doorbell: the ivshmem server sets the size")
     model: Literal["plain", "doorbell"] = Field(
-        "plain", description="plain: memory only (ivshmem-plain); doorbell: with interrupts "
+        "plain", title="Model",
+        description="plain: memory only (ivshmem-plain); doorbell: with interrupts "
         "through an ivshmem server (ivshmem-doorbell)")
-    server: str | None = Field(None, description="doorbell: the ivshmem server's socket path")
-    vectors: int | None = Field(None, ge=1, le=1024, description="doorbell: MSI vectors")
+    server: str | None = Field(None, title="Doorbell server socket",
+                               description="doorbell: the ivshmem server's socket path")
+    vectors: int | None = Field(None, ge=1, le=1024, title="Doorbell MSI vectors",
+                                description="doorbell: MSI vectors")
     role: Literal["peer", "master"] | None = Field(
-        None, description="peer (QEMU's default): QEMU refuses to migrate or save the guest; "
+        None, title="Migration role",
+        description="peer (QEMU's default): QEMU refuses to migrate or save the guest; "
         "master: the guest's copy of the memory migrates with it (one master per object)")
     address: str | None = Field(
-        None, description="guest PCI address, e.g. 0000:00:0a.0 (default: chosen by libvirt)")
+        None, title="Guest PCI address",
+        description="guest PCI address, e.g. 0000:00:0a.0 (default: chosen by libvirt)")
     backing: Literal["shm", "hugepages"] = Field(
-        "shm", description="shm: a file in /dev/shm; hugepages: a file on the hugetlbfs "
+        "shm", title="Backing",
+        description="shm: a file in /dev/shm; hugepages: a file on the hugetlbfs "
         "mount 'hugetlbfs' (methods commandline, qemu-wrapper, emulator-swap)")
     per_domain: bool = Field(
-        False, description="true: one object per guest, the name templated with {domain} "
+        False, title="One object per guest",
+        description="true: one object per guest, the name templated with {domain} "
         "and/or {uuid}; false: every chosen guest maps the same object")
     keep: bool = Field(
-        False, description="per_domain: keep a guest's object when the guest is undefined "
+        False, title="Keep orphaned objects",
+        description="per_domain: keep a guest's object when the guest is undefined "
         "(default: the next run removes it)")
     serve: bool = Field(
-        False, description="doorbell: run the ivshmem server on 'server' as a systemd unit "
+        False, title="Run the doorbell server",
+        description="doorbell: run the ivshmem server on 'server' as a systemd unit "
         "(hostsetup-ivshmem-<name>.service, started and enabled); 'size' is its memory")
 
     @field_validator("name")
@@ -188,25 +217,29 @@ class DeviceKeys(StepModel):
 class DeviceAnswers(DeviceKeys):
     """One entry of ``ivshmem.devices``."""
 
-    name: str = Field(..., description=DeviceKeys.model_fields["name"].description)
+    name: str = Field(..., title=DeviceKeys.model_fields["name"].title,
+                      description=DeviceKeys.model_fields["name"].description)
 
 
-class Connection(StepModel):
+class IvshmemConnection(StepModel):
     """Where libvirt and its hooks are (first in the answers section)."""
 
-    uri: LibvirtUri = Field(DEFAULT_URI, description="libvirt connection URI")
-    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, description="libvirt's hooks directory")
+    uri: LibvirtUri = Field(DEFAULT_URI, title="libvirt URI",
+                            description="libvirt connection URI, e.g. qemu:///system")
+    hooks_dir: str = Field(DEFAULT_HOOKS_DIR, title="Hooks directory",
+                           description="libvirt's hooks directory")
 
 
-class IvshmemAnswers(DeviceKeys, Connection):
+class IvshmemAnswers(DeviceKeys, IvshmemConnection):
     """Answers of the ``ivshmem`` step (one device at the top level, or ``devices``)."""
     devices: list[DeviceAnswers] | None = Field(
         None, description="several devices per guest (instead of the top-level name, size, "
         "model, ...): each with name, size, model, role, address, per_domain, ...")
     domains: Literal["all"] | list[str] = Field(
-        "all", description="'all' (every persistent domain) or a list of domain names")
+        "all", title="Domains",
+        description="'all' (every persistent domain) or a list of domain names")
     method: Literal["definition", "qemu-wrapper", "commandline", "emulator-swap"] = Field(
-        "definition", description="definition: <shmem> in the domain definitions; "
+        "definition", title="Method", description="definition: <shmem> in the domain definitions; "
         "qemu-wrapper: a wrapper emulator adds the device on QEMU's command line; "
         "commandline: <qemu:commandline> arguments in the definitions; emulator-swap: "
         "the emulator binary itself is replaced by a wrapper (dpkg-divert), for managers "
@@ -236,13 +269,17 @@ class IvshmemAnswers(DeviceKeys, Connection):
         False, description="live: when the hypervisor cannot hot-plug a device, change the "
         "definition only (the device comes at the next start) instead of failing")
     wrapper_dir: str | None = Field(
-        None, description="qemu-wrapper: directory of the wrapper (default: the real emulator's)")
+        None, title="Wrapper directory",
+        description="qemu-wrapper: directory of the wrapper (default: the real emulator's)")
     enforce: Literal["warn", "refuse"] = Field(
-        "warn", description="the hook, when a chosen domain starts without the device: "
+        "warn", title="Start without the device",
+        description="the hook, when a chosen domain starts without the device: "
         "log a warning, or refuse the start")
     owner: str | None = Field(
-        None, description="user[:group] of /dev/shm/<name> (default: unchanged)")
-    mode: str = Field("0660", description="permissions of /dev/shm/<name>, octal")
+        None, title="Owner of /dev/shm/<name>",
+        description="user[:group] of /dev/shm/<name> (default: unchanged)")
+    mode: str = Field("0660", title="Mode of /dev/shm/<name>",
+                      description="permissions of /dev/shm/<name>, octal, e.g. 0660")
     hook_layout: Literal["auto", "qemu.d", "chain"] = Field(
         "auto", description="auto: qemu.d/ when libvirt >= 6.5, else chain; chain: our hook "
         "becomes 'qemu' and runs the script it replaces first")
@@ -250,7 +287,8 @@ class IvshmemAnswers(DeviceKeys, Connection):
         HOOK_LOG, description="the hook's log file (as libvirtd sees it), in a directory that "
         "root owns and group and others cannot write (the hook runs as root)")
     restart_libvirtd: bool = Field(
-        False, description="restart libvirtd (over D-Bus, systemd) when a new hook is installed")
+        False, title="Restart libvirtd", description="restart libvirtd (over D-Bus, "
+        "systemd) when a new hook is installed: libvirtd reads hooks only when it starts")
     bus: DbusAddress = Field("system", description="D-Bus for the restart: 'system' or an address")
     timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for the restart")
 
@@ -397,10 +435,6 @@ class Desired:
     swap: bytes | None = None  # emulator-swap: the wrapper that replaces the emulator
     units: dict[str, str] = field(default_factory=dict)  # serve: unit name -> unit file
 
-    def file(self, path: str) -> File | None:
-        """The content, mode and description of one file to write."""
-        return self.wrappers.get(path) or self.hook_files.get(path)
-
 
 @dataclass
 class Leftover:
@@ -419,6 +453,125 @@ class Leftover:
         if self.emulator:
             out.append(f"wrapper emulator, back to {self.emulator} (method qemu-wrapper)")
         return out
+
+
+@dataclass(frozen=True)
+class IvshmemFacts:
+    """What the ivshmem step read of the host.
+
+    ``version`` is ``None`` when nothing was read.  The hugetlbfs mount and the
+    emulator's diversion are read only for answers that use them (the runner's
+    read); ``hugetlbfs_mount`` and ``emulator`` say which were read, so that a
+    form checked before they were skips those checks (the check phase makes them).
+    """
+
+    version: tuple[int, int, int] | None = None
+    domains: Mapping[str, Domain] = field(default_factory=dict)
+    # What running guests have now (live XML): a hot-plug must find its address free.
+    live: Mapping[str, Domain] = field(default_factory=dict)
+    installed: Mapping[str, Any] | None = None  # the hook configuration found, if ours
+    hugetlbfs_mount: str | None = None
+    hugetlbfs: tuple[int, int] | None = None  # (page size in bytes, free pages)
+    huge_files: tuple[str, ...] = ()
+    emulator: str | None = None
+    diversion: str | None = None
+    diversion_error: str = ""
+    emulator_present: bool = False
+
+
+# -- commands: what an operation does, as plain values (a journal keeps them) --------
+
+
+def shmem_value(shmem: Shmem) -> dict[str, Any]:
+    """A device as a command value (the address as text)."""
+    return {"name": shmem.name, "model": shmem.model, "size_mib": shmem.size_mib,
+            "server": shmem.server, "vectors": shmem.vectors, "role": shmem.role,
+            "address": str(shmem.address) if shmem.address else None}
+
+
+def shmem_of(value: Mapping[str, Any]) -> Shmem:
+    """The device of a command value (:func:`shmem_value`)."""
+    address = value.get("address")
+    return Shmem(value["name"], value["model"], value.get("size_mib"), value.get("server"),
+                 value.get("vectors"), PciAddress.parse(address) if address else None,
+                 value.get("role"))
+
+
+def _content(data: bytes) -> dict[str, str]:
+    # Text when it is UTF-8 (readable in a journal), else base64: a replaced
+    # third-party hook may be anything.
+    try:
+        return {"content": data.decode()}
+    except UnicodeDecodeError:
+        return {"content_b64": base64.b64encode(data).decode()}
+
+
+def content_of(command: Command) -> bytes:
+    """The file content a command carries."""
+    if "content_b64" in command:
+        return base64.b64decode(command["content_b64"])
+    return str(command["content"]).encode()
+
+
+def write_command(path: str, content: bytes, mode: int, **extra: Any) -> Command:
+    """Write ``path`` with ``content`` and ``mode``."""
+    return {"op": "write_file", "path": path, "mode": mode, **_content(content), **extra}
+
+
+def restore_command(path: str, old: HostFile | None, **extra: Any) -> Command:
+    """Put back what ``path`` held before (``old``; ``None``: nothing, so remove it)."""
+    if old is None:
+        return {"op": "remove_file", "path": path, **extra}
+    return write_command(path, old.content, old.mode, **extra)
+
+
+def domain_commands(dom: Domain, *, args: list[str] | None = None, emulator: str | None = None,
+                    put: list[Shmem] | tuple[()] = (),
+                    drop: list[str] | tuple[()] = ()) -> tuple[Command, Command]:
+    """(do, undo) of one change to a domain's definition: its ``<qemu:commandline>``
+    arguments, ``<emulator>``, ``<shmem>`` devices set (``put``) or removed
+    (``drop``).  The undo puts back what ``dom`` has now: the arguments, the
+    emulator, each device as it was (address included), none of the new ones."""
+    do: Command = {"op": "domain", "name": dom.name}
+    undo: Command = {"op": "domain", "name": dom.name}
+    if args is not None:
+        do["args"], undo["args"] = list(args), list(dom.qemu_args)
+    if emulator is not None:
+        do["emulator"], undo["emulator"] = emulator, dom.emulator
+    if put:
+        do["put"] = [shmem_value(s) for s in put]
+    if drop:
+        do["drop"] = list(drop)
+    new = [s.name for s in put if dom.shmem(s.name) is None]
+    had = [shmem_value(own) for n in dict.fromkeys([*(s.name for s in put), *drop])
+           if (own := dom.shmem(n))]
+    if new:
+        undo["drop"] = new
+    if had:
+        undo["put"] = had
+    return do, undo
+
+
+def edit_domain(lv: LibvirtAPI, command: Command) -> None:
+    """Carry out a ``domain`` command (:func:`domain_commands`)."""
+    name = command["name"]
+    if "args" in command:
+        lv.set_qemu_args(name, command["args"])
+    if command.get("drop"):
+        lv.remove_shmems(name, command["drop"])
+    if command.get("put"):
+        lv.set_shmems(name, [shmem_of(v) for v in command["put"]])
+    if "emulator" in command:
+        lv.set_emulator(name, command["emulator"])
+
+
+def domain_is(dom: Domain, command: Command) -> bool:
+    """True when the definition ``dom`` is what a ``domain`` command leads to."""
+    return (("args" not in command or list(dom.qemu_args) == command["args"])
+            and ("emulator" not in command or dom.emulator == command["emulator"])
+            and all(dom.shmem(n) is None for n in command.get("drop", ()))
+            and all((own := dom.shmem(s.name)) is not None and s.same_as(own)
+                    for s in map(shmem_of, command.get("put", ()))))
 
 
 def swap_script(answers: IvshmemAnswers, domains: list[Domain]) -> bytes:
@@ -471,9 +624,9 @@ def command_line(dom: Domain, answers: IvshmemAnswers) -> list[str]:
     return ivshmem_hook.strip_ours(list(dom.qemu_args)) + answers.device_args(dom)
 
 
-def hook_paths(answers: IvshmemAnswers, layout: str) -> tuple[str, str]:
+def hook_paths(connection: IvshmemConnection, layout: str) -> tuple[str, str]:
     """(hook script, its JSON config) for a layout ('qemu.d' or 'chain')."""
-    base = answers.hooks_dir
+    base = connection.hooks_dir
     if layout == "qemu.d":
         return posixpath.join(base, "qemu.d", HOOK_NAME), posixpath.join(base, "qemu.d",
                                                                          CONFIG_NAME)
@@ -582,62 +735,61 @@ class IvshmemStep(Step[IvshmemAnswers]):
         "libvirtd reads new hooks only when it starts."
     )
     Answers = IvshmemAnswers
+    Connection = IvshmemConnection
+    Facts = IvshmemFacts
     requires = "libvirt"
 
-    def connect_questions(self) -> list[Question]:
-        return [
-            Question("uri", "libvirt URI", help="e.g. qemu:///system"),
-            Question("hooks_dir", "Hooks directory", help="libvirt's hooks directory"),
-        ]
-
-    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """libvirt's version, the domains, and the hook configuration installed, if any."""
-        lv = libvirt_api(ctx.backends, answers.get("uri") or DEFAULT_URI)
-        section = IvshmemAnswers.model_construct(hooks_dir=answers.get("hooks_dir")
-                                                 or DEFAULT_HOOKS_DIR)
+    def discover(self, connection: IvshmemConnection, ctx: Context) -> IvshmemFacts:
+        """libvirt's version, the domains (and the running ones' live XML), and the hook
+        configuration installed, if any; for whole answers also the hugetlbfs mount
+        (backing hugepages) and the emulator's diversion (emulator-swap)."""
+        lv = libvirt_api(ctx.backends, connection.uri)
         installed = None
         for layout in ("qemu.d", "chain"):
-            found = lv.read_file(hook_paths(section, layout)[1])
+            found = lv.read_file(hook_paths(connection, layout)[1])
             if found is not None and installed is None:
                 installed = _parse_config(found.content)
         domains = {d.name: d for d in lv.domains()}
-        # What running guests have now: a hot-plug must find its address free there too.
         live = {d.name: lv.live_domain(d.name) for d in domains.values() if d.active}
-        facts: dict[str, Any] = {"version": lv.version(), "domains": domains,
-                                 "installed": installed, "live": live}
-        listed = answers.get("devices")
-        raw: list[Any] = listed if isinstance(listed, list) else [answers]
-        if any(isinstance(d, dict) and d.get("backing") == "hugepages" for d in raw):
-            mount = str(answers.get("hugetlbfs") or "/dev/hugepages")
-            facts["hugetlbfs"] = lv.hugetlbfs(mount)
-            facts["huge_files"] = lv.list_files(mount) if facts["hugetlbfs"] else []
-        if answers.get("method") == "emulator-swap":
-            emulator = str(answers.get("emulator") or DEFAULT_EMULATOR)
+        extra: dict[str, Any] = {}
+        if isinstance(connection, IvshmemAnswers):
+            extra = self._answered_facts(connection, lv)
+        return IvshmemFacts(lv.version(), domains, live, installed, **extra)
+
+    def _answered_facts(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> dict[str, Any]:
+        """What only some answers need read: the hugetlbfs mount, the emulator swap."""
+        extra: dict[str, Any] = {}
+        if any(d.backing == "hugepages" for d in answers.device_list()):
+            mount = answers.hugetlbfs
+            info = lv.hugetlbfs(mount)
+            extra.update(hugetlbfs_mount=mount, hugetlbfs=info,
+                         huge_files=tuple(lv.list_files(mount)) if info else ())
+        if answers.method == "emulator-swap":
+            emulator = answers.emulator
+            extra["emulator"] = emulator
             try:
-                facts["diversion"] = lv.diversion(emulator, str(answers.get("dpkg_admindir")
-                                                                or "/var/lib/dpkg"))
+                extra["diversion"] = lv.diversion(emulator, answers.dpkg_admindir)
             except BackendUnreachable:
                 raise
             except BackendError as exc:
-                facts["diversion_error"] = str(exc)
-            facts["emulator_present"] = posixpath.basename(emulator) in lv.list_files(
+                extra["diversion_error"] = str(exc)
+            extra["emulator_present"] = posixpath.basename(emulator) in lv.list_files(
                 posixpath.dirname(emulator))
-        return facts
+        return extra
 
-    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def current(self, facts: IvshmemFacts) -> dict[str, Any]:
         """The settings of the installed hook configuration (what the last run applied);
         without one, the first ivshmem device found on the domains and who has it."""
-        config = facts.get("installed")
+        config = facts.installed
         if config:
             out = {key: config.get(name) for key, name in CONFIG_KEYS.items()}
             devices = config.get("devices")
             if isinstance(devices, list):
                 out["devices"] = [_device_answers(d) for d in devices if isinstance(d, dict)]
             else:
-                out.update(_device_answers(config))
+                out.update(_device_answers(dict(config)))
             return {k: v for k, v in out.items() if v is not None}
-        domains: dict[str, Domain] = facts.get("domains", {})
-        having = [d for d in domains.values() if d.shmems]
+        having = [d for d in facts.domains.values() if d.shmems]
         if not having:
             return {}
         first = having[0].shmems[0]
@@ -645,43 +797,28 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 "size": first.size_mib,
                 "domains": [d.name for d in having if d.shmem(first.name)]}
 
-    def questions(self, facts: dict[str, Any]) -> list[Question]:
-        domains: dict[str, Domain] = facts.get("domains", {})
-        names = tuple(domains)
+    def questions(self, facts: IvshmemFacts) -> list[Question]:
+        domains = facts.domains
         states = tuple((d.name, d.state + "".join(f", has '{s.name}'" for s in d.shmems))
                        for d in domains.values())
+        a = IvshmemAnswers
         return [
-            Question("name", "Shared-memory name", required=True,
-                     help="The object /dev/shm/<name> the guests share with the host."),
-            Question("size", "Size (MiB)", kind="int", help="A power of two (plain model)."),
-            Question("model", "Model", kind="choice", choices=("plain", "doorbell"),
-                     help="doorbell needs an ivshmem server socket."),
-            Question("server", "Doorbell server socket", help="Only for model doorbell."),
-            Question("vectors", "Doorbell MSI vectors", kind="int"),
-            Question("role", "Migration role", kind="choice", choices=("peer", "master"),
-                     help="master: the memory migrates with the guest; peer (QEMU's "
-                     "default): QEMU refuses to migrate or save the guest."),
-            Question("address", "Guest PCI address", help="e.g. 0000:00:0a.0; empty: any."),
-            Question("domains", "Domains", kind="multi", choices=("all", *names),
-                     choice_notes=states, help="The VMs that get the device; 'all' is "
-                     "every persistent domain."),
-            Question("method", "Method", kind="choice",
-                     choices=("definition", "qemu-wrapper", "commandline", "emulator-swap"),
-                     help="definition: a <shmem> device in each domain's definition; "
-                     "qemu-wrapper: a wrapper emulator adds it on QEMU's command line (for "
-                     "managers that regenerate definitions); commandline: <qemu:commandline> "
-                     "in the definition; emulator-swap: the emulator itself is replaced "
-                     "(dpkg-divert), for managers that regenerate the whole XML."),
-            Question("wrapper_dir", "Wrapper directory", help="qemu-wrapper only."),
-            Question("enforce", "Start without the device", kind="choice",
-                     choices=("warn", "refuse"),
-                     help="What the hook does when a chosen domain starts without the "
-                     "device: log a warning, or refuse the start."),
-            Question("owner", "Owner of /dev/shm/<name>", help="user[:group]; empty: unchanged"),
-            Question("mode", "Mode of /dev/shm/<name>", help="octal, e.g. 0660"),
-            Question("restart_libvirtd", "Restart libvirtd", kind="yesno",
-                     help="Restart libvirtd (over D-Bus) when a new hook is installed: "
-                     "libvirtd reads hooks only when it starts."),
+            ask(a, "name"),
+            ask(a, "size"),
+            ask(a, "model", choices=("plain", "doorbell")),
+            ask(a, "server"),
+            ask(a, "vectors"),
+            ask(a, "role", choices=("peer", "master")),
+            ask(a, "address"),
+            # Literal "all" or a list: the type alone does not say "multi".
+            ask(a, "domains", kind="multi", choices=("all", *domains), choice_notes=states),
+            ask(a, "method",
+                choices=("definition", "qemu-wrapper", "commandline", "emulator-swap")),
+            ask(a, "wrapper_dir"),
+            ask(a, "enforce", choices=("warn", "refuse")),
+            ask(a, "owner"),
+            ask(a, "mode"),
+            ask(a, "restart_libvirtd"),
         ]
 
     def _layout(self, answers: IvshmemAnswers, version: tuple[int, int, int]) -> str:
@@ -689,13 +826,16 @@ class IvshmemStep(Step[IvshmemAnswers]):
             return answers.hook_layout
         return "qemu.d" if tuple(version) >= QEMU_D_SINCE else "chain"
 
-    def _chosen(self, answers: IvshmemAnswers, domains: dict[str, Domain]) -> list[Domain]:
+    def _chosen(self, answers: IvshmemAnswers, domains: Mapping[str, Domain]) -> list[Domain]:
         if answers.domains == "all":
             return [d for d in domains.values() if d.persistent]
         return [domains[n] for n in answers.domains if n in domains]
 
-    def validate(self, answers: IvshmemAnswers, facts: dict[str, Any]) -> list[Problem]:
-        domains: dict[str, Domain] = facts["domains"]
+    def validate(self, answers: IvshmemAnswers, facts: IvshmemFacts) -> list[Problem]:
+        if facts.version is None:
+            return [Problem(("uri",), f"libvirt at {answers.uri} was not read: the answers "
+                            "cannot be checked against the host")]
+        domains, version = facts.domains, facts.version
         problems = []
         if answers.domains != "all":
             for i, name in enumerate(answers.domains):
@@ -712,7 +852,6 @@ class IvshmemStep(Step[IvshmemAnswers]):
             problems.append(Problem(("hook_log",), f"the hook would not write its log there: "
                                     f"{unsafe} (use a directory that root owns and group and "
                                     "others cannot write, e.g. /var/log/libvirt)"))
-        version = tuple(facts["version"])
         if answers.hook_layout == "qemu.d" and version < QEMU_D_SINCE:
             problems.append(Problem(("hook_layout",), "libvirt {}.{}.{} does not run hooks from "
                                     "qemu.d/ (needs 6.5.0): use chain".format(*version)))
@@ -722,8 +861,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.keeps("emulator-swap"):
             problems += self._swap_problems(answers, facts)
         if answers.state == "present":
-            problems += self._hugepage_problems(answers, facts)
-        live: dict[str, Domain] = facts.get("live", {})
+            problems += self.hugepage_problems(answers, facts)
+        live = facts.live
         for dom in self._chosen(answers, domains) if answers.state == "present" else []:
             problems += self._domain_problems(answers, dom)
             if answers.live and dom.name in live:
@@ -743,20 +882,20 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                         .format(*version, ", ".join(running))))
         return problems
 
-    def _hugepage_problems(self, answers: IvshmemAnswers,
-                           facts: dict[str, Any]) -> list[Problem]:
+    def hugepage_problems(self, answers: IvshmemAnswers,
+                          facts: IvshmemFacts) -> list[Problem]:
         """backing hugepages: a hugetlbfs mount with enough free pages for the objects
         not made yet (one per chosen guest with per_domain), sizes in whole pages."""
         huge = [(i, d) for i, d in enumerate(answers.device_list()) if d.backing == "hugepages"]
-        if not huge:
-            return []
-        info = facts.get("hugetlbfs")
+        if not huge or facts.hugetlbfs_mount != answers.hugetlbfs:
+            return []  # not read for these answers (a form): the check phase reads it
+        info = facts.hugetlbfs
         if info is None:
             return [Problem(("hugetlbfs",), f"{answers.hugetlbfs} is not a hugetlbfs mount "
                             f"(mount -t hugetlbfs none {answers.hugetlbfs})")]
         page, free = info
-        problems, made, needed = [], set(facts.get("huge_files", [])), 0
-        chosen = self._chosen(answers, facts["domains"])
+        problems, made, needed = [], set(facts.huge_files), 0
+        chosen = self._chosen(answers, facts.domains)
         for i, device in huge:
             where: tuple[str | int, ...] = ("devices", i) if answers.devices else ()
             size = (device.size or 4) * 1024 * 1024
@@ -774,20 +913,22 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                     f"{free} free: reserve more (/proc/sys/vm/nr_hugepages)"))
         return problems
 
-    def _swap_problems(self, answers: IvshmemAnswers, facts: dict[str, Any]) -> list[Problem]:
+    def _swap_problems(self, answers: IvshmemAnswers, facts: IvshmemFacts) -> list[Problem]:
         """emulator-swap: the emulator is there, not diverted by another, and used."""
         emulator, real = answers.emulator, answers.emulator + REAL_SUFFIX
-        if "diversion_error" in facts:
+        if facts.emulator != emulator:
+            return []  # not read for these answers (a form): the check phase reads it
+        if facts.diversion_error:
             return [Problem(("dpkg_admindir",), f"dpkg-divert cannot use "
-                            f"'{answers.dpkg_admindir}': {facts['diversion_error']}")]
-        diverted = facts.get("diversion")
+                            f"'{answers.dpkg_admindir}': {facts.diversion_error}")]
+        diverted = facts.diversion
         if diverted not in (None, real):
             return [Problem(("emulator",), f"{emulator} is already diverted to {diverted} "
                             "(not by hostsetup): not swapped")]
         problems = []
-        if diverted is None and not facts.get("emulator_present"):
+        if diverted is None and not facts.emulator_present:
             problems.append(Problem(("emulator",), f"{emulator} does not exist"))
-        for dom in self._chosen(answers, facts["domains"]):
+        for dom in self._chosen(answers, facts.domains):
             if dom.emulator != emulator:
                 problems.append(Problem(("emulator",), f"domain '{dom.name}' runs "
                                         f"{dom.emulator}, not {emulator}: the swap would "
@@ -849,7 +990,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         for device in served:
             unit, text = server_unit(answers, device)
             want.units[unit] = posixpath.join(answers.units_dir, unit)
-            want.wrappers[want.units[unit]] = (text, 0o644, "ivshmem doorbell server unit")
+            want.wrappers[want.units[unit]] = (text, 0o644, UNIT_FILE)
         current = lv.read_file(hook)
         chain = False
         if layout == "chain":
@@ -885,62 +1026,63 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 found[dom.name] = left
         return found
 
-    def _swap_changes(self, answers: IvshmemAnswers, want: Desired,
-                      lv: LibvirtAPI) -> list[Change]:
+    def _swap_ops(self, answers: IvshmemAnswers, want: Desired,
+                  lv: LibvirtAPI) -> list[Operation]:
         """emulator-swap: install or update the swap, or undo the one installed."""
-        changes = []
+        ops = []
         old = want.installed.get("swap") if want.installed else None
         if isinstance(old, dict) and not (answers.keeps("emulator-swap")
                                           and old["emulator"] == answers.emulator):
             if lv.diversion(old["emulator"], old["admindir"]) == old["real"]:
-                changes.append(Change(f"emulator {old['emulator']}", "delete",
-                                      f"wrapper; the real one at {old['real']}",
-                                      "the real emulator, not diverted",
-                                      "emulator-swap undone (dpkg-divert --remove)"))
+                out = {"op": "swap_out", "emulator": old["emulator"], "real": old["real"],
+                       "admindir": old["admindir"]}
+                wrapper = lv.read_file(old["emulator"])
+                ops.append(Operation(
+                    Change(f"emulator {old['emulator']}", "delete",
+                           f"wrapper; the real one at {old['real']}",
+                           "the real emulator, not diverted",
+                           "emulator-swap undone (dpkg-divert --remove)"),
+                    out, {**out, "op": "swap_in", **_content(wrapper.content)} if wrapper
+                    else None))
         if want.swap is None:
-            return changes
+            return ops
         real = answers.emulator + REAL_SUFFIX
+        swap = {"op": "swap_in", "emulator": answers.emulator, "real": real,
+                "admindir": answers.dpkg_admindir}
         if lv.diversion(answers.emulator, answers.dpkg_admindir) is None:
-            changes.append(Change(f"emulator {answers.emulator}", "install",
-                                  "the real emulator", f"wrapper; the real one diverted to {real}",
-                                  "emulator-swap (dpkg-divert: a QEMU upgrade installs "
-                                  "the new emulator under the diverted name)"))
+            ops.append(Operation(
+                Change(f"emulator {answers.emulator}", "install", "the real emulator",
+                       f"wrapper; the real one diverted to {real}",
+                       "emulator-swap (dpkg-divert: a QEMU upgrade installs "
+                       "the new emulator under the diverted name)"),
+                {**swap, **_content(want.swap)}, {**swap, "op": "swap_out"}))
         elif (now := lv.read_file(answers.emulator)) is None or now.content != want.swap:
-            changes.append(Change(f"emulator {answers.emulator}", "update",
-                                  f"{len(now.content) if now else 0} bytes",
-                                  f"{len(want.swap)} bytes", "emulator-swap wrapper"))
-        return changes
+            ops.append(Operation(
+                Change(f"emulator {answers.emulator}", "update",
+                       f"{len(now.content) if now else 0} bytes", f"{len(want.swap)} bytes",
+                       "emulator-swap wrapper"),
+                write_command(answers.emulator, want.swap, 0o755),
+                restore_command(answers.emulator, now)))
+        return ops
 
-    def _hook_removal(self, lv: LibvirtAPI, want: Desired) -> list[Change]:
+    def _hook_removal(self, lv: LibvirtAPI, want: Desired) -> list[Operation]:
         """state absent: the hook and its configuration, when they are there and ours."""
-        changes = []
+        ops = []
         for path, (_content, _mode, what) in want.hook_files.items():
             found = lv.read_file(path)
             if found is None or (what == "ivshmem hook" and HOOK_MARKER not in found.content):
                 continue
             if what in ("ivshmem hook", "hook configuration"):
-                changes.append(Change(f"file {path}", "delete", "present", "absent", what))
-        return changes
-
-    def _apply_swap(self, answers: IvshmemAnswers, lv: LibvirtAPI, change: Change,
-                    want: Desired) -> None:
-        """Install, update or undo the emulator swap of one change."""
-        path = change.target.partition(" ")[2]
-        if change.action == "delete":
-            old = want.installed["swap"] if want.installed else None
-            if isinstance(old, dict) and old["emulator"] == path:
-                lv.swap_out(path, old["real"], old["admindir"])
-        elif want.swap is not None and change.action == "install":
-            lv.swap_in(path, path + REAL_SUFFIX, want.swap, answers.dpkg_admindir)
-        elif want.swap is not None:
-            lv.write_file(path, want.swap, 0o755)
+                ops.append(_removal(path, found, what))
+        return ops
 
     def _old_wrappers(self, answers: IvshmemAnswers, want: Desired,
-                      lv: LibvirtAPI) -> list[str]:
+                      lv: LibvirtAPI) -> list[Operation]:
         """Wrapper emulators of method qemu-wrapper, when another method is chosen."""
         if answers.keeps("qemu-wrapper") or not want.installed:
             return []
-        return [path for path in want.installed["wrappers"].values()
+        return [_removal(path, old, "wrapper emulator of method qemu-wrapper")
+                for path in want.installed["wrappers"].values()
                 if (old := lv.read_file(path)) and WRAPPER_MARKER in old.content]
 
     def _domain_work(self, answers: IvshmemAnswers, lv: LibvirtAPI,
@@ -963,13 +1105,13 @@ class IvshmemStep(Step[IvshmemAnswers]):
                 and not (answers.live_fallback and dom.shmem(s.name))]
         return [s for s in differ if s not in plug or dom.shmem(s.name)], plug
 
-    def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Change]:
+    def _orphans(self, answers: IvshmemAnswers, lv: LibvirtAPI) -> list[Operation]:
         """Per-guest objects whose guest is no longer defined (unless ``keep``)."""
         devices = [d for d in answers.device_list() if d.per_domain and not d.keep]
         if not devices:
             return []
         domains = lv.domains()
-        changes = []
+        ops = []
         for device in devices:
             template, directory = device.name, answers.directory(device)
             pattern = re.compile(re.escape(template)
@@ -980,13 +1122,19 @@ class IvshmemStep(Step[IvshmemAnswers]):
                     continue
                 if pattern.fullmatch(name) and all(render(template, d) != name
                                                    for d in domains):
-                    changes.append(Change(f"object {posixpath.join(directory, name)}",
-                                          "delete", "present", "absent", f"per-guest object "
-                                          f"of '{template}': its domain is no longer defined"))
-        return changes
+                    path = posixpath.join(directory, name)
+                    # No undo: the memory of a guest that is gone cannot be put back.
+                    ops.append(Operation(
+                        Change(f"object {path}", "delete", "present", "absent",
+                               f"per-guest object of '{template}': its domain is no longer "
+                               "defined"), {"op": "remove_file", "path": path}))
+        return ops
 
-    def _file_changes(self, lv: LibvirtAPI, files: dict[str, File]) -> list[Change]:
-        changes = []
+    def _file_ops(self, lv: LibvirtAPI, files: dict[str, File],
+                  new_hook: bool = False) -> list[Operation]:
+        """Write the files that differ; each undo puts back what was there (or removes
+        a new file; a unit file's undo reloads systemd)."""
+        ops = []
         for path, (content, mode, what) in files.items():
             old = lv.read_file(path)
             if old is not None and old.content == content and old.mode == mode:
@@ -994,185 +1142,259 @@ class IvshmemStep(Step[IvshmemAnswers]):
             before = "absent" if old is None else f"{len(old.content)} bytes, mode {old.mode:04o}"
             after = f"{len(content)} bytes, mode {mode:04o}"
             if what == "ivshmem hook":
-                changes.append(Change(f"hook {path}", "install", before, after, what))
+                change = Change(f"hook {path}", "install", before, after, what)
             else:
-                changes.append(Change(f"file {path}", "create" if old is None else "update",
-                                      before, after, what))
-        return changes
+                change = Change(f"file {path}", "create" if old is None else "update",
+                                before, after, what)
+            # new_hook: libvirtd loads it at its next start (apply's note says so); a
+            # unit file put back or removed: systemd reads that at a reload.
+            hook = {"new_hook": True} if new_hook and what == "ivshmem hook" else {}
+            reload = {"reload": True} if what == UNIT_FILE else {}
+            ops.append(Operation(change, write_command(path, content, mode, **hook),
+                                 restore_command(path, old, **reload)))
+        return ops
 
-    def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Change]:
+    def _unit_ops(self, answers: IvshmemAnswers, want: Desired, written: set[str],
+                  ctx: Context) -> list[Operation]:
+        """serve: start each server unit not running, restart one whose file changed."""
+        dbus = dbus_api(ctx.backends, answers.bus)
+        ops = []
+        for unit, path in want.units.items():
+            st = dbus.unit_status(unit)
+            up = st is not None and st.active == "active"
+            if path in written or not up:
+                # A running server restarted: its clients (guests) lose their doorbell.
+                # Not risky: no operator's path goes through it.
+                serve = {"op": "serve", "unit": unit, "path": path, "timeout": answers.timeout}
+                undo = None if up else {  # a restart leaves nothing to revert
+                    "op": "unserve", "unit": unit, "timeout": answers.timeout,
+                    "enabled": st is not None and st.enablement == "enabled"}
+                ops.append(Operation(Change(f"unit {unit}", "restart" if up else "start",
+                                            detail="ivshmem doorbell server (enabled)"),
+                                     serve, undo))
+        return ops
+
+    def plan(self, answers: IvshmemAnswers, ctx: Context) -> list[Operation]:
+        """Files (wrappers, server), server units, what other methods left, the swap,
+        the domains, the hook files, hot-plugs, then a libvirtd restart, in that order.
+
+        None is risky (none touches a network path), except restarting libvirtd:
+        its clients lose their connection."""
         lv = libvirt_api(ctx.backends, answers.uri)
         want = self._desired(answers, lv)
-        changes = self._file_changes(lv, want.wrappers)
+        ops = self._file_ops(lv, want.wrappers)
         if want.units:
-            dbus = dbus_api(ctx.backends, answers.bus)
-            written = {c.target.partition(" ")[2] for c in changes}
-            for unit, path in want.units.items():
-                found = dbus.load_unit(unit)
-                up = found is not None and found.active == "active"
-                if path in written or not up:
-                    # A running server restarted: its clients (guests) lose their doorbell.
-                    changes.append(Change(f"unit {unit}", "restart" if up else "start",
-                                          detail="ivshmem doorbell server (enabled)"))
+            ops += self._unit_ops(answers, want, {o.do["path"] for o in ops}, ctx)
         for name, left in self._leftovers(answers, want).items():
-            changes.append(Change(f"domain {name}", "delete", "; ".join(left.describe()),
-                                  "none", "what another method installed"))
-        changes += [Change(f"file {path}", "delete", "present", "absent",
-                           "wrapper emulator of method qemu-wrapper")
-                    for path in self._old_wrappers(answers, want, lv)]
-        swaps = self._swap_changes(answers, want, lv)
+            do, undo = domain_commands(want.all_domains[name], args=left.args,
+                                       emulator=left.emulator, drop=left.shmems)
+            ops.append(Operation(Change(f"domain {name}", "delete", "; ".join(left.describe()),
+                                        "none", "what another method installed"), do, undo))
+        ops += self._old_wrappers(answers, want, lv)
+        swaps = self._swap_ops(answers, want, lv)
         if answers.state == "absent":
-            return changes + swaps + self._hook_removal(lv, want)
-        plugs: list[Change] = []  # after the hook files: the hook's lock dir must exist
+            return ops + swaps + self._hook_removal(lv, want)
+        plugs: list[Operation] = []  # after the hook files: the hook's lock dir must exist
         # emulator-swap: nothing in the definitions (a manager may regenerate them).
-        chosen = [] if answers.method == "emulator-swap" else want.domains
-        for dom in chosen:
-            running = " (running: takes effect at its next start)" if dom.active else ""
-            shmems = answers.shmems(dom)
-            second = _second_device(dom, {s.name for s in shmems})
-            if answers.method == "qemu-wrapper":
-                wrapper = want.emulators[dom.name]
-                if dom.emulator != wrapper:
-                    changes.append(Change(f"domain {dom.name}", "update", dom.emulator,
-                                          wrapper, "emulator" + running, second))
-                continue
-            if answers.method == "commandline":
-                args = command_line(dom, answers)
-                if args != list(dom.qemu_args):
-                    ours = [a for a in dom.qemu_args if a not in
-                            ivshmem_hook.strip_ours(list(dom.qemu_args))]
-                    changes.append(Change(f"domain {dom.name}", "update",
-                                          "; ".join(ours) or "no ivshmem device",
-                                          "; ".join(s.describe() for s in shmems),
-                                          "QEMU command line (<qemu:commandline>)" + running,
-                                          second))
-                continue
-            owns = {s.name: dom.shmem(s.name) for s in shmems}
-            differ, plug = self._domain_work(answers, lv, dom)
-            if differ:
-                before = [own.describe() for s in differ if (own := owns[s.name])]
-                changes.append(Change(f"domain {dom.name}", "update",
-                                      "; ".join(before) or "no ivshmem device",
-                                      "; ".join(s.describe() for s in differ),
-                                      ("shmem device" if len(shmems) == 1 else "shmem devices")
-                                      + running, "" if all(owns.values()) else second))
-            if plug:
-                plugs.append(Change(f"{LIVE}{dom.name}", "hot-plug", "no ivshmem device",
-                                    "; ".join(s.describe() for s in plug),
-                                    "now, without a restart (and in its definition)",
-                                    "" if differ else second))
-        changes += self._orphans(answers, lv)
-        changes += self._file_changes(lv, want.hook_files) + swaps + plugs
+        for dom in [] if answers.method == "emulator-swap" else want.domains:
+            domain_ops, plug = self._domain_ops(answers, lv, want, dom)
+            ops += domain_ops
+            plugs += plug
+        ops += self._orphans(answers, lv)
+        ops += self._file_ops(lv, want.hook_files, want.new_hook) + swaps + plugs
         if want.new_hook and answers.restart_libvirtd:
-            changes.append(Change(f"unit {LIBVIRTD}", "restart", detail="libvirtd reads "
-                                  "new hooks when it starts"))
-        return changes
+            ops.append(Operation(
+                Change(f"unit {LIBVIRTD}", "restart",
+                       detail="libvirtd reads new hooks when it starts"),
+                {"op": "restart_libvirtd", "timeout": answers.timeout},
+                risky="libvirtd restarts: its clients (a management plane, virsh) lose their "
+                "connection; running guests keep running"))
+        return ops
 
-    def apply(self, answers: IvshmemAnswers, changes: list[Change], ctx: Context) -> None:
-        lv = libvirt_api(ctx.backends, answers.uri)
-        done: list[Change] = []
+    def _domain_ops(self, answers: IvshmemAnswers, lv: LibvirtAPI, want: Desired,
+                    dom: Domain) -> tuple[list[Operation], list[Operation]]:
+        """(the definition change, the hot-plug) one chosen domain needs, if any."""
+        # "running": the summary says the guest gets the change at its next start.
+        running = " (running: takes effect at its next start)" if dom.active else ""
+        shmems = answers.shmems(dom)
+        second = _second_device(dom, {s.name for s in shmems})
+        if answers.method == "qemu-wrapper":
+            wrapper = want.emulators[dom.name]
+            if dom.emulator == wrapper:
+                return [], []
+            do, undo = domain_commands(dom, emulator=wrapper)
+            return [Operation(Change(f"domain {dom.name}", "update", dom.emulator, wrapper,
+                                     "emulator" + running, second),
+                              {**do, "running": dom.active}, undo)], []
+        if answers.method == "commandline":
+            args = command_line(dom, answers)
+            if args == list(dom.qemu_args):
+                return [], []
+            ours = [a for a in dom.qemu_args if a not in
+                    ivshmem_hook.strip_ours(list(dom.qemu_args))]
+            do, undo = domain_commands(dom, args=args)
+            return [Operation(Change(f"domain {dom.name}", "update",
+                                     "; ".join(ours) or "no ivshmem device",
+                                     "; ".join(s.describe() for s in shmems),
+                                     "QEMU command line (<qemu:commandline>)" + running,
+                                     second), {**do, "running": dom.active}, undo)], []
+        owns = {s.name: dom.shmem(s.name) for s in shmems}
+        differ, plug = self._domain_work(answers, lv, dom)
+        ops, plugs = [], []
+        if differ:
+            before = [own.describe() for s in differ if (own := owns[s.name])]
+            do, undo = domain_commands(dom, put=differ)
+            ops.append(Operation(Change(f"domain {dom.name}", "update",
+                                        "; ".join(before) or "no ivshmem device",
+                                        "; ".join(s.describe() for s in differ),
+                                        ("shmem device" if len(shmems) == 1 else "shmem devices")
+                                        + running, "" if all(owns.values()) else second),
+                                 {**do, "running": dom.active}, undo))
+        if plug:
+            # Devices not in the definition go there in the same libvirt call.
+            persistent = [s.name for s in plug if dom.shmem(s.name) is None]
+            plugs.append(Operation(
+                Change(f"{LIVE}{dom.name}", "hot-plug", "no ivshmem device",
+                       "; ".join(s.describe() for s in plug),
+                       "now, without a restart (and in its definition)",
+                       "" if differ else second),
+                {"op": "hotplug", "name": dom.name, "put": [shmem_value(s) for s in plug],
+                 "persistent": persistent},
+                {"op": "unplug", "name": dom.name, "drop": [s.name for s in plug],
+                 "persistent": persistent}))
+        return ops, plugs
+
+    def apply(self, answers: IvshmemAnswers, ops: list[Operation], ctx: Context) -> None:
+        """Carry out ``ops`` in order: the contract's apply (journaled), one operation at
+        a time, so that a domain that vanished or refused its change does not stop the
+        others; the step then fails at the end, naming it."""
+        done: list[Operation] = []
         failed: list[str] = []
-        try:
-            want = self._desired(answers, lv)
-            for i, change in enumerate(changes):
-                ctx.progress(i / max(len(changes), 1), change.describe())
-                kind, _, target = change.target.partition(" ")
-                if change.action == "hot-plug":
-                    error = self._hotplug(answers, lv, change.target.removeprefix(LIVE), ctx)
-                    if error:
-                        failed.append(error)
-                        continue
-                elif kind == "domain":
-                    error = self._apply_domain(answers, lv, target, change, want)
-                    if error:
-                        failed.append(error)
-                        continue
-                elif kind == "unit" and target in want.units:
-                    self._serve(answers, ctx, target, want.units[target])
-                elif kind == "unit":
-                    self._restart(answers, ctx)
-                elif kind == "emulator":
-                    self._apply_swap(answers, lv, change, want)
-                elif kind == "object" or change.action == "delete":
-                    lv.remove_file(target)
-                else:
-                    file = want.file(target)
-                    if file is None:  # e.g. the wrapper of a domain that vanished since
-                        failed.append(f"{target}: no longer called for, not written")
-                        continue
-                    backup = lv.write_file(target, file[0], file[1])
-                    if backup:
-                        ctx.notes.append(f"kept the replaced {target} as {backup}")
-                done.append(change)
-                ctx.log(f"ivshmem: {change.describe()}")
-        except BackendError as exc:
-            raise StepFailed(str(exc), done) from None
-        self._notes(want.new_hook, done, ctx)
+        for i, op in enumerate(ops):
+            try:
+                super().apply(answers, [op], replace(ctx, progress=_nth(ctx, i, len(ops))))
+            except StepFailed as exc:
+                if op.do["op"] not in PER_DOMAIN:
+                    raise StepFailed(str(exc), [o.change for o in done], exc.errors) from None
+                failed.append(str(exc))
+                continue
+            done.append(op)
+        self._notes(done, ctx)
         if failed:
-            raise StepFailed("; ".join(failed) + " (the other changes were applied)", done)
+            raise StepFailed("; ".join(failed) + " (the other changes were applied)",
+                             [o.change for o in done])
 
-    def _apply_domain(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
-                      change: Change, want: Desired) -> str | None:
-        """Change one domain; returns an error text instead of raising (others go on)."""
+    def execute(self, answers: IvshmemAnswers, command: Command, ctx: Context) -> None:
+        """Carry out one command: a file written or removed, a domain's definition
+        changed, a hot-plug or -unplug, the emulator swapped in or out, a server unit
+        started or stopped, libvirtd restarted."""
+        op = command["op"]
+        if op in ("serve", "unserve", "restart_libvirtd"):
+            {"serve": self._serve, "unserve": self._unserve,
+             "restart_libvirtd": self._restart}[op](answers, command, ctx)
+            return
+        lv = libvirt_api(ctx.backends, answers.uri)
+        if op == "write_file":
+            backup = lv.write_file(command["path"], content_of(command), command["mode"])
+            if backup:
+                ctx.notes.append(f"kept the replaced {command['path']} as {backup}")
+        elif op == "remove_file":
+            lv.remove_file(command["path"])
+        elif op in PER_DOMAIN:
+            self._on_domain(answers, lv, command, ctx)
+        elif op == "unplug":
+            unplug(lv, command)
+        elif op == "swap_in":
+            lv.swap_in(command["emulator"], command["real"], content_of(command),
+                       command["admindir"])
+        elif op == "swap_out":
+            lv.swap_out(command["emulator"], command["real"], command["admindir"])
+        else:
+            raise StepFailed(f"ivshmem: unknown command {op!r}")
+        if command.get("reload"):
+            dbus_api(ctx.backends, answers.bus).reload()  # systemd forgets a removed unit
+
+    def observe(self, answers: IvshmemAnswers, command: Command,
+                ctx: Context) -> bool | None:
+        """Re-read what ``command`` changes; ``None`` for a restart of libvirtd."""
+        op = command["op"]
+        if op in ("serve", "unserve"):
+            st = dbus_api(ctx.backends, answers.bus).unit_status(command["unit"])
+            return (st is not None and st.active == "active") == (op == "serve")
+        if op == "restart_libvirtd":
+            return None
+        lv = libvirt_api(ctx.backends, answers.uri)
+        if op in ("write_file", "remove_file"):
+            found = lv.read_file(command["path"])
+            if op == "remove_file":
+                return found is None
+            return found is not None and (found.content, found.mode) == (
+                content_of(command), command["mode"])
+        if op in ("swap_in", "swap_out"):
+            diverted = lv.diversion(command["emulator"], command["admindir"])
+            if op == "swap_out":
+                return diverted is None
+            now = lv.read_file(command["emulator"])
+            return diverted == command["real"] and now is not None and \
+                now.content == content_of(command)
         try:
-            if change.action == "delete":
-                left = self._leftovers(answers, want).get(name)
-                if left and left.args is not None:
-                    lv.set_qemu_args(name, left.args)
-                if left and left.shmems:
-                    lv.remove_shmems(name, left.shmems)
-                if left and left.emulator:
-                    lv.set_emulator(name, left.emulator)
-            elif answers.method == "commandline":
-                dom = lv.domain(name)
-                lv.set_qemu_args(name, command_line(dom, answers))
-            elif answers.method == "qemu-wrapper":
-                lv.set_emulator(name, str(change.after))
+            dom = lv.domain(command["name"])
+            live = lv.live_domain(command["name"]) if op != "domain" else dom
+        except DomainNotFound:
+            return False
+        if op == "domain":
+            return domain_is(dom, command)
+        if op == "unplug":
+            return all(live.shmem(n) is None and (n not in command["persistent"]
+                                                  or dom.shmem(n) is None)
+                       for n in command["drop"])
+        # hotplug: each device live (or, falling back, in the definition) and in it.
+        return all((live.shmem(s.name) is not None or answers.live_fallback)
+                   and dom.shmem(s.name) is not None for s in map(shmem_of, command["put"]))
+
+    def _on_domain(self, answers: IvshmemAnswers, lv: LibvirtAPI, command: Command,
+                   ctx: Context) -> None:
+        """A ``domain`` or ``hotplug`` command; a failure names the domain (StepFailed)."""
+        name = command["name"]
+        try:
+            if command["op"] == "domain":
+                edit_domain(lv, command)
             else:
-                differ, _plug = self._domain_work(answers, lv, lv.domain(name))
-                lv.set_shmems(name, differ)
-        except DomainNotFound as exc:
-            return f"{exc}: it vanished after the plan, not changed"
+                self._hotplug(answers, lv, command, ctx)
         except BackendUnreachable:
             raise
+        except DomainNotFound as exc:
+            raise StepFailed(f"{exc}: it vanished after the plan, not changed") from None
         except BackendError as exc:
-            return f"domain '{name}' not changed: {exc}"
-        return None
+            raise StepFailed(f"domain '{name}' not changed: {exc}") from None
 
-    def _hotplug(self, answers: IvshmemAnswers, lv: LibvirtAPI, name: str,
-                 ctx: Context) -> str | None:
-        """Hot-plug the missing devices into running ``name``; an error text, or None.
+    def _hotplug(self, answers: IvshmemAnswers, lv: LibvirtAPI, command: Command,
+                 ctx: Context) -> None:
+        """Hot-plug the devices of ``command`` into its running domain.
 
-        Each device goes live and into the definition in one libvirt call, so a
-        refused device leaves the domain as it was (the next plan shows it again)
-        unless ``live_fallback`` puts it in the definition for the next start.
+        Each device goes live and (``persistent``) into the definition in one
+        libvirt call, so a refused device leaves the domain as it was (the next
+        plan shows it again) unless ``live_fallback`` puts it in the definition
+        for the next start.
         """
-        try:
-            dom = lv.domain(name)
-            _differ, plug = self._domain_work(answers, lv, dom)
-            self._prepare_objects(answers, lv, dom, plug)
-            for shmem in plug:
-                persistent = dom.shmem(shmem.name) is None
-                try:
-                    lv.attach_shmem(name, shmem, persistent)
-                except (DomainNotFound, BackendUnreachable):
-                    raise
-                except BackendError as exc:
-                    if not answers.live_fallback:
-                        return (f"running domain '{name}' refused the hot-plug of "
-                                f"'{shmem.name}': {exc} (not changed; set live_fallback: true "
-                                "to add it at the next start instead)")
-                    if persistent:
-                        lv.set_shmems(name, [shmem])
-                    ctx.notes.append(f"'{shmem.name}' was not hot-plugged into '{name}' "
-                                     f"({exc}): it is in the definition, at the next start")
-        except DomainNotFound as exc:
-            return f"{exc}: it vanished after the plan, not changed"
-        except BackendUnreachable:
-            raise
-        except BackendError as exc:
-            return f"domain '{name}' not changed: {exc}"
-        return None
+        name = command["name"]
+        plug = [shmem_of(v) for v in command["put"]]
+        self._prepare_objects(answers, lv, lv.domain(name), plug)
+        for shmem in plug:
+            persistent = shmem.name in command["persistent"]
+            try:
+                lv.attach_shmem(name, shmem, persistent)
+            except (DomainNotFound, BackendUnreachable):
+                raise
+            except BackendError as exc:
+                if not answers.live_fallback:
+                    raise StepFailed(f"running domain '{name}' refused the hot-plug of "
+                                     f"'{shmem.name}': {exc} (not changed; set live_fallback: "
+                                     "true to add it at the next start instead)") from None
+                if persistent:
+                    lv.set_shmems(name, [shmem])
+                ctx.notes.append(f"'{shmem.name}' was not hot-plugged into '{name}' "
+                                 f"({exc}): it is in the definition, at the next start")
 
     def _prepare_objects(self, answers: IvshmemAnswers, lv: LibvirtAPI, dom: Domain,
                          shmems: list[Shmem]) -> None:
@@ -1215,31 +1437,74 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                     f"ivshmem '{shmem.name}'{at} ({IVSHMEM_PCI_ID})")
         return problems
 
-    def _serve(self, answers: IvshmemAnswers, ctx: Context, unit: str, path: str) -> None:
+    def _serve(self, answers: IvshmemAnswers, command: Command, ctx: Context) -> None:
         """Enable and (re)start a doorbell server's unit (a changed unit file: restarted)."""
         dbus = dbus_api(ctx.backends, answers.bus)
         dbus.reload()  # systemd reads the unit file just written
-        dbus.unit_files("enable", [path])
-        result = dbus.restart_unit(unit, answers.timeout)
-        if result != "done":
-            raise BackendError(f"start of {unit} ended with job result '{result}'")
+        dbus.unit_files("enable", [command["path"]])
+        _job(dbus, "restart", command["unit"], command["timeout"])
 
-    def _restart(self, answers: IvshmemAnswers, ctx: Context) -> None:
+    def _unserve(self, answers: IvshmemAnswers, command: Command, ctx: Context) -> None:
+        """Stop a server's unit, and disable it unless it was enabled before."""
         dbus = dbus_api(ctx.backends, answers.bus)
-        result = dbus.restart_unit(LIBVIRTD, answers.timeout)
-        if result != "done":
-            st = dbus.unit_status(LIBVIRTD)
-            why = f" (unit Result: {st.result})" if st is not None and st.result else ""
-            raise BackendError(f"restart of {LIBVIRTD} ended with job result '{result}'{why}")
+        _job(dbus, "stop", command["unit"], command["timeout"])
+        if not command["enabled"]:
+            dbus.unit_files("disable", [command["unit"]])
+
+    def _restart(self, answers: IvshmemAnswers, command: Command, ctx: Context) -> None:
+        _job(dbus_api(ctx.backends, answers.bus), "restart", LIBVIRTD, command["timeout"])
         # The restart closed our connection: verify and later steps need a live one.
         libvirt_api(ctx.backends, answers.uri).reconnect()
 
-    def _notes(self, new_hook: bool, done: list[Change], ctx: Context) -> None:
-        restarted = any(c.action == "restart" for c in done)
-        if new_hook and any(c.action == "install" for c in done) and not restarted:
+    def _notes(self, done: list[Operation], ctx: Context) -> None:
+        restarted = any(o.do["op"] == "restart_libvirtd" for o in done)
+        if any(o.do.get("new_hook") for o in done) and not restarted:
             ctx.notes.append(f"restart {LIBVIRTD} so that it loads the new hook "
                              "(systemctl restart libvirtd)")
-        for change in done:
-            if change.target.startswith("domain ") and "running" in change.detail:
-                ctx.notes.append(f"{change.target} is running: shut it down and start it "
-                                 "again for the device to appear")
+        for op in done:
+            if op.do["op"] == "domain" and op.do.get("running"):
+                ctx.notes.append(f"domain {op.do['name']} is running: shut it down and start "
+                                 "it again for the device to appear")
+
+
+# Commands that change one domain: when one fails, apply goes on with the others.
+PER_DOMAIN = ("domain", "hotplug")
+
+
+def _nth(ctx: Context, i: int, n: int) -> Callable[[float, str], None]:
+    """Progress of the ``i``-th of ``n`` operations, shown on ``ctx``'s."""
+
+    def progress(_fraction: float, text: str) -> None:
+        ctx.progress(i / n, text)
+
+    return progress
+
+
+def _job(dbus: DBusAPI, action: str, unit: str, timeout: float) -> None:
+    """Restart or stop ``unit`` and wait for the job; a result other than done fails."""
+    call = dbus.restart_unit if action == "restart" else dbus.stop_unit
+    result = call(unit, timeout)
+    if result != "done":
+        st = dbus.unit_status(unit)
+        why = f" (unit Result: {st.result})" if st is not None and st.result else ""
+        raise BackendError(f"{action} of {unit} ended with job result '{result}'{why}")
+
+
+def _removal(path: str, old: HostFile, what: str) -> Operation:
+    """Remove one of our files; the undo writes it back as it was."""
+    return Operation(Change(f"file {path}", "delete", "present", "absent", what),
+                     {"op": "remove_file", "path": path}, write_command(path, old.content,
+                                                                         old.mode))
+
+
+def unplug(lv: LibvirtAPI, command: Command) -> None:
+    """Carry out an ``unplug`` (the undo of a hot-plug): each device out of the running
+    guest and, if the hot-plug put it there, out of the definition."""
+    name = command["name"]
+    live = lv.live_domain(name)
+    for device in command["drop"]:
+        persistent = device in command["persistent"]
+        if live.shmem(device) is not None:
+            lv.detach_shmem(name, device, persistent)
+        elif persistent:
+            lv.remove_shmems(name, [device])

@@ -13,13 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from backends.interfaces import BackendError
-from backends.interfaces.dbus import DBusAPI, Unit, UnitStatus, dbus_api
-from steps.base import Change, Context, Problem, Question, Step, StepFailed, StepModel
+from backends.interfaces.dbus import DBusAPI, NetworkState, Unit, UnitStatus, dbus_api
+from steps.base import (
+    Change,
+    Command,
+    Context,
+    Operation,
+    Problem,
+    Question,
+    Step,
+    StepFailed,
+    StepModel,
+    ask,
+)
 from steps.validators import DbusAddress
 
 DEFAULT_UNITS = ["openvswitch-switch.service", "libvirtd.service"]
@@ -66,19 +79,27 @@ def _check_unit(name: str) -> str:
     return name
 
 
-class ServicesAnswers(StepModel):
-    """Answers of the ``services`` step."""
+class ServicesConnection(StepModel):
+    """How the ``services`` step reaches the host: its D-Bus."""
 
     bus: DbusAddress = Field(
-        "system",
+        "system", title="D-Bus",
         description="D-Bus to talk to: 'system', or an address such as unix:path=/run/dbus/x",
     )
+
+
+class ServicesAnswers(ServicesConnection):
+    """Answers of the ``services`` step."""
+
     require: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_UNITS),
-        description="systemd units that must be present and active",
+        default_factory=lambda: list(DEFAULT_UNITS), title="Required units",
+        description="systemd units that must be present and active (inactive ones are "
+        "started if 'start' is yes; one not installed is refused)",
     )
-    start: bool = Field(True, description="start required units that are inactive")
-    timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for each job")
+    start: bool = Field(True, title="Start inactive units",
+                        description="start required units that are inactive (mode 'replace')")
+    timeout: float = Field(30.0, gt=0, le=600, title="Start timeout (s)",
+                           description="Seconds to wait for each start, stop or restart job")
     enable: list[str] = Field(default_factory=list, description="unit files to enable "
                               "(persistent: started at boot)")
     disable: list[str] = Field(default_factory=list, description="unit files to disable")
@@ -109,6 +130,19 @@ class ServicesAnswers(StepModel):
         return names
 
 
+@dataclass(frozen=True)
+class ServicesFacts:
+    """What the ``services`` step read: the units systemd lists (and those the
+    answers name, loaded), their status, NetworkManager's devices, the bus's
+    names, and which later-step systems are present (``present``: KNOWN's keys)."""
+
+    units: Mapping[str, Unit] = field(default_factory=dict)
+    status: Mapping[str, UnitStatus] = field(default_factory=dict)
+    network: NetworkState | None = None
+    bus: Mapping[str, list[str]] = field(default_factory=dict)
+    present: frozenset[str] = frozenset()
+
+
 class ServicesStep(Step[ServicesAnswers]):
     """Detect the host's services and start the required ones."""
 
@@ -120,6 +154,8 @@ class ServicesStep(Step[ServicesAnswers]):
         "so, and each start job is waited for. 'bus' is 'system' on a real host."
     )
     Answers = ServicesAnswers
+    Connection = ServicesConnection
+    Facts = ServicesFacts
     may_provide = frozenset(KNOWN)
 
     def provides(self, changes: list[Change]) -> set[str]:
@@ -127,75 +163,58 @@ class ServicesStep(Step[ServicesAnswers]):
         started = {c.target.removeprefix("unit ") for c in changes if c.action == "start"}
         return {fact for fact, names in KNOWN.items() if started.intersection(names)}
 
-    def connect_questions(self) -> list[Question]:
-        return [Question("bus", "D-Bus", help="'system', or a bus address (unix:path=...)")]
+    def discover(self, connection: ServicesConnection, ctx: Context) -> ServicesFacts:
+        named = _named(connection) if isinstance(connection, ServicesAnswers) \
+            else DEFAULT_UNITS
+        return _read(dbus_api(ctx.backends, connection.bus), named)
 
-    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        dbus = dbus_api(ctx.backends, answers.get("bus", "system"))
-        units = dbus.list_units()
-        status: dict[str, UnitStatus] = {}
-        for name in _named(answers):
-            found = dbus.unit_status(name)  # loads a unit ListUnits did not show
-            if found is not None:
-                status[name] = found
-                units.setdefault(name, Unit(name, found.load, found.active, found.sub))
-        bus_names = dbus.bus_services()
-        present = {
-            fact: any(
-                (n in units and units[n].active == "active") or n in bus_names for n in names
-            )
-            for fact, names in KNOWN.items()
-        }
-        return {"units": units, "status": status, "network": dbus.network(), "bus": bus_names,
-                **present}
-
-    def questions(self, facts: dict[str, Any]) -> list[Question]:
-        units: dict[str, Unit] = facts.get("units", {})
+    def questions(self, facts: ServicesFacts) -> list[Question]:
+        units = facts.units
         names = sorted({*units, *DEFAULT_UNITS})
         return [
-            Question(
-                "require", "Required units", kind="multi", choices=tuple(names),
+            ask(ServicesAnswers, "require", choices=tuple(names),
                 choice_notes=tuple((n, units[n].active if n in units else "not installed")
-                                   for n in names) if units else (),
-                help="Units this host needs, with their state now. Inactive ones are "
-                "started if 'start' is yes; one not installed is refused.",
-            ),
-            Question("start", "Start inactive units", kind="yesno",
-                     help="Start required units that are not active (mode 'replace')."),
-            Question("timeout", "Start timeout (s)", kind="int",
-                     help="Seconds to wait for each start job."),
+                                   for n in names) if units else ()),
+            ask(ServicesAnswers, "start"),
+            ask(ServicesAnswers, "timeout", kind="int"),
         ]
 
-    def validate(self, answers: ServicesAnswers, facts: dict[str, Any]) -> list[Problem]:
-        units: dict[str, Unit] = facts["units"]
+    def validate(self, answers: ServicesAnswers, facts: ServicesFacts) -> list[Problem]:
         where: list[tuple[tuple[str | int, ...], str]] = [
             ((key, i), name) for key in ("require", *UNIT_LISTS)
             for i, name in enumerate(getattr(answers, key))]
         where += [(("dropins", i, "unit"), d.unit) for i, d in enumerate(answers.dropins)]
         return [Problem(path, f"unit '{name}' is not installed on this host")
-                for path, name in where if name not in units]
+                for path, name in where if name not in facts.units]
 
-    def plan(self, answers: ServicesAnswers, ctx: Context) -> list[Change]:
-        facts = ctx.facts.get(self.name) or self.discover(answers.model_dump(), ctx)
+    def plan(self, answers: ServicesAnswers, ctx: Context) -> list[Operation]:
+        facts: ServicesFacts = self.facts(answers, ctx)
         dbus = dbus_api(ctx.backends, answers.bus)
-        status: dict[str, UnitStatus] = facts.get("status", {})
-        units: dict[str, Unit] = facts["units"]
-        changes = []
+        status, units = facts.status, facts.units
+        ops = []
         amended = set()  # units whose drop-ins this run writes
         for path, d in _dropin_paths(answers).items():
             old = dbus.read_file(path)
             if old is None or old.content != d.content.encode():
-                changes.append(Change(f"drop-in {path}", "install",
-                                      _summary(old.content.decode(errors="replace"))
-                                      if old else None, _summary(d.content), f"for {d.unit}"))
+                change = Change(f"drop-in {path}", "install",
+                                _summary(old.content.decode(errors="replace")) if old else None,
+                                _summary(d.content), f"for {d.unit}")
+                undo = {"op": "remove_file", "path": path} if old is None else \
+                    {"op": "write_file", "path": path, "mode": old.mode,
+                     "content": old.content.decode(errors="surrogateescape")}
+                ops.append(Operation(change, {"op": "write_file", "path": path, "mode": 0o644,
+                                              "content": d.content}, {**undo, "reload": True}))
                 amended.add(d.unit)
         for action, state in ENABLEMENT.items():
             for name in getattr(answers, action):
                 st = status.get(name)
                 if st is not None and st.enablement != state:
-                    changes.append(Change(f"unit {name}", action, _state(st),  # type: ignore[arg-type]
-                                          {**_state(st), "enablement": state}))
-        configured = bool(changes)
+                    ops.append(Operation(
+                        Change(f"unit {name}", action, _state(st),  # type: ignore[arg-type]
+                               {**_state(st), "enablement": state}),
+                        {"op": "unit_file", "unit": name, "to": state},
+                        {"op": "unit_file", "unit": name, "to": st.enablement, "reload": True}))
+        configured = bool(ops)
         stale = sorted(n for n in {d.unit for d in answers.dropins}
                        if n in status and status[n].need_reload)
         # A required unit about to be started whose file changed on disk would start in
@@ -204,21 +223,21 @@ class ServicesStep(Step[ServicesAnswers]):
                              and status[n].need_reload and status[n].active != "active")
         on_disk = sorted({*stale, *stale_start})
         if configured or on_disk:
-            changes.append(Change("systemd", "update", detail="Reload: systemd re-reads unit "
-                                  "files and drop-ins" + (f" ({', '.join(on_disk)} changed on "
-                                                          "disk)" if on_disk else "")))
+            ops.append(Operation(Change(
+                "systemd", "update", detail="Reload: systemd re-reads unit files and drop-ins"
+                + (f" ({', '.join(on_disk)} changed on disk)" if on_disk else "")),
+                {"op": "reload"}))
         stopped = [n for n in answers.stop if n in status and status[n].active in RUNNING]
-        changes += [Change(f"unit {n}", "stop", _state(status[n]),  # type: ignore[arg-type]
-                           {**_state(status[n]), "active": "inactive"}) for n in stopped]
+        ops += [self._job("stop", n, _state(status[n]), {**_state(status[n]),  # type: ignore
+                                                         "active": "inactive"}, answers)
+                for n in stopped]
         started = []
         for name in answers.require:
             unit = units.get(name)
             if unit is not None and unit.active != "active" and answers.start:
                 started.append(name)
-                changes.append(Change(
-                    target=f"unit {name}", action="start",
-                    before=f"{unit.active} ({unit.sub})", after="active",
-                ))
+                ops.append(self._job("start", name, f"{unit.active} ({unit.sub})", "active",
+                                     answers))
         # A running unit whose configuration changed runs the old one until restarted.
         again = amended | set(stale) | (set(answers.restart) if configured else set())
         for name in sorted(again - set(stopped) - set(started)):
@@ -226,57 +245,134 @@ class ServicesStep(Step[ServicesAnswers]):
             if st is not None and st.active in RUNNING:
                 why = "its drop-ins changed" if name in amended | set(stale) else \
                     "listed under restart, and this run changes the configuration"
-                changes.append(Change(f"unit {name}", "restart", _state(st), None, why))
-        return changes
+                ops.append(self._job("restart", name, _state(st), None, answers, why))
+        return ops
 
-    def apply(self, answers: ServicesAnswers, changes: list[Change], ctx: Context) -> None:
-        dbus = dbus_api(ctx.backends, answers.bus)
-        dropins = _dropin_paths(answers)
-        done: list[Change] = []
-        for i, change in enumerate(changes):
-            doing = {"start": "starting", "stop": "stopping", "restart": "restarting"}
-            ctx.progress(i / max(len(changes), 1), f"{doing[change.action]} {change.target[5:]}"
-                         if change.action in doing else change.describe())
-            unit = change.target.removeprefix("unit ")
-            try:
-                if change.action == "install":
-                    path = change.target.removeprefix("drop-in ")
-                    backup = dbus.write_file(path, dropins[path].content.encode(), 0o644)
-                    if backup:
-                        ctx.notes.append(f"{path}: the previous version is kept as {backup}")
-                elif change.action in ENABLEMENT:
-                    dbus.unit_files(change.action, [unit])
-                elif change.target == "systemd":
-                    dbus.reload()
-                else:
-                    self._job(dbus, change.action, unit, answers.timeout, done)
-            except BackendError as exc:
-                raise StepFailed(str(exc), done) from None
-            done.append(change)
-            ctx.log(f"services: {change.describe()}")
+    def doing(self, op: Operation) -> str:
+        """"starting x.service" while a job runs (what fleet progress lines show)."""
+        if op.do["op"] == "job":
+            verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}
+            return f"{verb[op.do['action']]} {op.do['unit']}"
+        return op.change.describe()
 
     @staticmethod
-    def _job(dbus: DBusAPI, action: str, unit: str, timeout: float, done: list[Change]) -> None:
-        """Run a start/stop/restart job and wait for it; a result other than done fails."""
-        call = {"start": dbus.start_unit, "stop": dbus.stop_unit,
-                "restart": dbus.restart_unit}[action]
-        result = call(unit, timeout)
-        if result != "done":
-            st = dbus.unit_status(unit)
-            why = f" (unit Result: {st.result})" if st is not None and st.result else ""
-            raise StepFailed(f"{action} of {unit} ended with job result '{result}'{why}", done)
+    def _job(action: str, unit: str, before: Any, after: Any, answers: ServicesAnswers,
+             why: str = "") -> Operation:
+        undo = {"start": "stop", "stop": "start"}.get(action)
+        command = {"op": "job", "action": action, "unit": unit, "timeout": answers.timeout}
+        return Operation(Change(f"unit {unit}", action, before, after, why),  # type: ignore
+                         command, {**command, "action": undo} if undo else None)
+
+    def execute(self, answers: ServicesAnswers, command: Command, ctx: Context) -> None:
+        dbus = dbus_api(ctx.backends, answers.bus)
+        op = command["op"]
+        if op == "write_file":
+            raw = command["content"].encode(errors="surrogateescape")
+            backup = dbus.write_file(command["path"], raw, command["mode"])
+            if backup:
+                ctx.notes.append(f"{command['path']}: the previous version is kept as {backup}")
+        elif op == "remove_file":
+            backup = dbus.remove_file(command["path"])
+            if backup:
+                ctx.notes.append(f"{command['path']}: removed, kept as {backup}")
+        elif op == "unit_file":
+            _set_enablement(dbus, command["unit"], command["to"])
+        elif op == "reload":
+            dbus.reload()
+        elif op == "job":
+            _run_job(dbus, command["action"], command["unit"], command["timeout"])
+        else:
+            raise StepFailed(f"services: unknown command {op!r}")
+        if command.get("reload"):
+            dbus.reload()
+
+    def observe(self, answers: ServicesAnswers, command: Command,
+                ctx: Context) -> bool | None:
+        dbus = dbus_api(ctx.backends, answers.bus)
+        op = command["op"]
+        if op in ("write_file", "remove_file"):
+            found = dbus.read_file(command["path"])
+            return found is None if op == "remove_file" else found is not None and \
+                found.content == command["content"].encode(errors="surrogateescape")
+        if op == "unit_file" or (op == "job" and command["action"] in ("start", "stop")):
+            st = dbus.unit_status(command["unit"])
+            if st is None:
+                return False
+            if op == "job":
+                return (st.active == "active") == (command["action"] == "start")
+            return _enablement_is(st.enablement, command["to"])
+        return None
+
+
+def _read(dbus: DBusAPI, named: list[str]) -> ServicesFacts:
+    units = dbus.list_units()
+    status: dict[str, UnitStatus] = {}
+    for name in named:
+        found = dbus.unit_status(name)  # loads a unit ListUnits did not show
+        if found is not None:
+            status[name] = found
+            units.setdefault(name, Unit(name, found.load, found.active, found.sub))
+    bus_names = dbus.bus_services()
+    present = frozenset(
+        fact for fact, names in KNOWN.items()
+        if any((n in units and units[n].active == "active") or n in bus_names for n in names))
+    return ServicesFacts(units, status, dbus.network(), bus_names, present)
+
+
+# Unit-file states that mean "not enabled" (what undoing an enable restores).
+NOT_ENABLED = ("disabled", "static", "indirect", "generated", "transient", "alias", "")
+
+
+def _enablement_is(state: str, wanted: str) -> bool:
+    return state == wanted or (wanted in NOT_ENABLED and state in NOT_ENABLED)
+
+
+def _set_enablement(dbus: DBusAPI, unit: str, wanted: str) -> None:
+    """Bring a unit file to ``wanted`` (enabled, masked, or a not-enabled state)."""
+    st = dbus.unit_status(unit)
+    now = st.enablement if st is not None else ""
+    if _enablement_is(now, wanted):
+        return
+    if now == "masked":
+        dbus.unit_files("unmask", [unit])
+    if wanted == "masked":
+        try:
+            dbus.unit_files("mask", [unit])
+        except BackendError as exc:
+            if "exist" not in str(exc):
+                raise
+            # Masking links /etc/systemd/system/UNIT to /dev/null: a unit file of
+            # that name already there (the admin's own unit) cannot be replaced.
+            raise StepFailed(
+                f"cannot mask {unit}: its unit file is in /etc/systemd/system, where "
+                "masking would put a link to /dev/null; disable or stop it instead, or "
+                f"move the file to /usr/lib/systemd/system (systemd: {exc})") from None
+    elif wanted == "enabled":
+        dbus.unit_files("enable", [unit])
+    elif now == "enabled":
+        dbus.unit_files("disable", [unit])
+
+
+def _run_job(dbus: DBusAPI, action: str, unit: str, timeout: float) -> None:
+    """Run a start/stop/restart job and wait for it; a result other than done fails."""
+    call = {"start": dbus.start_unit, "stop": dbus.stop_unit,
+            "restart": dbus.restart_unit}[action]
+    result = call(unit, timeout)
+    if result != "done":
+        st = dbus.unit_status(unit)
+        why = f" (unit Result: {st.result})" if st is not None and st.result else ""
+        raise StepFailed(f"{action} of {unit} ended with job result '{result}'{why}")
 
 
 RUNNING = ("active", "activating", "reloading")
 
 
-def _named(answers: dict[str, Any]) -> list[str]:
-    """Every unit a (possibly partial) answers section names."""
-    names = list(answers.get("require", DEFAULT_UNITS))
+def _named(answers: ServicesAnswers) -> list[str]:
+    """Every unit the answers name."""
+    names = list(answers.require)
     for key in UNIT_LISTS:
-        names += answers.get(key) or []
-    names += [d["unit"] for d in answers.get("dropins") or [] if isinstance(d, dict)
-              and isinstance(d.get("unit"), str)]
+        names += getattr(answers, key)
+    names += [d.unit for d in answers.dropins]
     return sorted(set(names))
 
 

@@ -93,6 +93,16 @@ def ivs_shm_name() -> Iterator[str]:
 
 
 @pytest.fixture
+def shm_prefix() -> Iterator[str]:
+    """A unique object-name prefix for tests that make real /dev/shm objects (the
+    ivshmem hook, a hot-plug); the objects under it are removed afterwards."""
+    name = f"hs-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for path in Path("/dev/shm").glob(f"{name}*"):
+        path.unlink()
+
+
+@pytest.fixture
 def vs_start(tmp_path: Path) -> Iterator[Start]:
     """Start simulators for one test (``vs_start(model=..., hosts=..., vms=...)``)."""
     sb = Sandbox(dir=tmp_path / "vs")
@@ -113,8 +123,8 @@ def vs_start(tmp_path: Path) -> Iterator[Start]:
 # would run them alone for minutes: their tests are dealt round-robin into this many
 # work units (each unit's worker starts the module's sandbox once).
 SPLIT = {"test_fleet": 2}
-# Fixtures that start real services.
-DAEMON_FIXTURES = {"dbus_host"}
+# Fixtures that start real services (a test using one is in the daemons layer).
+DAEMON_FIXTURES = {"dbus_host", "host", "ivs_sb", "ivs_clean", "vs_start"}
 # Seconds a test is expected to take by layer, until a run has measured it.
 GUESS = {"daemons": 10.0, "processes": 1.0, None: 0.1}
 DURATIONS = "hostsetup/unit-seconds"  # pytest's cache: seconds per work unit, last run
@@ -170,7 +180,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     guessed: dict[str, float] = {}
     for item in items:
         kind = layer(item.module) if item.module is not None else None
-        if kind is None and DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             kind = "daemons"
         if kind is not None:
             item.add_marker(getattr(pytest.mark, kind))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
@@ -22,12 +23,18 @@ from backends.interfaces.ovsdb import Bridge, BridgePut, Mirror, MirrorEdit, Por
 from backends.interfaces.vsphere import (
     VM,
     Adapter,
+    DVPortgroup,
+    DVSwitch,
     Host,
     Inventory,
+    MirrorPort,
+    MirrorSession,
     PhysicalNic,
     PortGroup,
     PortGroupSpec,
     Security,
+    Shaping,
+    Teaming,
     Vmk,
     VmkSpec,
     VSwitch,
@@ -101,9 +108,10 @@ class FakeDBus:
                           "exit-code" if found.active == "failed" else "success")
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
-        state = {"enable": "enabled", "disable": "disabled", "mask": "masked"}[action]
-        for name in names:
-            self.enablement[name] = state
+        state = {"enable": "enabled", "disable": "disabled", "mask": "masked",
+                 "unmask": "disabled"}[action]
+        for name in names:  # a unit file given by its path enables the unit of its name
+            self.enablement[name.rsplit("/", 1)[-1]] = state
         return [("symlink", f"/etc/systemd/system/{n}", "") for n in names]
 
     def reload(self) -> None:
@@ -116,6 +124,9 @@ class FakeDBus:
         old = self.files.get(path)
         self.files[path] = HostFile(path, content, mode)
         return f"{path}.bak" if old is not None and old.content != content else None
+
+    def remove_file(self, path: str) -> str | None:
+        return f"{path}.bak" if self.files.pop(path, None) is not None else None
 
     def close(self) -> None:
         pass
@@ -157,7 +168,8 @@ class FakeOvsdb:
     ports_: dict[str, Port] = field(default_factory=dict)
 
     def bridges(self) -> dict[str, Bridge]:
-        return dict(self.bridges_)
+        # Ports by name, as the adapter reads them.
+        return {n: replace(b, ports=tuple(sorted(b.ports))) for n, b in self.bridges_.items()}
 
     def ports(self) -> dict[str, Port]:
         return {p: self.ports_.get(p) or Port(p, b.name, uuid=f"port-{p}")
@@ -175,9 +187,11 @@ class FakeOvsdb:
         ids = {k: v for k, v in {**old.external_ids, **put.external_ids}.items() if v is not None}
         other = {k: v for k, v in {**old.other_config, **put.other_config}.items()
                  if v is not None}
+        # As the adapter: None leaves a setting as it is; fail_mode "" clears it.
         self.bridges_[put.name] = replace(
-            old, datapath_type=put.datapath_type or old.datapath_type,
-            fail_mode=put.fail_mode if put.fail_mode is not None else old.fail_mode,
+            old, datapath_type=old.datapath_type if put.datapath_type is None
+            else put.datapath_type,
+            fail_mode=old.fail_mode if put.fail_mode is None else put.fail_mode or None,
             external_ids=ids, other_config=other)
 
     def _edit_ports(self, edit: MirrorEdit) -> None:
@@ -209,8 +223,10 @@ class FakeOvsdb:
         for put in edit.bridges_put:
             self._put_bridge(put)
         self._edit_ports(edit)
-        for gone in edit.bridges_delete:
-            self.bridges_.pop(gone.name, None)
+        for gone in edit.bridges_delete:  # its ports and mirrors go with it
+            for port in self.bridges_.pop(gone.name, gone).ports:
+                self.ports_.pop(port, None)
+            self.mirrors_ = {k: m for k, m in self.mirrors_.items() if m.bridge != gone.name}
         for m in edit.delete:
             self.mirrors_.pop(m.uuid, None)
         for m in edit.put:
@@ -242,15 +258,27 @@ class FakeOvsdb:
 
 @dataclass
 class FakeVSphere:
-    """Hosts with standard vSwitches and port groups, VMs with adapters."""
+    """Hosts with standard vSwitches and port groups, VMs with adapters, and
+    vCenter's distributed switches and port groups."""
 
     hosts: dict[str, Host] = field(default_factory=dict)
     vms: dict[str, VM] = field(default_factory=dict)
     kind: str = "vcenter"
+    dvswitches: dict[str, DVSwitch] = field(default_factory=dict)
+    dvportgroups: dict[str, DVPortgroup] = field(default_factory=dict)
+    datacenters: tuple[str, ...] = ("DC1",)
     # (method, object name) pairs that fail, as vcsim's fault injection does.
     fail: set[tuple[str, str]] = field(default_factory=set)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     logged_out: bool = False
+    ports: itertools.count[int] = field(default_factory=itertools.count)
+    clock_offset: float = 0.0  # seconds the server's clock is ahead of ours
+
+    def about(self) -> str:
+        return f"fake vSphere ({self.kind})"
+
+    def current_time(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
 
     @property
     def round_trips(self) -> int:
@@ -263,9 +291,14 @@ class FakeVSphere:
 
     def inventory(self, vms: Collection[str] | None = None) -> Inventory:
         self.calls.append(("inventory", (vms,)))
-        return Inventory(self.kind, tuple(self.hosts.values()), tuple(
+        proxied = {(m.host, n): d.name for d in self.dvswitches.values() for m in d.hosts
+                   for n in m.nics}
+        hosts = (replace(h, pnics=tuple(replace(n, dvswitch=proxied.get((h.name, n.device)))
+                                        for n in h.pnics)) for h in self.hosts.values())
+        return Inventory(self.kind, tuple(hosts), tuple(
             v if vms is None or v.name in vms else VM(v.name, None)
-            for v in self.vms.values()))
+            for v in self.vms.values()), tuple(self.dvswitches.values()),
+            tuple(self.dvportgroups.values()), self.datacenters)
 
     def _host(self, name: str) -> Host:
         if name not in self.hosts:
@@ -340,10 +373,17 @@ class FakeVSphere:
     def _set_vmks(self, h: Host, vmks: list[Vmk]) -> None:
         self.hosts[h.name] = replace(h, vmks=tuple(vmks))
 
+    def _on(self, h: Host, spec: VmkSpec) -> bool:
+        """Whether the port group of ``spec`` is there for ``h``."""
+        if spec.dvswitch is None:
+            return h.portgroup(spec.portgroup) is not None
+        pg, dvs = self.dvportgroups.get(spec.portgroup), self.dvswitches.get(spec.dvswitch)
+        return pg is not None and dvs is not None and dvs.member(h.name) is not None
+
     def add_vmk(self, host: str, spec: VmkSpec) -> None:
         self._call("add_vmk", spec.portgroup, host)
         h = self._host(host)
-        if h.vmk_on(spec.portgroup) or not h.portgroup(spec.portgroup):
+        if h.vmk_on(spec.portgroup, spec.dvswitch) or not self._on(h, spec):
             raise BackendError(f"cannot add a VMkernel adapter on '{spec.portgroup}'")
         device = next(f"vmk{n}" for n in range(len(h.vmks) + 1) if not h.vmk(f"vmk{n}"))
         self._set_vmks(h, [*h.vmks, self._vmk(device, spec)])
@@ -351,27 +391,103 @@ class FakeVSphere:
     @staticmethod
     def _vmk(device: str, spec: VmkSpec) -> Vmk:
         return Vmk(device, spec.portgroup, spec.address is None, spec.address, spec.netmask,
-                   spec.mtu, spec.services)
+                   spec.mtu, spec.services, spec.dvswitch)
 
-    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec,
+                   dvswitch: str | None = None) -> None:
         self._call("update_vmk", portgroup, host)
         h = self._host(host)
-        self._set_vmks(h, [self._vmk(v.device, spec) if v.portgroup == portgroup else v
-                           for v in h.vmks])
+        self._set_vmks(h, [self._vmk(v.device, spec) if (v.portgroup, v.dvswitch) == (
+            portgroup, dvswitch) else v for v in h.vmks])
 
-    def remove_vmk(self, host: str, portgroup: str) -> None:
+    def remove_vmk(self, host: str, portgroup: str, dvswitch: str | None = None) -> None:
         self._call("remove_vmk", portgroup, host)
         h = self._host(host)
-        self._set_vmks(h, [v for v in h.vmks if v.portgroup != portgroup])
+        self._set_vmks(h, [v for v in h.vmks if (v.portgroup, v.dvswitch) != (portgroup,
+                                                                              dvswitch)])
 
-    def move_adapter(self, vm: str, adapter: str, portgroup: str,
+    def move_adapter(self, vm: str, adapter: str, portgroup: str, distributed: bool = False,
                      progress: Callable[[float], None] | None = None) -> None:
         self._call("move_adapter", vm, adapter, portgroup)
         found = self.vms[vm]
+        dvs = self.dvportgroups[portgroup].dvswitch if distributed else None
+        port = str(next(self.ports)) if distributed else None
         self.vms[vm] = replace(found, adapters=tuple(
-            replace(a, network=portgroup) if a.label == adapter else a for a in found.adapters))
+            replace(a, network=portgroup, dvswitch=dvs, port=port) if a.label == adapter else a
+            for a in found.adapters))
         if progress:
             progress(1.0)
+
+    # -- distributed switches: as vCenter keeps them (effective port group policy)
+
+    def add_dvswitch(self, spec: DVSwitch) -> None:
+        self._call("add_dvswitch", spec.name)
+        if spec.name in self.dvswitches or spec.datacenter not in self.datacenters:
+            raise BackendError(f"cannot create distributed switch '{spec.name}'")
+        self.dvswitches[spec.name] = replace(spec, version=spec.version or "6.5.0",
+                                             uuid=f"uuid-{spec.name}")
+
+    def update_dvswitch(self, name: str, spec: DVSwitch) -> None:
+        self._call("update_dvswitch", name)
+        have = self.dvswitches[name]
+        self.dvswitches[name] = replace(have, uplinks=spec.uplinks, mtu=spec.mtu,
+                                        hosts=spec.hosts, pvlans=spec.pvlans)
+
+    def remove_dvswitch(self, name: str) -> None:
+        self._call("remove_dvswitch", name)
+        del self.dvswitches[name]
+        self.dvportgroups = {k: p for k, p in self.dvportgroups.items() if p.dvswitch != name}
+
+    def add_dvportgroup(self, spec: DVPortgroup) -> None:
+        self._call("add_dvportgroup", spec.name)
+        dvs = self.dvswitches[spec.dvswitch]
+        base = DVPortgroup(spec.name, spec.dvswitch, security=Security(False, False, False),
+                           teaming=Teaming("loadbalance_srcid", dvs.uplinks, (), True, True,
+                                           "link"), shaping=Shaping(False))
+        self.dvportgroups[spec.name] = self._overlaid(base, spec)
+
+    @staticmethod
+    def _overlaid(have: DVPortgroup, spec: DVPortgroup) -> DVPortgroup:
+        return replace(spec, security=overlay(have.security, spec.security),
+                       teaming=overlay(have.teaming, spec.teaming),
+                       shaping=overlay(have.shaping, spec.shaping))
+
+    def update_dvportgroup(self, name: str, spec: DVPortgroup) -> None:
+        self._call("update_dvportgroup", name)
+        self.dvportgroups[name] = self._overlaid(self.dvportgroups[name], spec)
+
+    def remove_dvportgroup(self, name: str) -> None:
+        self._call("remove_dvportgroup", name)
+        del self.dvportgroups[name]
+
+    def _port(self, end: MirrorPort) -> MirrorPort:
+        if end.vm is None:
+            return end
+        adapter = self.vms[end.vm].adapter(end.adapter or "")
+        if adapter is None or adapter.port is None:
+            raise BackendError(f"'{end.adapter}' of VM '{end.vm}' is not on a distributed port")
+        return MirrorPort(port=adapter.port)
+
+    def _set_mirror(self, dvswitch: str, name: str, spec: MirrorSession | None) -> None:
+        dvs = self.dvswitches[dvswitch]
+        mirrors = [m for m in dvs.mirrors if m.name != name]
+        if spec is not None:
+            ends = {k: tuple(self._port(e) for e in getattr(spec, k))
+                    for k in ("transmitted", "received", "destination")}
+            mirrors.append(replace(spec, key=f"key-{spec.name}", **ends))
+        self.dvswitches[dvswitch] = replace(dvs, mirrors=tuple(mirrors))
+
+    def add_mirror(self, dvswitch: str, spec: MirrorSession) -> None:
+        self._call("add_mirror", spec.name, dvswitch)
+        self._set_mirror(dvswitch, spec.name, spec)
+
+    def update_mirror(self, dvswitch: str, name: str, spec: MirrorSession) -> None:
+        self._call("update_mirror", name, dvswitch)
+        self._set_mirror(dvswitch, name, spec)
+
+    def remove_mirror(self, dvswitch: str, name: str) -> None:
+        self._call("remove_mirror", name, dvswitch)
+        self._set_mirror(dvswitch, name, None)
 
     def close(self) -> None:
         self.logged_out = True
@@ -449,6 +565,19 @@ class FakeLibvirt:
         self.live[name] = replace(dom, shmems=(*others, shmem))
         if persistent:
             self.set_shmem(name, shmem)
+
+    # Running guests that do not release a hot-unplugged device (no OS to eject it).
+    holding: set[str] = field(default_factory=set)
+
+    def detach_shmem(self, name: str, shmem: str, persistent: bool) -> None:
+        dom = self.live_domain(name)
+        if dom.shmem(shmem) is None:
+            raise BackendError(f"running domain '{name}' has no ivshmem device '{shmem}'")
+        if persistent:
+            self.remove_shmems(name, [shmem])
+        if name in self.holding:
+            raise BackendError(f"running domain '{name}' did not release '{shmem}'")
+        self.live[name] = replace(dom, shmems=tuple(s for s in dom.shmems if s.name != shmem))
 
     def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
         return [(s.address, "1af4:1110") for s in self.live_domain(name).shmems
@@ -565,7 +694,7 @@ def sample_backends() -> FakeBackends:
                         PortGroup("Management Network", "vSwitch0", 0, off)),
                        (PhysicalNic("vmnic0", "vSwitch0"), PhysicalNic("vmnic1")),
                        (Vmk("vmk0", "Management Network", False, f"10.0.0.{n}",
-                            "255.255.255.0", 1500, ("management",)),))
+                            "255.255.255.0", 1500, ("management",)),), "DC1")
                for n, h in enumerate(("esx01", "esx02"), 1)},
         vms={"sensor01": VM("sensor01", "esx01", (
             Adapter("Network adapter 1", 4000, "VM Network"),

@@ -262,12 +262,12 @@ def vsphere_run(section: dict[str, Any], apply: bool = True) -> list[Change]:
     try:
         ctx.facts[step.name] = step.facts_for(answers, ctx)
         assert step.validate(answers, ctx.facts[step.name]) == []
-        changes = step.plan(answers, ctx)
-        if apply and changes:
-            step.apply(answers, changes, ctx)
+        ops = step.plan(answers, ctx)
+        if apply and ops:
+            step.apply(answers, ops, ctx)
             ctx.facts[step.name] = step.facts_for(answers, ctx)  # the runner refreshes it
             assert step.verify(answers, ctx) == []
-        return changes
+        return [op.change for op in ops]
     finally:
         backends.close()
 
@@ -280,7 +280,7 @@ def vsphere_problems(section: dict[str, Any]) -> dict[tuple[str | int, ...], str
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        facts = step.discover(section, ctx)
+        facts = step.discover(step.connection(section), ctx)
         found = step.validate(VSphereNetworkAnswers.model_validate(section), facts)
         return {p.path: p.message for p in found}
     finally:
@@ -299,18 +299,67 @@ def vsphere_cli(tmp: Path, section: dict[str, Any], command: str = "apply",
 
 
 @contextmanager
-def networks(sim: vcsim.Vcsim, config: bool = False) -> Iterator[dict[str, Any]]:
-    """Each host's ``config.network`` (``config`` with ``config=True``) read with
-    plain pyVmomi (a session of its own)."""
+def vcenter(sim: vcsim.Vcsim) -> Iterator[Any]:
+    """The content of a plain pyVmomi session of its own (read back independently)."""
     from pyVim.connect import Disconnect, SmartConnect
-    from pyVmomi import vim
 
     ctx = ssl.create_default_context(cafile=str(sim.cert))
     si = SmartConnect(host=sim.host, port=sim.port, user=vcsim.USER,
                       pwd=sim.password_file.read_text().strip(), sslContext=ctx)
     try:
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
-        yield {h.name: h.config if config else h.config.network for h in view.view}
+        yield si.RetrieveContent()
     finally:
         Disconnect(si)
+
+
+def objects(content: Any, kind: Any) -> dict[str, Any]:
+    """The inventory's objects of a kind, by name."""
+    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
+    try:
+        return {o.name: o for o in view.view}
+    finally:
+        view.Destroy()
+
+
+@contextmanager
+def networks(sim: vcsim.Vcsim, config: bool = False) -> Iterator[dict[str, Any]]:
+    """Each host's ``config.network`` (``config`` with ``config=True``) read with
+    plain pyVmomi (a session of its own)."""
+    from pyVmomi import vim
+
+    with vcenter(sim) as content:
+        yield {name: h.config if config else h.config.network
+               for name, h in objects(content, vim.HostSystem).items()}
+
+
+def selected(config: Any, nic_type: str) -> list[str]:
+    """The devices a host's virtual NIC manager selects for ``nic_type``."""
+    from pyVmomi import vim
+
+    [nc] = [nc for nc in config.virtualNicManagerInfo.netConfig if nc.nicType == nic_type]
+    assert isinstance(nc, vim.host.VirtualNicManager.NetConfig)
+    return sorted(key.rsplit("-", 1)[1] for key in nc.selectedVnic or ())
+
+
+DC = "DC0"  # the simulator's datacenter
+PVLANS = [{"primary": 100, "secondary": 100, "type": "promiscuous"},
+          {"primary": 100, "secondary": 101, "type": "isolated"},
+          {"primary": 100, "secondary": 102, "type": "community"}]
+
+
+def distributed(sim: vcsim.Vcsim) -> dict[str, Any]:
+    """A switch on every host (vmnic2, vmnic3 as uplinks) with a PVLAN map, a
+    trunk port group with its own failover order, an ephemeral VLAN port group
+    with shaping, and an isolated PVLAN port group."""
+    return {**vcsim.answers(sim), "vswitches": [], "portgroups": [], "vm_adapters": [],
+            "dvswitches": [{"name": "dvSwitch1", "datacenter": DC, "mtu": 9000,
+                            "uplinks": ["Uplink 1", "Uplink 2"], "pvlans": PVLANS,
+                            "hosts": [{"name": h, "nics": ["vmnic2", "vmnic3"]}
+                                      for h in sim.hosts]}],
+            "dvportgroups": [
+                {"name": "Trunk", "dvswitch": "dvSwitch1", "vlan_trunk": ["100-200", "300"],
+                 "allow_promiscuous": True,
+                 "teaming": {"active_nics": ["Uplink 2"], "standby_nics": ["Uplink 1"]}},
+                {"name": "VLAN-30", "dvswitch": "dvSwitch1", "vlan": 30, "binding": "ephemeral",
+                 "shaping": {"enabled": True, "average_kbps": 10000, "peak_kbps": 20000}},
+                {"name": "Isolated", "dvswitch": "dvSwitch1", "pvlan": 101, "ports": 16}]}

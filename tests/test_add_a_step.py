@@ -66,42 +66,57 @@ class SysctlBackend:
 
 STEP = '''
 """Step ``sysctl``: kernel parameters."""
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
 
 from hs_demo_sysctl_iface import sysctl_api
-from steps.base import Change, Context, Problem, Step, StepModel
+from steps.base import Change, Command, Context, Operation, Problem, Step, StepModel
 
 
-class SysctlAnswers(StepModel):
-    root: str = Field("/proc/sys", description="where the parameters are")
+class SysctlConnection(StepModel):
+    root: str = Field("/proc/sys", title="Parameters root", description="where they are")
+
+
+class SysctlAnswers(SysctlConnection):
     settings: dict[str, str] = Field(description="parameter -> value")
+
+
+@dataclass(frozen=True)
+class SysctlFacts:
+    values: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class SysctlStep(Step[SysctlAnswers]):
     name, title, Answers = "sysctl", "Kernel parameters", SysctlAnswers
+    Connection, Facts = SysctlConnection, SysctlFacts
 
     def example(self) -> dict[str, Any]:
         return {"root": "/proc/sys", "settings": {"net.ipv4.ip_forward": "1"}}
 
-    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        api = sysctl_api(ctx.backends, answers.get("root") or "/proc/sys")
-        return {k: api.read(k) for k in answers.get("settings", {})}
+    def discover(self, connection: SysctlConnection, ctx: Context) -> SysctlFacts:
+        api = sysctl_api(ctx.backends, connection.root)
+        keys = connection.settings if isinstance(connection, SysctlAnswers) else {}
+        return SysctlFacts({k: api.read(k) for k in keys})
 
-    def validate(self, answers: SysctlAnswers, facts: dict[str, Any]) -> list[Problem]:
-        return [Problem(("settings", k), f"no parameter {k}") for k, v in facts.items()
-                if v is None]
+    def validate(self, answers: SysctlAnswers, facts: SysctlFacts) -> list[Problem]:
+        return [Problem(("settings", k), f"no parameter {k}")
+                for k, v in facts.values.items() if v is None]
 
-    def plan(self, answers: SysctlAnswers, ctx: Context) -> list[Change]:
-        api = sysctl_api(ctx.backends, answers.root)
-        return [Change(f"sysctl {k}", "update", api.read(k), v)
-                for k, v in answers.settings.items() if api.read(k) != v]
+    def plan(self, answers: SysctlAnswers, ctx: Context) -> list[Operation]:
+        now = self.facts(answers, ctx).values
+        return [Operation(Change(f"sysctl {k}", "update", now[k], v),
+                          {"op": "write", "key": k, "value": v},
+                          {"op": "write", "key": k, "value": now[k]})
+                for k, v in answers.settings.items() if now[k] != v]
 
-    def apply(self, answers: SysctlAnswers, changes: list[Change], ctx: Context) -> None:
-        api = sysctl_api(ctx.backends, answers.root)
-        for change in changes:
-            api.write(change.target.removeprefix("sysctl "), change.after)
+    def execute(self, answers: SysctlAnswers, command: Command, ctx: Context) -> None:
+        sysctl_api(ctx.backends, answers.root).write(command["key"], command["value"])
+
+    def observe(self, answers: SysctlAnswers, command: Command, ctx: Context) -> bool:
+        return sysctl_api(ctx.backends, answers.root).read(command["key"]) == command["value"]
 '''
 
 

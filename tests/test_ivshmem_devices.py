@@ -4,9 +4,7 @@ against given domains, and the hook (run as libvirtd runs it) making per-guest o
 from __future__ import annotations
 
 import json
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from pydantic import ValidationError
 
 from backends.interfaces.libvirt import Domain, PciAddress, Shmem
 from steps.data.ivshmem_hook import parse_config
-from steps.ivshmem import IvshmemAnswers, IvshmemStep, hook_config, server_unit
+from steps.ivshmem import IvshmemAnswers, IvshmemFacts, IvshmemStep, hook_config, server_unit
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 UUID1 = "11111111-2222-3333-4444-555555555555"
@@ -93,7 +91,7 @@ def test_devices_against_each_domain() -> None:
     vm1 = Domain("vm1", UUID1, "shut off", False, True, EMULATOR,
                  pci_addresses=(("video vga", slot10),))
     odd = Domain("odd name", "u2", "shut off", False, True, EMULATOR)
-    facts = {"version": (9, 0, 0), "domains": {"vm1": vm1, "odd name": odd}}
+    facts = IvshmemFacts((9, 0, 0), {"vm1": vm1, "odd name": odd})
     problems = IvshmemStep().validate(IvshmemAnswers(devices=[
         {"name": "ag-{domain}", "per_domain": True},
         {"name": "x", "address": "00:0a.0"},
@@ -109,17 +107,9 @@ def test_devices_against_each_domain() -> None:
     ]
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A unique object-name prefix; its /dev/shm objects are removed afterwards."""
-    name = f"hs-dev-{uuid.uuid4().hex[:8]}"
-    yield name
-    for path in Path("/dev/shm").glob(f"{name}*"):
-        path.unlink()
-
-
 def test_hook_makes_each_guests_own_objects(ivs_hooks: Path, tmp_path: Path,
-                                            prefix: str) -> None:
+                                            shm_prefix: str) -> None:
+    prefix = shm_prefix
     log = tmp_path / "hook.log"
     configure(ivs_hooks, log, enforce="refuse", devices=[
         {"name": f"{prefix}-a-{{domain}}", "per_domain": True, "size": 1},

@@ -9,6 +9,7 @@ from QEMU itself, not from the host's files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,16 +20,21 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from helpers import define_domain as define
 from helpers import ivshmem_answers as answers
 from helpers import ivshmem_cli as cli
 from helpers import shm, systemctl, virsh
 from helpers import start_domain as start
 
+from backends.bundle import RealBackends
+from backends.interfaces import BackendError
 from sandbox import host
 from sandbox.core import Sandbox
 from sandbox.image import EMULATOR, domain_xml
+from steps.base import Context, inverse
 from steps.data.ivshmem_hook import QEMU_NS as QEMU_NS_BRACED
+from steps.ivshmem import IvshmemAnswers, IvshmemStep
 
 BAR_WAIT = 60.0  # seconds for SeaBIOS (TCG) to assign the BARs
 QEMU_NS = QEMU_NS_BRACED.strip("{}")
@@ -225,6 +231,44 @@ def test_live_hot_plug_into_a_running_guest(ivs_clean: Sandbox) -> None:
         sandbox_libvirt.virsh(sb, "undefine", "hot")
         for path in shm(sb, "").glob(f"{prefix}-*hot*"):
             path.unlink()
+
+
+def test_the_undo_of_a_hot_plug_is_a_hot_unplug_the_guest_must_allow(
+        ivs_clean: Sandbox) -> None:
+    """On the real libvirtd, from the journal's values: the undo detaches the device
+    (live and from the definition, one call). A guest without an OS never ejects it,
+    so libvirt leaves it plugged after its wait: the undo fails saying so, the
+    definition no longer has it, and observe says the undo has not taken effect."""
+    sb = ivs_clean
+    name = f"{sb.answers['ivshmem']['name']}-unplug"
+    section = IvshmemAnswers(**{**answers(sb), "domains": ["unplug"], "live": True,
+                                "restart_libvirtd": False, "owner": None, "name": name,
+                                "size": 1})
+    define_acpi(sb, "unplug")
+    backends = RealBackends()
+    try:
+        start(sb, "unplug")
+        step, ctx = IvshmemStep(), Context(backends=backends)
+        ops = step.plan(section, ctx)
+        (plug,) = [o for o in ops if o.change.action == "hot-plug"]
+        step.apply(section, ops, ctx)
+        assert step.observe(section, plug.do, ctx) is True
+        back = inverse(plug)
+        assert back is not None
+        with pytest.raises(BackendError, match="did not release ivshmem device"):
+            step.execute(section, json.loads(json.dumps(back.do)), Context(backends=backends))
+        assert step.observe(section, back.do, ctx) is False
+        inactive = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "--inactive", "unplug"))
+        live = ET.fromstring(sandbox_libvirt.virsh(sb, "dumpxml", "unplug"))
+        assert inactive.find("devices/shmem") is None
+        assert [e.get("name") for e in live.iterfind("devices/shmem")] == [name]
+    finally:
+        backends.close()
+        if "unplug" in sandbox_libvirt.qemu_pids(sb):
+            sandbox_libvirt.virsh(sb, "destroy", "unplug")
+        sandbox_libvirt.virsh(sb, "undefine", "unplug")
+        Path("/dev/shm", name).unlink(missing_ok=True)  # made here (in-process, outside)
+        shm(sb, name).unlink(missing_ok=True)
 
 
 def test_a_refused_hot_plug_fails_with_nothing_half_applied(ivs_clean: Sandbox) -> None:

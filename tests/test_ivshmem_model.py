@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from backends.hostfiles import read_file, write_file
 from backends.interfaces.libvirt import Domain, PciAddress, Shmem
-from steps.ivshmem import IvshmemAnswers, IvshmemStep, qemu_args
+from steps.ivshmem import IvshmemAnswers, IvshmemFacts, IvshmemStep, qemu_args
 
 
 def errors(**answers: object) -> str:
@@ -67,7 +67,7 @@ def test_validate_against_facts() -> None:
     vm = Domain("vm1", "u1", "shut off", False, True, "/usr/bin/qemu-system-x86_64",
                 shmems=(Shmem("mine", address=slot3),), pci_addresses=(("shmem 'mine'", slot3),))
     transient = Domain("tr", "u2", "running", True, False, "/usr/bin/qemu-system-x86_64")
-    facts = {"version": (6, 4, 0), "domains": {"vm1": vm, "tr": transient}}
+    facts = IvshmemFacts((6, 4, 0), {"vm1": vm, "tr": transient})
     step = IvshmemStep()
     # The domain's own device may keep its address.
     assert step.validate(IvshmemAnswers(name="mine", address="00:03.0"), facts) == []

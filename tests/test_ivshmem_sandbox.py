@@ -13,6 +13,7 @@ import json
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import OUTSIDE_ONLY, shm, systemctl, virsh
@@ -32,6 +33,58 @@ from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
 
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
+
+
+def host_state(sb: Sandbox, domains: list[str]) -> dict[str, Any]:
+    """What the step changes, read with virsh and from the host's files (not through our
+    backend): each domain's persistent XML and the hooks directory (backups aside)."""
+    hooks = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"])
+    return {"xml": {d: virsh(sb, "dumpxml", "--inactive", d) for d in domains},
+            "hooks": {str(p.relative_to(hooks)): (p.read_bytes(), p.stat().st_mode)
+                      for p in hooks.rglob("*") if p.is_file()
+                      and ".hostsetup-bak." not in p.name}}
+
+
+def test_undo_from_the_journal_values_brings_the_host_back(ivs_sb: Sandbox) -> None:
+    """Apply the sandbox answers (libvirtd restarted over D-Bus included), then carry
+    out the undos in reverse as ``hostsetup undo`` will: a new bundle and context, only
+    the operations' JSON; each undo is observed, and the host is as it was."""
+    sb = ivs_sb
+    for name in ("undo1", "undo2"):
+        define(sb, name)
+    section = IvshmemAnswers(**answers(sb, name=f"{sb.answers['ivshmem']['name']}-undo",
+                                       domains=["undo1", "undo2"]))
+    before = host_state(sb, ["undo1", "undo2"])
+    step, backends = IvshmemStep(), RealBackends()
+    try:
+        first = step.plan(section, Context(backends=backends))
+        # First in the module: the hook is new, so libvirtd is restarted too.
+        assert {"domain undo1", "domain undo2"} <= {o.change.target for o in first}
+        journal = json.dumps([o.as_dict() for o in first])
+        step.apply(section, first, Context(backends=backends))
+        assert step.plan(section, Context(backends=backends)) == []
+        assert all(step.observe(section, o.do, Context(backends=backends)) in (True, None)
+                   for o in first)
+        dumped = ET.fromstring(virsh(sb, "dumpxml", "--inactive", "undo1"))
+        assert [e.get("name") for e in dumped.iterfind("devices/shmem")] == [section.name]
+    finally:
+        backends.close()
+    later = RealBackends()  # another process: nothing but the journal's values
+    try:
+        for record in reversed(json.loads(journal)):
+            if record["undo"] is None:
+                assert record["do"]["op"] == "restart_libvirtd"  # nothing to revert
+                continue
+            step.execute(section, record["undo"], Context(backends=later))
+            assert step.observe(section, record["undo"], Context(backends=later)) is True
+        again = step.plan(section, Context(backends=later))
+        after = host_state(sb, ["undo1", "undo2"])
+    finally:
+        later.close()
+        for name in ("undo1", "undo2"):
+            virsh(sb, "undefine", name)
+    assert [o.change for o in again] == [o.change for o in first]
+    assert after == before
 
 
 def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
@@ -73,7 +126,9 @@ def test_definition_method_end_to_end(ivs_clean: Sandbox) -> None:
     # A re-run of the wizard starts from what was applied (Step.current).
     step, backends = IvshmemStep(), RealBackends()
     try:
-        current = step.current(step.discover(section, Context(backends=backends)))
+        # As the wizard reads it: the connection keys only.
+        current = step.current(step.discover(step.connection(section),
+                                             Context(backends=backends)))
     finally:
         backends.close()
     assert {k: current.get(k) for k in ("name", "size", "model", "enforce", "domains")} == {
@@ -245,13 +300,13 @@ def test_domain_vanishing_between_plan_and_apply(ivs_sb: Sandbox) -> None:
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        changes = IvshmemStep().plan(section, ctx)
-        assert {"domain gone", "domain stays"} <= {c.target for c in changes}
+        ops = IvshmemStep().plan(section, ctx)
+        assert {"domain gone", "domain stays"} <= {o.change.target for o in ops}
         virsh(sb, "undefine", "gone")
         with pytest.raises(StepFailed) as failed:
-            IvshmemStep().apply(section, changes, ctx)
+            IvshmemStep().apply(section, ops, ctx)
         assert "domain 'gone' not found" in str(failed.value)
-        assert failed.value.done == [c for c in changes if c.target != "domain gone"]
+        assert failed.value.done == [o.change for o in ops if o.change.target != "domain gone"]
         stays = libvirt_api(backends, section.uri).domain("stays")
         assert stays.shmem(section.name) is not None
         assert IvshmemStep().plan(section, ctx) == []  # 'gone' is gone: nothing left to do

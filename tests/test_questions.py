@@ -11,7 +11,7 @@ LABEL_WIDTH = 26  # the label column of a step window at 80x24
 def all_questions() -> list[tuple[str, Question]]:
     out = []
     for step in REGISTRY:
-        todo = [*step.connect_questions(), *step.questions({})]
+        todo = [*step.connect_questions(), *step.questions(step.Facts())]
         while todo:
             q = todo.pop()
             out.append((step.name, q))

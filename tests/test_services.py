@@ -98,21 +98,22 @@ def test_bus_unreachable_exits_5_naming_address(tmp_path: Path) -> None:
 def test_facts_for_later_steps(dbus_host: Sandbox) -> None:
     from backends.bundle import RealBackends
     from steps.base import Context
-    from steps.services import ServicesStep
+    from steps.services import ServicesConnection, ServicesStep
 
     backends = RealBackends()
     try:
         facts = ServicesStep().discover(
-            {"bus": dbus_host.env["HOSTSETUP_DBUS_ADDRESS"]}, Context(backends))
+            ServicesConnection(bus=dbus_host.env["HOSTSETUP_DBUS_ADDRESS"]), Context(backends))
     finally:
         backends.close()
-    assert facts["ovs"] is False  # Open vSwitch and libvirtd are installed, stopped
-    assert facts["libvirt"] is False
-    assert facts["network_manager"] is True
-    devices = {d.interface: d for d in facts["network"].devices}
-    assert facts["network"].running and devices["lo"].kind and "vm1" in devices
+    # Open vSwitch and libvirtd are installed, stopped
+    assert "ovs" not in facts.present and "libvirt" not in facts.present
+    assert "network_manager" in facts.present
+    assert facts.network is not None
+    devices = {d.interface: d for d in facts.network.devices}
+    assert facts.network.running and devices["lo"].kind and "vm1" in devices
     assert devices["vm1"].state == "unmanaged"  # left to Open vSwitch (the image's NM config)
-    assert "/org/freedesktop/NetworkManager" in facts["bus"]["org.freedesktop.NetworkManager"]
+    assert "/org/freedesktop/NetworkManager" in facts.bus["org.freedesktop.NetworkManager"]
 
 
 def test_interrupted_apply_still_reports(dbus_host: Sandbox, tmp_path: Path) -> None:

@@ -188,3 +188,16 @@ def test_bad_fields_exit_3(host: Sandbox, tmp_path: Path) -> None:
     assert "services.dropins[0].name (line 11)" in err
     assert "services.dropins[0].content (line 11): a drop-in starts with its section " \
         "header" in err
+
+
+def test_masking_a_unit_whose_file_is_in_etc_says_why_and_what_to_do(
+        host: Sandbox, tmp_path: Path) -> None:
+    (etc(host) / "local-only.service").write_text(
+        "[Service]\nExecStart=/bin/sleep infinity\n")
+    systemd_call(host, "Reload")
+    done = hostsetup("apply", "--answers", answers(host, tmp_path / "a.yaml",
+                                                   mask=["local-only.service"]))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot mask local-only.service: its unit file is in /etc/systemd/system" \
+        in done.stdout + done.stderr
+    assert prop(host, "local-only.service", "UnitFileState") != "masked"

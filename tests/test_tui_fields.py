@@ -76,13 +76,14 @@ def check_cases(t: Terminal, where: str, questions: list[Question], model: Any) 
         assert t.alive()
 
 
-def facts_of(sb: Sandbox, step: Any) -> dict[str, Any]:
+def facts_of(sb: Sandbox, step: Any) -> Any:
     """The step's facts, read from the sandbox as the wizard reads them."""
     from steps.base import Context
 
     backends = RealBackends()
     try:
-        return step.discover(dict(sb.answers[step.name]), Context(backends=backends))
+        section = step.Answers.model_validate(sb.answers[step.name])
+        return step.facts_for(section, Context(backends=backends))
     finally:
         backends.close()
 

@@ -60,10 +60,9 @@ def test_unit_not_installed_is_invalid_with_its_key() -> None:
 
 def test_facts_and_provides() -> None:
     step, fb = ServicesStep(), host()
-    facts = step.discover({"require": REQUIRE}, Context(backends=fb))
-    assert facts["ovs"] is False and facts["network_manager"] is False
-    assert facts["redis"] is True
-    changes = step.plan(ServicesAnswers(require=REQUIRE), Context(backends=fb))
-    assert step.provides(changes) == {"ovs", "libvirt"}
+    facts = step.discover(ServicesAnswers(require=REQUIRE), Context(backends=fb))
+    assert facts.present == {"redis"}
+    ops = step.plan(ServicesAnswers(require=REQUIRE), Context(backends=fb))
+    assert step.provides([op.change for op in ops]) == {"ovs", "libvirt"}
     assert step.provides([Change("unit x.service", "start")]) == set()
 

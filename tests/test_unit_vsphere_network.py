@@ -8,9 +8,9 @@ import pytest
 from fakes import FakeBackends, sample_backends
 from helpers import run, statuses
 
-from backends.interfaces.vsphere import VM, Adapter, Security
-from steps.base import Context
-from steps.vsphere_network import VSphereNetworkStep
+from backends.interfaces.vsphere import VM, Adapter, MirrorPort, Security
+from steps.base import Context, StepFailed
+from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
 
 PG = {"name": "Monitoring", "vswitch": "vSwitch1", "vlan": 4095, "allow_promiscuous": True}
@@ -124,8 +124,9 @@ def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> Non
     run("apply", FULL, fb)
     reads = [args[0] for method, args in fb.vsphere.calls if method == "inventory"]
     assert reads and all(vms == {"sensor01"} for vms in reads)
-    facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
-    assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all
+    step = VSphereNetworkStep()
+    facts = step.discover(step.connection(FULL["vsphere_network"]), Context(backends=fb))
+    assert facts.inventory.vm("other").adapters  # the wizard's choices need them all
 
 
 def test_policies_plan_only_what_changes_and_keep_the_rest() -> None:
@@ -215,3 +216,165 @@ def test_a_service_listed_twice_is_one_selection_and_replans_clean() -> None:
     run("apply", answers, fb)
     assert fb.vsphere.hosts["esx01"].vmk_on("vMotion").services == ("vmotion",)
     assert run("plan", answers, fb).exit_code == EXIT_OK
+
+
+DVS = {"name": "dvSwitch1", "datacenter": "DC1", "uplinks": ["Uplink 1"],
+       "pvlans": [{"primary": 10, "secondary": 10, "type": "promiscuous"},
+                  {"primary": 10, "secondary": 11, "type": "isolated"}],
+       "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+DVPG = {"name": "Iso", "dvswitch": "dvSwitch1", "pvlan": 11,
+        "teaming": {"active_nics": ["Uplink 1"]}}
+
+
+def test_distributed_switch_before_its_port_groups_then_clean() -> None:
+    fb = sample_backends()
+    answers = section(hosts=["esx01"], dvswitches=[DVS], dvportgroups=[DVPG])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == ["create distributed switch dvSwitch1",
+                                               "create distributed port group Iso"]
+    assert statuses(run("apply", answers, fb)) == {"vsphere_network": "applied"}
+    pg = fb.vsphere.dvportgroups["Iso"]
+    assert (pg.pvlan, pg.teaming.active_nics, pg.security.allow_promiscuous) == (
+        11, ("Uplink 1",), False)
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # vmnic1 of esx01 now belongs to the switch: a vSwitch cannot take it
+    taken = run("plan", section(hosts=["esx01"], vswitches=[{"name": "v1", "nics": ["vmnic1"]}],
+                                dvswitches=[DVS]), fb)
+    assert taken.exit_code == EXIT_INVALID
+
+
+def test_a_failed_port_group_removes_the_new_switch_again() -> None:
+    fb = sample_backends()
+    fb.vsphere.fail.add(("add_dvportgroup", "Iso"))
+    result = run("apply", section(dvswitches=[DVS], dvportgroups=[DVPG]), fb)
+    assert result.exit_code == EXIT_FAILED
+    assert result.steps[0].notes == ["remains changed: nothing"]
+    assert fb.vsphere.dvswitches == {}
+    writes = [c[0] for c in fb.vsphere.calls if c[0] != "inventory"]
+    assert writes == ["add_dvswitch", "add_dvportgroup", "remove_dvswitch"]
+
+
+def test_distributed_problems_all_listed_nothing_called() -> None:
+    fb = sample_backends()
+    bad = section(dvswitches=[{**DVS, "datacenter": "DC2",
+                               "hosts": [{"name": "esx01", "nics": ["vmnic0"]}]}],
+                  dvportgroups=[{**DVPG, "pvlan": 12}, {"name": "X", "dvswitch": "dvs9"}])
+    result = run("apply", bad, fb)
+    assert result.exit_code == EXIT_INVALID
+    assert result.steps[0].errors == [
+        "vsphere_network.dvswitches[0].datacenter: no datacenter 'DC2' (datacenters: DC1)",
+        "vsphere_network.dvswitches[0].hosts[0].name: host 'esx01' is in datacenter 'DC1', not "
+        "in 'DC2' of distributed switch 'dvSwitch1'",
+        "vsphere_network.dvportgroups[0].pvlan: PVLAN 12 is not in the PVLAN map of distributed "
+        "switch 'dvSwitch1' (secondary IDs: 10, 11)",
+        "vsphere_network.dvportgroups[1].dvswitch: distributed switch 'dvs9' is neither in "
+        "vCenter nor in the answers' dvswitches",
+    ]
+    assert [c[0] for c in fb.vsphere.calls] == ["inventory"]
+
+
+def test_adapters_onto_a_distributed_port_group_after_it_is_made() -> None:
+    fb = sample_backends()
+    dvs = {**DVS, "hosts": [{"name": "esx01", "nics": ["vmnic1"]}]}
+    pg = {"name": "dv-VM", "dvswitch": "dvSwitch1", "vlan": 20}
+    answers = section(hosts=["esx01"], dvswitches=[dvs], dvportgroups=[pg],
+                      vm_adapters=[{"vm": "sensor01", "adapter": "Network adapter 2",
+                                    "dvportgroup": "dv-VM"}],
+                      vmkernel=[{"dvportgroup": "dv-VM", "mtu": 9000}])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned] == [
+        "create distributed switch dvSwitch1", "create distributed port group dv-VM",
+        "create esx01: VMkernel adapter on dv-VM", "update VM sensor01: Network adapter 2"]
+    assert planned[2].after["dvswitch"] == "dvSwitch1"
+    run("apply", answers, fb)
+    adapter = fb.vsphere.vms["sensor01"].adapter("Network adapter 2")
+    assert (adapter.network, adapter.dvswitch) == ("dv-VM", "dvSwitch1")
+    assert fb.vsphere.hosts["esx01"].vmk_on("dv-VM", "dvSwitch1").mtu == 9000
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    # esx02 is not a member: neither its adapter nor the VM's can go there
+    bad = section(vmkernel=[{"host": "esx02", "dvportgroup": "dv-VM"}])
+    assert run("apply", bad, fb).steps[0].errors == [
+        "vsphere_network.vmkernel[0].dvportgroup: host 'esx02' is not a member of distributed "
+        "switch 'dvSwitch1' (join it under dvswitches[].hosts)"]
+
+
+def test_a_mirror_session_follows_the_adapter_moves_it_mirrors() -> None:
+    fb = sample_backends()
+    session = {"name": "span1", "dvswitch": "dvSwitch1", "direction": "received",
+               "sources": [{"vm": "sensor01", "adapter": "Network adapter 1"}],
+               "destination": [{"vm": "sensor01", "adapter": "Network adapter 2"}]}
+    answers = section(
+        hosts=["esx01"], dvswitches=[DVS], dvportgroups=[{**DVPG, "pvlan": None, "vlan": 5}],
+        vm_adapters=[{"vm": "sensor01", "adapter": f"Network adapter {n}", "dvportgroup": "Iso"}
+                     for n in (1, 2)],
+        mirror_sessions=[session])
+    planned = run("plan", answers, fb).steps[0].changes
+    assert [c.describe() for c in planned][-3:] == [
+        "update VM sensor01: Network adapter 1", "update VM sensor01: Network adapter 2",
+        "create dvSwitch1: mirror session span1"]
+    assert planned[-1].after["sources"] == ["sensor01/Network adapter 1"]
+    run("apply", answers, fb)
+    [made] = fb.vsphere.dvswitches["dvSwitch1"].mirrors
+    port = fb.vsphere.vms["sensor01"].adapter("Network adapter 1").port
+    assert made.received == (MirrorPort(port=port),) and made.transmitted == ()
+    assert run("plan", answers, fb).exit_code == EXIT_OK
+    gone = section(hosts=["esx01"], mirror_sessions=[{**session, "state": "absent"}])
+    assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
+        "delete dvSwitch1: mirror session span1"]
+
+
+def test_operations_on_the_management_path_are_risky_and_carry_json_commands() -> None:
+    fb = sample_backends()
+    mgmt = {"host": "esx01", "portgroup": "Management Network", "services": ["management"],
+            "mtu": 9000, "ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}
+    answers = VSphereNetworkAnswers.model_validate(section(
+        hosts=["esx01"], vswitches=[{"name": "vSwitch0", "mtu": 9000, "nics": ["vmnic0"]}],
+        portgroups=[{"name": "Management Network", "vswitch": "vSwitch0", "vlan": 10},
+                    {"name": "VM Network", "vswitch": "vSwitch0", "vlan": 20},
+                    {**PG, "vswitch": "vSwitch0"}],
+        vmkernel=[mgmt])["vsphere_network"])
+    step, ctx = VSphereNetworkStep(), Context(backends=fb)
+    assert step.validate(answers, step.facts(answers, ctx)) == []
+    ops = step.plan(answers, ctx)
+    assert {op.change.target: op.risky for op in ops} == {
+        "esx01: vSwitch vSwitch0": "carries vmk0, the management network of host 'esx01'",
+        "esx01: port group Management Network":
+            "carries vmk0, the management network of host 'esx01'",
+        "esx01: port group VM Network": "",
+        "esx01: port group Monitoring": "",
+        "esx01: VMkernel vmk0": "vmk0 is the management network of host 'esx01'"}
+    assert ops[0].do == {"op": "update_vswitch", "args": {
+        "host": "esx01", "name": "vSwitch0", "spec": {
+            "name": "vSwitch0", "num_ports": 128, "mtu": 9000, "nics": ["vmnic0"],
+            "security": dict.fromkeys(SECURITY, None),
+            "teaming": dict.fromkeys(TEAMING, None), "shaping": dict.fromkeys(SHAPING, None)}}}
+    assert ops[0].undo is not None and ops[0].undo["args"]["spec"]["mtu"] == 1500
+
+
+SECURITY = ("allow_promiscuous", "forged_transmits", "mac_changes")
+TEAMING = ("load_balancing", "active_nics", "standby_nics", "notify_switches", "failback",
+           "failure_detection")
+SHAPING = ("enabled", "average_kbps", "peak_kbps", "burst_kb")
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    ({"op": "__init__", "args": {}}, "unknown command '__init__'"),
+    ({"op": "remove_vswitch"}, "or its 'args' is not a mapping"),
+    ({"op": "remove_vswitch", "args": {"host": "esx01", "force": True}},
+     "command 'remove_vswitch' takes host, name: missing name; unknown force"),
+    ({"op": "add_vswitch", "args": {"host": "esx01", "spec": {
+        "name": "v", "num_ports": "many", "mtu": 1500}}},
+     "command 'add_vswitch': argument spec.num_ports: Input should be a valid integer"),
+    ({"op": "move_adapter", "args": {"vm": "sensor01", "adapter": "Network adapter 1",
+                                     "portgroup": ["x"], "distributed": False}},
+     "argument portgroup: Input should be a valid string"),
+])
+def test_a_journal_command_is_checked_before_anything_is_called(
+        command: dict[str, Any], message: str) -> None:
+    fb = sample_backends()
+    step = VSphereNetworkStep()
+    answers = VSphereNetworkAnswers.model_validate(FULL["vsphere_network"])
+    with pytest.raises(StepFailed) as err:
+        step.execute(answers, command, Context(backends=fb))
+    assert message in str(err.value)
+    assert fb.vsphere.calls == []

@@ -63,18 +63,27 @@ def fetch_answers(args: argparse.Namespace) -> int | None:
     return None
 
 
+def common_options(default: object) -> argparse.ArgumentParser:
+    """``--report`` and ``--log``, accepted before and after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--report", type=Path, metavar="FILE", default=default,
+                        help="write a JSON report")
+    common.add_argument("--log", type=Path, metavar="FILE", default=default,
+                        help="write a log file")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (usage errors exit 2, as argparse does)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report")
-    common.add_argument("--log", type=Path, metavar="FILE", help="write a log file")
-
     p = argparse.ArgumentParser(
         prog="hostsetup",
         description="Set up a virtualization host: services, OVS mirrors, vSphere "
         "networking, ivshmem devices. Without a command: the interactive wizard.",
-        parents=[common],
+        parents=[common_options(None)],
     )
+    # In a subcommand the options default to "not given", so that
+    # `hostsetup --log F apply ...` keeps the F given before the subcommand.
+    common = common_options(argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"hostsetup {__version__}")
     p.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
                    help="prefill the wizard; it asks only what is missing or listed "
@@ -97,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
         sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
 
+    add_doctor_parser(sub)
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
 
@@ -117,6 +127,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file", type=Path, metavar="FILE")
     show.add_argument("--host", metavar="NAME", help="fleet report: this host's own report")
     return p
+
+
+def add_doctor_parser(sub: Any) -> None:
+    """``doctor [--answers FILE] [--json] [--fleet]``."""
+    text = "read-only preflight of this host, one line per check (exit 1 if any fails)"
+    dp = sub.add_parser("doctor", help=text, description=text)
+    dp.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
+                    help="check for these answers (default: each step's defaults)")
+    dp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
+    dp.add_argument("--json", action="store_true", help="a JSON list of {check, status, detail}")
+    dp.add_argument("--fleet", action="store_true", help="also the fleet agent's unit and "
+                    "broker (implied by answers with hosts:)")
+    dp.add_argument("--config", type=Path, default=Path("/etc/hostsetup/agent.conf"),
+                    metavar="FILE", help="fleet: agent.conf (default: %(default)s)")
+    dp.add_argument("--max-skew", type=float, default=60.0, metavar="S",
+                    help="clock difference with the vCenter that fails (default %(default)g s)")
+    dp.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="how long the systems get to answer, all together (default "
+                    "%(default)g s)")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``doctor``: exit 0 when every check passes, 1 when one fails, 3 for bad answers."""
+    from wizard import answers as answers_mod
+    from wizard import doctor
+
+    try:
+        answers = answers_mod.load(args.answers) if args.answers else None
+    except answers_mod.AnswersError as exc:
+        return answers_invalid(args, exc.problems, {"mode": "doctor", "steps": []})
+    return doctor.command(answers, args)
 
 
 def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -443,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             return code
         if args.command in ("plan", "apply"):
             return cmd_run(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
         if args.command == "schema":
             from wizard.answers import json_schema
 

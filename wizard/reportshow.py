@@ -58,8 +58,8 @@ def run_from_dict(report: dict[str, Any]) -> Any:
     for s in report.get("steps") or []:
         run.steps.append(StepResult(
             str(s["name"]), s["status"], [Change(**c) for c in s.get("changes") or []],
-            list(s.get("errors") or []), list(s.get("notes") or []),
-            dict(s.get("durations") or {})))
+            errors=list(s.get("errors") or []), notes=list(s.get("notes") or []),
+            durations=dict(s.get("durations") or {})))
     return run
 
 

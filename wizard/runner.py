@@ -23,7 +23,17 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from backends.interfaces import BackendError, Backends, BackendUnreachable
-from steps.base import Change, Context, Problem, SecretUnavailable, Step, StepFailed
+from steps.base import (
+    Change,
+    Context,
+    Journal,
+    NoJournal,
+    Operation,
+    Problem,
+    SecretUnavailable,
+    Step,
+    StepFailed,
+)
 from wizard import commands
 from wizard.answers import Answers, AnswersError, located
 from wizard.exits import (
@@ -54,6 +64,8 @@ class StepResult:
     name: str
     status: Status = "not run"
     changes: list[Change] = field(default_factory=list)
+    # The plan's operations (``changes`` are their changes, for the report).
+    ops: list[Operation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
@@ -133,7 +145,8 @@ def prepare(item: Prepared, ctx: Context) -> None:
             result.errors = [str(p) for p in located(problems, step.name, item.raw)]
             return
         with Timer(result, "plan"):
-            result.changes = step.plan(section, ctx)
+            result.ops = step.plan(section, ctx)
+            result.changes = [op.change for op in result.ops]
     except BackendUnreachable as exc:
         result.status, result.errors = "unreachable", [str(exc)]
     except SecretUnavailable as exc:
@@ -256,7 +269,7 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
     log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
         with Timer(result, "apply"):
-            item.step.apply(item.answers, result.changes, ctx)
+            item.step.apply(item.answers, result.ops, ctx)
         with Timer(result, "verify"):
             # The facts cache is the runner's: re-read what the step changed, so that
             # verify (and the steps after it) do not plan against the state before.
@@ -323,12 +336,15 @@ def execute(
     backends: Backends,
     progress: Callable[[float, str], None] = lambda _f, _t: None,
     concurrent: bool = True,
+    journal: Journal | None = None,
 ) -> Run:
     """Run ``plan`` or ``apply`` for the answered steps; never prompts.
 
-    ``concurrent=False`` checks the steps one after the other (benchmarks)."""
+    ``concurrent=False`` checks the steps one after the other (benchmarks).
+    ``journal`` records each operation around its execution (apply)."""
     run = Run(mode)
-    ctx = Context(backends=backends, progress=progress, log=log.info)
+    ctx = Context(backends=backends, progress=progress, log=log.info,
+                  journal=journal or NoJournal())
     try:
         # Commands around the run (wizard/commands.py): early ones before the check
         # phase, late or error ones after the steps; plan only lists them.

@@ -146,7 +146,7 @@ class DBusBackend:
                           need_reload=bool(props.NeedDaemonReload), result=result)
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
-        """EnableUnitFiles / DisableUnitFiles / MaskUnitFiles (persistent); the changes."""
+        """Enable/Disable/Mask/UnmaskUnitFiles (persistent); the changes."""
         path = "/org/freedesktop/systemd1"
         if action == "enable":
             _install_info, changes = self._call(SYSTEMD, path, "EnableUnitFiles", names,
@@ -155,6 +155,8 @@ class DBusBackend:
             changes = self._call(SYSTEMD, path, "DisableUnitFiles", names, False)
         elif action == "mask":
             changes = self._call(SYSTEMD, path, "MaskUnitFiles", names, False, False)
+        elif action == "unmask":
+            changes = self._call(SYSTEMD, path, "UnmaskUnitFiles", names, False)
         else:
             raise BackendError(f"unknown unit file action '{action}'")
         return [tuple(c) for c in changes]
@@ -170,6 +172,10 @@ class DBusBackend:
     def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
         """Write a host file atomically, with a backup (see :mod:`backends.hostfiles`)."""
         return hostfiles.write_file(path, content, mode)
+
+    def remove_file(self, path: str) -> str | None:
+        """Remove a host file, with a backup (see :mod:`backends.hostfiles`)."""
+        return hostfiles.remove_file(path)
 
     def _job(self, method: str, name: str, timeout: float) -> str:
         results: dict[str, str] = {}

@@ -110,6 +110,12 @@ def pci_addresses(devices: ET.Element) -> tuple[tuple[str, PciAddress], ...]:
     return tuple(found)
 
 
+def _affect(persistent: bool) -> int:
+    """The running guest, and with ``persistent`` its definition too (one call)."""
+    return libvirt.VIR_DOMAIN_AFFECT_LIVE | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent
+                                             else 0)
+
+
 class LibvirtBackend:
     """A connection to one libvirt URI."""
 
@@ -314,13 +320,31 @@ class LibvirtBackend:
         """Hot-plug a ``<shmem>`` device into the running domain (and, with
         ``persistent``, its definition in the same call: both or neither)."""
         dom = self._lookup(name)
-        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
-        if persistent:
-            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         try:
-            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"), flags)
+            dom.attachDeviceFlags(ET.tostring(shmem_element(shmem), encoding="unicode"),
+                                  _affect(persistent))
         except libvirt.libvirtError as exc:
             raise self._fail(exc, f"hot-plug into '{name}'", name) from None
+
+    def detach_shmem(self, name: str, shmem: str, persistent: bool) -> None:
+        """Hot-unplug the ``<shmem>`` named ``shmem`` (and, with ``persistent``, remove it
+        from the definition in the same call).  libvirt waits a few seconds for the
+        guest to release it and otherwise returns with the request pending: the live
+        XML says which, and a device still there is an error."""
+        dom = self._lookup(name)
+        live = self.live_domain(name).shmem(shmem)
+        if live is None:
+            raise BackendError(f"running domain '{name}' has no ivshmem device '{shmem}'")
+        try:
+            dom.detachDeviceFlags(ET.tostring(shmem_element(live), encoding="unicode"),
+                                  _affect(persistent))
+        except libvirt.libvirtError as exc:
+            raise self._fail(exc, f"hot-unplug from '{name}'", name) from None
+        if self.live_domain(name).shmem(shmem) is not None:
+            done = " (removed from its definition)" if persistent else ""
+            raise BackendError(f"running domain '{name}' did not release ivshmem device "
+                               f"'{shmem}'{done}: the guest's OS must eject it; it goes when "
+                               "the guest stops")
 
     def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
         """The running guest's PCI devices as QEMU lists them (QMP ``query-pci``):

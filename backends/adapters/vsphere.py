@@ -9,11 +9,14 @@ pyVmomi turns verification off in the shared SSL context.)  ``insecure`` turns
 verification off and is logged as a warning.
 
 The inventory is one PropertyCollector retrieval over a ContainerView (hosts'
-networking, every VM's name), plus one for the host and devices of the VMs a
-step names, so the number of SOAP round trips does not grow with the number
-of hosts or VMs, and the bulk of the data (device lists) only with the VMs named;
-:attr:`VSphereBackend.round_trips` counts them.  Neither SOAP traffic nor the
-password is ever logged.
+networking, every VM's name, the distributed switches and port groups with
+their configuration, the datacenters), plus one for the host and devices of
+the VMs a step names, so the number of SOAP round trips does not grow with the
+number of hosts, VMs, port groups or switches, and the bulk of the data
+(device lists) only with the VMs named; :attr:`VSphereBackend.round_trips`
+counts them.  A change of a distributed switch or port group re-reads its
+configVersion first (vCenter refuses a reconfigure quoting an old one).
+Neither SOAP traffic nor the password is ever logged.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import ssl
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pyVim.connect import SmartConnect
@@ -35,13 +39,20 @@ from pyVmomi import vim, vmodl
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
+    MIRROR_KINDS,
     VM,
     Adapter,
+    DVPortgroup,
+    DvsMember,
+    DVSwitch,
     Host,
     Inventory,
+    MirrorPort,
+    MirrorSession,
     PhysicalNic,
     PortGroup,
     PortGroupSpec,
+    Pvlan,
     Security,
     Shaping,
     Teaming,
@@ -61,16 +72,28 @@ HOST_PROPS = [
     "name", "parent", "network", "configManager.networkSystem",
     "configManager.virtualNicManager", "config.network.vswitch", "config.network.portgroup",
     "config.network.pnic", "config.network.vnic", "config.virtualNicManagerInfo.netConfig",
+    "config.network.proxySwitch",
 ]
 # VMkernel services: the answers' words -> the virtual NIC manager's nicType.
 NIC_TYPES = {"management": "management", "vmotion": "vmotion", "vsan": "vsan",
              "provisioning": "vSphereProvisioning", "ft": "faultToleranceLogging",
              "replication": "vSphereReplication"}
 VM_PROPS = ["name", "runtime.host", "config.hardware.device"]
-NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network]
+# Read in the bulk retrieval besides hosts and VMs: names, and parents up to the
+# datacenters; the distributed switches' and port groups' configuration.
+NAMED = [vim.ComputeResource, vim.ClusterComputeResource, vim.Network, vim.Folder]
+OTHER_PROPS = [(vim.Datacenter, ["name", "vmFolder", "networkFolder"]),
+               (vim.DistributedVirtualSwitch, ["name", "parent", "uuid", "config"]),
+               (vim.dvs.DistributedVirtualPortgroup, ["name", "config", "portKeys", "vm"])]
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
 TIMEOUT = 30  # seconds for a TCP connect / an HTTP response
 NP = vim.host.NetworkPolicy
+VDS = vim.dvs.VmwareDistributedVirtualSwitch
+DVPG = vim.dvs.DistributedVirtualPortgroup
+BINDINGS = {"static": "earlyBinding", "ephemeral": "ephemeral"}
+# What VSphereBackend._cached looks up: the attribute caching each kind by name.
+CACHES = {"host": "_hosts", "VM": "_vms", "distributed switch": "_dvs",
+          "distributed port group": "_dvpgs", "datacenter": "_folders"}
 
 
 def normalize_thumbprint(value: str) -> str:
@@ -137,6 +160,9 @@ class VSphereBackend:
         self._netsys: dict[str, Any] = {}  # host name -> HostNetworkSystem
         self._vnicmgr: dict[str, Any] = {}  # host name -> HostVirtualNicManager
         self._vms: dict[str, Any] = {}  # VM name -> VirtualMachine
+        self._dvs: dict[str, Any] = {}  # switch name -> DistributedVirtualSwitch
+        self._dvpgs: dict[str, Any] = {}  # port group name -> DistributedVirtualPortgroup
+        self._folders: dict[str, Any] = {}  # datacenter name -> its network folder
         with self._guard("login"):
             try:
                 self._si = SmartConnect(
@@ -203,6 +229,16 @@ class VSphereBackend:
 
     # -- reading ---------------------------------------------------------
 
+    def about(self) -> str:
+        """The server's ``about.fullName`` (read at login)."""
+        return str(self._content.about.fullName)
+
+    def current_time(self) -> datetime:
+        """``ServiceInstance.CurrentTime``: the server's clock (one round trip)."""
+        with self._guard("CurrentTime"):
+            now: datetime = self._si.CurrentTime()
+        return now if now.tzinfo else now.replace(tzinfo=UTC)
+
     def _retrieve(self, specs: list[Any]) -> list[Any]:
         """RetrievePropertiesEx (+ continuations) for the given filter specs."""
         pc = self._content.propertyCollector
@@ -218,65 +254,120 @@ class VSphereBackend:
         the host and adapters only of the VMs in ``vms`` (all when ``None``), in
         one more.  The round trips never grow with the number of VMs or hosts."""
         with self._guard("inventory"):
-            content = self._content
-            view = content.viewManager.CreateContainerView(
-                content.rootFolder, [vim.HostSystem, vim.VirtualMachine, *NAMED], True
-            )
-            try:
-                spec = PC.FilterSpec(
-                    objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
-                        PC.TraversalSpec(name="view", path="view", skip=False,
-                                         type=vim.view.ContainerView)])],
-                    propSet=[
-                        PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
-                        *(PC.PropertySpec(type=t, pathSet=["name"])
-                          for t in (vim.VirtualMachine, *NAMED)),
-                    ],
-                )
-                objects = self._retrieve([spec])
-            finally:
-                view.Destroy()
-            return self._build(objects, content.about.apiType, vms)
+            # Named VMs are looked up by name (SearchIndex.FindChild in each
+            # datacenter's VM folder): parsing every VM's name is what makes a read
+            # of 10,000 VMs slow.  Any not found there (a VM in a sub-folder) makes
+            # it read every VM's name after all.
+            objects = self._bulk(vms is None)
+            if vms is not None:
+                found = self._find_vms(objects, vms)
+                if len(found) < len(set(vms)):
+                    objects = self._bulk(True)
+                else:
+                    objects += found
+            return self._build(objects, self._content.about.apiType, vms)
 
-    def _vm_details(self, names: Collection[str] | None) -> dict[str, dict[str, Any]]:
-        """Host and devices of the VMs called ``names`` (every VM for ``None``)."""
+    def _bulk(self, all_vms: bool) -> list[Any]:
+        """One retrieval: the hosts' networking, the names (and parents) of clusters,
+        networks and folders, the datacenters (with their VM and network folders),
+        the distributed switches and port groups, and every VM's name if ``all_vms``."""
+        content = self._content
+        vms = [vim.VirtualMachine] if all_vms else []
+        types = [vim.HostSystem, *NAMED, *(t for t, _ in OTHER_PROPS), *vms]
+        view = content.viewManager.CreateContainerView(content.rootFolder, types, True)
+        try:
+            spec = PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
+                    PC.TraversalSpec(name="view", path="view", skip=False,
+                                     type=vim.view.ContainerView)])],
+                propSet=[
+                    PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
+                    *(PC.PropertySpec(type=t, pathSet=["name", "parent"]) for t in NAMED),
+                    *(PC.PropertySpec(type=t, pathSet=paths) for t, paths in OTHER_PROPS),
+                    *(PC.PropertySpec(type=t, pathSet=["name"]) for t in vms),
+                ],
+            )
+            return self._retrieve([spec])
+        finally:
+            view.Destroy()
+
+    def _find_vms(self, objects: list[Any], names: Collection[str]) -> list[Any]:
+        """The VMs called ``names`` directly in a datacenter's VM folder, as the
+        bulk retrieval gives objects (an object and its name)."""
+        folders = [p.val for o in objects if isinstance(o.obj, vim.Datacenter)
+                   for p in o.propSet if p.name == "vmFolder"]
+        found = []
+        for name in sorted(set(names)):
+            for folder in folders:
+                vm = self._content.searchIndex.FindChild(entity=folder, name=name)
+                if isinstance(vm, vim.VirtualMachine):
+                    found.append(PC.ObjectContent(obj=vm, propSet=[
+                        vmodl.DynamicProperty(name="name", val=name)]))
+                    break
+        return found
+
+    def _vm_details(self, names: Collection[str] | None,
+                    others: Collection[Any] = ()) -> dict[str, dict[str, Any]]:
+        """Host and devices of the VMs called ``names`` (every VM for ``None``), and
+        the name of the VM objects ``others``, in one retrieval (none when neither)."""
         objs = [o for n, o in self._vms.items() if names is None or n in names]
-        if not objs:
-            return {}
-        found = self._retrieve([PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=o) for o in objs],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS)])])
-        return {o.obj._moId: {p.name: p.val for p in o.propSet} for o in found}
+        others = [o for o in others if o not in objs]
+        specs = [PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=o) for o in group],
+                               propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
+                 for group, paths in ((objs, VM_PROPS), (others, ["name"])) if group]
+        found: dict[str, dict[str, Any]] = {}
+        for o in self._retrieve(specs) if specs else ():
+            found.setdefault(o.obj._moId, {}).update({p.name: p.val for p in o.propSet})
+        return found
 
     def _build(self, objects: list[Any], api_type: str,
                detailed: Collection[str] | None) -> Inventory:
         props = {o.obj._moId: (o.obj, {p.name: p.val for p in o.propSet}) for o in objects}
-        names = {moid: p.get("name") for moid, (_obj, p) in props.items()}
         hosts = []
         self._hosts, self._netsys = {}, {}
-        self._vms = {p["name"]: obj for obj, p in props.values()
-                     if isinstance(obj, vim.VirtualMachine)}
+        of = {kind: {p["name"]: obj for obj, p in props.values() if isinstance(obj, kind)}
+              for kind in (vim.VirtualMachine, vim.DistributedVirtualSwitch, DVPG)}
+        self._vms, self._dvs, self._dvpgs = (of[vim.VirtualMachine],
+                                             of[vim.DistributedVirtualSwitch], of[DVPG])
+        # The VMs on distributed port groups are listed there; the bulk read has
+        # the names of the VMs asked for only: the others' come with the details.
+        connected = {vm._moId: vm for obj, p in props.values() if isinstance(obj, DVPG)
+                     for vm in p.get("vm") or () if vm._moId not in props}
+        details = self._vm_details(detailed, list(connected.values()))
+        props |= {moid: (vm, {"name": details[moid]["name"]}) for moid, vm in connected.items()
+                  if "name" in details.get(moid, {})}
+        names = Names(props)
+        self._folders = {p["name"]: p.get("networkFolder") for obj, p in props.values()
+                         if isinstance(obj, vim.Datacenter)}
         for obj, p in props.values():
             if isinstance(obj, vim.HostSystem):
                 self._hosts[p["name"]] = obj
                 self._netsys[p["name"]] = p.get("configManager.networkSystem")
                 self._vnicmgr[p["name"]] = p.get("configManager.virtualNicManager")
                 parent = p.get("parent")
-                cluster = (names.get(parent._moId)
+                cluster = (names.name(parent)
                            if isinstance(parent, vim.ClusterComputeResource) else None)
-                hosts.append(host_value(p, cluster))
-        details = self._vm_details(detailed)
+                hosts.append(host_value(p, cluster, names))
         vms = []
         for name, obj in self._vms.items():
             d = details.get(obj._moId, {})
             host = d.get("runtime.host")
             vms.append(VM(
-                name=name, host=names.get(host._moId) if host is not None else None,
+                name=name, host=names.name(host),
                 adapters=adapters(d.get("config.hardware.device") or [], names),
             ))
+        switches = [dvswitch_value(p, names) for obj, p in props.values()
+                    if isinstance(obj, vim.DistributedVirtualSwitch) and p.get("config")]
+        uplink_pgs = {pg._moId for _obj, p in props.values()
+                      for pg in getattr(p.get("config"), "uplinkPortgroup", None) or ()}
+        dvpgs = [dvportgroup_value(p, names) for obj, p in props.values()
+                 if isinstance(obj, DVPG) and obj._moId not in uplink_pgs and p.get("config")]
         kind = "vcenter" if api_type == "VirtualCenter" else "esx"
         return Inventory(kind, tuple(sorted(hosts, key=lambda h: h.name)),
-                         tuple(sorted(vms, key=lambda v: v.name)))
+                         tuple(sorted(vms, key=lambda v: v.name)),
+                         tuple(sorted(switches, key=lambda d: d.name)),
+                         tuple(sorted(dvpgs, key=lambda p: p.name)),
+                         tuple(sorted(self._folders)))
 
     # -- changing --------------------------------------------------------
 
@@ -337,10 +428,46 @@ class VSphereBackend:
         with self._guard(f"remove port group '{name}' on {host}"):
             self._network_system(host).RemovePortGroup(pgName=name)
 
-    def _vnic_on(self, host: str, portgroup: str) -> Any:
-        """The HostVirtualNic on a standard port group, read fresh."""
+    def _read(self, obj: Any, *paths: str) -> dict[str, Any]:
+        """Properties of one object, read fresh (one round trip)."""
+        found = self._retrieve([PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=obj)],
+            propSet=[PC.PropertySpec(type=type(obj), pathSet=list(paths))])])
+        return {p.name: p.val for o in found for p in o.propSet}
+
+    def _wait(self, task: Any, progress: Callable[[float], None] | None = None) -> None:
+        """Wait for a task (each wait for an update is bounded by the HTTP timeout)."""
+        def update(_task: Any, pct: Any) -> None:
+            # pyVim passes the percentage, or a state name ("queued", "done").
+            if progress is not None and isinstance(pct, int | float):
+                progress(pct / 100)
+
+        WaitForTask(task, si=self._si, onProgressUpdate=update)
+
+    def _cached(self, what: str, name: str) -> Any:
+        """An object from the inventory's caches, re-reading the inventory once
+        when it is not there (this session may have just created it; a VM is
+        looked up by its name)."""
+        if name not in getattr(self, CACHES[what]):
+            self.inventory(vms=[name] if what == "VM" else ())
+        cache: dict[str, Any] = getattr(self, CACHES[what])
+        if name not in cache:
+            raise BackendError(f"vSphere {what} '{name}' not found")
+        return cache[name]
+
+    def _connection(self, portgroup: str) -> Any:
+        """A PortConnection to the distributed port group ``portgroup`` (no port yet)."""
+        pg = self._cached("distributed port group", portgroup)
+        config = self._read(pg, "config")["config"]
+        switch = self._read(config.distributedVirtualSwitch, "uuid")["uuid"]
+        return vim.dvs.PortConnection(switchUuid=switch, portgroupKey=config.key)
+
+    def _vnic_on(self, host: str, portgroup: str, dvswitch: str | None = None) -> Any:
+        """The HostVirtualNic on a port group (distributed when ``dvswitch``), read fresh."""
+        key = self._connection(portgroup).portgroupKey if dvswitch else None
         vnic = next((v for v in self._network_system(host).networkInfo.vnic or ()
-                     if v.portgroup == portgroup), None)
+                     if (v.spec.distributedVirtualPort.portgroupKey == key
+                         if v.spec.distributedVirtualPort else v.portgroup == portgroup)), None)
         if vnic is None:
             raise BackendError(f"host '{host}' has no VMkernel adapter on '{portgroup}'")
         return vnic
@@ -354,92 +481,249 @@ class VSphereBackend:
             else:
                 mgr.DeselectVnicForNicType(nicType=NIC_TYPES[word], device=device)
 
+    def _vnic_spec(self, spec: VmkSpec) -> Any:
+        return vnic_spec(spec, self._connection(spec.portgroup) if spec.dvswitch else None)
+
     def add_vmk(self, host: str, spec: VmkSpec) -> None:
         """AddVirtualNic, then SelectVnicForNicType per service; a failed selection
         removes the new adapter again (the change is all or nothing)."""
         with self._guard(f"create VMkernel adapter on '{spec.portgroup}' of {host}"):
             ns = self._network_system(host)
-            device = ns.AddVirtualNic(portgroup=spec.portgroup, nic=vnic_spec(spec))
+            device = ns.AddVirtualNic(portgroup="" if spec.dvswitch else spec.portgroup,
+                                      nic=self._vnic_spec(spec))
             try:
                 self._select(host, device, spec.services, on=True)
             except vmodl.MethodFault:
                 ns.RemoveVirtualNic(device=device)
                 raise
 
-    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec) -> None:
+    def update_vmk(self, host: str, portgroup: str, spec: VmkSpec,
+                   dvswitch: str | None = None) -> None:
         """UpdateVirtualNic (port group, IP, MTU), then the service (de)selections
         that differ from the host's."""
         with self._guard(f"update VMkernel adapter on '{portgroup}' of {host}"):
-            vnic = self._vnic_on(host, portgroup)
+            vnic = self._vnic_on(host, portgroup, dvswitch)
             had = set(vmk_value(vnic, self._selected(host)).services)
-            self._network_system(host).UpdateVirtualNic(device=vnic.device, nic=vnic_spec(spec))
+            self._network_system(host).UpdateVirtualNic(device=vnic.device,
+                                                        nic=self._vnic_spec(spec))
             self._select(host, vnic.device, sorted(set(spec.services) - had), on=True)
             self._select(host, vnic.device, sorted(had - set(spec.services)), on=False)
 
     def _selected(self, host: str) -> set[str]:
         """The host's selected ``nicType.vnicKey`` entries, read fresh."""
-        [found] = self._retrieve([PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=self._hosts[host])],
-            propSet=[PC.PropertySpec(type=vim.HostSystem,
-                                     pathSet=["config.virtualNicManagerInfo.netConfig"])])])
-        return selected_keys(found.propSet[0].val if found.propSet else None)
+        found = self._read(self._hosts[host], "config.virtualNicManagerInfo.netConfig")
+        return selected_keys(found.get("config.virtualNicManagerInfo.netConfig"))
 
-    def remove_vmk(self, host: str, portgroup: str) -> None:
+    def remove_vmk(self, host: str, portgroup: str, dvswitch: str | None = None) -> None:
         """RemoveVirtualNic (ESXi drops its service selections with it)."""
         with self._guard(f"remove VMkernel adapter on '{portgroup}' of {host}"):
-            vnic = self._vnic_on(host, portgroup)
+            vnic = self._vnic_on(host, portgroup, dvswitch)
             self._network_system(host).RemoveVirtualNic(device=vnic.device)
 
     def move_adapter(
-        self, vm: str, adapter: str, portgroup: str,
+        self, vm: str, adapter: str, portgroup: str, distributed: bool = False,
         progress: Callable[[float], None] | None = None,
     ) -> None:
         """ReconfigVM_Task editing the adapter's backing; waits for the task."""
         with self._guard(f"move '{adapter}' of VM '{vm}' to '{portgroup}'"):
-            if not self._vms:
-                self.inventory(vms=())
-            obj = self._vms.get(vm)
-            if obj is None:
-                raise BackendError(f"vSphere VM '{vm}' not found")
-            device, network = self._adapter_and_network(obj, vm, adapter, portgroup)
-            device.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-                deviceName=portgroup, network=network)
+            obj = self._cached("VM", vm)
+            device, host = self._adapter(obj, vm, adapter)
+            if distributed:
+                device.backing = DV_BACKING(port=self._connection(portgroup))
+            else:
+                device.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+                    deviceName=portgroup, network=self._network(host, vm, portgroup))
             change = vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(
                 operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=device)])
-            task = obj.ReconfigVM_Task(spec=change)
+            self._wait(obj.ReconfigVM_Task(spec=change), progress)
 
-            def update(_task: Any, pct: Any) -> None:
-                # pyVim passes the percentage, or a state name ("queued", "done").
-                if progress is not None and isinstance(pct, int | float):
-                    progress(pct / 100)
-
-            WaitForTask(task, si=self._si, onProgressUpdate=update)
-
-    def _adapter_and_network(self, vm_obj: Any, vm: str, label: str, portgroup: str) -> Any:
-        """The adapter device (read fresh) and the Network called ``portgroup`` on the VM's host."""
-        [vm_props] = self._retrieve([PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=vm_obj)],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine,
-                                     pathSet=["config.hardware.device", "runtime.host"])],
-        )])
-        p = {x.name: x.val for x in vm_props.propSet}
+    def _adapter(self, vm_obj: Any, vm: str, label: str) -> tuple[Any, Any]:
+        """The adapter device labelled ``label`` and the VM's host, read fresh."""
+        p = self._read(vm_obj, "config.hardware.device", "runtime.host")
         device = next((d for d in p.get("config.hardware.device") or []
                        if isinstance(d, vim.vm.device.VirtualEthernetCard)
                        and d.deviceInfo is not None and d.deviceInfo.label == label), None)
         if device is None:
             raise BackendError(f"VM '{vm}' has no network adapter '{label}'")
+        return device, p["runtime.host"]
+
+    def _network(self, host: Any, vm: str, portgroup: str) -> Any:
+        """The standard port group's Network called ``portgroup`` on ``host``."""
         networks = self._retrieve([PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=p["runtime.host"], skip=True, selectSet=[
+            objectSet=[PC.ObjectSpec(obj=host, skip=True, selectSet=[
                 PC.TraversalSpec(path="network", skip=False, type=vim.HostSystem)])],
             propSet=[PC.PropertySpec(type=vim.Network, pathSet=["name"])],
         )])
-        network = next((o.obj for o in networks if o.propSet[0].val == portgroup), None)
+        network = next((o.obj for o in networks if o.propSet[0].val == portgroup
+                        and not isinstance(o.obj, DVPG)), None)
         if network is None:
             raise BackendError(f"the host of VM '{vm}' has no port group '{portgroup}'")
-        return device, network
+        return network
+
+    # -- distributed switches (vCenter) -------------------------------------
+
+    def add_dvswitch(self, spec: DVSwitch) -> None:
+        """CreateDVS_Task in the datacenter's network folder; waits for the task."""
+        with self._guard(f"create distributed switch '{spec.name}'"):
+            folder = self._cached("datacenter", spec.datacenter)
+            config = VDS.ConfigSpec(
+                name=spec.name, maxMtu=spec.mtu, uplinkPortPolicy=uplink_policy(spec.uplinks),
+                host=[self._member("add", m) for m in spec.hosts],
+                pvlanConfigSpec=pvlan_ops((), spec.pvlans))
+            product = vim.dvs.ProductSpec(version=spec.version) if spec.version else None
+            self._wait(folder.CreateDVS_Task(vim.DistributedVirtualSwitch.CreateSpec(
+                configSpec=config, productInfo=product)))
+
+    def _member(self, operation: str, member: DvsMember) -> Any:
+        """A host member spec backing the switch with ``member.nics`` in uplink order."""
+        backing = vim.dvs.HostMember.PnicBacking(
+            pnicSpec=[vim.dvs.HostMember.PnicSpec(pnicDevice=n) for n in member.nics])
+        return vim.dvs.HostMember.ConfigSpec(
+            operation=operation, host=self._cached("host", member.host),
+            backing=backing)
+
+    def _switch_config(self, name: str) -> tuple[Any, Any]:
+        """A switch and its configuration, read fresh (for its configVersion)."""
+        dvs = self._cached("distributed switch", name)
+        return dvs, self._read(dvs, "config")["config"]
+
+    def update_dvswitch(self, name: str, spec: DVSwitch) -> None:
+        """ReconfigureDvs_Task: MTU, uplink names, the PVLAN map and the members
+        made exactly ``spec``'s (added, NICs edited, removed)."""
+        with self._guard(f"update distributed switch '{name}'"):
+            dvs, config = self._switch_config(name)
+            have = {self._host_name(m.config.host): m for m in config.host or ()}
+            members = []
+            for m in spec.hosts:
+                old = have.get(m.host)
+                if old is None:
+                    members.append(self._member("add", m))
+                elif tuple(s.pnicDevice for s in old.config.backing.pnicSpec or ()) != m.nics:
+                    members.append(self._member("edit", m))
+            members += [vim.dvs.HostMember.ConfigSpec(operation="remove", host=m.config.host)
+                        for host, m in have.items() if spec.member(host) is None]
+            pvlans = tuple(Pvlan(e.primaryVlanId, e.secondaryVlanId, e.pvlanType)
+                           for e in config.pvlanConfig or ())
+            self._wait(dvs.ReconfigureDvs_Task(VDS.ConfigSpec(
+                configVersion=config.configVersion, maxMtu=spec.mtu,
+                uplinkPortPolicy=uplink_policy(spec.uplinks), host=members,
+                pvlanConfigSpec=pvlan_ops(pvlans, spec.pvlans))))
+
+    def _host_name(self, ref: Any) -> str:
+        return next((n for n, h in self._hosts.items() if h._moId == ref._moId), ref._moId)
+
+    def remove_dvswitch(self, name: str) -> None:
+        """Destroy_Task of the switch (vCenter refuses while anything is connected)."""
+        with self._guard(f"remove distributed switch '{name}'"):
+            self._wait(self._cached("distributed switch", name).Destroy_Task())
+
+    def add_dvportgroup(self, spec: DVPortgroup) -> None:
+        """AddDVPortgroup_Task; waits for the task."""
+        with self._guard(f"create distributed port group '{spec.name}'"):
+            dvs = self._cached("distributed switch", spec.dvswitch)
+            self._wait(dvs.AddDVPortgroup_Task(spec=[dvportgroup_spec(spec)]))
+
+    def update_dvportgroup(self, name: str, spec: DVPortgroup) -> None:
+        """ReconfigureDVPortgroup_Task quoting the port group's configVersion."""
+        with self._guard(f"update distributed port group '{name}'"):
+            pg = self._cached("distributed port group", name)
+            version = self._read(pg, "config")["config"].configVersion
+            self._wait(pg.ReconfigureDVPortgroup_Task(spec=dvportgroup_spec(spec, version)))
+
+    def remove_dvportgroup(self, name: str) -> None:
+        """Destroy_Task of the port group."""
+        with self._guard(f"remove distributed port group '{name}'"):
+            pg = self._cached("distributed port group", name)
+            self._wait(pg.Destroy_Task())
+
+    def _ports(self, ends: tuple[MirrorPort, ...]) -> Any:
+        """VspanPorts for mirror endpoints; a VM adapter's port is read now."""
+        keys = []
+        for end in ends:
+            if end.vm and end.adapter:
+                device, _host = self._adapter(self._cached("VM", end.vm),
+                                              end.vm, end.adapter)
+                port = getattr(device.backing, "port", None)
+                if port is None or not port.portKey:
+                    raise BackendError(f"'{end.adapter}' of VM '{end.vm}' is not on a "
+                                       "distributed port")
+                keys.append(port.portKey)
+            elif end.port:
+                keys.append(end.port)
+        return VDS.VspanPorts(portKey=keys, uplinkPortName=[e.uplink for e in ends if e.uplink],
+                              ipAddress=[e.ip for e in ends if e.ip])
+
+    def _vspan(self, dvswitch: str, operation: str, name: str,
+               spec: MirrorSession | None = None) -> None:
+        """ReconfigureDvs_Task with one VSPAN session operation."""
+        dvs, config = self._switch_config(dvswitch)
+        key = next((m.key for m in config.vspanSession or () if m.name == name), None)
+        if key is None and operation != "add":
+            raise BackendError(f"distributed switch '{dvswitch}' has no mirror session "
+                               f"'{name}'")
+        session = VDS.VspanSession(key=key, name=name, enabled=False, stripOriginalVlan=False,
+                                   normalTrafficAllowed=False)
+        if spec is not None:
+            received = None
+            if spec.received or spec.source_vlans:  # an RSPAN destination's source is VLANs
+                received = self._ports(spec.received)
+                received.vlans = list(spec.source_vlans)
+            session = VDS.VspanSession(
+                key=key, name=spec.name, enabled=spec.enabled,
+                sessionType=MIRROR_KINDS[spec.kind], destinationPort=self._ports(spec.destination),
+                sourcePortTransmitted=self._ports(spec.transmitted) if spec.transmitted else None,
+                sourcePortReceived=received, encapsulationVlanId=spec.encapsulation_vlan,
+                stripOriginalVlan=spec.strip_vlan, normalTrafficAllowed=False)
+        self._wait(dvs.ReconfigureDvs_Task(VDS.ConfigSpec(
+            configVersion=config.configVersion,
+            vspanConfigSpec=[VDS.VspanConfigSpec(operation=operation, vspanSession=session)])))
+
+    def add_mirror(self, dvswitch: str, spec: MirrorSession) -> None:
+        """Add a VSPAN session (ReconfigureDvs_Task)."""
+        with self._guard(f"create mirror session '{spec.name}' on '{dvswitch}'"):
+            self._vspan(dvswitch, "add", spec.name, spec)
+
+    def update_mirror(self, dvswitch: str, name: str, spec: MirrorSession) -> None:
+        """Replace a VSPAN session (edit, by its key)."""
+        with self._guard(f"update mirror session '{name}' on '{dvswitch}'"):
+            self._vspan(dvswitch, "edit", name, spec)
+
+    def remove_mirror(self, dvswitch: str, name: str) -> None:
+        """Remove a VSPAN session."""
+        with self._guard(f"remove mirror session '{name}' on '{dvswitch}'"):
+            self._vspan(dvswitch, "remove", name)
 
 
-def host_value(p: dict[str, Any], cluster: str | None) -> Host:
+class Names:
+    """What the bulk retrieval tells about references: names, datacenters, and
+    distributed switches by UUID."""
+
+    def __init__(self, props: dict[str, tuple[Any, dict[str, Any]]]) -> None:
+        self._props = props
+        self.switches = {p.get("uuid"): p["name"] for obj, p in props.values()
+                         if isinstance(obj, vim.DistributedVirtualSwitch)}
+
+    def name(self, ref: Any) -> str | None:
+        """The name of a referenced object (``None`` for no reference or an unknown one)."""
+        found = self._props.get(ref._moId) if ref is not None else None
+        return found[1].get("name") if found else None
+
+    def portgroup(self, key: str) -> str:
+        """A distributed port group's name from its key (vCenter's key is its moid)."""
+        found = self._props.get(key)
+        return str(found[1].get("name")) if found else key
+
+    def datacenter(self, ref: Any) -> str | None:
+        """The datacenter above a referenced object, walking up its parents."""
+        while ref is not None and ref._moId in self._props:
+            obj, p = self._props[ref._moId]
+            if isinstance(obj, vim.Datacenter):
+                return str(p["name"])
+            ref = p.get("parent")
+        return None
+
+
+def host_value(p: dict[str, Any], cluster: str | None, names: Names) -> Host:
     """A :class:`Host` from its retrieved properties."""
     vswitches = [
         VSwitch(
@@ -458,11 +742,14 @@ def host_value(p: dict[str, Any], cluster: str | None) -> Host:
         )
         for pg in p.get("config.network.portgroup") or []
     ]
-    pnics = [PhysicalNic(n.device, used.get(n.device)) for n in p.get("config.network.pnic") or []]
+    proxied = {key.rsplit("-", 1)[-1]: proxy.dvsName
+               for proxy in p.get("config.network.proxySwitch") or () for key in proxy.pnic or ()}
+    pnics = [PhysicalNic(n.device, used.get(n.device), proxied.get(n.device))
+             for n in p.get("config.network.pnic") or []]
     selected = selected_keys(p.get("config.virtualNicManagerInfo.netConfig"))
-    vmks = [vmk_value(v, selected) for v in p.get("config.network.vnic") or []]
+    vmks = [vmk_value(v, selected, names) for v in p.get("config.network.vnic") or []]
     return Host(p["name"], cluster, tuple(vswitches), tuple(portgroups), tuple(pnics),
-                tuple(vmks))
+                tuple(vmks), names.datacenter(p.get("parent")))
 
 
 def selected_keys(net_config: Any) -> set[str]:
@@ -470,22 +757,33 @@ def selected_keys(net_config: Any) -> set[str]:
     return {key for nc in net_config or () for key in nc.selectedVnic or ()}
 
 
-def vmk_value(vnic: Any, selected: set[str]) -> Vmk:
+def vmk_value(vnic: Any, selected: set[str], names: Names | None = None) -> Vmk:
     """A HostVirtualNic as :class:`Vmk`, its services from the selected keys."""
     ip = vnic.spec.ip
+    port = vnic.spec.distributedVirtualPort
+    portgroup = vnic.portgroup or vnic.spec.portgroup or ""
+    dvswitch = None
+    if port is not None and names is not None:
+        portgroup = names.portgroup(port.portgroupKey)
+        dvswitch = names.switches.get(port.switchUuid, port.switchUuid)
     return Vmk(
-        device=vnic.device, portgroup=vnic.portgroup or vnic.spec.portgroup or "",
+        device=vnic.device, portgroup=portgroup,
         dhcp=bool(ip.dhcp) if ip else True,
         address=(ip.ipAddress or None) if ip else None,
         netmask=(ip.subnetMask or None) if ip else None,
         mtu=vnic.spec.mtu or 1500,
-        services=tuple(word for word, t in NIC_TYPES.items() if f"{t}.{vnic.key}" in selected))
+        services=tuple(word for word, t in NIC_TYPES.items() if f"{t}.{vnic.key}" in selected),
+        dvswitch=dvswitch)
 
 
-def vnic_spec(spec: VmkSpec) -> Any:
-    """A HostVirtualNicSpec: port group, IPv4 (DHCP or static), MTU."""
+def vnic_spec(spec: VmkSpec, port: Any = None) -> Any:
+    """A HostVirtualNicSpec: a standard port group or the distributed ``port``
+    (a PortConnection), IPv4 (DHCP or static), MTU."""
     ip = (vim.host.IpConfig(dhcp=True) if spec.address is None else
           vim.host.IpConfig(dhcp=False, ipAddress=spec.address, subnetMask=spec.netmask))
+    if port is not None:
+        return vim.host.VirtualNic.Specification(ip=ip, mtu=spec.mtu,
+                                                 distributedVirtualPort=port)
     return vim.host.VirtualNic.Specification(portgroup=spec.portgroup, ip=ip, mtu=spec.mtu)
 
 
@@ -519,13 +817,21 @@ def teaming_value(team: Any) -> Teaming:
     if team is None:
         return Teaming()
     order, criteria = team.nicOrder, team.failureCriteria
-    beacon = criteria.checkBeacon if criteria is not None else None
+    return teaming_of(team.policy or None, order and order.activeNic, order and order.standbyNic,
+                      order is not None, team.notifySwitches, team.rollingOrder,
+                      criteria.checkBeacon if criteria is not None else None)
+
+
+def teaming_of(balancing: str | None, active: Any, standby: Any, ordered: bool,
+               notify: bool | None, rolling: bool | None, beacon: bool | None) -> Teaming:
+    """A :class:`Teaming` from vSphere's values (``ordered``: an order is set;
+    ``rolling`` is failback negated)."""
     return Teaming(
-        load_balancing=team.policy or None,
-        active_nics=tuple(order.activeNic or ()) if order is not None else None,
-        standby_nics=tuple(order.standbyNic or ()) if order is not None else None,
-        notify_switches=team.notifySwitches,
-        failback=None if team.rollingOrder is None else not team.rollingOrder,
+        load_balancing=balancing,
+        active_nics=tuple(active or ()) if ordered else None,
+        standby_nics=tuple(standby or ()) if ordered else None,
+        notify_switches=notify,
+        failback=None if rolling is None else not rolling,
         failure_detection=None if beacon is None else "beacon" if beacon else "link",
     )
 
@@ -534,30 +840,205 @@ def shaping_value(shaping: Any) -> Shaping:
     """A pyVmomi traffic shaping policy (bit/s, bytes) as :class:`Shaping` (kbit/s, KB)."""
     if shaping is None:
         return Shaping()
-
-    def scaled(value: int | None, unit: int) -> int | None:
-        # An unset bandwidth is 0 on the wire for a port group that inherits it.
-        return value // unit if value else None
-
-    return Shaping(shaping.enabled, scaled(shaping.averageBandwidth, 1000),
-                   scaled(shaping.peakBandwidth, 1000), scaled(shaping.burstSize, 1024))
+    return shaping_of(shaping.enabled, shaping.averageBandwidth, shaping.peakBandwidth,
+                      shaping.burstSize)
 
 
-def adapters(devices: list[Any], names: dict[str, Any]) -> tuple[Adapter, ...]:
-    """A VM's network adapters with the name of the network each is on."""
+def shaping_of(enabled: bool | None, average: int | None, peak: int | None,
+               burst: int | None) -> Shaping:
+    """A :class:`Shaping` (kbit/s, KB) from vSphere's bit/s and bytes; an unset
+    bandwidth is 0 on the wire for a port group that inherits it."""
+    return Shaping(enabled, average // 1000 if average else None,
+                   peak // 1000 if peak else None, burst // 1024 if burst else None)
+
+
+def adapters(devices: list[Any], names: Names) -> tuple[Adapter, ...]:
+    """A VM's network adapters with the name of the network each is on (and the
+    switch and port of a distributed one)."""
     found = []
     for d in devices:
         if not isinstance(d, vim.vm.device.VirtualEthernetCard):
             continue
-        backing, network = d.backing, None
+        backing, network, switch, port = d.backing, None, None, None
         if isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
             network = backing.deviceName
         elif isinstance(backing, DV_BACKING):
-            key = str(backing.port.portgroupKey)
-            network = names.get(key) or key
+            network = names.portgroup(str(backing.port.portgroupKey))
+            switch = names.switches.get(backing.port.switchUuid, backing.port.switchUuid)
+            port = backing.port.portKey or None
         label = d.deviceInfo.label if d.deviceInfo else f"device {d.key}"
-        found.append(Adapter(label, d.key, network, d.macAddress or ""))
+        found.append(Adapter(label, d.key, network, d.macAddress or "", switch, port))
     return tuple(found)
+
+
+def dvswitch_value(p: dict[str, Any], names: Names) -> DVSwitch:
+    """A :class:`DVSwitch` from its retrieved properties."""
+    config = p["config"]
+    return DVSwitch(
+        name=p["name"], datacenter=names.datacenter(p.get("parent")) or "",
+        version=config.productInfo.version if config.productInfo else None,
+        uplinks=tuple(getattr(config.uplinkPortPolicy, "uplinkPortName", None) or ()),
+        mtu=getattr(config, "maxMtu", None) or 1500,
+        hosts=tuple(DvsMember(names.name(m.config.host) or m.config.host._moId,
+                              tuple(s.pnicDevice for s in
+                                    getattr(m.config.backing, "pnicSpec", None) or ()))
+                    for m in config.host or ()),
+        pvlans=tuple(Pvlan(e.primaryVlanId, e.secondaryVlanId, e.pvlanType)
+                     for e in getattr(config, "pvlanConfig", None) or ()),
+        mirrors=tuple(mirror_value(v) for v in getattr(config, "vspanSession", None) or ()),
+        uuid=p.get("uuid") or config.uuid)
+
+
+def mirror_value(session: Any) -> MirrorSession:
+    """A VSPAN session as :class:`MirrorSession` (ports by key)."""
+    def ends(ports: Any) -> tuple[MirrorPort, ...]:
+        if ports is None:
+            return ()
+        return (*(MirrorPort(port=k) for k in ports.portKey or ()),
+                *(MirrorPort(uplink=u) for u in ports.uplinkPortName or ()),
+                *(MirrorPort(ip=a) for a in ports.ipAddress or ()))
+
+    kind = next((k for k, t in MIRROR_KINDS.items() if t == session.sessionType),
+                session.sessionType)
+    received = session.sourcePortReceived
+    return MirrorSession(session.name, kind, bool(session.enabled),
+                  ends(session.sourcePortTransmitted), ends(received),
+                  tuple(received.vlans or ()) if received is not None else (),
+                  ends(session.destinationPort), session.encapsulationVlanId or None,
+                  bool(session.stripOriginalVlan), session.key)
+
+
+def dvportgroup_value(p: dict[str, Any], names: Names) -> DVPortgroup:
+    """A :class:`DVPortgroup` from its retrieved properties (effective policies)."""
+    config = p["config"]
+    setting = config.defaultPortConfig
+    vlan, trunk, pvlan = vlan_value(setting.vlan)
+    binding = next((k for k, t in BINDINGS.items() if t == config.type), config.type)
+    return DVPortgroup(
+        name=p["name"], dvswitch=names.name(config.distributedVirtualSwitch) or "",
+        vlan=vlan, trunk=trunk, pvlan=pvlan, ports=config.numPorts or 0, binding=binding,
+        security=dv_security_value(setting.securityPolicy),
+        teaming=dv_teaming_value(setting.uplinkTeamingPolicy),
+        shaping=dv_shaping_value(setting.inShapingPolicy),
+        port_keys=tuple(p.get("portKeys") or ()),
+        vms=tuple(sorted(str(names.name(vm) or vm._moId) for vm in p.get("vm") or ())))
+
+
+def vlan_value(spec: Any) -> tuple[int | None, tuple[tuple[int, int], ...] | None, int | None]:
+    """A port group's VLAN spec as (vlan, trunk ranges, pvlan): one of them set."""
+    if isinstance(spec, VDS.TrunkVlanSpec):
+        return None, tuple((r.start, r.end) for r in spec.vlanId or ()), None
+    if isinstance(spec, VDS.PvlanSpec):
+        return None, None, spec.pvlanId
+    return getattr(spec, "vlanId", 0) or 0, None, None
+
+
+def policy(value: Any) -> Any:
+    """The value of a vSphere inheritable policy (``None`` when unset)."""
+    return None if value is None else value.value
+
+
+def dv_security_value(sec: Any) -> Security:
+    """A distributed port's security policy as :class:`Security`."""
+    if sec is None:
+        return Security()
+    return Security(policy(sec.allowPromiscuous), policy(sec.forgedTransmits),
+                    policy(sec.macChanges))
+
+
+def dv_teaming_value(team: Any) -> Teaming:
+    """A distributed port's uplink teaming as :class:`Teaming` (uplink names)."""
+    if team is None:
+        return Teaming()
+    order, criteria = team.uplinkPortOrder, team.failureCriteria
+    return teaming_of(policy(team.policy), order and order.activeUplinkPort,
+                      order and order.standbyUplinkPort, order is not None,
+                      policy(team.notifySwitches), policy(team.rollingOrder),
+                      policy(criteria.checkBeacon) if criteria is not None else None)
+
+
+def dv_shaping_value(shaping: Any) -> Shaping:
+    """A distributed port's ingress shaping (bit/s, bytes) as :class:`Shaping`."""
+    if shaping is None:
+        return Shaping()
+    return shaping_of(policy(shaping.enabled), policy(shaping.averageBandwidth),
+                      policy(shaping.peakBandwidth), policy(shaping.burstSize))
+
+
+def dv_port_setting(pg: DVPortgroup) -> Any:
+    """A VmwarePortConfigPolicy with the VLAN and the policy parts ``pg`` sets."""
+    setting = VDS.VmwarePortConfigPolicy()
+    if pg.trunk is not None:
+        setting.vlan = VDS.TrunkVlanSpec(
+            vlanId=[vim.NumericRange(start=a, end=b) for a, b in pg.trunk])
+    elif pg.pvlan is not None:
+        setting.vlan = VDS.PvlanSpec(pvlanId=pg.pvlan)
+    else:
+        setting.vlan = VDS.VlanIdSpec(vlanId=pg.vlan or 0)
+
+    def bool_policy(value: bool | None) -> Any:
+        return None if value is None else vim.BoolPolicy(inherited=False, value=value)
+
+    def long_policy(value: int | None, unit: int) -> Any:
+        return None if value is None else vim.LongPolicy(inherited=False, value=value * unit)
+
+    sec, team, shape = pg.security, pg.teaming, pg.shaping
+    if sec != Security():
+        setting.securityPolicy = VDS.SecurityPolicy(
+            inherited=False, allowPromiscuous=bool_policy(sec.allow_promiscuous),
+            forgedTransmits=bool_policy(sec.forged_transmits),
+            macChanges=bool_policy(sec.mac_changes))
+    if team != Teaming():
+        t = setting.uplinkTeamingPolicy = VDS.UplinkPortTeamingPolicy(
+            inherited=False, notifySwitches=bool_policy(team.notify_switches),
+            rollingOrder=bool_policy(None if team.failback is None else not team.failback))
+        if team.load_balancing is not None:
+            t.policy = vim.StringPolicy(inherited=False, value=team.load_balancing)
+        if team.failure_detection is not None:
+            t.failureCriteria = VDS.FailureCriteria(
+                inherited=False, checkBeacon=bool_policy(team.failure_detection == "beacon"))
+        if team.active_nics is not None or team.standby_nics is not None:
+            t.uplinkPortOrder = VDS.UplinkPortOrderPolicy(
+                inherited=False, activeUplinkPort=list(team.active_nics or ()),
+                standbyUplinkPort=list(team.standby_nics or ()))
+    if shape != Shaping():
+        setting.inShapingPolicy = vim.dvs.DistributedVirtualPort.TrafficShapingPolicy(
+            inherited=False, enabled=bool_policy(shape.enabled),
+            averageBandwidth=long_policy(shape.average_kbps, 1000),
+            peakBandwidth=long_policy(shape.peak_kbps, 1000),
+            burstSize=long_policy(shape.burst_kb, 1024))
+    return setting
+
+
+def uplink_policy(uplinks: tuple[str, ...]) -> Any:
+    """The switch's uplink names."""
+    return vim.DistributedVirtualSwitch.NameArrayUplinkPortPolicy(uplinkPortName=list(uplinks))
+
+
+def dvportgroup_spec(pg: DVPortgroup, version: str | None = None) -> Any:
+    """A DVPortgroupConfigSpec (``version``: the configVersion a reconfigure quotes)."""
+    return DVPG.ConfigSpec(
+        configVersion=version, name=pg.name, numPorts=pg.ports,
+        type=BINDINGS.get(pg.binding, pg.binding), defaultPortConfig=dv_port_setting(pg))
+
+
+def pvlan_ops(have: tuple[Pvlan, ...], want: tuple[Pvlan, ...]) -> list[Any]:
+    """PvlanConfigSpecs turning the map ``have`` into ``want``: removals of
+    secondaries first, promiscuous entries added before the others."""
+    def op(entry: Pvlan, operation: str) -> Any:
+        return VDS.PvlanConfigSpec(operation=operation, pvlanEntry=VDS.PvlanMapEntry(
+            primaryVlanId=entry.primary, secondaryVlanId=entry.secondary,
+            pvlanType=entry.type))
+
+    old = {e.secondary: e for e in have}
+    new = {e.secondary: e for e in want}
+    gone = sorted((e for k, e in old.items() if k not in new),
+                  key=lambda e: e.type == "promiscuous")
+    added = sorted((e for k, e in new.items() if k not in old),
+                   key=lambda e: e.type != "promiscuous")
+    edited = [e for k, e in new.items() if k in old and old[k] != e]
+    return ([op(e, "remove") for e in gone] + [op(e, "add") for e in added]
+            + [op(e, "edit") for e in edited])
 
 
 def vswitch_spec(spec: VSwitchSpec) -> Any:

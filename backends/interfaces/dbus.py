@@ -92,7 +92,7 @@ class DBusAPI(Protocol):
         ...
 
     def unit_files(self, action: str, names: list[str]) -> list[tuple[str, str, str]]:
-        """``enable``, ``disable`` or ``mask`` the unit files of ``names`` (persistent,
+        """``enable``, ``disable``, ``mask`` or ``unmask`` the unit files of ``names`` (persistent,
         not runtime); returns systemd's changes (type, file, destination).  A
         ``Reload`` is still needed for systemd to see them."""
         ...
@@ -107,6 +107,10 @@ class DBusAPI(Protocol):
 
     def write_file(self, path: str, content: bytes, mode: int = 0o644) -> str | None:
         """Write a host file atomically; returns the backup of what it replaced."""
+        ...
+
+    def remove_file(self, path: str) -> str | None:
+        """Remove a host file; returns its backup (``None`` if it was not there)."""
         ...
 
 

@@ -195,6 +195,13 @@ class LibvirtAPI(Protocol):
         into its definition too, in the same call: both or neither)."""
         ...
 
+    def detach_shmem(self, name: str, shmem: str, persistent: bool) -> None:
+        """Hot-unplug the ``<shmem>`` device named ``shmem`` from the running domain
+        (with ``persistent``, from its definition too, in the same call).  The guest's
+        OS must release the device; raises :class:`BackendError` when the guest still
+        has it after libvirt's wait (the definition change, if any, is made)."""
+        ...
+
     def guest_pci(self, name: str) -> list[tuple[PciAddress, str]]:
         """The running guest's PCI devices as QEMU lists them: (address, vendor:device)."""
         ...

@@ -87,8 +87,9 @@ func (f *faults) rules() []string {
 	return rules
 }
 
-// check returns a SOAP fault when a rule "Method" or "Method:name" matches.
-func (f *faults) check(method, name string) *soap.Fault {
+// task returns the fault a task fails with when a rule "Method" or
+// "Method:name" matches (nil otherwise).
+func (f *faults) task(method, name string) types.BaseMethodFault {
 	for _, rule := range f.rules() {
 		rule = strings.TrimSpace(rule)
 		if rule == "" || strings.HasPrefix(rule, "#") {
@@ -98,8 +99,16 @@ func (f *faults) check(method, name string) *soap.Fault {
 		if m == method && (!hasName || n == name) {
 			msg := fmt.Sprintf("fault injected by hostsetup vcsim: %s %s", method, name)
 			log.Print(msg)
-			return simulator.Fault(msg, &types.SystemError{Reason: msg})
+			return &types.SystemError{Reason: msg}
 		}
+	}
+	return nil
+}
+
+// check returns the SOAP fault of a matching rule (see task).
+func (f *faults) check(method, name string) *soap.Fault {
+	if fault := f.task(method, name); fault != nil {
+		return simulator.Fault(fault.(*types.SystemError).Reason, fault)
 	}
 	return nil
 }
@@ -109,6 +118,7 @@ func (f *faults) check(method, name string) *soap.Fault {
 type netSys struct {
 	simulator.HostNetworkSystem
 	faults *faults
+	dvs    *dvsExt
 }
 
 func (s *netSys) findVswitch(name string) (int, *types.HostVirtualSwitch) {
@@ -146,6 +156,11 @@ func (s *netSys) checkNics(vswitch string, nics []string) *soap.Fault {
 		}
 		if !known {
 			return notFound()
+		}
+		for _, p := range s.NetworkInfo.ProxySwitch {
+			if contains(p.Pnic, pnicKeyPrefix+nic) {
+				return inUse(nic)
+			}
 		}
 		for _, v := range s.NetworkInfo.Vswitch {
 			if v.Name == vswitch {
@@ -690,11 +705,11 @@ func (s *netSys) detachNetwork(name string) {
 
 // extendNetworkSystems replaces every host's network system with netSys,
 // sharing one HostNetworkInfo between host.config.network and networkInfo.
-func extendNetworkSystems(f *faults) {
+func extendNetworkSystems(f *faults, x *dvsExt) {
 	for _, e := range simulator.Map.All("HostSystem") {
 		host := e.(*simulator.HostSystem)
 		orig := simulator.Map.Get(*host.ConfigManager.NetworkSystem).(*simulator.HostNetworkSystem)
-		ns := &netSys{HostNetworkSystem: *orig, faults: f}
+		ns := &netSys{HostNetworkSystem: *orig, faults: f, dvs: x}
 		ns.Host = &host.HostSystem
 		ns.NetworkInfo = host.Config.Network
 		addPnics(ns.NetworkInfo, 4)
@@ -727,6 +742,9 @@ func (s *netSys) findVnic(device string) (int, *types.HostVirtualNic) {
 // vnicOn is the VMkernel adapter on a standard port group, if any.
 func (s *netSys) vnicOn(pg string) *types.HostVirtualNic {
 	for i := range s.NetworkInfo.Vnic {
+		if pg == "" {
+			break
+		}
 		if s.NetworkInfo.Vnic[i].Portgroup == pg {
 			return &s.NetworkInfo.Vnic[i]
 		}
@@ -738,10 +756,13 @@ func (s *netSys) vnicOn(pg string) *types.HostVirtualNic {
 // no such port group, one that has an adapter already, a bad MTU or IP, or a
 // static IP another adapter of the host has.
 func (s *netSys) checkVnic(device, pg string, spec types.HostVirtualNicSpec) *soap.Fault {
-	if _, p := s.findPortgroup(pg); p == nil {
+	if p := spec.DistributedVirtualPort; p != nil {
+		if fault := checkDvPort(s.Host, p); fault != nil {
+			return fault
+		}
+	} else if _, p := s.findPortgroup(pg); p == nil {
 		return notFound()
-	}
-	if v := s.vnicOn(pg); v != nil && v.Device != device {
+	} else if v := s.vnicOn(pg); v != nil && v.Device != device {
 		return inUse(pg)
 	}
 	if spec.Mtu != 0 && (spec.Mtu < 1280 || spec.Mtu > 9000) {
@@ -764,8 +785,15 @@ func (s *netSys) checkVnic(device, pg string, spec types.HostVirtualNicSpec) *so
 func (s *netSys) AddVirtualNic(ctx *simulator.Context, c *types.AddVirtualNic) soap.HasFault {
 	r := &methods.AddVirtualNicBody{}
 	var device string
-	r.Fault_ = s.mutate(ctx, "AddVirtualNic", c.Portgroup, func() *soap.Fault {
+	name := c.Portgroup
+	if p := c.Nic.DistributedVirtualPort; p != nil {
+		c.Portgroup, name = "", dvPortName(p)
+	}
+	r.Fault_ = s.mutate(ctx, "AddVirtualNic", name, func() *soap.Fault {
 		if fault := s.checkVnic("", c.Portgroup, c.Nic); fault != nil {
+			return fault
+		}
+		if fault := s.connect(c.Nic.DistributedVirtualPort); fault != nil {
 			return fault
 		}
 		for n := 0; ; n++ {
@@ -803,14 +831,25 @@ func (s *netSys) UpdateVirtualNic(ctx *simulator.Context, c *types.UpdateVirtual
 		if v == nil {
 			return notFound()
 		}
-		pg := v.Portgroup
+		// The adapter moves to what the spec names: a standard port group or a
+		// distributed port; otherwise it stays where it is.
+		pg, port := v.Portgroup, v.Spec.DistributedVirtualPort
 		if c.Nic.Portgroup != "" {
-			pg = c.Nic.Portgroup
+			pg, port = c.Nic.Portgroup, nil
+		} else if c.Nic.DistributedVirtualPort != nil {
+			pg, port = "", c.Nic.DistributedVirtualPort
 		}
-		if fault := s.checkVnic(c.Device, pg, c.Nic); fault != nil {
+		check := c.Nic
+		check.DistributedVirtualPort = port
+		if fault := s.checkVnic(c.Device, pg, check); fault != nil {
 			return fault
 		}
-		v.Portgroup, v.Spec.Portgroup = pg, pg
+		if port != v.Spec.DistributedVirtualPort && port != nil {
+			if fault := s.connect(port); fault != nil {
+				return fault
+			}
+		}
+		v.Portgroup, v.Spec.Portgroup, v.Spec.DistributedVirtualPort = pg, pg, port
 		if c.Nic.Ip != nil {
 			v.Spec.Ip = c.Nic.Ip
 		}
@@ -824,6 +863,17 @@ func (s *netSys) UpdateVirtualNic(ctx *simulator.Context, c *types.UpdateVirtual
 		r.Res = &types.UpdateVirtualNicResponse{}
 	}
 	return r
+}
+
+// connect binds a VMkernel adapter's distributed port (none for a standard one).
+func (s *netSys) connect(p *types.DistributedVirtualSwitchPortConnection) *soap.Fault {
+	if p == nil {
+		return nil
+	}
+	if fault := s.dvs.connect(p); fault != nil {
+		return simulator.Fault("", fault)
+	}
+	return nil
 }
 
 // RemoveVirtualNic removes a VMkernel adapter and its service selections.
@@ -1055,7 +1105,8 @@ func main() {
 	if *fail != "" {
 		f.static = strings.Split(*fail, ",")
 	}
-	extendNetworkSystems(f)
+	x := &dvsExt{faults: f, next: map[string]int{}}
+	extendNetworkSystems(f, x)
 	labelAdapters()
 
 	cert, der, err := selfSignedCert()
@@ -1065,6 +1116,8 @@ func main() {
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, password)}
 	server := model.Service.NewServer()
+	// No client knows the URL yet: the handler is swapped before the first request.
+	server.Config.Handler = &middleware{next: server.Config.Handler, x: x}
 
 	writeAtomic(*certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	u := *server.URL

@@ -20,13 +20,14 @@ from one root.  The settings that make this work on a machine without systemd
   its ``/var/log/libvirt``.
 
 Open vSwitch and libvirtd are installed but stopped, as on a fresh host: the
-services step starts them.  At boot the sandbox prepares what they will find:
-the bridge ``br0`` in OVS's database (ovsdb-server is started, given the bridge
-and stopped again) and veth ports ``vm1``/``vm2`` (peers in "VM" namespaces,
+services step starts them.  OVS's database comes with the image's switch
+(``sandbox/image.py``): the bridge ``br0`` with ports ``vm1``/``vm2``/``mon0`` and
+the underlay bridge ``wan0`` with port ``wan-ana``.  At boot the sandbox makes
+what those ports are: veths ``vm1``/``vm2`` (peers in "VM" namespaces,
 10.250.0.1/.2) and ``mon0`` (capture on ``mon0c``), in the host's network
-namespace, which is named ``<tag>-<digest>-sw`` for ``ip netns exec``; and the
-underlay bridge ``wan0`` whose port ``wan-ana`` leads to the "analyser" namespace
-``<tag>-<digest>-ana`` (10.251.0.2), the far end of tunnelled mirrors.
+namespace, which is named ``<tag>-<digest>-sw`` for ``ip netns exec``; and
+``wan-ana``, which leads to the "analyser" namespace ``<tag>-<digest>-ana``
+(10.251.0.2), the far end of tunnelled mirrors.
 """
 
 from __future__ import annotations
@@ -44,21 +45,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
+from sandbox.image import ANALYSER_PORT, BRIDGE, MONITOR, SWITCH, VMS
 from sandbox.image import root as image_root
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # the checkout (with .venv) bound inside
 RELAY = Path(__file__).resolve().with_name("relay.py")
 CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
-BRIDGE = "br0"
-VMS = ("vm1", "vm2")
-MONITOR, CAPTURE = "mon0", "mon0c"
+CAPTURE = "mon0c"  # the peer of MONITOR, where its copies are captured
 VM_ADDRESSES = {"vm1": "10.250.0.1", "vm2": "10.250.0.2"}
 # The remote "analyser" for tunnelled mirrors: a namespace whose eth0 (ANALYSER_IP,
 # ANALYSER_MAC) is reached from the host over the underlay bridge UNDERLAY (port
-# ANALYSER_PORT; the bridge's local port has UNDERLAY_IP).  Named to sort after br0
-# and the VM ports, so that pickers keep their order.  The address, route and
+# ANALYSER_PORT; the bridge's local port has UNDERLAY_IP).  The address, route and
 # neighbour are given to ovs-vswitchd each time it starts (the image's drop-in).
-UNDERLAY, ANALYSER_PORT = "wan0", "wan-ana"
 UNDERLAY_IP, ANALYSER_IP = "10.251.0.1", "10.251.0.2"
 ANALYSER_MAC = "02:00:0a:fb:00:02"
 # Inside path -> DIR/run/<name>: the sockets reachable from outside.
@@ -166,9 +164,10 @@ def run_inside(sb: Sandbox, what: str, *argv: str, timeout: float = 60) -> str:
     return sb.run(what, exec_argv(sb, *argv), timeout=timeout)
 
 
-def boot(sb: Sandbox) -> int:
-    """Boot the host and wait until its systemd is up; returns the container's PID 1."""
-    image = image_root()
+def boot(sb: Sandbox, image: Path | None = None) -> int:
+    """Boot the host (from ``image``, default the built one) and wait until its systemd
+    is up; returns the container's PID 1."""
+    image = image or image_root()
     for name in RUN_BINDS:
         run_dir(sb, name).mkdir(parents=True, exist_ok=True)
     for part in ("hooks", "log", "bin", "domains"):
@@ -181,8 +180,8 @@ def boot(sb: Sandbox) -> int:
 
     def booted() -> bool:
         if not alive(pid):
-            raise SandboxError(f"systemd-nspawn exited while booting {sb.name}\n"
-                               + _log_tail(sb))
+            raise SandboxError(f"systemd-nspawn exited ({_how_it_ended(pid)}) while booting "
+                               f"{sb.name}\n" + _log_tail(sb))
         inner = holder.get("pid") or _container_pid(pid)
         if inner is None:
             return False
@@ -193,6 +192,18 @@ def boot(sb: Sandbox) -> int:
     sb.export("HOSTSETUP_HOST_PID", str(holder["pid"]))
     sb.export("HOSTSETUP_HOST_ROOT", f"/proc/{holder['pid']}/root")
     return holder["pid"]
+
+
+def _how_it_ended(pid: int) -> str:
+    """The exit status of our child ``pid`` (reaped here), or how it is unknown."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exit status unknown"
+    if not done:
+        return "still a process"
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _log_tail(sb: Sandbox) -> str:
@@ -247,13 +258,11 @@ def make_network(sb: Sandbox) -> None:
 
 
 def make_bridge(sb: Sandbox) -> None:
-    """Give OVS's database the bridge and its ports, leaving Open vSwitch stopped."""
+    """Give OVS's database the image's switch (:data:`SWITCH`), leaving Open vSwitch
+    stopped.  Done once, when the image is built (its first boot): every host then
+    finds the bridges in its copy of the database."""
     run_inside(sb, "start ovsdb-server", "systemctl", "start", "ovsdb-server.service")
-    ports = [a for p in (*VMS, MONITOR) for a in ("--", "add-port", BRIDGE, p)]
-    run_inside(sb, "ovs-vsctl add-br", "ovs-vsctl", "--no-wait", "add-br", BRIDGE, "--", "set",
-               "bridge", BRIDGE, "datapath_type=netdev", *ports, "--", "add-br", UNDERLAY,
-               "--", "set", "bridge", UNDERLAY, "datapath_type=netdev", "--", "add-port",
-               UNDERLAY, ANALYSER_PORT)
+    run_inside(sb, "ovs-vsctl add-br", "ovs-vsctl", "--no-wait", *SWITCH)
     run_inside(sb, "stop ovsdb-server", "systemctl", "stop", "ovsdb-server.service")
 
 
@@ -302,7 +311,6 @@ def up(sb: Sandbox) -> None:
     hugepages_up(sb)
     boot(sb)
     make_network(sb)
-    make_bridge(sb)
     ovs, libvirt = run_dir(sb, "ovs"), run_dir(sb, "libvirt")
     uri = f"qemu:///system?socket={libvirt / 'libvirt-sock'}"
     hooks, log = sb.dir / "libvirt" / "hooks", sb.dir / "libvirt" / "log"
@@ -471,6 +479,17 @@ def qemu_pids(sb: Sandbox) -> dict[str, int]:
     return found
 
 
+def before_stop(sb: Sandbox) -> None:
+    """Let every process of the host run (SIGCONT) before it is powered off: one that a
+    test stopped (SIGSTOP) could not act on the SIGTERM of the shutdown, which would
+    then wait out its timeout."""
+    for pid in _cgroup_pids(Path(CGROUP_TREES[0], sb.env.get("HOSTSETUP_HOST_CGROUP", "-"))):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            continue
+
+
 def down(sb: Sandbox) -> None:
     """After nspawn was stopped (by pid): its cgroups, the namespaces ``up`` made, the
     huge pages."""
@@ -494,5 +513,5 @@ def shell(sb: Sandbox, argv: list[str]) -> int:
     return subprocess.call(exec_argv(sb, *(argv or ["/bin/bash", "-l"])))
 
 
-__all__ = ["up", "down", "boot", "shell", "exec_argv", "run_inside", "leader", "bus_address",
-           "system_state", "BROKEN_UNIT", "REQUIRE", "VM_ADDRESSES"]
+__all__ = ["up", "down", "before_stop", "boot", "shell", "exec_argv", "run_inside", "leader",
+           "bus_address", "system_state", "BROKEN_UNIT", "REQUIRE", "VM_ADDRESSES"]

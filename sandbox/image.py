@@ -9,7 +9,9 @@ is cached at ``~/.cache/hostsetup/image-<recipe hash>/root``: building again is
 a no-op, and a changed recipe (anything in :data:`RECIPE`) builds a new image.
 
 The root is never booted as is: hosts boot it with ``--volatile=overlay``
-(``sandbox/host.py``), a tmpfs layer per host.
+(``sandbox/host.py``), a tmpfs layer per host.  The build ends with a first
+boot of the new root, from which it keeps what every host would otherwise make
+again at each boot (:data:`FIRST_BOOT`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox.core import SandboxError
+from sandbox.core import Sandbox, SandboxError
 from sandbox.vcsim import cache_dir
 
 SUITE = "bookworm"
@@ -55,6 +57,23 @@ MASK = [
 ]
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+# The switch in the image's OVS database (``ovs-vsctl --no-wait`` arguments): the
+# bridge BRIDGE with the VM ports and the monitoring port, and the underlay bridge
+# UNDERLAY towards the analyser of tunnelled mirrors (its port ANALYSER_PORT).  The
+# ports are veths that each host makes at boot (sandbox/host.py).  Named so that
+# the underlay sorts after br0 and the VM ports, and pickers keep their order.
+BRIDGE, VMS, MONITOR = "br0", ("vm1", "vm2"), "mon0"
+UNDERLAY, ANALYSER_PORT = "wan0", "wan-ana"
+SWITCH = ["add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev",
+          *[a for port in (*VMS, MONITOR) for a in ("--", "add-port", BRIDGE, port)],
+          "--", "add-br", UNDERLAY, "--", "set", "bridge", UNDERLAY, "datapath_type=netdev",
+          "--", "add-port", UNDERLAY, ANALYSER_PORT]
+# What the image's first boot keeps (its OVS database with SWITCH; libvirtd's probe
+# of QEMU, which every host's libvirtd would otherwise redo, ~1 s of CPU: libvirtd
+# keeps a cache only while QEMU's and its own ctimes are unchanged, as they are
+# under each host's overlay).
+FIRST_BOOT = ["/var/lib/openvswitch/conf.db", "/var/cache/libvirt/qemu/capabilities"]
 
 
 def domain_xml(name: str, uuid: str = "") -> str:
@@ -110,7 +129,7 @@ FILES = {
 }
 
 RECIPE = {"suite": SUITE, "packages": PACKAGES, "disable": DISABLE, "mask": MASK,
-          "files": FILES, "version": 1}
+          "files": FILES, "switch": SWITCH, "first_boot": FIRST_BOOT, "version": 2}
 
 
 def recipe_hash() -> str:
@@ -184,6 +203,36 @@ def _build(new: Path, log: Path) -> None:
         target.write_text(content)
     _run(["systemctl", f"--root={new}", "disable", *DISABLE], log)
     _run(["systemctl", f"--root={new}", "mask", *MASK], log)
+    _first_boot(new, log.parent / "first-boot")
+
+
+def _first_boot(new: Path, directory: Path) -> None:
+    """Boot the new root once, as a host (volatile), and keep :data:`FIRST_BOOT`: OVS's
+    database given the switch, libvirtd's QEMU capabilities.  Both daemons are
+    stopped again (the image's hosts start with them stopped)."""
+    from sandbox import host, manage  # the host boots images: imported when building one
+
+    sb = Sandbox(dir=directory, name="first-boot", tag="img")
+    sb.save()
+    try:
+        host.boot(sb, new)
+        host.make_bridge(sb)
+        host.run_inside(sb, "start libvirtd", "systemctl", "start", "libvirtd.service")
+        # The first connection waits for libvirtd's drivers, hence for the probe.
+        host.run_inside(sb, "virsh", "virsh", "-c", "qemu:///system", "list", "--all")
+        host.run_inside(sb, "stop libvirtd", "systemctl", "stop", "libvirtd.service")
+        inside = Path(sb.env["HOSTSETUP_HOST_ROOT"])
+        for path in FIRST_BOOT:
+            source, target = inside / path.lstrip("/"), new / path.lstrip("/")
+            if not source.exists() or (source.is_dir() and not any(source.iterdir())):
+                raise SandboxError(f"image first boot: {path} was not made")
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target)
+    finally:
+        manage.down(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def build(quiet: bool = False) -> Path:

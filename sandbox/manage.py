@@ -23,7 +23,8 @@ from sandbox.core import Sandbox, SandboxError, alive, tail, wait_for
 # nature: the vSphere simulator and Redis.
 HOST = "sandbox.host"
 COMPONENTS = [HOST, "sandbox.vcsim", "sandbox.redis"]
-# Every module with a ``down(sb)``.
+# Every module with a ``down(sb)`` (after its processes are stopped) or a
+# ``before_stop(sb)``.
 CLEANUPS = [HOST]
 FLEET_ONLY = "sandbox.redis"  # one for the whole fleet, not one per host
 FLEET = "fleet"  # the name of the fleet-level sandbox (Redis and the agents)
@@ -261,12 +262,12 @@ def down(directory: Path) -> list[str]:
     if not (directory / "state.json").exists():
         return []
     sb = Sandbox.load(directory)
+    cleanups = [importlib.import_module(m) for m in CLEANUPS] if sb.name != FLEET else []
+    for module in cleanups:
+        getattr(module, "before_stop", lambda sb: None)(sb)
     stopped = sb.stop()
-    if sb.name != FLEET:
-        for module in CLEANUPS:
-            cleanup = getattr(importlib.import_module(module), "down", None)
-            if cleanup is not None:
-                cleanup(sb)
+    for module in cleanups:
+        getattr(module, "down", lambda sb: None)(sb)
     for host in sorted(directory.glob("*/state.json")):
         stopped += [f"{host.parent.name}: {p}" for p in down(host.parent)]
     return stopped

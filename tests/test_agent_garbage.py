@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import hostsetup
+from helpers import hostsetup
 
 from sandbox import manage
 from sandbox import redis as redis_component

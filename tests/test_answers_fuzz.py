@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from steps.base import SECRET_MAX_BYTES, SecretUnavailable, read_regular, resolve_secret
 from wizard import answers

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 from tmux import Terminal
 
 from sandbox.core import Sandbox

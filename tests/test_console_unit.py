@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT, hostsetup
+from helpers import ROOT, hostsetup
 from tmux import Terminal, apply_and_finish
 
 from sandbox.core import Sandbox

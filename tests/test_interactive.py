@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import hostsetup
+from helpers import hostsetup
 
 from wizard import answers
 from wizard.interactive import ALL, interactive_keys

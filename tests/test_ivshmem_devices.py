@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import shm_prefix
+from helpers import DOMAIN, SHMEM, call, configure
 from pydantic import ValidationError
-from test_ivshmem_hook import DOMAIN, SHMEM, call, configure, ivs_hooks
 
 from backends.interfaces.libvirt import Domain, PciAddress, Shmem
 from steps.data.ivshmem_hook import parse_config
 from steps.ivshmem import IvshmemAnswers, IvshmemFacts, IvshmemStep, hook_config, server_unit
-
-__all__ = ["ivs_hooks", "shm_prefix"]  # fixtures of test_ivshmem_hook and helpers
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 UUID1 = "11111111-2222-3333-4444-555555555555"

@@ -21,17 +21,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_ivshmem_sandbox import (
-    answers,
-    cli,
-    define,
-    ivs_clean,
-    ivs_sb,
-    shm,
-    start,
-    systemctl,
-    virsh,
-)
+from helpers import define_domain as define
+from helpers import ivshmem_answers as answers
+from helpers import ivshmem_cli as cli
+from helpers import shm, systemctl, virsh
+from helpers import start_domain as start
 
 from backends.bundle import RealBackends
 from backends.interfaces import BackendError
@@ -41,8 +35,6 @@ from sandbox.image import EMULATOR, domain_xml
 from steps.base import Context, inverse
 from steps.data.ivshmem_hook import QEMU_NS as QEMU_NS_BRACED
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
-
-__all__ = ["ivs_clean", "ivs_sb"]  # module fixtures, shared with test_ivshmem_sandbox
 
 BAR_WAIT = 60.0  # seconds for SeaBIOS (TCG) to assign the BARs
 QEMU_NS = QEMU_NS_BRACED.strip("{}")

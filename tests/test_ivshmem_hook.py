@@ -10,64 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import DOMAIN, SHMEM, call, configure, shmems
 
-from steps.ivshmem import CHAINED_NAME, CONFIG_NAME, HOOK_SOURCE, IvshmemAnswers, hook_config
-
-DOMAIN = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='KiB'>65536</memory>
-  <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    {extra}
-  </devices>
-</domain>
-"""
-SHMEM = "<shmem name='{name}'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem>"
-
-
-@pytest.fixture
-def ivs_hooks(tmp_path: Path) -> Path:
-    """A hooks dir with the hook installed as qemu.d/hostsetup-ivshmem."""
-    qemu_d = tmp_path / "hooks" / "qemu.d"
-    qemu_d.mkdir(parents=True)
-    shutil.copy(HOOK_SOURCE, qemu_d / "hostsetup-ivshmem")
-    (qemu_d / "hostsetup-ivshmem").chmod(0o755)
-    return qemu_d
-
-
-@pytest.fixture
-def ivs_shm_name():
-    """A unique shared-memory name; its /dev/shm object is removed afterwards."""
-    name = f"hs-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    Path("/dev/shm", name).unlink(missing_ok=True)
-
-
-def configure(hook_dir: Path, log: Path, wrappers: dict[str, str] | None = None,
-              chain: bool = False, **answers: Any) -> None:
-    """Write the hook's configuration as the step writes it, logging to ``log``."""
-    config = hook_config(IvshmemAnswers(hook_log=str(log), **answers), wrappers or {}, chain)
-    (hook_dir / CONFIG_NAME).write_bytes(config)
-
-
-def call(hook: Path, domain: str, op: str, subop: str, xml: str,
-         timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run the hook as libvirtd does; a hang fails the test after ``timeout`` seconds."""
-    return subprocess.run([str(hook), domain, op, subop, "-"], input=xml.encode(),
-                          capture_output=True, timeout=timeout)
-
-
-def shmems(xml: bytes) -> list[ET.Element]:
-    """The <shmem> elements of a domain XML."""
-    return ET.fromstring(xml).findall("devices/shmem")
+from steps.ivshmem import CHAINED_NAME, HOOK_SOURCE
 
 
 @pytest.mark.parametrize("op", ["restore", "migrate"])

@@ -20,19 +20,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import test_ivshmem_hook as hook_tests
-import test_ivshmem_sandbox as sandbox_tests
-from test_ivshmem_hook import DOMAIN, SHMEM, call, configure
+from helpers import (
+    DOMAIN,
+    SHMEM,
+    call,
+    configure,
+    ivshmem_answers,
+    ivshmem_cli,
+    shmems,
+    systemctl,
+    virsh,
+)
+from helpers import shm as host_shm
 
 from sandbox import host
 from sandbox.core import Sandbox
 from steps.ivshmem import CHAINED_NAME, CONFIG_NAME, HOOK_SOURCE
-
-# The fixtures of the neighbouring modules, for this module too.
-ivs_hooks = hook_tests.ivs_hooks
-ivs_shm_name = hook_tests.ivs_shm_name
-ivs_sb = sandbox_tests.ivs_sb
-ivs_clean = sandbox_tests.ivs_clean
 
 # Every operation libvirt calls a QEMU hook with, and its sub-operation.
 OPERATIONS = [("prepare", "begin"), ("start", "begin"), ("started", "begin"),
@@ -301,7 +304,7 @@ def test_log_fifo_does_not_block(ivs_hooks: Path, log_dir: Path) -> None:
     started = time.monotonic()
     res = call(ivs_hooks / "hostsetup-ivshmem", "vm1", "restore", "begin",
                DOMAIN.format(name="vm1", extra=""))  # call's timeout detects a hang
-    assert res.returncode == 0 and len(hook_tests.shmems(res.stdout)) == 1
+    assert res.returncode == 0 and len(shmems(res.stdout)) == 1
     assert time.monotonic() - started < 10
     assert b"log not used" in res.stderr and b"added the device 'shm0'" in res.stderr
 
@@ -415,7 +418,7 @@ def test_step_refuses_an_unsafe_log_directory(ivs_sb: Sandbox, tmp_path: Path) -
              "relative.log": "'relative.log' is not an absolute path"}
     for hook_log, message in cases.items():
         # From outside: the step checks the log's directory where it runs.
-        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(ivs_sb, hook_log=hook_log),
+        res = ivshmem_cli(ivs_sb, "plan", ivshmem_answers(ivs_sb, hook_log=hook_log),
                                 inside=False)
         assert res.returncode == 3, res.stdout + res.stderr
         assert "ivshmem.hook_log" in res.stderr and message in res.stderr
@@ -427,7 +430,7 @@ def test_step_rewrites_a_corrupt_installed_config(ivs_sb: Sandbox) -> None:
     config.parent.mkdir(exist_ok=True)
     config.write_text('{"wrappers": ')
     try:
-        res = sandbox_tests.cli(ivs_sb, "plan", sandbox_tests.answers(
+        res = ivshmem_cli(ivs_sb, "plan", ivshmem_answers(
             ivs_sb, method="qemu-wrapper", domains=["vm1"], restart_libvirtd=False),
             inside=False)  # from outside: the plan names the hooks directory seen here
         assert res.returncode == 4, res.stdout + res.stderr
@@ -441,18 +444,18 @@ def test_step_rewrites_a_corrupt_installed_config(ivs_sb: Sandbox) -> None:
 
 def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) -> None:
     sb = ivs_clean
-    section = sandbox_tests.answers(sb, enforce="refuse")
-    applied = sandbox_tests.cli(sb, "apply", section)
+    section = ivshmem_answers(sb, enforce="refuse")
+    applied = ivshmem_cli(sb, "apply", section)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    sandbox_tests.systemctl(sb, "restart", "libvirtd.service")
+    systemctl(sb, "restart", "libvirtd.service")
     hooks = Path(sb.env["HOSTSETUP_LIBVIRT_HOOKS_DIR"]) / "qemu.d"
-    shm = sandbox_tests.shm(sb, section["name"])  # the host's /dev/shm, from outside
+    shm = host_shm(sb, section["name"])  # the host's /dev/shm, from outside
     good = (hooks / CONFIG_NAME).read_bytes()
     try:
         # A squatter made the object first and holds it open: vm1 starts on a fresh one.
         _plant_foreign_file(shm, sb.dir)
         held = os.open(shm, os.O_RDONLY)
-        sandbox_tests.virsh(sb, "start", "vm1")
+        virsh(sb, "start", "vm1")
         owner = section["owner"].split(":")[0]  # the answers' owner, a user of the host
         passwd = Path(sb.env["HOSTSETUP_HOST_ROOT"], "etc/passwd").read_text().splitlines()
         uid = next(int(e.split(":")[2]) for e in passwd if e.split(":")[0] == owner)
@@ -461,9 +464,9 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
         # A corrupt configuration: vm2 still starts, and a libvirtd restart (reconnect
         # hooks) keeps both running.
         (hooks / CONFIG_NAME).write_bytes(good[: len(good) // 2])
-        sandbox_tests.virsh(sb, "start", "vm2")
+        virsh(sb, "start", "vm2")
         pids = host.qemu_pids(sb)
-        sandbox_tests.systemctl(sb, "restart", "libvirtd.service")
+        systemctl(sb, "restart", "libvirtd.service")
         log_file = Path(sb.env["HOSTSETUP_LIBVIRT_LOG_DIR"], "hostsetup-ivshmem.log")
         reconnected = [f"{vm} reconnect begin: configuration" for vm in ("vm1", "vm2")]
         deadline = time.monotonic() + 30  # libvirtd reconnects in the background
@@ -472,7 +475,7 @@ def test_real_libvirtd_with_corrupt_config_and_squatted_shm(ivs_clean: Sandbox) 
             time.sleep(0.1)
         assert host.qemu_pids(sb) == pids and set(pids) == {"vm1", "vm2"}
         for vm in ("vm1", "vm2"):
-            assert "running" in sandbox_tests.virsh(sb, "domstate", vm)
+            assert "running" in virsh(sb, "domstate", vm)
         log = log_file.read_text()
         assert f"refused /dev/shm/{shm.name}: it is owned by uid {NOBODY}" in log
         assert "vm2 prepare begin: configuration" in log

@@ -10,101 +10,29 @@ step restarts it through systemd over D-Bus.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import OUTSIDE_ONLY, shm, systemctl, virsh
+from helpers import define_domain as define
+from helpers import ivshmem_answers as answers
+from helpers import ivshmem_cli as cli
+from helpers import start_domain as start
 
 from backends.adapters.libvirt import LibvirtBackend
 from backends.bundle import RealBackends
 from backends.interfaces import BackendUnreachable
 from backends.interfaces.libvirt import DomainNotFound, Shmem, libvirt_api
-from sandbox import host, manage
+from sandbox import host
 from sandbox.core import Sandbox
-from sandbox.image import EMULATOR, domain_xml
-from sandbox.manage import write_yaml
+from sandbox.image import EMULATOR
 from steps.base import Context, StepFailed
 from steps.ivshmem import IvshmemAnswers, IvshmemStep
 
-REPO = Path(__file__).resolve().parents[1]
 IVSHMEM_PLAIN = "1af4:1110"  # PCI vendor:device of ivshmem
-# What only makes sense from outside the host: inside, these answers are the defaults.
-OUTSIDE_ONLY = ("uri", "hooks_dir", "hook_log", "wrapper_dir", "bus")
-
-
-def systemctl(sb: Sandbox, *args: str) -> None:
-    host.run_inside(sb, "systemctl", "systemctl", *args)
-
-
-@pytest.fixture(scope="module")
-def ivs_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A booted host whose systemd has started libvirtd (domains vm1 and vm2)."""
-    directory = tmp_path_factory.mktemp("ivshmem") / "sb"
-    try:
-        sb = manage.up(directory, tag=f"iv{os.getpid() % 10000}", components=[manage.HOST])
-        systemctl(sb, "start", "libvirtd.service")
-        yield sb
-    finally:
-        manage.down(directory)
-    assert not host.qemu_pids(sb), "QEMU processes leaked"
-
-
-@pytest.fixture
-def ivs_clean(ivs_sb: Sandbox) -> Iterator[Sandbox]:
-    """Leaves every domain shut off after the test."""
-    yield ivs_sb
-    for name, _pid in host.qemu_pids(ivs_sb).items():
-        virsh(ivs_sb, "destroy", name)
-
-
-def virsh(sb: Sandbox, *args: str) -> str:
-    """``virsh`` from outside, through the host's libvirt socket."""
-    return sb.run("virsh", ["virsh", "-c", sb.env["HOSTSETUP_LIBVIRT_URI"], *args])
-
-
-def shm(sb: Sandbox, name: str) -> Path:
-    """The host's /dev/shm/<name>, from outside."""
-    return Path(sb.env["HOSTSETUP_HOST_ROOT"], "dev/shm", name)
-
-
-def answers(sb: Sandbox, **overrides: Any) -> dict[str, Any]:
-    """The sandbox's ivshmem answers (for use from outside) with ``overrides``."""
-    return {**sb.answers["ivshmem"], **overrides}
-
-
-def cli(sb: Sandbox, command: str, section: dict[str, Any], *extra: str,
-        inside: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python -m wizard <command> --answers F`` with only the ivshmem section: inside
-    the host on default addresses, or (``inside=False``) from outside."""
-    path = sb.dir / f"answers-{command}.yaml"
-    if inside:
-        section = {k: v for k, v in section.items()
-                   if k not in OUTSIDE_ONLY or v != sb.answers["ivshmem"].get(k)}
-    write_yaml(path, {"version": 1, "ivshmem": section})
-    argv = [sys.executable, "-m", "wizard", command, "--answers", str(path), *extra]
-    return subprocess.run(host.exec_argv(sb, *argv) if inside else argv, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-
-
-def start(sb: Sandbox, name: str) -> tuple[str, str]:
-    """Start a domain; returns (``info pci`` from the monitor, QEMU's command line)."""
-    virsh(sb, "start", name)
-    pci = virsh(sb, "qemu-monitor-command", "--hmp", name, "info pci")
-    pid = host.qemu_pids(sb)[name]
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    return pci, cmdline
-
-
-def define(sb: Sandbox, name: str) -> None:
-    """Define one more small domain."""
-    xml = sb.path("domains", f"{name}.xml")
-    xml.write_text(domain_xml(name))
-    virsh(sb, "define", str(xml))
 
 
 def host_state(sb: Sandbox, domains: list[str]) -> dict[str, Any]:

@@ -6,55 +6,35 @@ and, for the packet test, with frames captured on the monitoring port.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import select
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import hostsetup
+from helpers import answers_file, hostsetup, running_host, vsctl
 
 from backends.adapters.ovsdb import OvsdbBackend
 from backends.bundle import RealBackends
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import Mirror, MirrorEdit
-from sandbox import host, manage
+from sandbox import host
 from sandbox.core import Sandbox, SandboxError, kill_group
 from steps.base import Context, Operation, StepFailed, inverse
 from steps.ovs_mirror import MANAGED, OvsMirrorAnswers, OvsMirrorStep
 from wizard.answers import write
 
-_TAGS = itertools.count()
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
 def systemctl(sb: Sandbox, *args: str) -> None:
     """systemctl inside the host (its units: ovsdb-server, ovs-vswitchd...)."""
     host.run_inside(sb, "systemctl", "systemctl", *args)
-
-
-@contextmanager
-def running_host(directory: Path, tag: str = "") -> Iterator[Sandbox]:
-    """A booted sandbox host, under a tag of its own, whose systemd has started Open
-    vSwitch; ``DIR/answers.yaml`` holds only its ovs_mirror section.  Taken down
-    afterwards (container, cgroups, namespaces and their devices)."""
-    tag = tag or f"om{os.getpid() % 1000}{next(_TAGS)}"
-    try:
-        sb = manage.up(directory, tag=tag, components=[manage.HOST])
-        systemctl(sb, "start", "openvswitch-switch.service")
-        sb.answers = {"ovs_mirror": sb.answers["ovs_mirror"]}
-        manage.write_outputs(sb)
-        yield sb
-    finally:
-        manage.down(directory)
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +61,9 @@ def ovs_clean(ovs_host: Sandbox) -> Iterator[Sandbox]:
     vsctl(ovs_host, *reset)
 
 
-def vsctl(sb: Sandbox, *args: str) -> str:
-    """Run ovs-vsctl against the sandbox's database (independent of our backend)."""
-    res = subprocess.run(["ovs-vsctl", f"--db={sb.env['HOSTSETUP_OVSDB']}", "--timeout=20",
-                          *args], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
 def mirror_names(sb: Sandbox) -> set[str]:
     out = vsctl(sb, "--bare", "--columns=name", "list", "Mirror")
     return {line for line in out.splitlines() if line}
-
-
-def answers_file(sb: Sandbox, path: Path, mirrors: list[dict[str, Any]], **extra: Any) -> str:
-    """An answers file aimed at the sandbox with these mirrors."""
-    section = {"db": sb.env["HOSTSETUP_OVSDB"], "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"]}
-    write(path, {"version": 1, "ovs_mirror": {**section, **extra, "mirrors": mirrors}})
-    return str(path)
 
 
 SPAN = {"name": "span-vm1", "bridge": "br0", "select_src_port": ["vm1"],

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import hostsetup
-from test_ovs_mirror import running_host, vsctl
+from helpers import hostsetup, running_host, vsctl
 
 from backends.bundle import RealBackends
 from backends.interfaces.ovsdb import OvsdbAPI, ovsdb_api

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import hostsetup
-from test_ovs_mirror import answers_file, running_host, vsctl
+from helpers import answers_file, hostsetup, running_host, vsctl
 
 from sandbox import host
 from sandbox.core import Sandbox, kill_group

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 
 from sandbox import manage
 from sandbox.core import Sandbox

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import hostsetup
+from helpers import hostsetup
 
 from backends import hostfiles
 from backends.hostfiles import UnsafeTarget, atomic_write, open_log, write_file

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, hostsetup, unit_state
-from tmux import Terminal, apply_and_finish
+from tmux import Terminal, apply_and_finish, restored
 
 from sandbox import manage
 from sandbox.core import Sandbox
@@ -45,12 +45,6 @@ def set_timeout(t: Terminal, text: str) -> None:
     t.send("Tab", "Tab", "C-e", *["BSpace"] * 8)
     t.type(text)
 
-
-
-def restored(t: Terminal) -> bool:
-    """newt switches the terminal to raw mode; after exit it must be cooked again."""
-    settings = t.stty().split()
-    return "icanon" in settings and "isig" in settings and "echo" in settings
 
 
 def test_forward_run_to_summary(term: Terminal, dbus_host: Sandbox, tmp_path: Path) -> None:

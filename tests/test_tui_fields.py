@@ -5,47 +5,22 @@ session per step, on one sandbox host shared by the module."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from helpers import wizard_on
 from tmux import Terminal
 
 from backends.bundle import RealBackends
-from sandbox import host as host_mod
 from sandbox import manage
 from sandbox.core import Sandbox
-from sandbox.manage import write_yaml
 from steps import REGISTRY
 from steps.base import Question
 from wizard.tui.questions import LABEL_W, record_model, shorten, show_value
 
 HOST_COMPONENTS = [manage.HOST, "sandbox.vcsim"]
 CASES = {"empty": "", "junk": "abc!", "long": "x" * 1500, "unicode": "ñ€✓ü"}
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """One sandbox host (its systemd started OVS and libvirtd) and the vSphere simulator,
-    for the module."""
-    directory = tmp_path_factory.mktemp("tuifields") / "host"
-    try:
-        sb = manage.up(directory, tag="tuifld", components=HOST_COMPONENTS)
-        host_mod.run_inside(sb, "systemctl", "systemctl", "start",
-                            "openvswitch-switch.service", "libvirtd.service")
-        yield sb
-    finally:
-        manage.down(directory)
-
-
-def wizard_on(sb: Sandbox, tmp: Path, step: str) -> Terminal:
-    """The wizard asking only ``step``, prefilled with the sandbox's answers."""
-    answers = tmp / f"{step}.yaml"
-    write_yaml(answers, {"version": 1, "interactive": [step], step: sb.answers[step]})
-    return Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {answers} "
-                    f"--log {tmp}/{step}.log", cwd=tmp)
 
 
 def is_entry(q: Question) -> bool:

@@ -15,11 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from test_tui import restored
-from test_tui_fields import host  # noqa: F401 - the module's sandbox fixture
-from test_tui_keys import pending
-from tmux import Terminal
+from helpers import ROOT, pending
+from tmux import Terminal, restored
 
 from sandbox.core import Sandbox
 from sandbox.manage import write_yaml

@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, hostsetup
-from helpers import add_unit
-from test_tui import restored
-from test_tui_fields import host, wizard_on  # noqa: F401 - the module's sandbox fixture
-from tmux import Terminal
+from helpers import ROOT, add_unit, pending, wizard_on
+from tmux import Terminal, restored
 
 from sandbox.core import Sandbox
 from sandbox.host import BROKEN_UNIT
@@ -30,13 +27,6 @@ def run_wizard(tmp: Path, answers: dict[str, Any], *extra: str) -> Terminal:
     write_yaml(path, answers)
     return Terminal(f"{ROOT}/.venv/bin/python -m wizard --answers {path} "
                     f"--log {tmp}/w.log " + " ".join(extra), cwd=tmp)
-
-
-def pending(sb: Sandbox) -> str:
-    """What ``hostsetup plan`` would change on the sandbox (stdout)."""
-    res = hostsetup("plan", "--answers", str(sb.dir / "answers.yaml"))
-    assert res.returncode == 4, res.stdout + res.stderr
-    return res.stdout
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeBackends, FakeDBus, FakeLibvirt, domain, unit
-from helpers import run, shm_prefix, statuses
+from helpers import run, statuses
 
 from backends.interfaces.libvirt import HostFile, PciAddress, Shmem
 from steps.base import Context, Operation, StepFailed, inverse
@@ -27,8 +27,6 @@ from steps.ivshmem import (
     domain_commands,
 )
 from wizard.exits import EXIT_INVALID, EXIT_OK, EXIT_PENDING
-
-__all__ = ["shm_prefix"]  # a fixture, from helpers
 
 HOOKS = "/fake/hooks"
 EMULATOR = "/usr/bin/qemu-system-x86_64"

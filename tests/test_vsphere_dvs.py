@@ -8,67 +8,21 @@ plain pyVmomi as a real client would.
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pyVim.connect import Disconnect, SmartConnect
+from helpers import DC, PVLANS, Start, distributed, objects, read_back, vcenter
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
 
 from sandbox import vcsim
 from steps.base import StepFailed
 
-__all__ = ["vs_start"]  # the fixture, used by name
-
 VDS = vim.dvs.VmwareDistributedVirtualSwitch
-DC = "DC0"  # the simulator's datacenter
-PVLANS = [{"primary": 100, "secondary": 100, "type": "promiscuous"},
-          {"primary": 100, "secondary": 101, "type": "isolated"},
-          {"primary": 100, "secondary": 102, "type": "community"}]
-
-
-def distributed(sim: vcsim.Vcsim) -> dict[str, Any]:
-    """A switch on every host (vmnic2, vmnic3 as uplinks) with a PVLAN map, a
-    trunk port group with its own failover order, an ephemeral VLAN port group
-    with shaping, and an isolated PVLAN port group."""
-    return {**vcsim.answers(sim), "vswitches": [], "portgroups": [], "vm_adapters": [],
-            "dvswitches": [{"name": "dvSwitch1", "datacenter": DC, "mtu": 9000,
-                            "uplinks": ["Uplink 1", "Uplink 2"], "pvlans": PVLANS,
-                            "hosts": [{"name": h, "nics": ["vmnic2", "vmnic3"]}
-                                      for h in sim.hosts]}],
-            "dvportgroups": [
-                {"name": "Trunk", "dvswitch": "dvSwitch1", "vlan_trunk": ["100-200", "300"],
-                 "allow_promiscuous": True,
-                 "teaming": {"active_nics": ["Uplink 2"], "standby_nics": ["Uplink 1"]}},
-                {"name": "VLAN-30", "dvswitch": "dvSwitch1", "vlan": 30, "binding": "ephemeral",
-                 "shaping": {"enabled": True, "average_kbps": 10000, "peak_kbps": 20000}},
-                {"name": "Isolated", "dvswitch": "dvSwitch1", "pvlan": 101, "ports": 16}]}
-
-
-@contextmanager
-def vcenter(sim: vcsim.Vcsim) -> Iterator[Any]:
-    """The content of a plain pyVmomi session of its own."""
-    ctx = ssl.create_default_context(cafile=str(sim.cert))
-    si = SmartConnect(host=sim.host, port=sim.port, user=vcsim.USER,
-                      pwd=sim.password_file.read_text().strip(), sslContext=ctx)
-    try:
-        yield si.RetrieveContent()
-    finally:
-        Disconnect(si)
-
-
-def objects(content: Any, kind: Any) -> dict[str, Any]:
-    """The inventory's objects of a kind, by name."""
-    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
-    try:
-        return {o.name: o for o in view.view}
-    finally:
-        view.Destroy()
 
 
 def test_switch_and_port_groups_apply_replan_read_back_update_remove(vs_start: Start) -> None:

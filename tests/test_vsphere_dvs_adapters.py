@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Start, distributed, objects, read_back, selected, vcenter
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVmomi import vim
-from test_vsphere_dvs import distributed, objects, vcenter
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
-from test_vsphere_vmkernel import selected
 
 from steps.base import StepFailed
-
-__all__ = ["vs_start"]  # the fixture, used by name
 
 DV_BACKING = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
 

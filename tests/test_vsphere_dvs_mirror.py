@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Start, distributed, objects, read_back, vcenter
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
-from test_vsphere_dvs import VDS, distributed, objects, vcenter
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
 
 from sandbox import vcsim
 from steps.base import StepFailed
 
-__all__ = ["vs_start"]  # the fixture, used by name
-
+VDS = vim.dvs.VmwareDistributedVirtualSwitch
 NIC = "Network adapter 1"
 ANALYSER = "192.0.2.10"
 

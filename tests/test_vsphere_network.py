@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import hostsetup
+from helpers import Start, hostsetup, read_back
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pydantic import ValidationError
 
 from backends.bundle import RealBackends
@@ -30,51 +32,7 @@ from wizard.reportshow import run_from_dict
 from wizard.runner import Run
 
 STEP = VSphereNetworkStep()
-Start = Callable[..., vcsim.Vcsim]
 
-
-@pytest.fixture
-def vs_start(tmp_path: Path) -> Iterator[Start]:
-    """Start simulators for one test (``vs_start(model=..., hosts=..., vms=...)``)."""
-    sb = Sandbox(dir=tmp_path / "vs")
-    count = 0
-
-    def start(**kwargs: Any) -> vcsim.Vcsim:
-        nonlocal count
-        count += 1
-        return vcsim.start(sb, name=f"vcsim{count}", **kwargs)
-
-    try:
-        yield start
-    finally:
-        sb.stop()
-
-
-def read_back(section: dict[str, Any]) -> Inventory:
-    """The inventory through a fresh session (logged out afterwards)."""
-    backends = RealBackends()
-    try:
-        return vsphere_api(backends, connection(section)).inventory()
-    finally:
-        backends.close()
-
-
-def run(section: dict[str, Any], apply: bool = True) -> list[Change]:
-    """discover + validate + plan (+ apply) like the runner; returns the plan."""
-    answers = VSphereNetworkAnswers.model_validate(section)
-    backends = RealBackends()
-    ctx = Context(backends=backends)
-    try:
-        ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)
-        assert STEP.validate(answers, ctx.facts[STEP.name]) == []
-        ops = STEP.plan(answers, ctx)
-        if apply and ops:
-            STEP.apply(answers, ops, ctx)
-            ctx.facts[STEP.name] = STEP.facts_for(answers, ctx)  # the runner refreshes it
-            assert STEP.verify(answers, ctx) == []
-        return [op.change for op in ops]
-    finally:
-        backends.close()
 
 
 def adapter_network(inv: Inventory, vm_name: str) -> str | None:
@@ -83,18 +41,6 @@ def adapter_network(inv: Inventory, vm_name: str) -> str | None:
     adapter = vm.adapter("Network adapter 1") if vm else None
     assert adapter is not None
     return adapter.network
-
-
-def problems(section: dict[str, Any]) -> dict[tuple[str | int, ...], str]:
-    """validate() problems keyed by path."""
-    backends = RealBackends()
-    try:
-        ctx = Context(backends=backends)
-        facts = STEP.discover(STEP.connection(section), ctx)
-        found = STEP.validate(VSphereNetworkAnswers.model_validate(section), facts)
-        return {p.path: p.message for p in found}
-    finally:
-        backends.close()
 
 
 def test_esx_plan_apply_replan(vs_start: Start) -> None:
@@ -424,17 +370,6 @@ def test_password_is_not_in_repr() -> None:
 
 
 # -- through the CLI -------------------------------------------------------------
-
-
-def cli(tmp: Path, section: dict[str, Any], command: str = "apply",
-        env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
-    """Run ``python -m wizard <command>`` on an answers file; returns rc, output, report."""
-    answers, report, log = tmp / "answers.yaml", tmp / "report.json", tmp / "run.log"
-    write_yaml(answers, {"version": 1, "vsphere_network": section})
-    res = hostsetup(command, "--answers", str(answers), "--report", str(report),
-                    "--log", str(log), env=env)
-    output = res.stdout + res.stderr + (log.read_text() if log.exists() else "")
-    return res.returncode, output, json.loads(report.read_text())
 
 
 def test_cli_plan_apply_and_stopped_simulator(vs_start: Start, tmp_path: Path) -> None:

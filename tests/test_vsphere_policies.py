@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Start, networks, read_back
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
 
 from sandbox import vcsim
 from steps.base import StepFailed
-
-__all__ = ["vs_start"]  # the fixture, used by name
 
 NP = vim.host.NetworkPolicy
 TEAMING = {"load_balancing": "failover_explicit", "active_nics": ["vmnic1"],
@@ -42,21 +41,6 @@ def teamed(sim: vcsim.Vcsim) -> dict[str, Any]:
                  "teaming": {"active_nics": ["vmnic2"], "standby_nics": ["vmnic1"]},
                  "shaping": {"enabled": False}},
                 {"name": "Inherit-40", "vswitch": "vSwitch1", "vlan": 40}]}
-
-
-@contextmanager
-def networks(sim: vcsim.Vcsim, config: bool = False) -> Iterator[dict[str, Any]]:
-    """Each host's ``config.network`` (``config`` with ``config=True``) read with
-    plain pyVmomi (a session of its own)."""
-    ctx = ssl.create_default_context(cafile=str(sim.cert))
-    si = SmartConnect(host=sim.host, port=sim.port, user=vcsim.USER,
-                      pwd=sim.password_file.read_text().strip(), sslContext=ctx)
-    try:
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
-        yield {h.name: h.config if config else h.config.network for h in view.view}
-    finally:
-        Disconnect(si)
 
 
 def vswitch(net: Any, name: str) -> Any:

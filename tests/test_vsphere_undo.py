@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from helpers import Start, objects, vcenter
+from helpers import vsphere_run as run
 from pyVmomi import vim
-from test_vsphere_dvs import objects, vcenter
-from test_vsphere_network import Start, run, vs_start
 
 from backends.bundle import RealBackends
 from sandbox import vcsim
 from steps.base import Context
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep
-
-__all__ = ["vs_start"]  # the fixture, used by name
 
 STEP = VSphereNetworkStep()
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Start, networks, read_back, selected
+from helpers import vsphere_cli as cli
+from helpers import vsphere_problems as problems
+from helpers import vsphere_run as run
 from pyVmomi import vim
-from test_vsphere_network import Start, cli, problems, read_back, run, vs_start
-from test_vsphere_policies import networks
 
 from sandbox import vcsim
 from steps.base import StepFailed
-
-__all__ = ["vs_start"]  # the fixture, used by name
 
 
 def esxi_build(sim: vcsim.Vcsim) -> dict[str, Any]:
@@ -33,13 +33,6 @@ def esxi_build(sim: vcsim.Vcsim) -> dict[str, Any]:
                    "ip": {"address": f"10.0.30.{n}", "netmask": "255.255.255.0"}}
                   for n, h in enumerate(sim.hosts, 11)),
                 {"portgroup": "Storage", "ip": "dhcp", "services": ["vsan", "provisioning"]}]}
-
-
-def selected(config: Any, nic_type: str) -> list[str]:
-    """The devices a host's virtual NIC manager selects for ``nic_type``."""
-    [nc] = [nc for nc in config.virtualNicManagerInfo.netConfig if nc.nicType == nic_type]
-    assert isinstance(nc, vim.host.VirtualNicManager.NetConfig)
-    return sorted(key.rsplit("-", 1)[1] for key in nc.selectedVnic or ())
 
 
 def test_vmkernel_adapters_apply_replan_update_remove(vs_start: Start) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -103,8 +105,44 @@ class Terminal:
         return subprocess.run(["stty", "-a", "-F", tty], capture_output=True, text=True).stdout
 
     def close(self) -> None:
+        """End the program (its processes, deepest first, each waited for), then the session.
+
+        Killing the session alone hangs up the pane: a program run inside a sandbox
+        host through ``nsenter`` then outlives its ``nsenter``, and its zombie holds
+        the host's shutdown until something outside reaps it (seconds to never).
+        """
+        pane = subprocess.run([*self.tmux, "display", "-p", "-t", self.name, "#{pane_pid}"],
+                              capture_output=True, text=True).stdout.strip()
+        if pane.isdigit():
+            for pid in reversed(descendants(int(pane))):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                deadline = time.monotonic() + 5
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
         subprocess.run([*self.tmux, "kill-session", "-t", self.name], capture_output=True)
         self.rc_file.unlink(missing_ok=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, parents before their children."""
+    found: list[int] = []
+    try:
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return found
+    for child in children:
+        found += [child, *descendants(child)]
+    return found
+
+
+def restored(t: Terminal) -> bool:
+    """newt switches the terminal to raw mode; after exit it must be cooked again."""
+    settings = t.stty().split()
+    return "icanon" in settings and "isig" in settings and "echo" in settings
 
 
 def apply_and_finish(t: Terminal, timeout: float = 20.0) -> int:

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT
-from test_ovs_mirror import running_host, vsctl
+from helpers import ROOT, running_host, vsctl
 
 from sandbox.core import Sandbox
 from sandbox.host import exec_argv

@@ -193,6 +193,28 @@ def test_killed_at_each_boundary_resume_finishes_and_undo_goes_back(
     assert refused.value.code == EXIT_OK
 
 
+def test_a_resume_that_applies_nothing_leaves_the_run_to_finish(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume's check fails (systemd unreachable): nothing is applied, so the run it
+    resumed is still interrupted, reported at the next start and resumed by the next
+    resume."""
+    fb, answers = sample_backends(), doc(services=SERVICES)
+    killed = interrupt(answers, fb, 5, monkeypatch)
+    [run] = journal_mod.unsettled()
+    fb.unreachable.add("dbus")
+    done, resumed = recovery.resume(run, fb)
+    assert done.exit_code != EXIT_OK and resumed.entries() == []
+    assert [r.id for r in journal_mod.unsettled()] == [killed.id]
+    assert journal_mod.read_run(killed.id).state == "interrupted"
+    said: list[str] = []
+    assert recovery.settle(None, fb, said.append) == EXIT_INTERRUPTED_RUN
+    fb.unreachable.clear()
+    done, _ = recovery.resume(journal_mod.read_run(killed.id), fb)
+    assert done.exit_code == EXIT_OK and changes(fb, answers) == []
+    assert journal_mod.read_run(killed.id).state == "resumed"
+    assert journal_mod.unsettled() == []
+
+
 @pytest.mark.parametrize("at", [1, 2, 7, 8])
 def test_undo_of_an_interrupted_run_reverts_only_what_took_effect(
         at: int, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

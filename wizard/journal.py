@@ -21,7 +21,8 @@ goes on:
   nothing), matched by ``n``;
 - ``{"t": "result", ...}`` each step's result as in the JSON report, then
   ``{"t": "end_run", ...}`` with the exit code: the run is finished.  Later
-  processes append ``{"t": "mark", "state": "resumed"|"undone"|"abandoned"}``.
+  processes append ``{"t": "mark", "state": "resumed"|"undone"|"abandoned"}``, or
+  ``"interrupted"`` again after a resume that applied nothing.
 
 A run file without ``end_run`` or ``mark`` whose process is gone (the running
 process holds an exclusive ``flock`` on it) is an interrupted run.  Each file is
@@ -580,7 +581,9 @@ def _settled(path: Path) -> bool:
             record = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             continue
-        return isinstance(record, dict) and record.get("t") in FINAL
+        # A mark "interrupted" (a resume that applied nothing) leaves the run unsettled.
+        return isinstance(record, dict) and record.get("t") in FINAL \
+            and record.get("state") != "interrupted"
     return False
 
 

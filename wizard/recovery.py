@@ -167,7 +167,12 @@ def resume(run: JournalRun, backends: Backends, via: str = "cli",
     mark(run, "resumed", journal.id)
     log.info("run %s resumes run %s", journal.id, run.id)
     done = execute(answers, "apply", backends, progress, journal=journal)
-    return done, read_path(journal.path)
+    read = read_path(journal.path)
+    if done.exit_code != EXIT_OK and not read.entries():
+        # Nothing was applied (the check failed): the run is still to be finished, and
+        # the next start reports it again.
+        mark(run, "interrupted", journal.id)
+    return done, read
 
 
 # ---------------------------------------------------------------- undo

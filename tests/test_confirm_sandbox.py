@@ -106,7 +106,8 @@ def test_not_confirmed_in_time_is_reverted(host: Sandbox) -> None:
     assert "or tcp 127.0.0.1:2222 must answer" in out
     assert "confirm: not confirmed within 3 s: reverted 1 operation(s)" in out
     assert unit_state(host, "ssh.service") == "active"  # re-read with busctl
-    assert listening(host, 2222)
+    # Active once started (Type=simple); its server listens a moment later.
+    wait(lambda: listening(host, 2222), "the restarted ssh.service listens")
     got = json.loads(report.read_text())
     assert got["exit_code"] == 1
     assert got["confirm"]["outcome"] == "reverted"

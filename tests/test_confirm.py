@@ -287,7 +287,8 @@ def test_a_fleet_agent_leaves_the_window_open_for_the_controllers_confirmation(
     from wizard import fleet, journal
 
     kept: list[str] = []
-    monkeypatch.setattr(confirm, "start_keeper", lambda record: kept.append(record.run) or 0)
+    monkeypatch.setattr(confirm, "start_keeper",
+                        lambda record, own_unit: kept.append(record.run) or 0)
     answers = doc()
     run_journal = journal.RunJournal.create("apply", journal.answers_document(answers))
     report = fleet.windowed_apply(answers, {"confirm_within": 30}, host, lambda *_: None,

@@ -120,6 +120,9 @@ def test_a_change_that_cuts_the_agent_off_is_reverted_by_the_host(
         assert any("the host reverts it when its confirmation window closes" in e
                    for e in hv1_report["errors"]), out
         assert host(data, "hv2")["status"] == "skipped", out
+        # Every process of hv1's agent killed during the window (systemd restarts it):
+        # the keeper runs in a unit of its own and is not among them.
+        systemctl(hv1, "kill", "--signal=SIGKILL", "hostsetup-agent.service")
         # hv1's keeper reverts at the deadline: NetworkManager runs again (and with it
         # the loopback), read back with systemctl.
         deadline = started + WITHIN + 120
@@ -132,6 +135,7 @@ def test_a_change_that_cuts_the_agent_off_is_reverted_by_the_host(
         [rec] = [json.loads(p.read_text()) for p in root.glob("*.json")
                  if json.loads(p.read_text())["state"] != "confirmed"]
         assert rec["state"] == "reverted" and "not confirmed within" in rec["how"], rec
+        assert rec["reverted_by"] == rec["keeper"], rec
     finally:
         host_mod.run_inside(hv1, "no cut", "sh", "-ec",
                             f"rm -f {CUT}\nsystemctl daemon-reload\nip link set lo up")

@@ -337,7 +337,7 @@ def windowed_apply(answers: Answers, payload: dict[str, Any], backends: Any,
         report = journal.read_path(run_journal.path).report()
         if tracker.risky and tracker.record is not None and window is not None:
             waiter = confirm.Waiter(tracker.record, window.within, window.probe)
-            confirm.start_keeper(tracker.record)
+            confirm.start_keeper(tracker.record, own_unit=True)  # outlives the agent
             tracker.record.release()  # the keeper decides from now on
             report["confirm"] = {"state": "waiting", "run": window.run, "within": window.within,
                                  "remaining": waiter.remaining(),

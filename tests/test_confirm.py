@@ -278,3 +278,66 @@ def test_template_confirm_example_validates(tmp_path: Path) -> None:
     f.write_text(text + line.removeprefix("# ") + "\n")
     assert answers_mod.load(f).confirm == answers_mod.ConfirmAnswers(
         within=120, tcp="vcenter.example.net:443")
+
+
+def test_a_fleet_agent_leaves_the_window_open_for_the_controllers_confirmation(
+        host: FakeBackends, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's apply returns with the window open (its keeper decides from then
+    on); the controller's confirm task keeps the changes, naming the fleet run."""
+    from wizard import fleet, journal
+
+    kept: list[str] = []
+    monkeypatch.setattr(confirm, "start_keeper",
+                        lambda record, own_unit: kept.append(record.run) or 0)
+    answers = doc()
+    run_journal = journal.RunJournal.create("apply", journal.answers_document(answers))
+    report = fleet.windowed_apply(answers, {"confirm_within": 30}, host, lambda *_: None,
+                                  run_journal)
+    assert report["exit_code"] == 0
+    assert report["confirm"]["state"] == "waiting" and report["confirm"]["within"] == 30
+    assert kept == [run_journal.id] == [report["confirm"]["run"]]
+    record = json.loads((state / "confirm" / f"{run_journal.id}.json").read_text())
+    assert record["state"] == "waiting"
+    assert confirm.Record(state / "confirm", run_journal.id).own()  # released to the keeper
+    answer = fleet.confirm_task({"target": run_journal.id, "run_id": "f1"})
+    assert answer == {"exit_code": 0, "notes": [f"run {run_journal.id} confirmed: its "
+                                                 "changes are kept"]}
+    record = json.loads((state / "confirm" / f"{run_journal.id}.json").read_text())
+    assert record["state"] == "confirmed" and "fleet run f1" in record["how"]
+    assert fleet.confirm_task({"target": "other", "run_id": "f1"})["exit_code"] == 2
+    assert host.dbus.units["ssh.service"].active == "inactive"
+
+
+def test_a_fleet_agent_without_a_window_says_so(host: FakeBackends, state: Path) -> None:
+    from wizard import fleet, journal
+
+    answers = doc()
+    run_journal = journal.RunJournal.create("apply", journal.answers_document(answers))
+    report = fleet.windowed_apply(answers, {}, host, lambda *_: None, run_journal)
+    assert "confirm" not in report
+    assert any("without a confirmation window" in n for n in report["notes"])
+    assert not (state / "confirm").exists() or not list((state / "confirm").glob("*.json"))
+
+
+def test_fleet_progress_never_waits_for_the_broker() -> None:
+    """A send that blocks (the broker cut off) does not hold the apply; the latest line
+    is sent once it is free."""
+    from wizard.fleet import Progress
+
+    gate, sent = threading.Event(), []
+
+    def send(frac: float, text: str) -> None:
+        gate.wait(10)
+        sent.append(text)
+
+    progress = Progress(send)
+    t0 = time.monotonic()
+    for i in range(5):
+        progress(i / 5, f"step {i}")
+    assert time.monotonic() - t0 < 1
+    gate.set()
+    deadline = time.monotonic() + 10
+    while sent[-1:] != ["step 4"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(sent) <= 2  # the one in flight when it blocked, then the latest

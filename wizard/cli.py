@@ -408,6 +408,10 @@ def add_fleet_recovery(sp: argparse.ArgumentParser, name: str) -> None:
 
     if name == "apply":
         sp.add_argument("--after-interrupted", choices=AFTER, help=AFTER_HELP)
+        sp.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
+                        help="on each host, keep risky changes (~) only if the agent takes "
+                        "this run's confirmation (or the answers' probe answers) within "
+                        "SECONDS; else the host reverts them")
     if name in ("resume", "undo"):
         sp.add_argument("--hosts", metavar="NAME,...", help="only these hosts (default: all)")
     if name == "undo":
@@ -420,7 +424,8 @@ def fleet_extra(args: argparse.Namespace) -> dict[str, Any]:
     """What a fleet resume/undo (or apply --after-interrupted) adds to each task."""
     return {k: v for k, v in (("after_interrupted", getattr(args, "after_interrupted", None)),
                               ("target", getattr(args, "run", None)),
-                              ("dry_run", getattr(args, "dry_run", False))) if v}
+                              ("dry_run", getattr(args, "dry_run", False)),
+                              ("confirm_within", getattr(args, "confirm_within", None))) if v}
 
 
 def fleet_hosts(args: argparse.Namespace, hosts: dict[str, Any]) -> dict[str, Any]:
@@ -436,7 +441,8 @@ def fleet_hosts(args: argparse.Namespace, hosts: dict[str, Any]) -> dict[str, An
 def fleet_argv(args: argparse.Namespace) -> list[str]:
     """The same options, for a detached run."""
     argv = [f"{flag}={getattr(args, key)}" for flag, key in (
-        ("--after-interrupted", "after_interrupted"), ("--run", "run"), ("--hosts", "hosts"))
+        ("--after-interrupted", "after_interrupted"), ("--run", "run"), ("--hosts", "hosts"),
+        ("--confirm-within", "confirm_within"))
         if getattr(args, key, None)]
     return argv + (["--dry-run"] if getattr(args, "dry_run", False) else [])
 

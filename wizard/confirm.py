@@ -554,12 +554,15 @@ def confirm_data(record: Record, how: str) -> bool:
 KEEPER_MARGIN = 900  # seconds after the deadline a keeper waits for a live owner's revert
 
 
-def start_keeper(record: Record) -> int:
+def start_keeper(record: Record, own_unit: bool = False) -> int:
     """Start the keeper of an open window: a process of its own (a new session, no
     terminal; its lines go to ``STATE/confirm/RUN.log``) that does what this
     process would if it is gone before the window closes (killed, or its terminal
     lost: newt exits when it reads EOF): waits out the window, then reverts.
-    Returns its pid (kept in the record)."""
+    ``own_unit`` (the fleet agent, itself a systemd unit whose processes all go
+    when it stops): as root under systemd, the keeper runs as a transient unit of
+    its own, ``hostsetup-confirm-RUN``.  Returns its pid (kept in the record)."""
+    import shutil
     import subprocess
 
     from backends.hostfiles import open_log
@@ -567,12 +570,30 @@ def start_keeper(record: Record) -> int:
     log_path = record.where / f"{record.run}.log"
     argv = [sys.executable, "-m", "wizard", "--log", str(log_path), "confirm", "--watch",
             record.run]
-    env = {**os.environ, STATE_ENV: str(record.where.parent)}
-    with open_log(log_path) as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, env=env, cwd="/")
-    record.update(lambda d: _set(d, "waiting", keeper=proc.pid))
-    return proc.pid
+    pid = 0
+    if own_unit and os.geteuid() == 0 and Path("/run/systemd/system").is_dir() \
+            and shutil.which("systemd-run"):
+        unit = f"hostsetup-confirm-{record.run}"
+        try:
+            subprocess.run(["systemd-run", "--quiet", "--collect", f"--unit={unit}",
+                            "--property=Type=exec", "--working-directory=/",
+                            f"--setenv={STATE_ENV}={record.where.parent}", "--", *argv],
+                           check=True, capture_output=True, stdin=subprocess.DEVNULL,
+                           timeout=30)
+            shown = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit],
+                                   capture_output=True, text=True, timeout=30,
+                                   stdin=subprocess.DEVNULL)
+            pid = int(shown.stdout.strip() or 0)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            log.warning("run %s: no keeper unit (%s): a keeper process instead", record.run,
+                        exc)
+    if not pid:
+        env = {**os.environ, STATE_ENV: str(record.where.parent)}
+        with open_log(log_path) as out:
+            pid = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                   start_new_session=True, env=env, cwd="/").pid
+    record.update(lambda d: _set(d, "waiting", keeper=pid))
+    return pid
 
 
 def watch(state: Path, run: str, backends: Backends) -> Outcome | None:

@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -76,7 +77,8 @@ STATUS_EXIT = {"unchanged": EXIT_OK, "applied": EXIT_OK, "pending": EXIT_PENDING
                "resumed": EXIT_OK, "undone": EXIT_OK,
                "failed": EXIT_FAILED, "unknown": EXIT_FAILED, "skipped": EXIT_FAILED,
                "invalid": EXIT_INVALID, "unreachable": EXIT_UNREACHABLE,
-               "no agent": EXIT_UNREACHABLE, "interrupted run": EXIT_INTERRUPTED_RUN}
+               "no agent": EXIT_UNREACHABLE, "interrupted run": EXIT_INTERRUPTED_RUN,
+               "not confirmed": EXIT_FAILED}
 EXIT_PRIORITY = [EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED_RUN, EXIT_FAILED,
                  EXIT_PENDING, EXIT_OK]
 RUN_STATUS = {EXIT_OK: "unchanged", EXIT_PENDING: "pending", EXIT_INVALID: "invalid",
@@ -84,7 +86,7 @@ RUN_STATUS = {EXIT_OK: "unchanged", EXIT_PENDING: "pending", EXIT_INVALID: "inva
               EXIT_INTERRUPTED_RUN: "interrupted run"}
 # A host's status when its task of that mode ended well.
 DONE = {"apply": "applied", "resume": "resumed", "undo": "undone"}
-MODES = ("plan", "apply", "resume", "undo")
+MODES = ("plan", "apply", "resume", "undo", "confirm")
 
 
 class FleetError(Exception):
@@ -252,19 +254,101 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     except answers_mod.AnswersError as exc:
         return {**base, "exit_code": EXIT_INVALID, "errors": exc.problems}
 
-    def progress(frac: float, text: str) -> None:
-        try:
-            task.update_state(state="PROGRESS", meta={"frac": frac, "text": text})
-        except Exception:  # noqa: BLE001 - progress is best effort (broker may be restarting)
-            pass
-
     own = {k: base[k] for k in ("host", "agent", "machine", "redelivered")}
+    if mode == "confirm":
+        return {**base, **confirm_task(payload), **own}
+    progress = Progress(lambda frac, text: task.update_state(
+        state="PROGRESS", meta={"frac": frac, "text": text}))
     backends = RealBackends()
     try:
         report = journaled_task(mode, answers, payload, backends, progress)
     finally:
         backends.close()
     return {**base, **report, **own}
+
+
+class Progress:
+    """A task's progress lines, sent by a thread of its own, the latest only: the
+    apply never waits for the broker (a change may just have cut the path to it;
+    each send may then block up to the socket timeout).  Best effort."""
+
+    def __init__(self, send: Callable[[float, str], None]) -> None:
+        self.send = send
+        self.lock = threading.Lock()
+        self.latest: tuple[float, str] | None = None
+        self.sending = False
+
+    def __call__(self, frac: float, text: str) -> None:
+        with self.lock:
+            self.latest = (frac, text)
+            if self.sending:
+                return
+            self.sending = True
+        threading.Thread(target=self._drain, name="progress", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                item, self.latest = self.latest, None
+                if item is None:
+                    self.sending = False
+                    return
+            try:
+                self.send(*item)
+            except Exception:  # noqa: BLE001 - progress is best effort (broker may be away)
+                pass
+
+
+def confirm_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """``confirm``: keep the risky changes of this host's run ``target`` that waits for
+    its confirmation (wizard/confirm.py).  That this task reached the agent through the
+    broker is the proof that the control plane still reaches the host."""
+    from wizard import confirm
+
+    how = f"fleet run {payload.get('run_id')}: its confirmation reached the agent"
+    try:
+        line = confirm.confirm(confirm.state_dir(), str(payload.get("target") or ""), how)
+    except confirm.ConfirmError as exc:
+        return {"exit_code": exc.code, "errors": [str(exc)]}
+    return {"exit_code": EXIT_OK, "notes": [line]}
+
+
+def windowed_apply(answers: Answers, payload: dict[str, Any], backends: Any,
+                   progress: Callable[[float, str], None], run_journal: Any) -> dict[str, Any]:
+    """The agent's apply, under the confirmation window of ``fleet apply
+    --confirm-within`` or the answers' ``confirm:``.  When risky operations were
+    carried out, the window opens on the host and its keeper (a process of its own)
+    waits: for the controller's ``confirm`` task (through the broker), the answers'
+    probe, or ``hostsetup confirm`` on the host; without one in time it reverts them.
+    The report's ``confirm`` says the window is open (``state: waiting``, the
+    ``run``, ``within``)."""
+    from wizard import confirm, journal
+    from wizard.runner import execute
+
+    window = confirm.Window.of(run_journal.id, payload.get("confirm_within"), answers.confirm)
+    tracker = confirm.Tracker(inner=run_journal, window=window, sections=answers.sections)
+    notes: list[str] = []
+    try:
+        if window is not None:
+            confirm.folder(window.state)  # refused before anything is changed
+        for out in confirm.settle(confirm.state_dir(), backends, notes.append, wait=False):
+            notes.append(f"an earlier run's window: {out.text()}")
+        execute(answers, "apply", backends, progress, journal=tracker)
+        report = journal.read_path(run_journal.path).report()
+        if tracker.risky and tracker.record is not None and window is not None:
+            waiter = confirm.Waiter(tracker.record, window.within, window.probe)
+            confirm.start_keeper(tracker.record, own_unit=True)  # outlives the agent
+            tracker.record.release()  # the keeper decides from now on
+            report["confirm"] = {"state": "waiting", "run": window.run, "within": window.within,
+                                 "remaining": waiter.remaining(),
+                                 "probe": confirm.probe_text(window.probe)}
+        elif tracker.risky:
+            notes.append(f"{len(tracker.risky)} operation(s) from the first risky one (~) "
+                         "applied without a confirmation window (fleet apply "
+                         "--confirm-within, or confirm: in the answers)")
+    except confirm.ConfirmError as exc:
+        return {"exit_code": exc.code, "errors": [*notes, f"confirm: {exc}"]}
+    return {**report, "notes": [*report.get("notes", []), *notes]} if notes else report
 
 
 def journaled_task(mode: str, answers: Answers, payload: dict[str, Any], backends: Any,
@@ -298,8 +382,7 @@ def journaled_task(mode: str, answers: Answers, payload: dict[str, Any], backend
                     .report()
             run_journal = journal.RunJournal.create("apply", journal.answers_document(answers),
                                                     via="agent", fleet_run=fleet_run)
-            execute(answers, "apply", backends, progress, journal=run_journal)
-            return journal.read_path(run_journal.path).report()
+            return windowed_apply(answers, payload, backends, progress, run_journal)
         every = journal.runs()
         if mode == "resume":
             run = recovery.interrupted(None)
@@ -441,13 +524,14 @@ class HostOutcome:
     apply: dict[str, Any] | None = None
     batch: int | None = None
     tasks: dict[str, str] = field(default_factory=dict)  # phase -> Celery task id
+    confirm: dict[str, Any] | None = None  # the confirmation window: run, outcome
 
     def as_dict(self) -> dict[str, Any]:
         last = self.apply or self.plan or {}
         return {"name": self.name, "status": self.status, "errors": self.errors,
                 "batch": self.batch, "tasks": self.tasks,
                 "steps": {s["name"]: s["status"] for s in last.get("steps", [])},
-                "plan": self.plan, "apply": self.apply}
+                "plan": self.plan, "apply": self.apply, "confirm": self.confirm}
 
 
 @dataclass
@@ -550,8 +634,12 @@ class FleetRun:
 
     # -- one phase on a set of hosts
 
-    def dispatch(self, mode: str, names: list[str]) -> dict[str, dict[str, Any]]:
-        """Run ``mode`` on ``names`` (in parallel); returns each host's run report."""
+    def dispatch(self, mode: str, names: list[str], per_host: dict[str, dict[str, Any]] | None
+                 = None, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Run ``mode`` on ``names`` (in parallel; ``per_host`` adds to a host's task);
+        returns each host's run report.  A task not taken within ``timeout`` (default
+        the run's) expires."""
+        timeout = timeout or self.options.timeout
         present = self.listening(names)
         results: dict[str, dict[str, Any]] = {}
         tasks: dict[str, AsyncResult] = {}
@@ -562,14 +650,14 @@ class FleetRun:
                     f"(waited {self.options.agent_wait:g}s)")
                 continue
             payload = {"host": name, "mode": mode, "answers": self.hosts[name],
-                       "run_id": self.run_id, **self.extra}
+                       "run_id": self.run_id, **self.extra, **(per_host or {}).get(name, {})}
             tasks[name] = self.app.send_task(TASK_RUN, args=[payload], queue=queue_name(name),
-                                             expires=self.options.timeout)
+                                             expires=timeout)
             self.outcomes[name].tasks[mode] = tasks[name].id
             self.outcomes[name].status = "running"
             self.event(name, f"{mode}: sent")
         self.save()
-        results.update(self.wait(mode, tasks))
+        results.update(self.wait(mode, tasks, timeout))
         return results
 
     def _lost(self, name: str, status: str, reason: str) -> dict[str, Any]:
@@ -577,8 +665,9 @@ class FleetRun:
         return {"host": name, "exit_code": None, "status": status, "errors": [reason],
                 "steps": []}
 
-    def wait(self, mode: str, tasks: dict[str, AsyncResult]) -> dict[str, dict[str, Any]]:
-        """Poll the results until each is in, its deadline passes or its agent is gone."""
+    def wait(self, mode: str, tasks: dict[str, AsyncResult], timeout: float
+             ) -> dict[str, dict[str, Any]]:
+        """Poll the results until each is in, ``timeout`` passes or its agent is gone."""
         results: dict[str, dict[str, Any]] = {}
         t0 = last_check = time.monotonic()
         seen: dict[str, str] = {}  # host -> last progress line (present once it started)
@@ -594,11 +683,11 @@ class FleetRun:
                     broker_down = str(exc) or type(exc).__name__
                     self.event("*", f"broker unreachable, still waiting: {broker_down}")
             now = time.monotonic()
-            if now - t0 > self.options.timeout:
+            if now - t0 > timeout:
                 why = f"broker unreachable ({broker_down})" if broker_down else "last state"
                 for name in list(tasks):
                     results[name] = self._lost(
-                        name, "unknown", f"no result within {self.options.timeout:g}s; {why} "
+                        name, "unknown", f"no result within {timeout:g}s; {why} "
                         f"{seen.get(name, 'queued')}: whether the {mode} ran is unknown")
                     del tasks[name]
             elif tasks and now - last_check > self.options.recheck and not broker_down:
@@ -708,6 +797,12 @@ class FleetRun:
                 self.outcomes[name].batch = i
             self.event("*", f"batch {i + 1}/{len(self.batches)}: {', '.join(batch)}")
             self.record("apply", self.dispatch("apply", batch))
+            for name in batch:
+                if self.outcomes[name].status == "unknown" and self.windowed(name):
+                    self.outcomes[name].errors.append(
+                        "if a risky change (~) cut its agent off, the host reverts it when "
+                        "its confirmation window closes")
+            self.confirm_batch(batch)
             failed = [n for b in self.batches[:i + 1] for n in b
                       if STATUS_EXIT.get(self.outcomes[n].status, EXIT_FAILED) != EXIT_OK]
             if len(failed) > allowed and i + 1 < len(self.batches):
@@ -721,6 +816,43 @@ class FleetRun:
                 self.event("*", self.stopped_reason)
                 break
         return self.exit_of(self.outcomes.values())
+
+    def windowed(self, name: str) -> bool:
+        """Does ``name`` apply under a confirmation window?"""
+        return bool(self.extra.get("confirm_within") or self.hosts[name].get("confirm"))
+
+    def confirm_batch(self, batch: list[str]) -> None:
+        """Confirm the hosts of ``batch`` whose apply left a confirmation window open:
+        a ``confirm`` task each, through the broker, within the window.  A host that
+        does not take it in time (a change cut its agent off) is ``not confirmed``: its
+        keeper reverts the risky changes when the window closes."""
+        waiting = {n: w for n in batch if (w := (self.outcomes[n].apply or {}).get("confirm"))
+                   and w.get("state") == "waiting"}
+        if not waiting:
+            return
+        for name, w in waiting.items():
+            self.outcomes[name].confirm = dict(w)
+            self.event(name, f"confirm: run {w['run']} waits up to {w['within']} s")
+        applied = {n: self.outcomes[n].status for n in waiting}
+        within = max(float(w.get("remaining") or w["within"]) for w in waiting.values())
+        results = self.dispatch("confirm", list(waiting),
+                                {n: {"target": w["run"]} for n, w in waiting.items()}, within)
+        for name, rep in results.items():
+            out = self.outcomes[name]
+            assert out.confirm is not None
+            if rep.get("exit_code") == EXIT_OK:
+                out.confirm["state"], out.status = "kept", applied[name]
+                self.event(name, "confirm: kept (the agent took the confirmation)")
+                continue
+            out.confirm["state"] = "not confirmed"
+            out.status = "not confirmed"
+            out.errors += [*rep.get("errors", []),
+                           f"not confirmed: its risky changes are reverted on the host when "
+                           f"run {out.confirm['run']}'s window closes (its keeper; 'hostsetup "
+                           "report show' there)"]
+            self.event(name, "confirm: not confirmed" + "".join(
+                f"\n    ! {e}" for e in out.errors))
+        self.save()
 
     @staticmethod
     def exit_of(outcomes: Any) -> int:

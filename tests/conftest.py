@@ -216,7 +216,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         guessed[unit] = guessed.get(unit, 0.0) + GUESS[kind]
     where = units_dir(config)
     if where is not None:
-        measured = config.cache.get(DURATIONS, {}) if config.cache else {}
+        cache = getattr(config, "cache", None)  # none under -p no:cacheprovider
+        measured = cache.get(DURATIONS, {}) if cache else {}
         cost = {unit: measured.get(unit, guess) for unit, guess in guessed.items()}
         order = sorted(range(len(items)), key=lambda i: -cost[units[i]])  # stable
         items[:] = [items[i] for i in order]
@@ -267,7 +268,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Keep what this run measured per work unit for the next run's order."""
     config = session.config
-    if (loadgroup(config) and config.cache is not None and SPENT
+    if (loadgroup(config) and getattr(config, "cache", None) is not None and SPENT
             and not hasattr(config, "workerinput")
             and not (config.option.keyword or config.option.markexpr)):  # a whole run
         units = work_units(config)

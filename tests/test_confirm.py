@@ -341,3 +341,7 @@ def test_fleet_progress_never_waits_for_the_broker() -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert len(sent) <= 2  # the one in flight when it blocked, then the latest
+    progress.close()
+    progress(1.0, "after the result")  # never sent: it would hide the task's result
+    time.sleep(0.1)
+    assert sent[-1] == "step 4"

@@ -257,13 +257,15 @@ def run_task(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
     own = {k: base[k] for k in ("host", "agent", "machine", "redelivered")}
     if mode == "confirm":
         return {**base, **confirm_task(payload), **own}
+    task_id = task.request.id  # Celery's request is per thread: taken here, not there
     progress = Progress(lambda frac, text: task.update_state(
-        state="PROGRESS", meta={"frac": frac, "text": text}))
+        task_id=task_id, state="PROGRESS", meta={"frac": frac, "text": text}))
     backends = RealBackends()
     try:
         report = journaled_task(mode, answers, payload, backends, progress)
     finally:
         backends.close()
+        progress.close()
     return {**base, **report, **own}
 
 
@@ -276,22 +278,33 @@ class Progress:
         self.send = send
         self.lock = threading.Lock()
         self.latest: tuple[float, str] | None = None
-        self.sending = False
+        self.sending: threading.Thread | None = None
+        self.closed = False
 
     def __call__(self, frac: float, text: str) -> None:
         with self.lock:
-            self.latest = (frac, text)
-            if self.sending:
+            if self.closed:
                 return
-            self.sending = True
-        threading.Thread(target=self._drain, name="progress", daemon=True).start()
+            self.latest = (frac, text)
+            if self.sending is not None:
+                return
+            self.sending = threading.Thread(target=self._drain, name="progress", daemon=True)
+            self.sending.start()
+
+    def close(self, timeout: float = 40) -> None:
+        """No more lines; wait (bounded: about the broker's socket timeout) for the one
+        being sent, so that it does not land after the task's result and hide it."""
+        with self.lock:
+            self.closed, self.latest, thread = True, None, self.sending
+        if thread is not None:
+            thread.join(timeout)
 
     def _drain(self) -> None:
         while True:
             with self.lock:
                 item, self.latest = self.latest, None
                 if item is None:
-                    self.sending = False
+                    self.sending = None
                     return
             try:
                 self.send(*item)

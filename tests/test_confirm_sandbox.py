@@ -227,7 +227,11 @@ def start_wizard(sb: Sandbox, within: int) -> tmux.Terminal:
 def wizard(sb: Sandbox, within: int) -> tmux.Terminal:
     """The wizard (outside the host, on its bus) with answers that stop ssh.service;
     from its welcome window to the window that asks to keep the change."""
-    t = start_wizard(sb, within)
+    return to_apply(start_wizard(sb, within))
+
+
+def to_apply(t: tmux.Terminal) -> tmux.Terminal:
+    """From the wizard's welcome window through the review to Apply."""
     t.wait_for("[*] Host services")
     t.send("F12")
     review = t.wait_for("Review")
@@ -317,3 +321,24 @@ def test_wizard_reverts_an_expired_window_at_start(host: Sandbox) -> None:
         t.wait_for("[*] Host services")
     finally:
         t.close()
+
+
+def test_console_wizard_unit_killed_in_the_window_its_keeper_unit_reverts(
+        host: Sandbox) -> None:
+    """The wizard inside the host as a systemd unit with a terminal (as
+    hostsetup-console.service runs it on tty1), every process of that unit killed
+    while the window is open: its keeper, a unit of its own, still reverts in time."""
+    argv = exec_argv(host, "systemd-run", "--quiet", "--pty", "--unit=hs-wizard",
+                     "--setenv=TERM=screen", HOSTSETUP, "--answers", answers(host, within=6))
+    t = to_apply(tmux.Terminal(" ".join(argv), Path(host.dir)))
+    try:
+        t.wait_for("Keep these changes?", timeout=60)
+        killed = inside(host, "systemctl", "kill", "--signal=SIGKILL", "hs-wizard.service")
+        assert killed.returncode == 0, killed.stderr
+    finally:
+        t.close()
+    wait(lambda: (record(host) or {}).get("state") == "reverted", "reverted by the keeper", 40)
+    data = record(host) or {}
+    assert data["reverted_by"] == data["keeper"] != data["pid"]
+    assert data["result"] == "not confirmed within 6 s: reverted 1 operation(s)"
+    assert unit_state(host, "ssh.service") == "active"

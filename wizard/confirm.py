@@ -559,9 +559,10 @@ def start_keeper(record: Record, own_unit: bool = False) -> int:
     terminal; its lines go to ``STATE/confirm/RUN.log``) that does what this
     process would if it is gone before the window closes (killed, or its terminal
     lost: newt exits when it reads EOF): waits out the window, then reverts.
-    ``own_unit`` (the fleet agent, itself a systemd unit whose processes all go
-    when it stops): as root under systemd, the keeper runs as a transient unit of
-    its own, ``hostsetup-confirm-RUN``.  Returns its pid (kept in the record)."""
+    ``own_unit`` (the fleet agent and the wizard: the agent's unit, or the console
+    wizard's, takes all its processes along when it ends): as root under systemd,
+    the keeper runs as a transient unit of its own, ``hostsetup-confirm-RUN``.
+    Returns its pid (kept in the record)."""
     import shutil
     import subprocess
 

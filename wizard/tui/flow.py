@@ -618,7 +618,9 @@ def keep_or_revert(flow: Flow, tracker: Any) -> Any:
     if record is None or window is None or not tracker.risky:
         return None
     waiter = confirm.Waiter(record, window.within, window.probe)
-    confirm.start_keeper(record)  # reverts in time even if this terminal goes away
+    # Reverts in time even if this terminal goes away; a unit of its own under systemd,
+    # since the console wizard's unit takes all its processes along when it ends.
+    confirm.start_keeper(record, own_unit=True)
     with contextlib.suppress(termios.error):
         termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)  # keys typed before count not
     win = KeepWindow(waiter, [op.change.describe() for _s, op in tracker.risky])

@@ -322,8 +322,12 @@ class RunJournal:
             data = result.as_dict()
             data["errors"] = [_cut(e) for e in data["errors"]][:20]
             data["notes"] = [_cut(n) for n in data["notes"]][:20]
-            with contextlib.suppress(JournalFull):  # the changes alone fit (reserved)
+            try:
                 self._write({"t": "result", **data}, True)
+            except JournalFull:  # past its reserved room: the step's status and errors
+                self._write({"t": "result", **data, "changes": [], "errors": [
+                    *data["errors"][:3], "result cut: the run journal is full"],
+                    "notes": []}, True)
         self._write({"t": "end_run", "exit_code": run.exit_code, "started": run.started,
                      "duration": round(run.finished - run.started, 4), "time": time.time()},
                     True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from wizard.exits import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_INTERRUPTED_RUN,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -347,6 +348,9 @@ def undo(target: JournalRun, backends: Backends, dry_run: bool = False, via: str
         "undo", chain[-1].answers, via=via, undoes=target.id, fleet_run=fleet_run, base=base)
     try:
         _revert_all(result, _pending(chain), steps, sections, backends, journal)
+    except BaseException:  # Ctrl-C: the undo run ends "interrupted" (130); RUN is not marked
+        result.exit_code = EXIT_INTERRUPTED if result.exit_code == EXIT_OK else result.exit_code
+        raise
     finally:
         if journal is not None:
             done = result.run()

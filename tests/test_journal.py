@@ -411,3 +411,21 @@ def test_undo_of_a_start_stops_what_the_start_pulled_in(state_dir: Path) -> None
     assert fb.dbus.units["libvirtd.socket"].active == "inactive"
     assert fb.dbus.units["NetworkManager.service"].active == "active"  # active before
     assert changes(fb, answers) == first
+
+
+def test_an_undo_stopped_by_ctrl_c_ends_as_interrupted(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fb, answers = sample_backends(), doc(services=SERVICES)
+    apply(fb, answers)
+
+    def ctrl_c(name: str, timeout: float) -> str:
+        raise KeyboardInterrupt
+
+    target, every = recovery.target_run(None)
+    monkeypatch.setattr(fb.dbus, "stop_unit", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        recovery.undo(target, fb, every=every)
+    undo_run = journal_mod.runs()[-1]
+    assert undo_run.mode == "undo" and undo_run.report()["exit_code"] == 130
+    assert journal_mod.read_run(target.id).state == "finished"  # not undone
+    assert journal_mod.unsettled() == []

@@ -16,6 +16,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +46,12 @@ def no_change_apply(answers: answers_mod.Answers, concurrent: bool) -> tuple[flo
     return wall, run
 
 
-def main() -> int:
-    """One column per mode: each step's discover + plan, then the total wall time."""
-    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
-        sb = manage.up(Path(tmp) / "sb", tag=f"bc{os.getpid() % 1000}")
+@contextmanager
+def applied_sandbox(tag: str) -> Iterator[answers_mod.Answers]:
+    """A full sandbox whose answers (``DIR/answers.yaml``, yielded) were applied once,
+    so that nothing is left to change; taken down after."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{tag}-") as tmp:
+        sb = manage.up(Path(tmp) / "sb", tag=f"{tag}{os.getpid() % 1000}")
         try:
             answers = answers_mod.load(sb.dir / "answers.yaml")
             backends = RealBackends()
@@ -57,14 +61,20 @@ def main() -> int:
                 backends.close()
             if first.exit_code != 0:
                 raise SystemExit(f"the sandbox answers did not apply: {first.as_dict()}")
-            best: dict[str, tuple[float, Run]] = {}
-            for _ in range(REPEAT):
-                for mode, concurrent in MODES.items():
-                    wall, run = no_change_apply(answers, concurrent)
-                    if mode not in best or wall < best[mode][0]:
-                        best[mode] = (wall, run)
+            yield answers
         finally:
             manage.down(sb.dir)
+
+
+def main() -> int:
+    """One column per mode: each step's discover + plan, then the total wall time."""
+    with applied_sandbox("bc") as answers:
+        best: dict[str, tuple[float, Run]] = {}
+        for _ in range(REPEAT):
+            for mode, concurrent in MODES.items():
+                wall, run = no_change_apply(answers, concurrent)
+                if mode not in best or wall < best[mode][0]:
+                    best[mode] = (wall, run)
     print(f"no-change apply of the sandbox answers (best of {REPEAT}, seconds)")
     print(f"{'step (discover + plan)':<24}" + "".join(f"{m:>12}" for m in MODES))
     steps = [s.name for s in best["sequential"][1].steps]

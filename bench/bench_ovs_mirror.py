@@ -4,12 +4,15 @@ Boots its own sandbox host (its systemd starts Debian's Open vSwitch, userspace
 datapath) with 500 internal ports on br0, then for each size N:
   - the ovs_mirror step's apply (plan + ONE OVSDB transaction + wait for
     ovs-vswitchd), counting the transactions the backend sent;
+  - the undo of that apply, as ``hostsetup undo`` carries it out: each
+    operation's undo command in reverse order, one transaction each;
   - the same N mirrors made with one ``ovs-vsctl`` call per mirror (each
     waits for ovs-vswitchd, as ovs-vsctl does by default);
-and prints wall times and their ratio.  Then it builds a whole network from
-nothing: 50 bridges, 500 ports (450 internal, 50 GRE tunnels to the sandbox's
-analyser) and 100 mirrors (half of them into a tunnel), once through the step
-(ONE transaction) and once with one ``ovs-vsctl`` per object (650 calls).
+and prints wall times and the ratio of ovs-vsctl to the step's apply.  Then it
+builds a whole network from nothing: 50 bridges, 500 ports (450 internal, 50 GRE
+tunnels to the sandbox's analyser) and 100 mirrors (half of them into a tunnel),
+once through the step (ONE transaction) and once with one ``ovs-vsctl`` per
+object (650 calls).
 Run: .venv/bin/python bench/bench_ovs_mirror.py
 """
 
@@ -28,8 +31,8 @@ from backends.bundle import RealBackends  # noqa: E402
 from backends.interfaces.ovsdb import ovsdb_api  # noqa: E402
 from sandbox import host, manage  # noqa: E402
 from sandbox.core import Sandbox  # noqa: E402
-from steps.base import Context  # noqa: E402
-from steps.ovs_mirror import MANAGED, OvsMirrorStep  # noqa: E402
+from steps.base import Context, Operation, inverse  # noqa: E402
+from steps.ovs_mirror import MANAGED, OvsMirrorAnswers, OvsMirrorStep  # noqa: E402
 
 PORTS = 500
 SIZES = (1, 10, 100)
@@ -50,22 +53,47 @@ def mirrors(n: int) -> list[dict[str, object]]:
             for i in range(n)]
 
 
-def with_step(sb: Sandbox, n: int) -> tuple[float, int, int]:
-    """Seconds for plan+apply through the step, transactions used, changes."""
+def with_step(sb: Sandbox, n: int) -> tuple[float, int, list[Operation]]:
+    """Seconds for plan+apply through the step, transactions used, the operations."""
     step = OvsMirrorStep()
-    answers = step.Answers.model_validate({"db": sb.env["HOSTSETUP_OVSDB"], "timeout": 120,
-                                           "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"],
-                                           "mirrors": mirrors(n)})
+    answers = answers_for(sb, n)
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
         ovsdb = ovsdb_api(backends, answers.db)
         before = ovsdb.transactions
         t0 = time.perf_counter()
-        changes = step.plan(answers, ctx)
-        step.apply(answers, changes, ctx)
+        ops = step.plan(answers, ctx)
+        step.apply(answers, ops, ctx)
         elapsed = time.perf_counter() - t0
-        return elapsed, ovsdb.transactions - before, len(changes)
+        return elapsed, ovsdb.transactions - before, ops
+    finally:
+        backends.close()
+
+
+def answers_for(sb: Sandbox, n: int) -> OvsMirrorAnswers:
+    return OvsMirrorAnswers.model_validate({
+        "db": sb.env["HOSTSETUP_OVSDB"], "timeout": 120,
+        "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"], "mirrors": mirrors(n)})
+
+
+def undo(sb: Sandbox, n: int, ops: list[Operation]) -> tuple[float, int]:
+    """Seconds for the undo of ``ops`` (reverse order, a transaction each), and how
+    many transactions it sent; the switch is checked back without the mirrors."""
+    step, answers = OvsMirrorStep(), answers_for(sb, n)
+    backends = RealBackends()
+    try:
+        ctx = Context(backends=backends)
+        ovsdb = ovsdb_api(backends, answers.db)
+        t0 = time.perf_counter()
+        for op in reversed(ops):
+            back = inverse(op)
+            assert back is not None
+            step.execute(answers, back.do, ctx)
+        elapsed = time.perf_counter() - t0
+        assert [o.change for o in step.plan(answers, Context(backends=backends))] == \
+            [o.change for o in ops]
+        return elapsed, ovsdb.transactions
     finally:
         backends.close()
 
@@ -155,15 +183,15 @@ def main() -> None:
             print(f"switch: br0 with {PORTS} internal ports (+3 veths), "
                   f"made in {time.perf_counter() - t0:.1f}s")
             print(f"{'mirrors':>8} {'txns':>5} {'step apply':>11} {'ovs-vsctl xN':>13} "
-                  f"{'ratio':>7}")
+                  f"{'ratio':>7} {'undo txns':>10} {'undo':>10}")
             for n in SIZES:
                 vsctl(sb, "clear", "Bridge", "br0", "mirrors")
-                step_s, txns, changes = with_step(sb, n)
-                assert changes == n, f"expected {n} creates, planned {changes}"
-                vsctl(sb, "clear", "Bridge", "br0", "mirrors")
+                step_s, txns, ops = with_step(sb, n)
+                assert len(ops) == n, f"expected {n} creates, planned {len(ops)}"
+                undo_s, undo_txns = undo(sb, n, ops)
                 vsctl_s = with_vsctl(sb, n)
                 print(f"{n:>8} {txns:>5} {step_s * 1000:>9.1f}ms {vsctl_s * 1000:>11.1f}ms "
-                      f"{vsctl_s / step_s:>6.1f}x")
+                      f"{vsctl_s / step_s:>6.1f}x {undo_txns:>10} {undo_s * 1000:>8.1f}ms")
             vsctl(sb, "clear", "Bridge", "br0", "mirrors")
             net = network(sb.env["HOSTSETUP_OVS_ANALYSER_IP"])
             step_s, txns = build_with_step(sb, net)

@@ -861,7 +861,7 @@ class IvshmemStep(Step[IvshmemAnswers]):
         if answers.keeps("emulator-swap"):
             problems += self._swap_problems(answers, facts)
         if answers.state == "present":
-            problems += self._hugepage_problems(answers, facts)
+            problems += self.hugepage_problems(answers, facts)
         live = facts.live
         for dom in self._chosen(answers, domains) if answers.state == "present" else []:
             problems += self._domain_problems(answers, dom)
@@ -882,8 +882,8 @@ class IvshmemStep(Step[IvshmemAnswers]):
                                         .format(*version, ", ".join(running))))
         return problems
 
-    def _hugepage_problems(self, answers: IvshmemAnswers,
-                           facts: IvshmemFacts) -> list[Problem]:
+    def hugepage_problems(self, answers: IvshmemAnswers,
+                          facts: IvshmemFacts) -> list[Problem]:
         """backing hugepages: a hugetlbfs mount with enough free pages for the objects
         not made yet (one per chosen guest with per_domain), sizes in whole pages."""
         huge = [(i, d) for i, d in enumerate(answers.device_list()) if d.backing == "hugepages"]

@@ -10,13 +10,18 @@ Bridges, ports and mirrors this step creates carry
 ``external_ids:hostsetup-managed=true``; only those are ever updated or
 deleted, so objects made by hand or by another tool are left alone.  All
 changes of a run are one OVSDB transaction: they all happen or none does.
+Each operation carries its command and the undo restoring what was there
+(see "commands" below); ``hostsetup undo`` carries out one per transaction.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -32,7 +37,18 @@ from backends.interfaces.ovsdb import (
     VswitchdTimeout,
     ovsdb_api,
 )
-from steps.base import Change, Context, Operation, Problem, Question, Step, StepFailed, StepModel
+from steps.base import (
+    Change,
+    Command,
+    Context,
+    Operation,
+    Problem,
+    Question,
+    Step,
+    StepFailed,
+    StepModel,
+    ask,
+)
 from steps.validators import OvsdbRemote
 
 DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
@@ -80,30 +96,39 @@ def _vlan_list(value: Any) -> Any:
 class MirrorAnswers(StepModel):
     """One mirror in the answers file."""
 
-    name: str = Field(min_length=1, max_length=64, description="mirror name (unique per bridge)")
-    bridge: str = Field(min_length=1, description="bridge the mirror belongs to, e.g. br0")
+    name: str = Field(min_length=1, max_length=64, title="Mirror name",
+                      description="mirror name, unique on its bridge")
+    bridge: str = Field(min_length=1, title="Bridge",
+                        description="The bridge whose traffic is mirrored, e.g. br0.")
     state: Literal["present", "absent"] = Field(
-        "present", description="present: create/update it; absent: delete it (if hostsetup's)")
-    select_all: bool = Field(False, description="mirror every packet of every port of the bridge")
+        "present", title="State", description="present: create or update it; absent: delete "
+        "it (only if hostsetup made it)")
+    select_all: bool = Field(False, title="Mirror all traffic",
+                             description="mirror every packet of every port of the bridge")
     select_src_port: list[str] = Field(
-        default_factory=list,
-        description="ports whose RECEIVED traffic is mirrored: what the VM on that port sends")
+        default_factory=list, title="Traffic sent by (src)",
+        description=SRC_HELP + " Ports of the mirror's bridge.")
     select_dst_port: list[str] = Field(
-        default_factory=list,
-        description="ports whose TRANSMITTED traffic is mirrored: what is delivered to the VM")
+        default_factory=list, title="Traffic delivered to (dst)",
+        description=DST_HELP + " Ports of the mirror's bridge.")
     select_vlan: list[VlanId] = Field(
-        default_factory=list,
-        description="only mirror these VLANs (0-4095); empty: all VLANs")
+        default_factory=list, title="Only VLANs",
+        description="only mirror these VLANs, comma-separated IDs 0-4095; empty: all VLANs")
     output_port: str | None = Field(
-        None, description="SPAN: port that receives the copies (reserved for mirroring)")
+        None, title="Output port (SPAN)",
+        description="The port that receives the copies (SPAN; a tunnel port sends them to a "
+        "remote analyser); it then carries nothing else. Empty for RSPAN.")
     output_vlan: int | None = Field(
-        None, ge=1, le=4095,
-        description="RSPAN: VLAN (1-4095) the copies are sent out on; added to flood_vlans")
+        None, ge=1, le=4095, title="Output VLAN (RSPAN)",
+        description="RSPAN: the VLAN (1-4095) the copies are sent out on, tagged; added to "
+        "the bridge's flood_vlans (flooded, no MAC learning). Use a VLAN reserved for "
+        "mirroring")
     snaplen: int | None = Field(
-        None, ge=14, le=65535,
-        description="truncate copies to this many bytes (14-65535; if this OVS supports it)")
+        None, ge=14, le=65535, title="Snap length",
+        description="truncate each copy to this many bytes (14-65535; if this OVS has "
+        "Mirror.snaplen)")
     filter: str | None = Field(
-        None, min_length=1, max_length=1024,
+        None, min_length=1, max_length=1024, title="Only packets matching",
         description="only copy packets matching this OpenFlow match, e.g. 'icmp' or "
         "'tcp,tp_dst=80' (Mirror.filter: Open vSwitch 3.4 or later)")
 
@@ -160,24 +185,26 @@ class MirrorAnswers(StepModel):
 class BridgeAnswers(StepModel):
     """One bridge in the answers file: only the settings given are touched."""
 
-    name: str = Field(pattern=IFNAME, description="bridge name (a device name, 1-15 chars)")
+    name: str = Field(pattern=IFNAME, title="Bridge name",
+                      description="bridge name (a device name, 1-15 chars)")
     state: Literal["present", "absent"] = Field(
-        "present", description="present: create/update it; absent: delete it with its ports "
-        "and mirrors (only if hostsetup made it)")
+        "present", title="State", description="present: create/update it; absent: delete it "
+        "with its ports and mirrors (only if hostsetup made it)")
     datapath_type: str | None = Field(
-        None, pattern=r"^[a-z0-9_-]{0,32}$",
+        None, pattern=r"^[a-z0-9_-]{0,32}$", title="Datapath type",
         description="system (the kernel datapath) or netdev (userspace); one of this OVS's "
         "datapath_types. Default for a new bridge: system")
     fail_mode: Literal["standalone", "secure"] | None = Field(
-        None, description="without a controller: standalone (a learning switch) or secure "
-        "(no flows set up by itself)")
+        None, title="Fail mode", description="without a controller: standalone (a learning "
+        "switch) or secure (no flows set up by itself)")
     other_config: dict[Annotated[str, Field(min_length=1, max_length=64)],
                        Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, description="Bridge.other_config keys to set (others are left "
         "alone), e.g. {stp-enable: 'true'}")
     flood_vlans: list[VlanId] = Field(
-        default_factory=list, description="VLANs flooded without MAC learning: on the far end "
-        "of an RSPAN, the mirror VLAN (removed again when no longer listed)")
+        default_factory=list, title="Flood VLANs (RSPAN in)", description="VLANs flooded "
+        "without MAC learning: on the far end of an RSPAN, the mirror VLAN (removed again "
+        "when no longer listed)")
 
     _split_vlans = field_validator("flood_vlans", mode="before")(_vlan_list)
 
@@ -191,35 +218,39 @@ class BridgeAnswers(StepModel):
 class PortAnswers(StepModel):
     """One port (with its one interface) in the answers file."""
 
-    name: str = Field(pattern=IFNAME, description="port name (a device name, 1-15 chars; "
-                      "unique in the switch)")
-    bridge: str = Field(pattern=IFNAME, description="bridge the port is on")
+    name: str = Field(pattern=IFNAME, title="Port name", description="port name (a device "
+                      "name, 1-15 chars; unique in the switch)")
+    bridge: str = Field(pattern=IFNAME, title="Bridge", description="the bridge the port is on")
     state: Literal["present", "absent"] = Field(
-        "present", description="present: create/update it; absent: delete it (if hostsetup's)")
+        "present", title="State", description="present: create or update it; absent: delete "
+        "it (only if hostsetup made it)")
     type: Literal["system", "internal", "patch", "gre", "erspan", "vxlan"] = Field(
-        "system", description="system: an existing device (e.g. a veth, a NIC); internal: a "
-        "device OVS makes; patch: one end of a link to another bridge (peer); gre / erspan "
-        "/ vxlan: a tunnel to remote_ip, e.g. as a mirror's output to a remote analyser")
-    tag: int | None = Field(None, ge=0, le=4095, description="access VLAN (0-4095)")
+        "system", title="Type", description="system: an existing device (e.g. a veth, a NIC); "
+        "internal: a device OVS makes; patch: one end of a link to another bridge (peer); "
+        "gre / erspan / vxlan: a tunnel to remote_ip, e.g. a mirror's output to an analyser")
+    tag: int | None = Field(None, ge=0, le=4095, title="Access VLAN",
+                            description="access VLAN (0-4095)")
     vlan_mode: Literal["trunk", "access", "native-tagged", "native-untagged"] | None = Field(
-        None, description="default: access with a tag, trunk without; native-*: tag is the "
-        "native VLAN of a trunk")
-    trunks: list[VlanId] = Field(
-        default_factory=list, description="VLANs a trunk port carries (empty: all)")
-    peer: str | None = Field(None, pattern=IFNAME,
+        None, title="VLAN mode", description="default: access with a tag, trunk without; "
+        "native-*: tag is the native VLAN of a trunk")
+    trunks: list[VlanId] = Field(default_factory=list, title="Trunk VLANs",
+                                 description="VLANs a trunk port carries (empty: all)")
+    peer: str | None = Field(None, pattern=IFNAME, title="Patch peer",
                              description="patch: the patch port at the other end")
-    remote_ip: str | None = Field(None, description="tunnel: the far end's IP address")
-    local_ip: str | None = Field(None, description="tunnel: the source IP address "
-                                 "(same family as remote_ip); default: from the route")
-    key: int | None = Field(None, ge=0, description="tunnel key: GRE 0-4294967295, VXLAN "
-                            "VNI 0-16777215, ERSPAN session ID 0-1023")
-    erspan_ver: Literal[1, 2] | None = Field(None, description="erspan: version 1 (type II) "
-                                             "or 2 (type III); default 1")
-    erspan_idx: int | None = Field(None, ge=0, le=0xFFFFF,
+    remote_ip: str | None = Field(None, title="Tunnel remote IP",
+                                  description="tunnel: the far end's IP address")
+    local_ip: str | None = Field(None, title="Tunnel local IP", description="tunnel: the "
+                                 "source IP address (same family as remote_ip); default: from "
+                                 "the route")
+    key: int | None = Field(None, ge=0, title="Tunnel key", description="tunnel key: GRE "
+                            "0-4294967295, VXLAN VNI 0-16777215, ERSPAN session ID 0-1023")
+    erspan_ver: Literal[1, 2] | None = Field(None, title="ERSPAN version", description="erspan: "
+                                             "version 1 (type II) or 2 (type III); default 1")
+    erspan_idx: int | None = Field(None, ge=0, le=0xFFFFF, title="ERSPAN v1 index",
                                    description="erspan v1: index (0-1048575)")
-    erspan_dir: int | None = Field(None, ge=0, le=1,
+    erspan_dir: int | None = Field(None, ge=0, le=1, title="ERSPAN v2 direction",
                                    description="erspan v2: direction, 0 ingress, 1 egress")
-    erspan_hwid: int | None = Field(None, ge=0, le=63,
+    erspan_hwid: int | None = Field(None, ge=0, le=63, title="ERSPAN v2 hardware ID",
                                     description="erspan v2: hardware ID (0-63)")
 
     _split_vlans = field_validator("trunks", mode="before")(_vlan_list)
@@ -348,17 +379,40 @@ def _unique(items: list[Any], what: str, key: Any) -> list[Any]:
     return items
 
 
-class OvsMirrorAnswers(StepModel):
-    """Answers of the ``ovs_mirror`` step."""
+class OvsMirrorConnection(StepModel):
+    """How the ``ovs_mirror`` step reaches Open vSwitch: its OVSDB remote (and TLS files)."""
 
     db: OvsdbRemote = Field(
-        DEFAULT_DB, description="OVSDB remote: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")
-    ssl_key: str | None = Field(None, description="ssl: remotes: client private key file")
-    ssl_cert: str | None = Field(None, description="ssl: remotes: client certificate file")
-    ssl_ca: str | None = Field(None, description="ssl: remotes: CA certificate file")
+        DEFAULT_DB, title="OVSDB remote",
+        description="OVSDB remote: unix:PATH (this host's switch), tcp:HOST:6640 or "
+        "ssl:HOST:6640 (a remote switch)")
+    ssl_key: str | None = Field(None, title="SSL private key",
+                                description="ssl: remotes only: the client's private key file")
+    ssl_cert: str | None = Field(None, title="SSL certificate",
+                                 description="ssl: remotes only: the client's certificate file")
+    ssl_ca: str | None = Field(None, title="SSL CA certificate",
+                               description="ssl: remotes only: the CA certificate file")
+
+    @model_validator(mode="after")
+    def _ssl(self) -> Self:
+        if self.db.startswith("ssl:") and None in (self.ssl_key, self.ssl_cert, self.ssl_ca):
+            raise ValueError("an ssl: db needs ssl_key, ssl_cert and ssl_ca")
+        return self
+
+    def api(self, ctx: Context) -> OvsdbAPI:
+        """The OVSDB connection these settings name."""
+        keys = (self.ssl_key, self.ssl_cert, self.ssl_ca)
+        tls = OvsdbTLS(*keys) if all(keys) else None  # type: ignore[arg-type]
+        return ovsdb_api(ctx.backends, self.db, tls)
+
+
+class OvsMirrorAnswers(OvsMirrorConnection):
+    """Answers of the ``ovs_mirror`` step."""
+
     prune: bool = Field(
-        False,
-        description="delete hostsetup's mirrors (any bridge) that this file no longer lists")
+        False, title="Delete unlisted mirrors",
+        description="delete hostsetup's mirrors (any bridge) that this file no longer lists; "
+        "mirrors made otherwise are never touched")
     timeout: float = Field(
         10.0, gt=0, le=300, description="seconds to wait for ovs-vswitchd to take the change")
     vswitchd_ctl: str | None = Field(
@@ -367,23 +421,22 @@ class OvsMirrorAnswers(StepModel):
         "revalidated so the mirror applies at once. Default: ovs-vswitchd for a unix: db, "
         "none for tcp:/ssl: (the switch is on another host)")
     bridges: list[BridgeAnswers] = Field(
-        default_factory=list, description="bridges to create, update or delete")
+        default_factory=list, title="Bridges",
+        description="bridges to create, update or delete (only the settings given are touched)")
     ports: list[PortAnswers] = Field(
-        default_factory=list, description="ports (system, internal, patch, tunnels) to create, "
-        "update or delete")
-    mirrors: list[MirrorAnswers] = Field(default_factory=list, description="the port mirrors")
+        default_factory=list, title="Ports and tunnels",
+        description="ports to create, update or delete: system devices, internal ports, patch "
+        "links between bridges, GRE / ERSPAN / VXLAN tunnels (e.g. to a remote analyser)")
+    mirrors: list[MirrorAnswers] = Field(
+        default_factory=list, title="Port mirrors",
+        description="the port mirrors: copies of a bridge's traffic to a port (SPAN), out on "
+        "a VLAN (RSPAN) or into a tunnel")
 
     def control_target(self) -> str | None:
         """Where to reach ovs-vswitchd's unixctl, if it runs on this host."""
         if self.vswitchd_ctl:
             return self.vswitchd_ctl
         return "ovs-vswitchd" if self.db.startswith("unix:") else None
-
-    @model_validator(mode="after")
-    def _ssl(self) -> OvsMirrorAnswers:
-        if self.db.startswith("ssl:") and None in (self.ssl_key, self.ssl_cert, self.ssl_ca):
-            raise ValueError("an ssl: db needs ssl_key, ssl_cert and ssl_ca")
-        return self
 
     @field_validator("mirrors")
     @classmethod
@@ -405,33 +458,42 @@ class OvsMirrorAnswers(StepModel):
         return _unique(ports, "ports", lambda p: p.name)
 
 
-def _backend(ctx: Context, section: dict[str, Any]) -> OvsdbAPI:
-    """The OVSDB connection of a (possibly partial) answers section."""
-    keys = (section.get("ssl_key"), section.get("ssl_cert"), section.get("ssl_ca"))
-    tls = OvsdbTLS(*keys) if all(keys) else None  # type: ignore[arg-type]
-    return ovsdb_api(ctx.backends, section.get("db") or DEFAULT_DB, tls)
+@dataclass(frozen=True)
+class OvsMirrorFacts:
+    """What the switch has: bridges and ports by name, every mirror, which optional
+    Mirror columns its schema has, and the interface and datapath types its
+    ovs-vswitchd supports.  ``OvsMirrorFacts()`` (nothing read) offers the
+    snaplen question and no filter."""
+
+    bridges: Mapping[str, Bridge] = field(default_factory=dict)
+    ports: Mapping[str, Port] = field(default_factory=dict)
+    mirrors: tuple[Mirror, ...] = ()
+    snaplen: bool = True
+    filter: bool = False
+    iface_types: tuple[str, ...] = ()
+    datapath_types: tuple[str, ...] = ()
 
 
 def _is_managed(m: Mirror | Bridge | Port) -> bool:
     return m.external_ids.get(MANAGED) == "true"
 
 
-def _read(ovsdb: OvsdbAPI) -> dict[str, Any]:
+def _read(ovsdb: OvsdbAPI) -> OvsMirrorFacts:
     """What the switch has, as the step's facts."""
-    return {
-        "bridges": ovsdb.bridges(),
-        "ports": ovsdb.ports(),
-        "mirrors": ovsdb.mirrors(),
-        "snaplen": ovsdb.has_column("Mirror", "snaplen"),
-        "filter": ovsdb.has_column("Mirror", "filter"),
-        "iface_types": ovsdb.iface_types(),
-        "datapath_types": ovsdb.datapath_types(),
-    }
+    return OvsMirrorFacts(
+        bridges=ovsdb.bridges(), ports=ovsdb.ports(), mirrors=tuple(ovsdb.mirrors()),
+        snaplen=ovsdb.has_column("Mirror", "snaplen"),
+        filter=ovsdb.has_column("Mirror", "filter"),
+        iface_types=ovsdb.iface_types(), datapath_types=ovsdb.datapath_types())
 
 
-def _ask(model: type[StepModel], key: str, label: str, **kw: Any) -> Question:
-    """A question on a record field, its help the field's description."""
-    return Question(key, label, help=model.model_fields[key].description or "", **kw)
+def _options(model: type[StepModel], key: str) -> tuple[str, ...]:
+    """The values of a ``Literal`` field (optional or not): the wizard's choices."""
+    hint = model.model_fields[key].annotation
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is not Literal and len(args) == 1:  # Optional[Literal[...]]
+        args = list(get_args(args[0]))
+    return tuple(str(a) for a in args)
 
 
 def _port_fields(p: Port) -> dict[str, Any]:
@@ -527,6 +589,266 @@ def describe(m: Mirror) -> str:
     return text + (f", snaplen {m.snaplen}" if m.snaplen else "")
 
 
+# -- commands -----------------------------------------------------------------
+#
+# An operation's do/undo is a JSON value naming objects by name, never by row
+# UUID (a later process, e.g. ``hostsetup undo``, finds the rows again):
+#   {"op": "put_bridge", "bridge": {name, [datapath_type], [fail_mode], other_config,
+#                                   external_ids}}   create, or set only these keys
+#   {"op": "delete_bridge", "name": B}               with its ports and mirrors
+#   {"op": "restore_bridge", "bridge": {..., flood_vlans}, "ports": [...], "mirrors": [...]}
+#                                                    a deleted bridge as it was
+#   {"op": "put_port", "port": {...}} / {"op": "delete_port", "name": P, "bridge": B}
+#   {"op": "put_mirror", "mirror": {...}} / {"op": "delete_mirror", "bridge": B, "name": M}
+#   {"op": "flood", "bridge": B, "add": [...], "remove": [...], "rspan_vlans": "1,2" | None}
+# A put writes the whole port or mirror (its previous value is the undo); in
+# ``other_config``/``external_ids`` of a bridge, None removes a key and "" for
+# ``fail_mode`` clears it.  Commands never touch an existing object that is not
+# marked hostsetup-managed (only ``flood`` may change such a bridge).
+
+
+def _mirror_value(m: Mirror) -> dict[str, Any]:
+    """A mirror as a command's value: its settings, by name (no UUID, no statistics)."""
+    return {"name": m.name, "bridge": m.bridge, **_fields(m),
+            "external_ids": dict(m.external_ids)}
+
+
+def _mirror_of(v: Mapping[str, Any]) -> Mirror:
+    return Mirror(
+        v["name"], v["bridge"], v["select_all"], tuple(v["select_src_port"]),
+        tuple(v["select_dst_port"]), tuple(v["select_vlan"]), v["output_port"],
+        v["output_vlan"], v["snaplen"], v["filter"], dict(v["external_ids"]))
+
+
+def _port_value(p: Port) -> dict[str, Any]:
+    """A port (and its interface) as a command's value, by name (no UUID)."""
+    return {"name": p.name, "bridge": p.bridge, "type": p.type, "options": dict(p.options),
+            "tag": p.tag, "trunks": list(p.trunks), "vlan_mode": p.vlan_mode,
+            "external_ids": dict(p.external_ids)}
+
+
+def _port_of(v: Mapping[str, Any]) -> Port:
+    return Port(v["name"], v["bridge"], type=v["type"], options=dict(v["options"]),
+                tag=v["tag"], trunks=tuple(v["trunks"]), vlan_mode=v["vlan_mode"],
+                external_ids=dict(v["external_ids"]))
+
+
+def _bridge_value(b: Bridge) -> dict[str, Any]:
+    """A bridge's whole configuration as a command's value (what restoring it writes)."""
+    return {"name": b.name, "datapath_type": b.datapath_type, "fail_mode": b.fail_mode or "",
+            "other_config": dict(b.other_config), "external_ids": dict(b.external_ids),
+            "flood_vlans": list(b.flood_vlans)}
+
+
+def _bridge_put(name: str, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A put_bridge value from settings as :meth:`BridgeAnswers.settings` names them."""
+    out: dict[str, Any] = {"name": name, "other_config": {}, "external_ids": {}}
+    for key, value in flat.items():
+        if key.startswith("other_config:"):
+            out["other_config"][key.partition(":")[2]] = value
+        else:  # datapath_type, or fail_mode ("" clears it)
+            out[key] = value if key == "datapath_type" else value or ""
+    return out
+
+
+def _bridge_has(b: Bridge, v: Mapping[str, Any], exact: bool = False) -> bool:
+    """Whether bridge ``b`` has the settings of the put value ``v`` (``exact``: those
+    and no other other_config or external_ids keys, and v's flood_vlans)."""
+    for key in ("datapath_type", "fail_mode"):
+        if key in v and (getattr(b, key) or "") != (v[key] or ""):
+            return False
+    for column in ("other_config", "external_ids"):
+        have: Mapping[str, str] = getattr(b, column)
+        want = {k: x for k, x in v[column].items() if x is not None}
+        if exact and dict(have) != want or any(have.get(k) != x for k, x in v[column].items()):
+            return False
+    return not exact or list(b.flood_vlans) == sorted(v["flood_vlans"])
+
+
+def _mine(what: str, have: Mirror | Bridge | Port | None) -> None:
+    """Refuse to change an existing object that hostsetup did not make."""
+    if have is not None and not _is_managed(have):
+        raise StepFailed(f"{what} exists and was not made by hostsetup; not touching it")
+
+
+class _Switch:
+    """The switch as it is now, each table read on first use only: a command on a
+    mirror does not read the (maybe thousands of) ports."""
+
+    def __init__(self, ovsdb: OvsdbAPI) -> None:
+        self.ovsdb = ovsdb
+
+    @cached_property
+    def bridges(self) -> dict[str, Bridge]:
+        return self.ovsdb.bridges()
+
+    @cached_property
+    def ports(self) -> dict[str, Port]:
+        return self.ovsdb.ports()
+
+    @cached_property
+    def mirrors(self) -> dict[tuple[str, str], Mirror]:
+        return {(m.bridge, m.name): m for m in self.ovsdb.mirrors()}
+
+
+@dataclass
+class _Edit:
+    """The edit being built from commands, rows found by name in ``switch``."""
+
+    switch: _Switch
+    bridges_put: list[BridgePut] = field(default_factory=list)
+    bridges_delete: list[Bridge] = field(default_factory=list)
+    ports_put: list[Port] = field(default_factory=list)
+    ports_delete: list[Port] = field(default_factory=list)
+    put: list[Mirror] = field(default_factory=list)
+    delete: list[Mirror] = field(default_factory=list)
+    flood_add: dict[str, list[int]] = field(default_factory=dict)
+    flood_remove: dict[str, list[int]] = field(default_factory=dict)
+    bridge_ids: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+    def command(self, c: Command) -> None:
+        """Add command ``c`` (its rows found by name in the switch as it is now)."""
+        op = c["op"]
+        if op == "put_bridge":
+            self.put_bridge(c["bridge"])
+        elif op == "delete_bridge":
+            have = self.switch.bridges.get(c["name"])
+            _mine(f"bridge {c['name']}", have)
+            self.bridges_delete += [have] if have is not None else []
+        elif op == "restore_bridge":
+            self.restore_bridge(c["bridge"], c["ports"], c["mirrors"])
+        elif op == "put_port":
+            self.put_port(_port_of(c["port"]))
+        elif op == "delete_port":
+            gone = self.switch.ports.get(c["name"])
+            _mine(f"port {c['bridge']}/{c['name']}", gone)
+            self.ports_delete += [gone] if gone is not None else []
+        elif op == "put_mirror":
+            self.put_mirror(_mirror_of(c["mirror"]))
+        elif op == "delete_mirror":
+            old = self.switch.mirrors.get((c["bridge"], c["name"]))
+            _mine(f"mirror {c['bridge']}/{c['name']}", old)
+            self.delete += [old] if old is not None else []
+        elif op == "flood":
+            name = c["bridge"]
+            self.flood_add.setdefault(name, []).extend(c["add"])
+            self.flood_remove.setdefault(name, []).extend(c["remove"])
+            self.bridge_ids.setdefault(name, {})[RSPAN_VLANS] = c["rspan_vlans"]
+        else:
+            raise StepFailed(f"ovs_mirror: unknown command {op!r}")
+
+    def put_bridge(self, v: Mapping[str, Any]) -> None:
+        have = self.switch.bridges.get(v["name"])
+        _mine(f"bridge {v['name']}", have)
+        if have is None and v["external_ids"].get(MANAGED) != "true":
+            # Only a creation carries the mark; an update's bridge went away.
+            raise StepFailed(f"bridge {v['name']} does not exist (deleted since?)")
+        self.bridges_put.append(BridgePut(
+            v["name"], have.uuid if have else "", v.get("datapath_type"), v.get("fail_mode"),
+            dict(v["other_config"]), dict(v["external_ids"])))
+
+    def restore_bridge(self, v: Mapping[str, Any], ports: list[dict[str, Any]],
+                       mirrors: list[dict[str, Any]]) -> None:
+        name, have = v["name"], self.switch.bridges.get(v["name"])
+        _mine(f"bridge {name}", have)
+        # Keys and VLANs the bridge has now (if it came back) that it had not before go.
+        now = have or Bridge(name)
+        self.bridges_put.append(BridgePut(
+            name, now.uuid, v["datapath_type"], v["fail_mode"],
+            {**{k: None for k in now.other_config}, **v["other_config"]},
+            {**{k: None for k in now.external_ids}, **v["external_ids"]}))
+        self.flood_add.setdefault(name, []).extend(
+            sorted(set(v["flood_vlans"]) - set(now.flood_vlans)))
+        self.flood_remove.setdefault(name, []).extend(
+            sorted(set(now.flood_vlans) - set(v["flood_vlans"])))
+        for p in ports:
+            if p["name"] != name:  # the local port comes with the bridge, as add-br makes it
+                self.put_port(_port_of(p))
+        for m in mirrors:
+            self.put_mirror(_mirror_of(m))
+
+    def put_port(self, p: Port) -> None:
+        have = self.switch.ports.get(p.name)
+        _mine(f"port {p.bridge}/{p.name}", have)
+        if have is not None and have.bridge != p.bridge:  # a port does not move
+            raise StepFailed(f"port {p.name} is on bridge {have.bridge}, not {p.bridge}; "
+                             "not touching it")
+        self.ports_put.append(replace(p, uuid=have.uuid) if have is not None else p)
+
+    def put_mirror(self, m: Mirror) -> None:
+        have = self.switch.mirrors.get((m.bridge, m.name))
+        _mine(f"mirror {m.bridge}/{m.name}", have)
+        self.put.append(replace(m, uuid=have.uuid) if have is not None else m)
+
+    def done(self) -> MirrorEdit:
+        """The edit, for one transaction."""
+        return MirrorEdit(
+            put=self.put, delete=self.delete, flood_add=self.flood_add,
+            flood_remove=self.flood_remove, bridge_ids=self.bridge_ids,
+            bridges_put=self.bridges_put, bridges_delete=self.bridges_delete,
+            ports_put=self.ports_put, ports_delete=self.ports_delete)
+
+
+def _edit(commands: list[Command], ovsdb: OvsdbAPI) -> MirrorEdit:
+    """The one edit that carries out ``commands``, rows found by name in the switch now."""
+    edit = _Edit(_Switch(ovsdb))
+    for command in commands:
+        with _malformed(command):
+            edit.command(command)
+    return edit.done()
+
+
+@contextmanager
+def _malformed(command: Command) -> Iterator[None]:
+    """A command that lacks a key or has a value of the wrong type (e.g. a journal
+    edited by hand) fails the step with its name, not with a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        op = command.get("op") if isinstance(command, dict) else None
+        raise StepFailed(f"ovs_mirror: malformed command {op!r} "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _observe(c: Command, switch: _Switch) -> bool:
+    """Whether the switch is in the state command ``c`` leads to."""
+    op = c["op"]
+    if op in ("put_bridge", "restore_bridge"):
+        b = switch.bridges.get(c["bridge"]["name"])
+        if op == "put_bridge" or b is None:
+            return b is not None and _bridge_has(b, c["bridge"])
+        return _bridge_has(b, c["bridge"], exact=True) and all(
+            _observe({"op": "put_port", "port": p}, switch) for p in c["ports"]
+            if p["name"] != b.name) and all(
+            _observe({"op": "put_mirror", "mirror": m}, switch) for m in c["mirrors"])
+    if op == "put_port":
+        port = switch.ports.get(c["port"]["name"])
+        return port is not None and _port_value(port) == c["port"]
+    if op == "put_mirror":
+        m = switch.mirrors.get((c["mirror"]["bridge"], c["mirror"]["name"]))
+        return m is not None and _mirror_value(m) == c["mirror"]
+    if op == "flood":
+        b = switch.bridges.get(c["bridge"])
+        return b is not None and set(c["add"]) <= set(b.flood_vlans) \
+            and not set(c["remove"]) & set(b.flood_vlans) \
+            and b.external_ids.get(RSPAN_VLANS) == c["rspan_vlans"]
+    if op == "delete_bridge":
+        return c["name"] not in switch.bridges
+    if op == "delete_port":
+        return c["name"] not in switch.ports
+    if op == "delete_mirror":
+        return (c["bridge"], c["name"]) not in switch.mirrors
+    raise StepFailed(f"ovs_mirror: unknown command {op!r}")
+
+
+# Why an operation can cut traffic the operator (or a control plane) depends on:
+# deleting or rewriting an existing bridge or port.  Creating bridges, ports or
+# mirrors, and the RSPAN flood_vlans, cannot (flooding a VLAN loses no frame).
+RISKY_BRIDGE = "changes existing bridge {}: traffic through it may stop (datapath, fail mode)"
+RISKY_PORT = "rewrites existing port {} (type, VLANs, options): traffic through it may stop"
+RISKY_GONE = "deletes {}: traffic through it stops"
+
+
 class OvsMirrorStep(Step[OvsMirrorAnswers]):
     """Configure Open vSwitch port mirrors over OVSDB."""
 
@@ -544,6 +866,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         f"{CACHED_FLOWS}"
     )
     Answers = OvsMirrorAnswers
+    Connection = OvsMirrorConnection
+    Facts = OvsMirrorFacts
     requires = "ovs"
 
     def example(self) -> dict[str, Any]:
@@ -553,111 +877,63 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             "select_dst_port": ["vnet0"], "output_port": "mon0",
         }]}).model_dump(mode="json", exclude_none=True)
 
-    def connect_questions(self) -> list[Question]:
-        return [
-            Question("db", "OVSDB remote", required=True,
-                     help="unix:/var/run/openvswitch/db.sock on the host itself; "
-                     "tcp:HOST:6640 or ssl:HOST:6640 for a remote switch."),
-            Question("ssl_key", "SSL private key", help="Only for ssl: remotes (a file path)."),
-            Question("ssl_cert", "SSL certificate", help="Only for ssl: remotes (a file path)."),
-            Question("ssl_ca", "SSL CA certificate", help="Only for ssl: remotes (a file path)."),
+    def discover(self, connection: OvsMirrorConnection, ctx: Context) -> OvsMirrorFacts:
+        return _read(connection.api(ctx))
+
+    def questions(self, facts: OvsMirrorFacts) -> list[Question]:
+        bridges = tuple(sorted(facts.bridges))
+        ports = tuple(sorted({p for b in facts.bridges.values() for p in b.ports}))
+        state = _options(MirrorAnswers, "state")
+        mirror_fields = [
+            ask(MirrorAnswers, "name"),
+            ask(MirrorAnswers, "bridge", choices=bridges, refs="bridges"),
+            ask(MirrorAnswers, "state", choices=state),
+            ask(MirrorAnswers, "select_all"),
+            ask(MirrorAnswers, "select_src_port", choices=ports),
+            ask(MirrorAnswers, "select_dst_port", choices=ports),
+            ask(MirrorAnswers, "select_vlan"),
+            ask(MirrorAnswers, "output_port", choices=ports, refs="ports"),
+            ask(MirrorAnswers, "output_vlan"),
+            *([ask(MirrorAnswers, "snaplen")] if facts.snaplen else []),
+            *([ask(MirrorAnswers, "filter")] if facts.filter else []),
         ]
-
-    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        return _read(_backend(ctx, answers))
-
-    def facts_for(self, answers: OvsMirrorAnswers, ctx: Context) -> dict[str, Any]:
-        # Transitional (contract v2): this step's discover still takes a dict.
-        return self.discover(answers.model_dump(), ctx)
-
-    def questions(self, facts: dict[str, Any]) -> list[Question]:
-        bridges: dict[str, Bridge] = facts.get("bridges", {})
-        ports = tuple(sorted({p for b in bridges.values() for p in b.ports}))
-        fields = [
-            Question("name", "Mirror name", required=True, help="Unique on its bridge."),
-            Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
-                     required=True, help="The bridge whose traffic is mirrored.", refs="bridges"),
-            Question("state", "State", kind="choice", choices=("present", "absent"),
-                     help="present: create or update this mirror; absent: delete it "
-                     "(only if hostsetup made it)."),
-            Question("select_all", "Mirror all traffic", kind="yesno",
-                     help="Every packet of every port of the bridge."),
-            Question("select_src_port", "Traffic sent by (src)", kind="multi", choices=ports,
-                     help=SRC_HELP + " Ports of every bridge are listed; pick the bridge's."),
-            Question("select_dst_port", "Traffic delivered to (dst)", kind="multi",
-                     choices=ports, help=DST_HELP + " Ports of every bridge are listed; "
-                     "pick the bridge's."),
-            Question("select_vlan", "Only VLANs", help="Comma-separated VLAN IDs 0-4095; "
-                     "empty mirrors all VLANs."),
-            Question("output_port", "Output port (SPAN)", kind="choice", choices=ports,
-                     help="The port that receives the copies (a tunnel port sends them to a "
-                     "remote analyser); it then carries nothing else. Leave empty for RSPAN.",
-                     refs="ports"),
-            Question("output_vlan", "Output VLAN (RSPAN)", kind="int", help=RSPAN_HELP),
-        ]
-        if facts.get("snaplen", True):
-            fields.append(Question("snaplen", "Snap length", kind="int",
-                                   help="Truncate each copy to this many bytes (14-65535)."))
-        if facts.get("filter", False):
-            fields.append(_ask(MirrorAnswers, "filter", "Only packets matching"))
-        state = ("present", "absent")
         bridge_fields = (
-            _ask(BridgeAnswers, "name", "Bridge name", required=True),
-            _ask(BridgeAnswers, "state", "State", kind="choice", choices=state),
-            _ask(BridgeAnswers, "datapath_type", "Datapath type", kind="choice",
-                 choices=tuple(facts.get("datapath_types", ()))),
-            _ask(BridgeAnswers, "fail_mode", "Fail mode", kind="choice",
-                 choices=("standalone", "secure")),
-            _ask(BridgeAnswers, "flood_vlans", "Flood VLANs (RSPAN in)"),
+            ask(BridgeAnswers, "name"),
+            ask(BridgeAnswers, "state", choices=state),
+            ask(BridgeAnswers, "datapath_type", choices=facts.datapath_types),
+            ask(BridgeAnswers, "fail_mode", choices=_options(BridgeAnswers, "fail_mode")),
+            ask(BridgeAnswers, "flood_vlans"),
         )
         port_fields = (
-            _ask(PortAnswers, "name", "Port name", required=True),
-            Question("bridge", "Bridge", kind="choice", choices=tuple(sorted(bridges)),
-                     required=True, refs="bridges", help="The bridge the port is on."),
-            _ask(PortAnswers, "state", "State", kind="choice", choices=state),
-            _ask(PortAnswers, "type", "Type", kind="choice", choices=(
-                "system", "internal", "patch", *TUNNELS)),
-            _ask(PortAnswers, "tag", "Access VLAN", kind="int"),
-            _ask(PortAnswers, "vlan_mode", "VLAN mode", kind="choice", choices=(
-                "trunk", "access", "native-tagged", "native-untagged")),
-            _ask(PortAnswers, "trunks", "Trunk VLANs"),
-            _ask(PortAnswers, "peer", "Patch peer"),
-            _ask(PortAnswers, "remote_ip", "Tunnel remote IP"),
-            _ask(PortAnswers, "local_ip", "Tunnel local IP"),
-            _ask(PortAnswers, "key", "Tunnel key", kind="int"),
-            _ask(PortAnswers, "erspan_ver", "ERSPAN version", kind="int"),
-            _ask(PortAnswers, "erspan_idx", "ERSPAN v1 index", kind="int"),
-            _ask(PortAnswers, "erspan_dir", "ERSPAN v2 direction", kind="int"),
-            _ask(PortAnswers, "erspan_hwid", "ERSPAN v2 hardware ID", kind="int"),
+            ask(PortAnswers, "name"),
+            ask(PortAnswers, "bridge", choices=bridges, refs="bridges"),
+            ask(PortAnswers, "state", choices=state),
+            ask(PortAnswers, "type", choices=_options(PortAnswers, "type")),
+            ask(PortAnswers, "tag"),
+            ask(PortAnswers, "vlan_mode", choices=_options(PortAnswers, "vlan_mode")),
+            ask(PortAnswers, "trunks"),
+            *(ask(PortAnswers, key) for key in ("peer", "remote_ip", "local_ip", "key")),
+            ask(PortAnswers, "erspan_ver", kind="int"),  # Literal[1, 2]: a number
+            *(ask(PortAnswers, key) for key in ("erspan_idx", "erspan_dir", "erspan_hwid")),
         )
         return [
-            Question("mirrors", "Port mirrors", kind="records", fields=tuple(fields),
-                     summary="name", help=self.help),
-            Question("prune", "Delete unlisted mirrors", kind="yesno",
-                     help="Delete mirrors made by hostsetup that are not listed here. "
-                     "Mirrors made otherwise are never touched."),
-            Question("bridges", "Bridges", kind="records", fields=bridge_fields,
-                     summary="name", help="Bridges to create, update or delete (only the "
-                     "settings given are touched)."),
-            Question("ports", "Ports and tunnels", kind="records", fields=port_fields,
-                     summary="name", help="Ports to create, update or delete: system devices, "
-                     "internal ports, patch links between bridges, and GRE / ERSPAN / VXLAN "
-                     "tunnels that carry mirrored copies to a remote analyser."),
+            ask(OvsMirrorAnswers, "mirrors", fields=tuple(mirror_fields), summary="name"),
+            ask(OvsMirrorAnswers, "prune"),
+            ask(OvsMirrorAnswers, "bridges", fields=bridge_fields, summary="name"),
+            ask(OvsMirrorAnswers, "ports", fields=port_fields, summary="name"),
         ]
 
-    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def current(self, facts: OvsMirrorFacts) -> dict[str, Any]:
         """hostsetup's mirrors on the switch (``hostsetup-managed``), as records."""
         mirrors = [{"name": m.name, "bridge": m.bridge, **_shown(_fields(m))}
-                   for m in facts.get("mirrors", []) if _is_managed(m)]
+                   for m in facts.mirrors if _is_managed(m)]
         out = {"mirrors": sorted(mirrors, key=lambda r: (r["bridge"], r["name"]))} \
             if mirrors else {}
-        ports = [_port_record(p) for _n, p in sorted(facts.get("ports", {}).items())
-                 if _is_managed(p)]
+        ports = [_port_record(p) for _n, p in sorted(facts.ports.items()) if _is_managed(p)]
         return {"ports": ports, **out} if ports else out
 
-    def validate(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
-        bridges: dict[str, Bridge] = facts["bridges"]
-        ports: dict[str, Port] = facts.get("ports", {})
+    def validate(self, answers: OvsMirrorAnswers, facts: OvsMirrorFacts) -> list[Problem]:
+        bridges, ports = facts.bridges, facts.ports
         gone = {b.name for b in answers.bridges if b.state == "absent"}
         final = (set(bridges) - gone) | {b.name for b in answers.bridges if b.state == "present"}
         answered = {p.name for p in answers.ports}
@@ -672,10 +948,8 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 + self._check_ports(answers, facts, final)
                 + self._check_mirrors(answers, facts, final, on_bridge))
 
-    def _check_bridges(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> list[Problem]:
-        bridges: dict[str, Bridge] = facts["bridges"]
-        ports: dict[str, Port] = facts.get("ports", {})
-        kinds = facts.get("datapath_types", ())
+    def _check_bridges(self, answers: OvsMirrorAnswers, facts: OvsMirrorFacts) -> list[Problem]:
+        bridges, ports, kinds = facts.bridges, facts.ports, facts.datapath_types
         problems = []
         for i, b in enumerate(answers.bridges):
             have = bridges.get(b.name)
@@ -689,7 +963,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
             if b.state == "absent":
                 foreign = [f"port {p}" for p in have.ports if p != b.name and p in ports
                            and not _is_managed(ports[p])] if have else []
-                foreign += [f"mirror {m.name}" for m in facts["mirrors"]
+                foreign += [f"mirror {m.name}" for m in facts.mirrors
                             if m.bridge == b.name and not _is_managed(m)]
                 if foreign:
                     problems.append(Problem(("bridges", i, "state"), (
@@ -706,11 +980,10 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"(datapath_types: {', '.join(kinds)})")))
         return problems
 
-    def _check_ports(self, answers: OvsMirrorAnswers, facts: dict[str, Any],
+    def _check_ports(self, answers: OvsMirrorAnswers, facts: OvsMirrorFacts,
                      final: set[str]) -> list[Problem]:
         """Each port: its bridge, ownership, type support, patch peers, no patch loops."""
-        ports: dict[str, Port] = facts.get("ports", {})
-        types = facts.get("iface_types", ())
+        ports, types = facts.ports, facts.iface_types
         answered = {p.name: p for p in answers.ports}
         problems = []
         links = _Union()
@@ -759,7 +1032,7 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
 
     @staticmethod
     def _check_peer(i: int, p: PortAnswers, answered: dict[str, PortAnswers],
-                    ports: dict[str, Port], links: _Union) -> list[Problem]:
+                    ports: Mapping[str, Port], links: _Union) -> list[Problem]:
         """A patch port's peer points back, is on another bridge, and closes no loop."""
         where = ("ports", i, "peer")
         peer = answered.get(str(p.peer))
@@ -788,9 +1061,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 "frames would circle for ever"))]
         return []
 
-    def _check_mirrors(self, answers: OvsMirrorAnswers, facts: dict[str, Any],
+    def _check_mirrors(self, answers: OvsMirrorAnswers, facts: OvsMirrorFacts,
                        final: set[str], on_bridge: dict[str, set[str]]) -> list[Problem]:
-        existing = {(m.bridge, m.name): m for m in facts["mirrors"]}
+        existing = {(m.bridge, m.name): m for m in facts.mirrors}
         sources = {(m.bridge, port): j for j, m in enumerate(answers.mirrors)
                    if m.state == "present" for port in (*m.select_src_port, *m.select_dst_port)}
         problems = []
@@ -824,84 +1097,120 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"'{m.output_port}' is a source of mirrors[{other}]: an output port only "
                     "carries copies, and mirroring it copies copies (a loop)")))
             for key, column in (("snaplen", "snaplen"), ("filter", "filter")):
-                if getattr(m, key) is not None and not facts.get(column):
+                if getattr(m, key) is not None and not getattr(facts, column):
                     since = " (it came with Open vSwitch 3.4)" if key == "filter" else ""
                     problems.append(Problem(("mirrors", i, key), (
                         f"this Open vSwitch has no Mirror.{column}{since}: remove {key}")))
         return problems
 
-    def _network(self, answers: OvsMirrorAnswers, facts: dict[str, Any]) -> tuple[
-            list[Change], list[BridgePut], list[Bridge], list[Port], list[Port]]:
-        """The bridge and port changes: (changes, bridges to put, to delete, ports to
-        put, to delete).  Bridges: only the settings answered are compared."""
-        bridges: dict[str, Bridge] = facts["bridges"]
-        ports: dict[str, Port] = facts["ports"]
-        changes: list[Change] = []
-        b_put: list[BridgePut] = []
-        b_del: list[Bridge] = []
+
+    def plan(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Operation]:
+        """Creations and updates (bridges, ports, mirrors), then deletions (mirrors,
+        ports, bridges), then flood_vlans: in this order each operation can also be
+        carried out alone, and their undos in reverse order (a deleted port is back
+        before a mirror that used it)."""
+        facts: OvsMirrorFacts = self.facts(answers, ctx)
+        b_put, b_del = self._bridges(answers, facts)
+        p_put, p_del = self._ports(answers, facts)
+        m_put, m_del = self._mirrors(answers, facts)
+        gone = {o.do["name"] for o in b_del}
+        deleted = {(o.do["bridge"], o.do["name"]) for o in m_del}
+        return [*b_put, *p_put, *m_put, *m_del, *p_del, *b_del,
+                *self._rspan(answers, facts, gone, deleted)]
+
+    @staticmethod
+    def _bridges(answers: OvsMirrorAnswers,
+                 facts: OvsMirrorFacts) -> tuple[list[Operation], list[Operation]]:
+        """Bridges to create or update, and to delete.  Only the settings answered are
+        compared (and restored by the undo)."""
+        puts, deletes = [], []
         for b in answers.bridges:
-            have, target = bridges.get(b.name), f"bridge {b.name}"
+            have, target = facts.bridges.get(b.name), f"bridge {b.name}"
             if b.state == "absent":
                 if have is not None:
-                    b_del.append(have)
-                    changes.append(Change(target, "delete", {"ports": list(have.ports)}, None,
-                                          "state: absent: its ports and mirrors go with it"))
+                    deletes.append(Operation(
+                        Change(target, "delete", {"ports": list(have.ports)}, None,
+                               "state: absent: its ports and mirrors go with it"),
+                        {"op": "delete_bridge", "name": b.name},
+                        {"op": "restore_bridge", "bridge": _bridge_value(have),
+                         "ports": [_port_value(p) for n, p in sorted(facts.ports.items())
+                                   if p.bridge == b.name],
+                         "mirrors": [_mirror_value(m) for m in facts.mirrors
+                                     if m.bridge == b.name]},
+                        RISKY_GONE.format(f"bridge {b.name} with its ports")))
                 continue
             want = b.settings()
             if have is None:
-                b_put.append(BridgePut(b.name, datapath_type=b.datapath_type,
-                                       fail_mode=b.fail_mode, other_config=b.other_config,
-                                       external_ids={MANAGED: "true"}))
-                changes.append(Change(target, "create", None,
-                                      {"datapath_type": b.datapath_type or "system", **want}))
+                puts.append(Operation(
+                    Change(target, "create", None, {"datapath_type": b.datapath_type or "system",
+                                                    **want}),
+                    {"op": "put_bridge", "bridge": {**_bridge_put(b.name, want),
+                                                    "external_ids": {MANAGED: "true"}}},
+                    {"op": "delete_bridge", "name": b.name}))
                 continue
             now = {"datapath_type": have.datapath_type, "fail_mode": have.fail_mode,
                    **{f"other_config:{k}": have.other_config.get(k) for k in b.other_config}}
             differ = {k: v for k, v in want.items() if now[k] != v}
             if differ:
-                b_put.append(BridgePut(
-                    b.name, uuid=have.uuid, datapath_type=differ.get("datapath_type"),
-                    fail_mode=differ.get("fail_mode"),
-                    other_config={k.partition(":")[2]: v for k, v in differ.items()
-                                  if k.startswith("other_config:")}))
-                changes.append(Change(target, "update", {k: now[k] for k in differ}, differ))
-        p_put: list[Port] = []
-        p_del: list[Port] = []
+                before = {k: now[k] for k in differ}
+                puts.append(Operation(
+                    Change(target, "update", before, differ),
+                    {"op": "put_bridge", "bridge": _bridge_put(b.name, differ)},
+                    {"op": "put_bridge", "bridge": _bridge_put(b.name, before)},
+                    RISKY_BRIDGE.format(b.name)))
+        return puts, deletes
+
+    @staticmethod
+    def _ports(answers: OvsMirrorAnswers,
+               facts: OvsMirrorFacts) -> tuple[list[Operation], list[Operation]]:
+        """Ports to create or rewrite, and to delete."""
+        puts, deletes = [], []
         for p in answers.ports:
-            old, target = ports.get(p.name), f"port {p.bridge}/{p.name}"
+            old, target = facts.ports.get(p.name), f"port {p.bridge}/{p.name}"
             if p.state == "absent":
                 if old is not None:
-                    p_del.append(old)
-                    changes.append(Change(target, "delete", _shown(_port_fields(old)), None,
-                                          "state: absent"))
+                    deletes.append(Operation(
+                        Change(target, "delete", _shown(_port_fields(old)), None,
+                               "state: absent"),
+                        {"op": "delete_port", "name": p.name, "bridge": old.bridge},
+                        {"op": "put_port", "port": _port_value(old)},
+                        RISKY_GONE.format(f"port {p.name}")))
                 continue
             new = p.desired()
             if old is None:
-                p_put.append(new)
-                changes.append(Change(target, "create", None, _shown(_port_fields(new)),
-                                      describe_port(new)))
+                puts.append(Operation(
+                    Change(target, "create", None, _shown(_port_fields(new)),
+                           describe_port(new)),
+                    {"op": "put_port", "port": _port_value(new)},
+                    {"op": "delete_port", "name": p.name, "bridge": p.bridge}))
                 continue
             before, after = _port_fields(old), _port_fields(new)
             keys = [k for k in {**before, **after} if before.get(k) != after.get(k)]
             if keys:
-                p_put.append(replace(new, uuid=old.uuid,
-                                     external_ids={**old.external_ids, MANAGED: "true"}))
-                changes.append(Change(target, "update", {k: before.get(k) for k in keys},
-                                      {k: after.get(k) for k in keys},
-                                      "in place: " + describe_port(new)))
-        return changes, b_put, b_del, p_put, p_del
+                new = replace(new, external_ids={**old.external_ids, MANAGED: "true"})
+                puts.append(Operation(
+                    Change(target, "update", {k: before.get(k) for k in keys},
+                           {k: after.get(k) for k in keys}, "in place: " + describe_port(new)),
+                    {"op": "put_port", "port": _port_value(new)},
+                    {"op": "put_port", "port": _port_value(old)},
+                    RISKY_PORT.format(p.name)))
+        return puts, deletes
 
-    def _diff(self, answers: OvsMirrorAnswers, ovsdb: OvsdbAPI) -> tuple[list[Change], MirrorEdit]:
-        """The changes from what the switch has to the answers, and the edit doing them."""
-        facts = _read(ovsdb)
-        changes, b_put, b_del, p_put, p_del = self._network(answers, facts)
-        # The bridges after the run (flood_vlans are kept on each of them).
-        bridges = {n: b for n, b in facts["bridges"].items() if b not in b_del}
-        bridges.update({b.name: Bridge(b.name) for b in b_put if not b.uuid})
-        snaplen = facts["snaplen"]
-        existing = {(m.bridge, m.name): m for m in facts["mirrors"]}
-        put: list[Mirror] = []
-        delete: list[Mirror] = []
+    @staticmethod
+    def _mirrors(answers: OvsMirrorAnswers,
+                 facts: OvsMirrorFacts) -> tuple[list[Operation], list[Operation]]:
+        """Mirrors to create or rewrite, and to delete (``state: absent``, ``prune``)."""
+        snaplen = facts.snaplen
+        existing = {(m.bridge, m.name): m for m in facts.mirrors}
+        puts, deletes = [], []
+
+        def delete(have: Mirror, why: str) -> None:
+            deletes.append(Operation(
+                Change(f"mirror {have.bridge}/{have.name}", "delete",
+                       _shown(_fields(have, snaplen)), None, why),
+                {"op": "delete_mirror", "bridge": have.bridge, "name": have.name},
+                {"op": "put_mirror", "mirror": _mirror_value(have)}))
+
         for m in answers.mirrors:
             have = existing.get((m.bridge, m.name))
             target = f"mirror {m.bridge}/{m.name}"
@@ -909,77 +1218,74 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                 raise StepFailed(f"{target} exists and was not made by hostsetup; not touching it")
             if m.state == "absent":
                 if have is not None:
-                    delete.append(have)
-                    changes.append(Change(target, "delete", _shown(_fields(have, snaplen)),
-                                          None, "state: absent"))
+                    delete(have, "state: absent")
                 continue
             want = m.desired()
             if have is None:
-                put.append(want)
-                changes.append(Change(target, "create", None, _shown(_fields(want, snaplen)),
-                                      describe(want)))
+                puts.append(Operation(
+                    Change(target, "create", None, _shown(_fields(want, snaplen)),
+                           describe(want)),
+                    {"op": "put_mirror", "mirror": _mirror_value(want)},
+                    {"op": "delete_mirror", "bridge": m.bridge, "name": m.name}))
                 continue
             before, after = _fields(have, snaplen), _fields(want, snaplen)
             differ = [k for k in after if before[k] != after[k]]
             if differ:
-                put.append(replace(want, uuid=have.uuid,
-                                   external_ids={**have.external_ids, MANAGED: "true"}))
-                changes.append(Change(
-                    target, "update", {k: before[k] for k in differ},
-                    {k: after[k] for k in differ}, "in place: " + describe(want)))
+                want = replace(want, external_ids={**have.external_ids, MANAGED: "true"})
+                puts.append(Operation(
+                    Change(target, "update", {k: before[k] for k in differ},
+                           {k: after[k] for k in differ}, "in place: " + describe(want)),
+                    {"op": "put_mirror", "mirror": _mirror_value(want)},
+                    {"op": "put_mirror", "mirror": _mirror_value(have)}))
         if answers.prune:
             listed = {(m.bridge, m.name) for m in answers.mirrors}
             for key, have in sorted(existing.items()):
                 if key not in listed and _is_managed(have):
-                    delete.append(have)
-                    changes.append(Change(f"mirror {have.bridge}/{have.name}", "delete",
-                                          _shown(_fields(have, snaplen)), None,
-                                          "no longer in the answers (prune: yes)"))
-        flood = self._rspan(answers, bridges, existing, {(d.bridge, d.name) for d in delete})
-        changes += flood[0]
-        return changes, MirrorEdit(put=put, delete=delete, flood_add=flood[1],
-                                   flood_remove=flood[2], bridge_ids=flood[3],
-                                   bridges_put=b_put, bridges_delete=b_del,
-                                   ports_put=p_put, ports_delete=p_del)
+                    delete(have, "no longer in the answers (prune: yes)")
+        return puts, deletes
 
-    def _rspan(
-        self, answers: OvsMirrorAnswers, bridges: dict[str, Bridge],
-        existing: dict[tuple[str, str], Mirror], deleted: set[tuple[str, str]],
-    ) -> tuple[list[Change], dict[str, list[int]], dict[str, list[int]],
-               dict[str, dict[str, str | None]]]:
+    @staticmethod
+    def _rspan(answers: OvsMirrorAnswers, facts: OvsMirrorFacts, gone: set[str],
+               deleted: set[tuple[str, str]]) -> list[Operation]:
         """Keep each bridge's flood_vlans holding the output VLANs of our RSPAN mirrors
         and the VLANs its answer lists (the receiving end of an RSPAN).
 
         Only VLANs this step added (recorded in the bridge's external_ids) are
         ever removed, and only once no managed mirror of that bridge uses them
-        and its answer no longer lists them.
+        and its answer no longer lists them.  ``gone``: bridges this run deletes;
+        ``deleted``: mirrors it deletes.
         """
+        # The bridges after the run (flood_vlans are kept on each of them).
+        bridges = {n: b for n, b in facts.bridges.items() if n not in gone}
+        bridges.update({b.name: Bridge(b.name) for b in answers.bridges
+                        if b.state == "present" and b.name not in facts.bridges})
         # The managed mirrors after this run: listed ones, plus managed ones kept.
         after = {(m.bridge, m.name): m.output_vlan for m in answers.mirrors if m.state == "present"}
-        for key, have in existing.items():
+        for have in facts.mirrors:
+            key = (have.bridge, have.name)
             if _is_managed(have) and key not in after and key not in deleted:
                 after[key] = have.output_vlan
         listed = {b.name: set(b.flood_vlans) for b in answers.bridges if b.state == "present"}
-        changes, add, remove, ids = [], {}, {}, {}
+        ops = []
         for name, bridge in sorted(bridges.items()):
             wanted = {v for (b, _n), v in after.items() if b == name and v is not None}
             wanted |= listed.get(name, set())
             flood = set(bridge.flood_vlans)
-            ours = {int(v) for v in bridge.external_ids.get(RSPAN_VLANS, "").split(",") if v}
+            old = bridge.external_ids.get(RSPAN_VLANS)
+            ours = {int(v) for v in (old or "").split(",") if v}
             new_ours = (ours & wanted) | (wanted - flood)
             plus, minus = sorted(wanted - flood), sorted((ours - wanted) & flood)
             if not plus and not minus and new_ours == ours:
                 continue
-            add[name], remove[name] = plus, minus
-            ids[name] = {RSPAN_VLANS: ",".join(map(str, sorted(new_ours))) or None}
-            new_flood = sorted((flood | set(plus)) - set(minus))
-            changes.append(Change(
-                f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
-                {"flood_vlans": new_flood},
-                "RSPAN VLANs (mirror outputs, or a receiving end's) are flooded and OVS "
-                "learns no MAC addresses on them",
-            ))
-        return changes, add, remove, ids
+            ids = ",".join(map(str, sorted(new_ours))) or None
+            ops.append(Operation(
+                Change(f"bridge {name} flood_vlans", "update", {"flood_vlans": sorted(flood)},
+                       {"flood_vlans": sorted((flood | set(plus)) - set(minus))},
+                       "RSPAN VLANs (mirror outputs, or a receiving end's) are flooded and "
+                       "OVS learns no MAC addresses on them"),
+                {"op": "flood", "bridge": name, "add": plus, "remove": minus, "rspan_vlans": ids},
+                {"op": "flood", "bridge": name, "add": minus, "remove": plus, "rspan_vlans": old}))
+        return ops
 
     def _revalidate(self, answers: OvsMirrorAnswers, ovsdb: OvsdbAPI, ctx: Context) -> None:
         """Make the change apply to traffic already flowing, or say how to."""
@@ -993,28 +1299,38 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
         else:
             ctx.log(f"ovs_mirror: cached flows revalidated through {target}")
 
-    def plan(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Operation]:
-        # Transitional (contract v2): operations without commands yet.
-        return [Operation(c, {}) for c in self._changes(answers, ctx)]
+    def execute(self, answers: OvsMirrorAnswers, command: Command, ctx: Context) -> None:
+        """One command in a transaction of its own (``hostsetup undo``, ``resume``)."""
+        ovsdb = answers.api(ctx)
+        ovsdb.apply(_edit([command], ovsdb), answers.timeout)
+        self._revalidate(answers, ovsdb, ctx)
 
-    def _changes(self, answers: OvsMirrorAnswers, ctx: Context) -> list[Change]:
-        return self._diff(answers, _backend(ctx, answers.model_dump()))[0]
+    def observe(self, answers: OvsMirrorAnswers, command: Command, ctx: Context) -> bool:
+        switch = _Switch(answers.api(ctx))
+        with _malformed(command):
+            return _observe(command, switch)
 
     def apply(self, answers: OvsMirrorAnswers, ops: list[Operation], ctx: Context) -> None:
-        ovsdb = _backend(ctx, answers.model_dump())
-        now, edit = self._diff(answers, ovsdb)
-        if now:
-            ctx.progress(0.1, f"one OVSDB transaction: {len(now)} change(s)")
+        """All of ``ops`` in ONE OVSDB transaction (all or nothing), journaled: every
+        operation begun before it is sent, every one ended after it."""
+        ovsdb = answers.api(ctx)
+        if ops:
+            for op in ops:
+                ctx.journal.begin(self.name, op)
+            ctx.progress(0.1, f"one OVSDB transaction: {len(ops)} change(s)")
             try:
-                cfg = ovsdb.apply(edit, answers.timeout)
+                cfg = ovsdb.apply(_edit([op.do for op in ops], ovsdb), answers.timeout)
             except VswitchdTimeout as exc:
-                raise StepFailed(str(exc), done=now) from None
+                self._end(ops, ctx)  # the database took it: carried out
+                raise StepFailed(str(exc), done=[op.change for op in ops]) from None
             except BackendUnreachable:
                 raise  # the runner reports it (exit 5): whether it committed is unknown
-            except BackendError as exc:
+            except (BackendError, StepFailed) as exc:
                 # One transaction: when it fails, none of it took effect.
+                self._end(ops, ctx, str(exc))
                 raise StepFailed(f"{exc}", done=[]) from None
-            ctx.log(f"ovs_mirror: {len(now)} change(s) committed, ovs-vswitchd at cfg {cfg}")
+            self._end(ops, ctx)
+            ctx.log(f"ovs_mirror: {len(ops)} change(s) committed, ovs-vswitchd at cfg {cfg}")
             self._revalidate(answers, ovsdb, ctx)
         ctx.progress(0.9, "reading mirror statistics")
         mirrors = {(m.bridge, m.name): m for m in ovsdb.mirrors()}
@@ -1027,3 +1343,9 @@ class OvsMirrorStep(Step[OvsMirrorAnswers]):
                     f"tx_bytes={stats['tx_bytes']}" if "tx_packets" in stats else
                     f"mirror {m.bridge}/{m.name}: no statistics yet (ovs-vswitchd "
                     "reports them every few seconds)")
+
+    def _end(self, ops: list[Operation], ctx: Context, error: str = "") -> None:
+        for op in ops:
+            ctx.journal.end(self.name, op, error)
+            if not error:
+                ctx.log(f"{self.name}: {op.change.describe()}")

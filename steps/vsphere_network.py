@@ -22,6 +22,11 @@ the fields left out keep their value (ESXi's default on a new one); on a port
 group they are inherited from the vSwitch when it is created and left as they
 are when it is updated.
 
+Each operation's ``do`` and ``undo`` are JSON commands (a VSphereAPI method and its
+arguments, specs as dicts) carried out through a fixed table (:data:`COMMANDS`),
+so that a journal can keep them and ``hostsetup undo`` run them later; an
+operation that can cut the management path is ``risky``.
+
 If a change fails, what this run did is undone in reverse order (created
 objects removed, updated ones restored, adapters moved back).  What remains
 changed is then computed from a re-read of the inventory, not from which
@@ -31,13 +36,22 @@ every undo call that failed is listed as an error of the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.vsphere import (
@@ -63,6 +77,7 @@ from backends.interfaces.vsphere import (
 )
 from steps.base import (
     Change,
+    Command,
     Context,
     Operation,
     Problem,
@@ -71,6 +86,7 @@ from steps.base import (
     Step,
     StepFailed,
     StepModel,
+    ask,
     resolve_secret,
 )
 from steps.validators import ServerName, repeated
@@ -156,9 +172,12 @@ class PolicyAnswer(StepModel):
     """Security, teaming and shaping of a vSwitch or port group; unset = not changed
     (on a new port group: inherited from its vSwitch)."""
 
-    allow_promiscuous: bool | None = Field(None, description="allow promiscuous mode")
-    forged_transmits: bool | None = Field(None, description="allow forged transmits")
-    mac_changes: bool | None = Field(None, description="allow MAC address changes")
+    allow_promiscuous: bool | None = Field(None, title="Allow promiscuous",
+                                           description="allow promiscuous mode")
+    forged_transmits: bool | None = Field(None, title="Forged transmits",
+                                          description="allow forged transmits")
+    mac_changes: bool | None = Field(None, title="Mac changes",
+                                     description="allow MAC address changes")
     teaming: TeamingAnswer | None = Field(None, description="NIC teaming and failover order")
     shaping: ShapingAnswer | None = Field(None, description="outbound traffic shaping")
 
@@ -178,21 +197,30 @@ class PolicyAnswer(StepModel):
 class VSwitchAnswer(PolicyAnswer):
     """One standard vSwitch."""
 
-    name: str = Field(min_length=1, max_length=32, description="vSwitch name, e.g. vSwitch1")
-    num_ports: int = Field(128, ge=8, le=4088, description="number of ports (8-4088)")
-    mtu: int = Field(1500, ge=1280, le=9000, description="MTU in bytes (1280-9000)")
-    nics: list[str] = Field(default_factory=list,
-                            description="uplink physical NICs (free ones), e.g. [vmnic1]")
-    state: State = Field("present", description="present, or absent to remove it")
+    name: str = Field(min_length=1, max_length=32, title="Name",
+                      description="vSwitch name, e.g. vSwitch1")
+    num_ports: int = Field(128, ge=8, le=4088, title="Ports",
+                           description="number of ports (8-4088)")
+    mtu: int = Field(1500, ge=1280, le=9000, title="MTU",
+                     description="MTU in bytes (1280-9000)")
+    nics: list[str] = Field(default_factory=list, title="Uplink NICs",
+                            description="uplink physical NICs: free ones of the hosts (not "
+                            "an uplink of another vSwitch), e.g. [vmnic1]")
+    state: State = Field("present", title="State",
+                         description="present: create or update it; absent: remove it")
 
 
 class PortGroupAnswer(PolicyAnswer):
     """One standard port group; unset policy fields inherit the vSwitch's."""
 
-    name: str = Field(min_length=1, max_length=59, description="port group name")
-    vswitch: str | None = Field(None, description="vSwitch it is on (required when present)")
-    vlan: int = Field(0, ge=0, le=4095, description="VLAN ID 0-4095; 0 = none, 4095 = trunk")
-    state: State = Field("present", description="present, or absent to remove it")
+    name: str = Field(min_length=1, max_length=59, title="Name", description="port group name")
+    vswitch: str | None = Field(None, title="vSwitch",
+                                description="the vSwitch it is on (required when present): one "
+                                "the hosts have, or one answered under vswitches (new)")
+    vlan: int = Field(0, ge=0, le=4095, title="VLAN",
+                      description="VLAN ID 0-4095; 0 = none, 4095 = trunk")
+    state: State = Field("present", title="State",
+                         description="present: create or update it; absent: remove it")
 
     @model_validator(mode="after")
     def _vswitch_when_present(self) -> PortGroupAnswer:
@@ -460,8 +488,9 @@ class MirrorAnswer(StepModel):
 class Placement(StepModel):
     """Where an adapter goes: a standard or a distributed port group (one of them)."""
 
-    portgroup: str | None = Field(None, min_length=1, max_length=59,
-                                  description="standard port group")
+    portgroup: str | None = Field(None, min_length=1, max_length=59, title="Port group",
+                                  description="a standard port group: one the hosts have, or "
+                                  "one answered under portgroups (new)")
     dvportgroup: str | None = Field(None, min_length=1, max_length=80,
                                     description="distributed port group (vCenter)")
 
@@ -481,9 +510,11 @@ class Placement(StepModel):
 class AdapterAnswer(Placement):
     """Move one VM network adapter onto a standard or distributed port group."""
 
-    vm: str = Field(min_length=1, max_length=80, description="VM name")
-    adapter: str = Field(pattern=r"^Network adapter \d+$",
-                         description="adapter label, e.g. 'Network adapter 1'")
+    vm: str = Field(min_length=1, max_length=80, title="VM",
+                    description="the virtual machine whose adapter moves")
+    adapter: str = Field(pattern=r"^Network adapter \d+$", title="Adapter",
+                         description="the VM's network adapter, by its label, e.g. "
+                         "'Network adapter 1'")
 
 
 class StaticIp(StepModel):
@@ -543,24 +574,49 @@ class VmkAnswer(Placement):
                        tuple(sorted(set(self.services))), dvswitch)
 
 
-class VSphereNetworkAnswers(StepModel):
+class VSphereConnection(StepModel):
+    """How the ``vsphere_network`` step reaches vSphere: the server, the login (the
+    password as a reference) and how its certificate is trusted."""
+
+    server: ServerName = Field(title="vCenter / ESXi server",
+                               description="vCenter or ESXi host name or address")
+    port: int = Field(443, ge=1, le=65535, title="HTTPS port", description="HTTPS port")
+    user: str = Field("root", min_length=1, title="User", description="login user")
+    password: SecretRef = Field(
+        title="Password", description="a reference env:NAME or file:PATH, or the password "
+        "itself: the wizard keeps a typed password in memory only and records it as a "
+        "reference (env:HOSTSETUP_SECRET_PASSWORD)")
+    thumbprint: str | None = Field(
+        None, pattern=THUMBPRINT, title="Certificate thumbprint",
+        description="pins the server certificate by its SHA-256 thumbprint (AA:BB:... or hex)")
+    ca_file: str | None = Field(None, title="CA file (PEM)",
+                                description="CA bundle (PEM) to verify the server certificate")
+    insecure: bool = Field(False, title="Skip TLS verification",
+                           description="lab only: the certificate is not checked at all "
+                           "(logged as a warning)")
+
+    @model_validator(mode="after")
+    def _trust(self) -> VSphereConnection:
+        if self.insecure and (self.thumbprint or self.ca_file):
+            raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
+        return self
+
+
+class VSphereNetworkAnswers(VSphereConnection):
     """Answers of the ``vsphere_network`` step."""
 
-    server: ServerName = Field(description="vCenter or ESXi host name or address")
-    port: int = Field(443, ge=1, le=65535, description="HTTPS port")
-    user: str = Field("root", min_length=1, description="login user")
-    password: SecretRef = Field(description="password reference: env:NAME or file:PATH")
-    thumbprint: str | None = Field(
-        None, pattern=THUMBPRINT,
-        description="pin the server certificate by its SHA-256 thumbprint (hex, colons allowed)")
-    ca_file: str | None = Field(None, description="CA bundle (PEM) to verify the server with")
-    insecure: bool = Field(False, description="do not verify TLS at all (lab only; warned)")
     hosts: Literal["all"] | ClusterHosts | list[str] = Field(
-        "all", description="'all', {cluster: NAME} or a list of host names")
-    vswitches: list[VSwitchAnswer] = Field(default_factory=list, description="standard vSwitches")
-    portgroups: list[PortGroupAnswer] = Field(default_factory=list, description="port groups")
-    vm_adapters: list[AdapterAnswer] = Field(default_factory=list,
-                                             description="VM adapters to move to a port group")
+        "all", title="Hosts", description="the ESXi hosts to configure: 'all', "
+        "{cluster: NAME} (in a file) or a list of host names")
+    vswitches: list[VSwitchAnswer] = Field(
+        default_factory=list, title="vSwitches", description="standard vSwitches to create or "
+        "update on every selected host (vSwitch0 is ESXi's own)")
+    portgroups: list[PortGroupAnswer] = Field(
+        default_factory=list, title="Port groups", description="port groups on a vSwitch: VLAN "
+        "and security policy (unset security fields inherit the vSwitch's)")
+    vm_adapters: list[AdapterAnswer] = Field(
+        default_factory=list, title="VM adapters", description="VM network adapters to move "
+        "onto a port group (one the hosts have, or one answered under portgroups)")
     vmkernel: list[VmkAnswer] = Field(default_factory=list, description="VMkernel adapters")
     dvswitches: list[DVSwitchAnswer] = Field(default_factory=list, max_length=128,
                                              description="distributed switches (vCenter)")
@@ -582,8 +638,6 @@ class VSphereNetworkAnswers(StepModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> VSphereNetworkAnswers:
-        if self.insecure and (self.thumbprint or self.ca_file):
-            raise ValueError("insecure: true contradicts thumbprint/ca_file; choose one")
         for kind, names in (("vSwitch", [v.name for v in self.vswitches]),
                             ("port group", [p.name for p in self.portgroups]),
                             ("distributed switch", [d.name for d in self.dvswitches]),
@@ -636,15 +690,14 @@ class VSphereNetworkAnswers(StepModel):
                 raise ValueError(f"{what} is listed more than once: {', '.join(dupes)}")
 
 
-def connection(section: dict[str, Any]) -> VSphereConn:
-    """The connection from an answers section (the password reference is resolved)."""
-    return VSphereConn(
-        server=section["server"], port=int(section.get("port") or 443),
-        user=section.get("user") or "root",
-        password=resolve_secret(section["password"], "password"),
-        thumbprint=section.get("thumbprint"), ca_file=section.get("ca_file"),
-        insecure=bool(section.get("insecure")),
-    )
+def connection(given: VSphereConnection | Mapping[str, Any]) -> VSphereConn:
+    """The backend's connection from the step's (or from an answers section's
+    connection keys); the password reference is resolved."""
+    c = given if isinstance(given, VSphereConnection) else VSphereConnection.model_validate(
+        {k: v for k, v in given.items() if k in VSphereConnection.model_fields})
+    return VSphereConn(server=c.server, port=c.port, user=c.user,
+                       password=resolve_secret(c.password, "password"),
+                       thumbprint=c.thumbprint, ca_file=c.ca_file, insecure=c.insecure)
 
 
 def switch_of(answers: VSphereNetworkAnswers, inv: Inventory, name: str) -> DVSwitch | None:
@@ -777,37 +830,86 @@ def selected_hosts(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Host]
     return [h for h in inv.hosts if h.name in answers.hosts]
 
 
-# A backend call: a VSphereAPI method name and its arguments.
-Call = tuple[str, tuple[Any, ...]]
+# The commands of the step's operations: a VSphereAPI method and its arguments, by
+# name, as plain JSON: {"op": "add_vswitch", "args": {"host": ..., "spec": {...}}}.
+# A journal is input: a command is carried out only through this fixed table,
+# each argument decoded (and checked) by pydantic into its interface type.
+Caller = Callable[[VSphereAPI], Callable[..., None]]
+COMMANDS: dict[str, tuple[Caller, dict[str, Any]]] = {
+    "add_vswitch": (lambda api: api.add_vswitch, {"host": str, "spec": VSwitchSpec}),
+    "update_vswitch": (lambda api: api.update_vswitch,
+                       {"host": str, "name": str, "spec": VSwitchSpec}),
+    "remove_vswitch": (lambda api: api.remove_vswitch, {"host": str, "name": str}),
+    "add_portgroup": (lambda api: api.add_portgroup, {"host": str, "spec": PortGroupSpec}),
+    "update_portgroup": (lambda api: api.update_portgroup,
+                         {"host": str, "name": str, "spec": PortGroupSpec}),
+    "remove_portgroup": (lambda api: api.remove_portgroup, {"host": str, "name": str}),
+    "add_vmk": (lambda api: api.add_vmk, {"host": str, "spec": VmkSpec}),
+    "update_vmk": (lambda api: api.update_vmk, {"host": str, "portgroup": str, "spec": VmkSpec,
+                                                "dvswitch": str | None}),
+    "remove_vmk": (lambda api: api.remove_vmk,
+                   {"host": str, "portgroup": str, "dvswitch": str | None}),
+    "move_adapter": (lambda api: api.move_adapter, {"vm": str, "adapter": str,
+                                                    "portgroup": str, "distributed": bool}),
+    "add_dvswitch": (lambda api: api.add_dvswitch, {"spec": DVSwitch}),
+    "update_dvswitch": (lambda api: api.update_dvswitch, {"name": str, "spec": DVSwitch}),
+    "remove_dvswitch": (lambda api: api.remove_dvswitch, {"name": str}),
+    "add_dvportgroup": (lambda api: api.add_dvportgroup, {"spec": DVPortgroup}),
+    "update_dvportgroup": (lambda api: api.update_dvportgroup,
+                           {"name": str, "spec": DVPortgroup}),
+    "remove_dvportgroup": (lambda api: api.remove_dvportgroup, {"name": str}),
+    "add_mirror": (lambda api: api.add_mirror, {"dvswitch": str, "spec": MirrorSession}),
+    "update_mirror": (lambda api: api.update_mirror,
+                      {"dvswitch": str, "name": str, "spec": MirrorSession}),
+    "remove_mirror": (lambda api: api.remove_mirror, {"dvswitch": str, "name": str}),
+}
+ADAPTERS = {op: {k: TypeAdapter(t) for k, t in types.items()}
+            for op, (_call, types) in COMMANDS.items()}
 
 
-@dataclass
-class Op:
-    """A planned change with the backend calls that make and undo it.
+def command(op: str, **args: Any) -> Command:
+    """The JSON command of a VSphereAPI call (a spec dataclass becomes a dict)."""
+    return {"op": op, "args": {k: ADAPTERS[op][k].dump_python(v, mode="json")
+                               for k, v in args.items()}}
 
-    ``in_effect`` tells from a (re-read) inventory whether the change is in
-    effect there, i.e. the object is not as it was before the run.
-    """
 
-    change: Change
-    do: Call
-    undo: Call | None
-    in_effect: Callable[[Inventory], bool]
+def decode(command: Command) -> tuple[str, dict[str, Any]]:
+    """A command's method and its arguments as interface values; raises StepFailed
+    naming an unknown method, a missing or unknown argument, or a bad value."""
+    op, args = command.get("op"), command.get("args")
+    if op not in ADAPTERS or not isinstance(args, dict):
+        raise StepFailed(f"vsphere_network: unknown command {op!r} (known: "
+                         f"{', '.join(ADAPTERS)}) or its 'args' is not a mapping")
+    types = ADAPTERS[op]
+    missing, unknown = [k for k in types if k not in args], sorted(set(args) - set(types))
+    if missing or unknown:
+        raise StepFailed(f"vsphere_network: command {op!r} takes {', '.join(types)}: "
+                         + "; ".join(f"{what} {', '.join(keys)}" for what, keys in (
+                             ("missing", missing), ("unknown", unknown)) if keys))
+    values = {}
+    for key, value in args.items():
+        try:
+            values[key] = types[key].validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            where = ".".join(str(x) for x in (key, *first["loc"]))
+            raise StepFailed(f"vsphere_network: command {op!r}: argument {where}: "
+                             f"{first['msg']}") from None
+    return op, values
+
+
+def carry_out(api: VSphereAPI, command: Command,
+              progress: Callable[[float], None] | None = None) -> None:
+    """Make the backend call of ``command``; a VM reconfigure reports its task's progress."""
+    op, args = decode(command)
+    if op == "move_adapter":
+        args["progress"] = progress
+    COMMANDS[op][0](api)(**args)
 
 
 def part_progress(ctx: Context, start: float, count: int, text: str, frac: float) -> None:
     """Report progress inside one of ``count`` changes that begins at ``start``."""
     ctx.progress(start + frac / count, text)
-
-
-def invoke(api: VSphereAPI, call: Call, progress: Callable[[float], None] | None = None) -> None:
-    """Make a backend call; a VM reconfigure reports its task's progress."""
-    method, args = call
-    if method == "move_adapter":
-        vm, adapter, portgroup, distributed = args
-        api.move_adapter(vm, adapter, portgroup, distributed, progress)
-    else:
-        getattr(api, method)(*args)
 
 
 def vswitch_dict(num_ports: int, mtu: int, nics: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -867,20 +969,20 @@ class Kind:
 @dataclass(frozen=True)
 class Scope:
     """Where objects live: the prefix of their Change targets, the leading
-    arguments of their backend calls, and their container in an inventory (a
-    host, vCenter's inventory itself, a distributed switch)."""
+    arguments of their backend calls (by name), and their container in an
+    inventory (a host, vCenter's inventory itself, a distributed switch)."""
 
     prefix: str
-    args: tuple[Any, ...]
+    args: dict[str, str]
     container: Callable[[Inventory], Any]
 
 
 def host_scope(host: str) -> Scope:
     """The scope of a host's standard switches and port groups."""
-    return Scope(f"{host}: ", (host,), lambda inv: inv.host(host))
+    return Scope(f"{host}: ", {"host": host}, lambda inv: inv.host(host))
 
 
-VCENTER = Scope("", (), lambda inv: inv)
+VCENTER = Scope("", {}, lambda inv: inv)
 
 
 VSWITCH = Kind(
@@ -988,65 +1090,43 @@ def mirror_kind(labels: dict[str, str]) -> Kind:
                 spec=lambda a, _have: a.value(), spec_of=lambda m: m)
 
 
-def mirror_ops(answers: VSphereNetworkAnswers, inv: Inventory, absent: bool) -> list[Op]:
+def mirror_ops(answers: VSphereNetworkAnswers, inv: Inventory,
+               absent: bool) -> list[Operation]:
     """Create/update (or, with ``absent``, remove) the answered mirror sessions."""
     kind, ops = mirror_kind(port_labels(inv)), []
     for switch in dict.fromkeys(m.dvswitch for m in answers.mirror_sessions):
-        scope = Scope(f"{switch}: ", (switch,), partial(Inventory.dvswitch, name=switch))
+        scope = Scope(f"{switch}: ", {"dvswitch": switch},
+                      partial(Inventory.dvswitch, name=switch))
         ops += object_ops(inv, scope, kind, [m for m in answers.mirror_sessions
                                              if m.dvswitch == switch], absent)
     return ops
 
 
-def finder(kind: Kind, scope: Scope, name: str) -> Callable[[Inventory], Any]:
-    """Looks up one object in an inventory (``None`` when it is not there)."""
-    def find(inv: Inventory) -> Any:
-        container = scope.container(inv)
-        return kind.find(container, name) if container is not None else None
-    return find
-
-
-def exists(find: Callable[[Inventory], Any], created: bool) -> Callable[[Inventory], bool]:
-    """In effect: the object exists (a creation) or does not (a removal)."""
-    return lambda inv: (find(inv) is not None) == created
-
-
-def differs(kind: Kind, find: Callable[[Inventory], Any],
-            before: Settings) -> Callable[[Inventory], bool]:
-    """In effect: the object is gone or one of ``before``'s settings is not restored."""
-    def check(inv: Inventory) -> bool:
-        obj = find(inv)
-        return obj is None or any(kind.current(obj).get(k) != v for k, v in before.items())
-    return check
-
-
 def object_ops(inv: Inventory, scope: Scope, kind: Kind, items: list[Any],
-               absent: bool) -> list[Op]:
+               absent: bool) -> list[Operation]:
     """Create/update (or, with ``absent``, remove) the answered objects in ``scope``."""
     ops = []
     container = scope.container(inv)
     for item in items:
         have = kind.find(container, item.name) if container is not None else None
         target = f"{scope.prefix}{kind.label} {item.name}"
-        remove: Call = (f"remove_{kind.api}", (*scope.args, item.name))
-        find = finder(kind, scope, item.name)
+        remove = command(f"remove_{kind.api}", **scope.args, name=item.name)
         if absent:
             if item.state == "absent" and have is not None:
-                ops.append(Op(Change(target, "delete", before=kind.current(have)), remove, None,
-                              exists(find, False)))
+                ops.append(Operation(Change(target, "delete", before=kind.current(have)),
+                                     remove))
         elif item.state == "present":
             after = kind.wanted(item, have)
             if have is None:
-                ops.append(Op(Change(target, "create", after=after),
-                              (f"add_{kind.api}", (*scope.args, kind.spec(item, None))), remove,
-                              exists(find, True)))
+                ops.append(Operation(Change(target, "create", after=after), command(
+                    f"add_{kind.api}", **scope.args, spec=kind.spec(item, None)), remove))
             elif changed(kind.current(have), after)[1]:
                 update = f"update_{kind.api}"
                 before, wanted = changed(kind.current(have), after)
-                ops.append(Op(Change(target, "update", before, wanted),
-                              (update, (*scope.args, item.name, kind.spec(item, have))),
-                              (update, (*scope.args, item.name, kind.spec_of(have))),
-                              differs(kind, find, before)))
+                ops.append(Operation(
+                    Change(target, "update", before, wanted),
+                    command(update, **scope.args, name=item.name, spec=kind.spec(item, have)),
+                    command(update, **scope.args, name=item.name, spec=kind.spec_of(have))))
     return ops
 
 
@@ -1072,17 +1152,7 @@ def network_dict(portgroup: str | None, dvswitch: str | None) -> Settings:
     return {"port_group": portgroup} | ({"dvswitch": dvswitch} if dvswitch else {})
 
 
-def adapter_moved(vm: str, label: str, old: str | None,
-                  old_switch: str | None) -> Callable[[Inventory], bool]:
-    """In effect: the adapter is not on its old network any more."""
-    def check(inv: Inventory) -> bool:
-        found = inv.vm(vm)
-        adapter = found.adapter(label) if found else None
-        return adapter is None or (adapter.network, adapter.dvswitch) != (old, old_switch)
-    return check
-
-
-def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
+def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Operation]:
     """Move the answered VM adapters that are not on their port group yet."""
     ops = []
     for a in answers.vm_adapters:
@@ -1092,13 +1162,13 @@ def adapter_ops(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
         if adapter is None or (adapter.network, adapter.dvswitch) == where:
             continue
         old, old_switch = adapter.network, adapter.dvswitch
-        ops.append(Op(
+        ops.append(Operation(
             Change(f"VM {a.vm}: {a.adapter}", "update", before=network_dict(old, old_switch),
                    after=network_dict(*where)),
-            ("move_adapter", (a.vm, a.adapter, a.network, a.dvportgroup is not None)),
-            ("move_adapter", (a.vm, a.adapter, old, old_switch is not None)) if old else None,
-            adapter_moved(a.vm, a.adapter, old, old_switch),
-        ))
+            command("move_adapter", vm=a.vm, adapter=a.adapter, portgroup=a.network,
+                    distributed=a.dvportgroup is not None),
+            command("move_adapter", vm=a.vm, adapter=a.adapter, portgroup=old,
+                    distributed=old_switch is not None) if old else None))
     return ops
 
 
@@ -1117,33 +1187,13 @@ def vmk_spec_of(v: Vmk) -> VmkSpec:
                    v.mtu, tuple(sorted(v.services)), v.dvswitch)
 
 
-def vmk_finder(host: str, device: str | None, portgroup: str,
-               dvswitch: str | None = None) -> Callable[[Inventory], Vmk | None]:
-    """Looks up a VMkernel adapter by device (when given) or port group."""
-    def find(inv: Inventory) -> Vmk | None:
-        h = inv.host(host)
-        if h is None:
-            return None
-        return h.vmk(device) if device else h.vmk_on(portgroup, dvswitch)
-    return find
-
-
-def vmk_differs(find: Callable[[Inventory], Vmk | None],
-                before: Settings) -> Callable[[Inventory], bool]:
-    """In effect: the adapter is gone or one of ``before``'s settings is not restored."""
-    def check(inv: Inventory) -> bool:
-        found = find(inv)
-        return found is None or any(vmk_dict(found).get(k) != x for k, x in before.items())
-    return check
-
-
 def the_vmk(answer: VmkAnswer, host: Host, dvswitch: str | None) -> Vmk | None:
     """The existing adapter an answer is about on ``host``."""
     return host.vmk(answer.device) if answer.device else host.vmk_on(answer.network, dvswitch)
 
 
 def vmk_ops(answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
-            absent: bool) -> list[Op]:
+            absent: bool) -> list[Operation]:
     """Create/update (or, with ``absent``, remove) the answered VMkernel adapters."""
     ops = []
     h = host.name
@@ -1155,30 +1205,33 @@ def vmk_ops(answers: VSphereNetworkAnswers, inv: Inventory, host: Host,
         target = f"{h}: VMkernel " + (have.device if have else f"adapter on {name}")
         if absent:
             if v.state == "absent" and have is not None:
-                ops.append(Op(Change(target, "delete", before=vmk_dict(have)),
-                              ("remove_vmk", (h, have.portgroup, have.dvswitch)),
-                              ("add_vmk", (h, vmk_spec_of(have))),
-                              exists(vmk_finder(h, None, have.portgroup, have.dvswitch), False)))
+                ops.append(Operation(Change(target, "delete", before=vmk_dict(have)),
+                                     command("remove_vmk", host=h, portgroup=have.portgroup,
+                                             dvswitch=have.dvswitch),
+                                     command("add_vmk", host=h, spec=vmk_spec_of(have))))
         elif v.state == "present":
             spec = v.spec(switch)
             after = vmk_dict(spec)
             if have is None:
-                ops.append(Op(Change(target, "create", after=after),
-                              ("add_vmk", (h, spec)), ("remove_vmk", (h, name, switch)),
-                              exists(vmk_finder(h, None, name, switch), True)))
+                ops.append(Operation(Change(target, "create", after=after),
+                                     command("add_vmk", host=h, spec=spec),
+                                     command("remove_vmk", host=h, portgroup=name,
+                                             dvswitch=switch)))
                 continue
             if have.dvswitch and not switch:  # back to a standard port group
                 after["dvswitch"] = None
             before, wanted = changed(vmk_dict(have), after)
             if wanted:
-                ops.append(Op(Change(target, "update", before, wanted),
-                              ("update_vmk", (h, have.portgroup, spec, have.dvswitch)),
-                              ("update_vmk", (h, name, vmk_spec_of(have), switch)),
-                              vmk_differs(vmk_finder(h, have.device, ""), before)))
+                ops.append(Operation(
+                    Change(target, "update", before, wanted),
+                    command("update_vmk", host=h, portgroup=have.portgroup, spec=spec,
+                            dvswitch=have.dvswitch),
+                    command("update_vmk", host=h, portgroup=name, spec=vmk_spec_of(have),
+                            dvswitch=switch)))
     return ops
 
 
-def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
+def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Operation]:
     """Every change, in a safe order: distributed switches and port groups; per
     host vSwitches, port groups, VMkernel adapters; mirror session removals, VM
     adapter moves, mirror sessions; then removals (per host VMkernel adapters,
@@ -1186,7 +1239,7 @@ def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
     hosts = selected_hosts(answers, inv)
     vcenter: list[tuple[Kind, list[Any]]] = [(DVSWITCH, list(answers.dvswitches)),
                                              (DVPORTGROUP, list(answers.dvportgroups))]
-    ops: list[Op] = []
+    ops: list[Operation] = []
     for kind, items in vcenter:
         ops += object_ops(inv, VCENTER, kind, items, absent=False)
     # Port groups are removed before their vSwitch, created after it; a
@@ -1207,7 +1260,96 @@ def operations(answers: VSphereNetworkAnswers, inv: Inventory) -> list[Op]:
                 ops += vmk_ops(answers, inv, host, False)
     for kind, items in reversed(vcenter):
         ops += object_ops(inv, VCENTER, kind, items, absent=True)
-    return ops
+    risks = management_paths(answers, inv)
+    return [replace(op, risky=risks.get(op.change.target, "")) if op.change.action != "create"
+            else op for op in ops]
+
+
+def management(answers: VSphereConnection, vmk: Vmk | None) -> str:
+    """Why ``vmk`` carries the session's management network ("" when it does not)."""
+    if vmk is None:
+        return ""
+    why = ("it is tagged for the management service" if "management" in vmk.services
+           else f"its address is the server {answers.server}"
+           if vmk.address == answers.server else "")
+    return (f"{vmk.device} carries the management network this session uses ({why}); "
+            "it is never removed, moved, re-addressed or untagged") if why else ""
+
+
+def management_paths(answers: VSphereNetworkAnswers, inv: Inventory) -> dict[str, str]:
+    """Change target -> why changing it can cut the management path: the management
+    VMkernel adapters, their port groups and their (standard or distributed) switches."""
+    risks: dict[str, str] = {}
+    for h in inv.hosts:
+        for v in h.vmks:
+            if not management(answers, v):
+                continue
+            why = f"carries {v.device}, the management network of host '{h.name}'"
+            if v.dvswitch:
+                paths = [f"distributed port group {v.portgroup}",
+                         f"distributed switch {v.dvswitch}"]
+            else:
+                pg = h.portgroup(v.portgroup)
+                paths = [f"{h.name}: port group {v.portgroup}",
+                         *([f"{h.name}: vSwitch {pg.vswitch}"] if pg else [])]
+            risks[f"{h.name}: VMkernel {v.device}"] = f"{v.device} is the management network " \
+                f"of host '{h.name}'"
+            for path in paths:
+                risks.setdefault(path, why)
+    return risks
+
+
+# The kind of object of a command's method (add_/update_/remove_ + this word).
+KINDS = {"vswitch": VSWITCH, "portgroup": PORTGROUP, "dvswitch": DVSWITCH,
+         "dvportgroup": DVPORTGROUP}
+
+
+def vms_named(command: Command) -> set[str]:
+    """The VMs whose adapters observing ``command`` needs (a move, a mirror's ends)."""
+    op, a = decode(command)
+    spec = a.get("spec")
+    if op == "move_adapter":
+        return {a["vm"]}
+    if isinstance(spec, MirrorSession):
+        return {e.vm for e in (*spec.transmitted, *spec.received, *spec.destination) if e.vm}
+    return set()
+
+
+def holds(inv: Inventory, command: Command) -> bool:
+    """Whether ``inv`` is in the state ``command`` leads to: the object added or
+    updated has the settings of its spec (those the spec sets), the one removed is
+    gone, the adapter moved is on its port group."""
+    op, a = decode(command)
+    verb, _, what = op.partition("_")
+    if what == "adapter":
+        vm = inv.vm(a["vm"])
+        found = vm.adapter(a["adapter"]) if vm else None
+        return found is not None and found.network == a["portgroup"] and (
+            found.dvswitch is not None) == a["distributed"]
+    host = inv.host(a["host"]) if "host" in a else None
+    if what == "vmk":
+        if verb == "remove":
+            return host is None or host.vmk_on(a["portgroup"], a["dvswitch"]) is None
+        v = host.vmk_on(a["spec"].portgroup, a["spec"].dvswitch) if host else None
+        return v is not None and vmk_dict(v) == vmk_dict(a["spec"])
+    kind = mirror_kind(port_labels(inv)) if what == "mirror" else KINDS[what]
+    container = host if "host" in a else inv.dvswitch(a["dvswitch"]) if what == "mirror" \
+        else inv
+    obj = kind.find(container, a.get("name") or a["spec"].name) if container is not None \
+        else None
+    if verb == "remove":
+        return obj is None
+    have = kind.current(obj) if obj is not None else {}
+    return obj is not None and all(have.get(k) == x for k, x in kind.current(a["spec"]).items()
+                                   if x is not None)
+
+
+@dataclass(frozen=True)
+class VSphereFacts:
+    """What the ``vsphere_network`` step read: vSphere's inventory (``Facts()``:
+    nothing read, an empty ESXi host)."""
+
+    inventory: Inventory = Inventory("esx")
 
 
 class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
@@ -1224,6 +1366,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         "If a change fails, what this run did is undone and the report says what remains."
     )
     Answers = VSphereNetworkAnswers
+    Connection = VSphereConnection
+    Facts = VSphereFacts
+    compensate = True
 
     def example(self) -> dict[str, Any]:
         """A monitoring port group (promiscuous, trunk), a VLAN port group, one VM moved."""
@@ -1241,90 +1386,49 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                              "portgroup": "Monitoring"}],
         }).model_dump(mode="json", exclude_none=True)
 
-    def connect_questions(self) -> list[Question]:
-        """Server, credentials (a reference) and how to trust its certificate."""
-        return [
-            Question("server", "vCenter / ESXi server", required=True),
-            Question("port", "HTTPS port", kind="int"),
-            Question("user", "User", required=True),
-            Question("password", "Password", kind="secret", required=True,
-                     help="a reference env:NAME or file:PATH, or the password itself: the "
-                     "wizard keeps a typed password in memory only and records it as a "
-                     "reference (env:HOSTSETUP_SECRET_PASSWORD)"),
-            Question("thumbprint", "Certificate thumbprint",
-                     help="pins the server certificate by its SHA-256 thumbprint "
-                     "(AA:BB:... or hex)"),
-            Question("ca_file", "CA file (PEM)", help="to verify the server certificate"),
-            Question("insecure", "Skip TLS verification", kind="yesno",
-                     help="lab only: the certificate is not checked at all (logged as a "
-                     "warning)"),
-        ]
-
-    def discover(self, answers: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    def discover(self, connection: VSphereConnection, ctx: Context) -> VSphereFacts:
         """The inventory (hosts, switches, port groups, NICs, VMs with their adapters),
         read in bulk: what the wizard's choices need."""
-        api = vsphere_api(ctx.backends, connection(answers))
-        return {"inventory": api.inventory()}
+        return VSphereFacts(self._api(connection, ctx).inventory())
 
-    def facts_for(self, answers: VSphereNetworkAnswers, ctx: Context) -> dict[str, Any]:
+    def facts_for(self, answers: VSphereNetworkAnswers, ctx: Context) -> VSphereFacts:
         """The inventory with the adapters of the VMs the answers name only: the
         hosts' networking and VM names are small, every VM's devices are not."""
-        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
-        return {"inventory": api.inventory(vms=named_vms(answers))}
+        return VSphereFacts(self._api(answers, ctx).inventory(vms=named_vms(answers)))
 
-    def questions(self, facts: dict[str, Any]) -> list[Question]:
+    @staticmethod
+    def _api(given: VSphereConnection, ctx: Context) -> VSphereAPI:
+        return vsphere_api(ctx.backends, connection(given))
+
+    def questions(self, facts: VSphereFacts) -> list[Question]:
         """Hosts, vSwitches, port groups and adapters, offering what the hosts have."""
-        inv: Inventory = facts.get("inventory") or Inventory("esx")
+        inv = facts.inventory
         nics = sorted({n.device for h in inv.hosts for n in h.pnics
                        if n.vswitch is None and n.dvswitch is None})
         vswitches = sorted({v.name for h in inv.hosts for v in h.vswitches})
         pgs = sorted({p.name for h in inv.hosts for p in h.portgroups})
         labels = sorted({a.label for v in inv.vms for a in v.adapters})
-        state = Question("state", "State", kind="choice", choices=("present", "absent"),
-                         help="present: create or update it; absent: remove it.")
-        yes = {k: Question(k, k.replace("_", " ").capitalize(), kind="yesno")
-               for k in SECURITY_KEYS}
+        states = ("present", "absent")
         return [
-            Question("hosts", "Hosts", kind="multi",
-                     choices=("all", *(h.name for h in inv.hosts)),
-                     help="The ESXi hosts to configure, or 'all' ({cluster: NAME} in a "
-                     "file)."),
-            Question("vswitches", "vSwitches", kind="records", summary="name",
-                     help="Standard vSwitches to create or update on every selected host "
-                     "(vSwitch0 is ESXi's own).", fields=(
-                Question("name", "Name", required=True),
-                Question("num_ports", "Ports", kind="int"),
-                Question("mtu", "MTU", kind="int", help="1280-9000"),
-                Question("nics", "Uplink NICs", kind="multi", choices=tuple(nics),
-                         help="Free physical NICs of the hosts (not an uplink of another "
-                         "vSwitch)."),
-                state,
-            )),
-            Question("portgroups", "Port groups", kind="records", summary="name",
-                     help="Port groups on a vSwitch: VLAN and security policy (unset "
-                     "security fields inherit the vSwitch's).", fields=(
-                Question("name", "Name", required=True),
-                Question("vswitch", "vSwitch", kind="choice", choices=tuple(vswitches),
-                         refs="vswitches", help="The vSwitch the port group is on: one the "
-                         "hosts have, or one answered above (new)."),
-                Question("vlan", "VLAN", kind="int", help="0-4095; 4095 = trunk"),
-                *yes.values(),
-                state,
-            )),
-            Question("vm_adapters", "VM adapters", kind="records", summary="vm",
-                     help="VM network adapters to move onto a port group (one the hosts "
-                     "have, or one answered under Port groups).", fields=(
-                Question("vm", "VM", kind="choice", choices=tuple(v.name for v in inv.vms),
-                         help="The virtual machine whose adapter moves."),
-                Question("adapter", "Adapter", kind="choice", choices=tuple(labels),
-                         help="The VM's network adapter, by its label."),
-                Question("portgroup", "Port group", kind="choice", choices=tuple(pgs),
-                         refs="portgroups", help="The port group the adapter moves to: one "
-                         "the hosts have, or one answered above (new)."),
-            )),
+            ask(VSphereNetworkAnswers, "hosts", kind="multi",
+                choices=("all", *(h.name for h in inv.hosts))),
+            ask(VSphereNetworkAnswers, "vswitches", summary="name", fields=(
+                ask(VSwitchAnswer, "name"), ask(VSwitchAnswer, "num_ports"),
+                ask(VSwitchAnswer, "mtu"), ask(VSwitchAnswer, "nics", choices=tuple(nics)),
+                ask(VSwitchAnswer, "state", choices=states))),
+            ask(VSphereNetworkAnswers, "portgroups", summary="name", fields=(
+                ask(PortGroupAnswer, "name"),
+                ask(PortGroupAnswer, "vswitch", choices=tuple(vswitches), refs="vswitches"),
+                ask(PortGroupAnswer, "vlan"),
+                *(ask(PortGroupAnswer, k) for k in SECURITY_KEYS),
+                ask(PortGroupAnswer, "state", choices=states))),
+            ask(VSphereNetworkAnswers, "vm_adapters", summary="vm", fields=(
+                ask(AdapterAnswer, "vm", choices=tuple(v.name for v in inv.vms)),
+                ask(AdapterAnswer, "adapter", choices=tuple(labels)),
+                ask(AdapterAnswer, "portgroup", choices=tuple(pgs), refs="portgroups"))),
         ]
 
-    def current(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def current(self, facts: VSphereFacts) -> dict[str, Any]:
         """The standard vSwitches and port groups on the hosts other than ESXi's own
         (vSwitch0, VM Network, Management Network), as records.
 
@@ -1333,10 +1437,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         hostsetup added.  Where hosts differ, the first host having it is shown.
         VM adapters are not prefilled: an adapter record is a move to make.
         """
-        inv: Inventory | None = facts.get("inventory")
         vswitches: dict[str, dict[str, Any]] = {}
         portgroups: dict[str, dict[str, Any]] = {}
-        for host in inv.hosts if inv else ():
+        for host in facts.inventory.hosts:
             for v in host.vswitches:
                 if v.name not in ESXI_DEFAULTS:
                     vswitches.setdefault(v.name, {"name": v.name, "num_ports": v.num_ports,
@@ -1350,9 +1453,9 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         found = {"vswitches": list(vswitches.values()), "portgroups": list(portgroups.values())}
         return {k: v for k, v in found.items() if v}
 
-    def validate(self, answers: VSphereNetworkAnswers, facts: dict[str, Any]) -> list[Problem]:
+    def validate(self, answers: VSphereNetworkAnswers, facts: VSphereFacts) -> list[Problem]:
         """Hosts, NICs, vSwitches, VMs and adapters named in the answers exist and fit."""
-        inv: Inventory = facts["inventory"]
+        inv = facts.inventory
         problems = self._host_problems(answers, inv)
         hosts = selected_hosts(answers, inv)
         for host in hosts:
@@ -1562,7 +1665,7 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
             has = ", ".join(x.device for x in host.vmks) or "none"
             return [Problem(("vmkernel", i, "device"),
                             f"no VMkernel adapter '{v.device}' {here} (has: {has})")]
-        guard = self._management(answers, have)
+        guard = management(answers, have)
         if v.state == "absent":
             return [Problem(("vmkernel", i, "state"), guard)] if guard else []
         key = "dvportgroup" if v.dvportgroup else "portgroup"
@@ -1596,17 +1699,6 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
                             f"'{h.name}'")))
         return problems
 
-    @staticmethod
-    def _management(answers: VSphereNetworkAnswers, vmk: Vmk | None) -> str:
-        """Why ``vmk`` carries the session's management network ("" when it does not)."""
-        if vmk is None:
-            return ""
-        why = ("it is tagged for the management service" if "management" in vmk.services
-               else f"its address is the server {answers.server}"
-               if vmk.address == answers.server else "")
-        return (f"{vmk.device} carries the management network this session uses ({why}); "
-                "it is never removed, moved, re-addressed or untagged") if why else ""
-
     def _adapter_problems(self, answers: VSphereNetworkAnswers, inv: Inventory,
                           hosts: list[Host]) -> list[Problem]:
         problems = []
@@ -1634,88 +1726,69 @@ class VSphereNetworkStep(Step[VSphereNetworkAnswers]):
         return problems
 
     def plan(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Operation]:
-        # Transitional (contract v2): operations without commands yet.
-        return [Operation(c, {}) for c in self._changes(answers, ctx)]
-
-    def _changes(self, answers: VSphereNetworkAnswers, ctx: Context) -> list[Change]:
         """Creations and updates per host, adapter moves, then removals."""
-        return [op.change for op in operations(answers, self._inventory(answers, ctx))]
+        facts: VSphereFacts = self.facts(answers, ctx)
+        return operations(answers, facts.inventory)
 
-    def _inventory(self, answers: VSphereNetworkAnswers, ctx: Context) -> Inventory:
-        facts = ctx.facts.get(self.name) or self.facts_for(answers, ctx)
-        inv: Inventory = facts["inventory"]
-        return inv
+    def execute(self, answers: VSphereNetworkAnswers, command: Command, ctx: Context) -> None:
+        """One VSphereAPI call; a VM reconfigure reports its task's progress."""
+        text = f"vsphere_network: {command.get('op')}"
+        carry_out(self._api(answers, ctx), command, lambda frac: ctx.progress(frac, text))
 
-    def apply(self, answers: VSphereNetworkAnswers, ops: list[Operation], ctx: Context) -> None:
-        """Make the planned changes; on failure undo this run's and raise StepFailed."""
-        changes = [o.change for o in ops]
-        api = vsphere_api(ctx.backends, connection(answers.model_dump()))
-        wanted = {(c.target, c.action) for c in changes}
-        todo = [op for op in operations(answers, api.inventory(vms=named_vms(answers)))
-               if (op.change.target, op.change.action) in wanted]
-        done: list[Op] = []
-        try:
-            for i, op in enumerate(todo):
-                text = op.change.describe()
-                ctx.progress(i / len(todo), text)
-                invoke(api, op.do, partial(part_progress, ctx, i / len(todo), len(todo), text))
-                done.append(op)
-                ctx.log(f"vsphere_network: {text}")
-        except BackendUnreachable:
-            # Without the server nothing can be undone: say what took effect (the
-            # runner reports the step unreachable, exit 5, with these notes).
-            ctx.notes.append("applied before vSphere was lost, not undone: "
-                             + (", ".join(op.change.describe() for op in done) or "nothing"))
-            raise
-        except BackendError as exc:
-            failed = todo[len(done)]
-            not_undone, errors = self._compensate(api, done, ctx)
-            remains = self._remains(answers, ctx, [*done, failed], not_undone, errors)
-            undone = sum(op.change not in remains for op in done)
-            raise StepFailed(
-                f"{failed.change.action} {failed.change.target} failed: {exc}; "
-                f"undid {undone} change(s) made by this run", remains, errors) from None
+    def observe(self, answers: VSphereNetworkAnswers, command: Command,
+                ctx: Context) -> bool:
+        """Re-read the inventory (with the adapters of the VMs the command names):
+        is the object as the command leaves it?"""
+        inv = self._api(answers, ctx).inventory(vms=vms_named(command))
+        return holds(inv, command)
+
+    def apply(self, answers: VSphereNetworkAnswers, ops: list[Operation],
+              ctx: Context) -> None:
+        """Carry out ``ops``, each journaled before and after.  On a failure this
+        run's operations are reverted in reverse order (journaled); what remains
+        changed is then read back from vSphere, not inferred from the undo calls
+        (removing a vSwitch also removes its port groups).  If vSphere is lost,
+        the notes say what took effect before (nothing can be undone)."""
+        api = self._api(answers, ctx)
+        done: list[Operation] = []
+        for i, op in enumerate(ops):
+            text = self.doing(op)
+            ctx.progress(i / len(ops), text)
+            ctx.journal.begin(self.name, op)
+            try:
+                carry_out(api, op.do, partial(part_progress, ctx, i / len(ops), len(ops), text))
+            except BackendUnreachable:
+                ctx.notes.append("applied before vSphere was lost, not undone: "
+                                 + (", ".join(o.change.describe() for o in done) or "nothing"))
+                raise
+            except (BackendError, StepFailed) as exc:
+                ctx.journal.end(self.name, op, str(exc))
+                kept, errors = self.revert(answers, done, ctx)
+                remains = self._remains(answers, ctx, [*done, op], kept, errors)
+                undone = sum(o.change not in remains for o in done)
+                raise StepFailed(
+                    f"{op.change.action} {op.change.target} failed: {exc}; "
+                    f"undid {undone} change(s) made by this run", remains, errors) from None
+            ctx.journal.end(self.name, op)
+            done.append(op)
+            ctx.log(f"vsphere_network: {text}")
         ctx.progress(1.0, "vSphere networking done")
         ctx.notes.append(f"vsphere_network: {len(done)} change(s) applied")
 
-    def _compensate(self, api: VSphereAPI, done: list[Op],
-                    ctx: Context) -> tuple[list[Op], list[str]]:
-        """Undo ``done`` in reverse; returns the ops not undone and one error per
-        undo call that failed."""
-        not_undone, errors = [], []
-        for op in reversed(done):
-            if op.undo is None:
-                not_undone.append(op)
-                continue
-            try:
-                invoke(api, op.undo)
-                ctx.log(f"vsphere_network: undid {op.change.describe()}")
-            except BackendError as exc:
-                errors.append(f"undo of '{op.change.describe()}' failed "
-                              f"({op.undo[0]}): {exc}")
-                ctx.log(f"vsphere_network: {errors[-1]}")
-                not_undone.append(op)
-        return list(reversed(not_undone)), errors
+    def _remains(self, answers: VSphereNetworkAnswers, ctx: Context, tried: list[Operation],
+                 kept: list[Operation], errors: list[str]) -> list[Change]:
+        """What remains changed, from a re-read of the inventory after the undo: an
+        operation whose undo does not hold, or without an undo whose do holds.
 
-    def _remains(self, answers: VSphereNetworkAnswers, ctx: Context, tried: list[Op],
-                 not_undone: list[Op], errors: list[str]) -> list[Change]:
-        """What remains changed, from a re-read of the inventory after the undo.
-
-        If the inventory cannot be re-read, the ops not undone are reported, and
-        why the list is not checked is added to ``errors``.
+        If the inventory cannot be re-read, ``kept`` (the operations whose undo
+        failed or that have none) are reported, and why the list is not checked is
+        added to ``errors``.
         """
-        self._refresh(answers, ctx)
-        facts = ctx.facts.get(self.name)
-        if facts is None:
+        try:
+            inv = self.facts_for(answers, ctx).inventory
+        except BackendError:
             errors.append("could not re-read the inventory after the undo: what remains "
                           "changed is inferred from the calls that succeeded")
-            return [op.change for op in not_undone]
-        inv: Inventory = facts["inventory"]
-        return [op.change for op in tried if op.in_effect(inv)]
-
-    def _refresh(self, answers: VSphereNetworkAnswers, ctx: Context) -> None:
-        """Re-read the inventory so verify() and later steps see the new state."""
-        try:
-            ctx.facts[self.name] = self.discover(answers.model_dump(), ctx)
-        except BackendError:
-            ctx.facts.pop(self.name, None)
+            return [o.change for o in kept]
+        return [o.change for o in tried
+                if (not holds(inv, o.undo) if o.undo is not None else holds(inv, o.do))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backends.interfaces import BackendError, BackendUnreachable
@@ -172,7 +173,8 @@ class FakeOvsdb:
     ports_: dict[str, Port] = field(default_factory=dict)
 
     def bridges(self) -> dict[str, Bridge]:
-        return dict(self.bridges_)
+        # Ports by name, as the adapter reads them.
+        return {n: replace(b, ports=tuple(sorted(b.ports))) for n, b in self.bridges_.items()}
 
     def ports(self) -> dict[str, Port]:
         return {p: self.ports_.get(p) or Port(p, b.name, uuid=f"port-{p}")
@@ -190,9 +192,11 @@ class FakeOvsdb:
         ids = {k: v for k, v in {**old.external_ids, **put.external_ids}.items() if v is not None}
         other = {k: v for k, v in {**old.other_config, **put.other_config}.items()
                  if v is not None}
+        # As the adapter: None leaves a setting as it is; fail_mode "" clears it.
         self.bridges_[put.name] = replace(
-            old, datapath_type=put.datapath_type or old.datapath_type,
-            fail_mode=put.fail_mode if put.fail_mode is not None else old.fail_mode,
+            old, datapath_type=old.datapath_type if put.datapath_type is None
+            else put.datapath_type,
+            fail_mode=old.fail_mode if put.fail_mode is None else put.fail_mode or None,
             external_ids=ids, other_config=other)
 
     def _edit_ports(self, edit: MirrorEdit) -> None:
@@ -224,8 +228,10 @@ class FakeOvsdb:
         for put in edit.bridges_put:
             self._put_bridge(put)
         self._edit_ports(edit)
-        for gone in edit.bridges_delete:
-            self.bridges_.pop(gone.name, None)
+        for gone in edit.bridges_delete:  # its ports and mirrors go with it
+            for port in self.bridges_.pop(gone.name, gone).ports:
+                self.ports_.pop(port, None)
+            self.mirrors_ = {k: m for k, m in self.mirrors_.items() if m.bridge != gone.name}
         for m in edit.delete:
             self.mirrors_.pop(m.uuid, None)
         for m in edit.put:
@@ -271,6 +277,13 @@ class FakeVSphere:
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     logged_out: bool = False
     ports: itertools.count[int] = field(default_factory=itertools.count)
+    clock_offset: float = 0.0  # seconds the server's clock is ahead of ours
+
+    def about(self) -> str:
+        return f"fake vSphere ({self.kind})"
+
+    def current_time(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
 
     @property
     def round_trips(self) -> int:

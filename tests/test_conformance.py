@@ -56,13 +56,9 @@ def test_steps_read_the_facts_cache_and_never_write_it(step: Step[Any]) -> None:
     assert ctx.facts == facts
 
 
-# Steps whose operations carry their commands (contract v2); the others are being
-# converted and plan operations with an empty command.
-CONVERTED = {"services", "ivshmem"}
-V2 = [pytest.param(s, id=s.name) for s in REGISTRY if s.name in CONVERTED]
 
 
-@pytest.mark.parametrize("step", V2)
+@pytest.mark.parametrize("step", STEPS)
 def test_operations_are_values_that_apply_observe_and_undo(step: Step[Any]) -> None:
     """Each operation's commands survive JSON (a journal can keep them); after apply
     the host is observed in each ``do`` state; carrying out the undos in reverse
@@ -102,7 +98,7 @@ class Recorder:
         self.lines.append(("end", op.change.describe(), error))
 
 
-@pytest.mark.parametrize("step", V2)
+@pytest.mark.parametrize("step", STEPS)
 def test_apply_journals_every_operation_before_and_after(step: Step[Any]) -> None:
     answers = step.Answers.model_validate(step.example())
     journal = Recorder()

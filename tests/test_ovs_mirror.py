@@ -28,8 +28,8 @@ from backends.interfaces import BackendError, BackendUnreachable
 from backends.interfaces.ovsdb import Mirror, MirrorEdit
 from sandbox import host, manage
 from sandbox.core import Sandbox, SandboxError, kill_group
-from steps.base import Context, StepFailed
-from steps.ovs_mirror import MANAGED, OvsMirrorStep
+from steps.base import Context, Operation, StepFailed, inverse
+from steps.ovs_mirror import MANAGED, OvsMirrorAnswers, OvsMirrorStep
 from wizard.answers import write
 
 _TAGS = itertools.count()
@@ -224,6 +224,130 @@ def test_rspan_floods_the_output_vlan(ovs_clean: Sandbox, tmp_path: Path) -> Non
     assert mirror_names(ovs_clean) == set()
 
 
+# -- undo: the operations' undo commands, carried out later ---------------------
+
+
+def switch_state(sb: Sandbox) -> dict[str, list[dict[str, Any]]]:
+    """What the switch has, read with ovs-vsctl: per table the columns the step
+    touches, row references by name (row UUIDs change when a row is made again)."""
+    columns = {
+        "Bridge": "name,ports,mirrors,datapath_type,fail_mode,other_config,external_ids,"
+                  "flood_vlans",
+        "Port": "name,interfaces,tag,trunks,vlan_mode,external_ids",
+        "Interface": "name,type,options",
+        "Mirror": "name,select_all,select_src_port,select_dst_port,select_vlan,output_port,"
+                  "output_vlan,snaplen,external_ids",
+    }
+    tables = {t: json.loads(vsctl(sb, "--format=json", "--data=json", f"--columns=_uuid,{c}",
+                                  "list", t)) for t, c in columns.items()}
+    names = {row[0][1]: row[1] for t in tables.values() for row in t["data"]}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, list) and value[0] == "uuid":
+            return names.get(value[1], value[1])
+        if isinstance(value, list) and value[0] == "set":
+            return sorted((plain(v) for v in value[1]), key=str)
+        if isinstance(value, list) and value[0] == "map":
+            return {k: plain(v) for k, v in value[1]}
+        return value
+
+    return {t: sorted((dict(zip(data["headings"][1:], map(plain, row[1:]), strict=True))
+                       for row in data["data"]), key=lambda r: str(r["name"]))
+            for t, data in tables.items()}
+
+
+def plan_apply(sb: Sandbox, section: dict[str, Any]) -> tuple[OvsMirrorAnswers, list[Operation]]:
+    """Plan and apply ``section`` through the step, in this process; the operations."""
+    step = OvsMirrorStep()
+    answers = OvsMirrorAnswers.model_validate(section)
+    backends = RealBackends()
+    try:
+        ops = step.plan(answers, Context(backends=backends))
+        step.apply(answers, ops, Context(backends=backends))
+        assert step.plan(answers, Context(backends=backends)) == []
+        assert all(step.observe(answers, op.do, Context(backends=backends)) for op in ops)
+    finally:
+        backends.close()
+    return answers, ops
+
+
+def undo_all(answers: OvsMirrorAnswers, ops: list[Operation]) -> None:
+    """As ``hostsetup undo`` will, later and elsewhere: a bundle of its own, only the
+    JSON of each undo command, in reverse order, each observed once carried out."""
+    step = OvsMirrorStep()
+    undos = [json.loads(json.dumps(back.do)) for op in reversed(ops)
+             if (back := inverse(op)) is not None]
+    assert len(undos) == len(ops)
+    backends = RealBackends()
+    try:
+        for undo in undos:
+            step.execute(answers, undo, Context(backends=backends))
+            assert step.observe(answers, undo, Context(backends=backends)) is True, undo
+        again = step.plan(answers, Context(backends=backends))
+    finally:
+        backends.close()
+    assert [op.change for op in again] == [op.change for op in ops]
+
+
+def test_undo_of_the_sandbox_answers(ovs_clean: Sandbox) -> None:
+    before = switch_state(ovs_clean)
+    answers, ops = plan_apply(ovs_clean, ovs_clean.answers["ovs_mirror"])
+    assert [(op.change.action, op.change.target) for op in ops] == [
+        ("create", "mirror br0/span-vm1")]
+    assert mirror_names(ovs_clean) == {"span-vm1"}
+    undo_all(answers, ops)
+    assert mirror_names(ovs_clean) == set()
+    assert switch_state(ovs_clean) == before
+
+
+def test_undo_restores_deleted_and_changed_bridges_ports_and_mirrors(ovs_fresh: Sandbox) -> None:
+    """Every kind of operation (bridges, ports, tunnels, patch links, mirrors, RSPAN
+    flood VLANs; created, rewritten, deleted) is undone from its JSON alone."""
+    sb, ana = ovs_fresh, ovs_fresh.env["HOSTSETUP_OVS_ANALYSER_IP"]
+    conn = {"db": sb.env["HOSTSETUP_OVSDB"], "vswitchd_ctl": sb.env["HOSTSETUP_OVS_CTL"]}
+    ids0 = {"name": "ids0", "bridge": "br0", "type": "gre", "remote_ip": ana, "key": 42}
+    span = {"name": "span-a", "bridge": "br0", "select_src_port": ["vm1"],
+            "output_port": "mon0", "snaplen": 200}
+    plan_apply(sb, {**conn, "bridges": [
+        {"name": "br-mon", "datapath_type": "netdev", "fail_mode": "secure",
+         "other_config": {"mac-aging-time": "30"}},
+        {"name": "br-lab", "datapath_type": "netdev"}], "ports": [
+        {"name": "mon-in", "bridge": "br-mon", "type": "internal", "tag": 20},
+        {"name": "lab-tr", "bridge": "br-lab", "type": "internal", "trunks": [5, 6]},
+        ids0,
+        {"name": "to-lab", "bridge": "br0", "type": "patch", "peer": "from-br0"},
+        {"name": "from-br0", "bridge": "br-lab", "type": "patch", "peer": "to-lab"}], "mirrors": [
+        span,
+        {"name": "rspan-lab", "bridge": "br-lab", "select_all": True, "output_vlan": 77},
+        {"name": "to-ids", "bridge": "br0", "select_dst_port": ["vm2"], "output_port": "ids0"}]})
+    before = switch_state(sb)
+    assert "77" in str(before["Bridge"])  # br-lab floods its RSPAN VLAN
+
+    answers, ops = plan_apply(sb, {**conn, "bridges": [
+        {"name": "br-lab", "state": "absent"},
+        {"name": "br-mon", "fail_mode": "standalone",
+         "other_config": {"mac-aging-time": "60", "stp-enable": "false"}},
+        {"name": "br-far", "datapath_type": "netdev", "flood_vlans": [999]}], "ports": [
+        {**ids0, "key": 43},
+        {"name": "to-lab", "bridge": "br0", "state": "absent"},
+        {"name": "far0", "bridge": "br-far", "type": "internal", "tag": 999}], "mirrors": [
+        {**span, "select_dst_port": ["vm1"], "snaplen": None},
+        {"name": "to-ids", "bridge": "br0", "state": "absent"},
+        {"name": "rspan-out", "bridge": "br0", "select_src_port": ["vm2"],
+         "output_vlan": 999}]})
+    assert [(op.change.action, op.change.target, bool(op.risky)) for op in ops] == [
+        ("update", "bridge br-mon", True), ("create", "bridge br-far", False),
+        ("update", "port br0/ids0", True), ("create", "port br-far/far0", False),
+        ("update", "mirror br0/span-a", False), ("create", "mirror br0/rspan-out", False),
+        ("delete", "mirror br0/to-ids", False), ("delete", "port br0/to-lab", True),
+        ("delete", "bridge br-lab", True), ("update", "bridge br-far flood_vlans", False),
+        ("update", "bridge br0 flood_vlans", False)]
+    assert vsctl(sb, "list-br").split() == ["br-far", "br-mon", "br0", "wan0"]
+    undo_all(answers, ops)
+    assert switch_state(sb) == before
+    assert vsctl(sb, "get", "Interface", "from-br0", "error") == "[]"  # the link is whole
+
+
 # -- validation --------------------------------------------------------------
 
 
@@ -276,7 +400,7 @@ def test_questions_offer_real_bridges_and_ports(ovs_host: Sandbox) -> None:
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        facts = step.discover({"db": ovs_host.env["HOSTSETUP_OVSDB"]}, ctx)
+        facts = step.discover(step.connection({"db": ovs_host.env["HOSTSETUP_OVSDB"]}), ctx)
     finally:
         backends.close()
     assert [q.key for q in step.connect_questions()][0] == "db"
@@ -420,11 +544,11 @@ def test_port_deleted_between_plan_and_apply(ovs_fresh: Sandbox) -> None:
     backends = RealBackends()
     try:
         ctx = Context(backends=backends)
-        changes = step.plan(answers, ctx)
-        assert [c.action for c in changes] == ["create", "create"]
+        ops = step.plan(answers, ctx)
+        assert [op.change.action for op in ops] == ["create", "create"]
         vsctl(ovs_fresh, "del-port", "br0", "vm2")
         with pytest.raises(StepFailed) as err:
-            step.apply(answers, changes, ctx)
+            step.apply(answers, ops, ctx)
     finally:
         backends.close()
     assert "port 'vm2'" in str(err.value) and "nothing was changed" in str(err.value)

@@ -262,12 +262,12 @@ def _step_run(sb: Sandbox, section: dict[str, Any], between: Any = None) -> tupl
     try:
         ctx = Context(backends=backends)
         ovsdb: OvsdbAPI = ovsdb_api(backends, sb.env["HOSTSETUP_OVSDB"])
-        changes = step.plan(answers, ctx)
+        ops = step.plan(answers, ctx)
         if between:
             between()
         before = ovsdb.transactions
-        step.apply(answers, changes, ctx)
-        return len(changes), ovsdb.transactions - before
+        step.apply(answers, ops, ctx)
+        return len(ops), ovsdb.transactions - before
     finally:
         backends.close()
 
@@ -353,7 +353,8 @@ def test_wizard_prefills_managed_ports_as_valid_answers(switch: Sandbox, tmp_pat
     step = OvsMirrorStep()
     backends = RealBackends()
     try:
-        facts = step.discover({"db": switch.env["HOSTSETUP_OVSDB"]}, Context(backends=backends))
+        facts = step.discover(step.connection({"db": switch.env["HOSTSETUP_OVSDB"]}),
+                              Context(backends=backends))
     finally:
         backends.close()
     records = step.current(facts)["ports"]

@@ -75,10 +75,11 @@ def mash(sb: Sandbox, tmp: Path, start: str, rng: random.Random) -> list[str]:
     try:
         t.wait_for("Space choose")
         prefix, marker = STARTS[start]
-        for key in prefix:
+        for i, key in enumerate(prefix):
+            # Each key waits for the window it leads to: the next key must not land
+            # in a 'Please wait' between them (the host check after the welcome).
             t.send(key)
-            time.sleep(0.3)
-        t.wait_for(marker, timeout=60)
+            t.wait_for(next(m for p, m in STARTS.values() if p == prefix[:i + 1]), timeout=60)
         for _ in range(LENGTH):
             screen = settled(t)
             assert not any(b in screen for b in BAD), f"after {sent}:\n{screen}"

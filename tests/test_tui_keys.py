@@ -263,6 +263,8 @@ def test_a_key_stops_a_stalled_wait(host: Sandbox, tmp_path: Path) -> None:  # n
     try:
         t.wait_for("[*] vSphere networking")
         t.send("F12")
+        t.wait_for("Checking this host")  # the host check waits on the silent server too
+        t.send("Escape")
         t.wait_for(": connection")
         t.send("F12")
         screen = t.wait_for("Please wait")

@@ -9,8 +9,8 @@ from fakes import FakeBackends, sample_backends
 from helpers import run, statuses
 
 from backends.interfaces.vsphere import VM, Adapter, MirrorPort, Security
-from steps.base import Context
-from steps.vsphere_network import VSphereNetworkStep
+from steps.base import Context, StepFailed
+from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep
 from wizard.exits import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_PENDING
 
 PG = {"name": "Monitoring", "vswitch": "vSwitch1", "vlan": 4095, "allow_promiscuous": True}
@@ -124,8 +124,9 @@ def test_the_runner_reads_adapters_of_the_named_vms_only_the_wizard_all() -> Non
     run("apply", FULL, fb)
     reads = [args[0] for method, args in fb.vsphere.calls if method == "inventory"]
     assert reads and all(vms == {"sensor01"} for vms in reads)
-    facts = VSphereNetworkStep().discover(FULL["vsphere_network"], Context(backends=fb))
-    assert facts["inventory"].vm("other").adapters  # the wizard's choices need them all
+    step = VSphereNetworkStep()
+    facts = step.discover(step.connection(FULL["vsphere_network"]), Context(backends=fb))
+    assert facts.inventory.vm("other").adapters  # the wizard's choices need them all
 
 
 def test_policies_plan_only_what_changes_and_keep_the_rest() -> None:
@@ -320,3 +321,60 @@ def test_a_mirror_session_follows_the_adapter_moves_it_mirrors() -> None:
     gone = section(hosts=["esx01"], mirror_sessions=[{**session, "state": "absent"}])
     assert [c.describe() for c in run("plan", gone, fb).steps[0].changes] == [
         "delete dvSwitch1: mirror session span1"]
+
+
+def test_operations_on_the_management_path_are_risky_and_carry_json_commands() -> None:
+    fb = sample_backends()
+    mgmt = {"host": "esx01", "portgroup": "Management Network", "services": ["management"],
+            "mtu": 9000, "ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}
+    answers = VSphereNetworkAnswers.model_validate(section(
+        hosts=["esx01"], vswitches=[{"name": "vSwitch0", "mtu": 9000, "nics": ["vmnic0"]}],
+        portgroups=[{"name": "Management Network", "vswitch": "vSwitch0", "vlan": 10},
+                    {"name": "VM Network", "vswitch": "vSwitch0", "vlan": 20},
+                    {**PG, "vswitch": "vSwitch0"}],
+        vmkernel=[mgmt])["vsphere_network"])
+    step, ctx = VSphereNetworkStep(), Context(backends=fb)
+    assert step.validate(answers, step.facts(answers, ctx)) == []
+    ops = step.plan(answers, ctx)
+    assert {op.change.target: op.risky for op in ops} == {
+        "esx01: vSwitch vSwitch0": "carries vmk0, the management network of host 'esx01'",
+        "esx01: port group Management Network":
+            "carries vmk0, the management network of host 'esx01'",
+        "esx01: port group VM Network": "",
+        "esx01: port group Monitoring": "",
+        "esx01: VMkernel vmk0": "vmk0 is the management network of host 'esx01'"}
+    assert ops[0].do == {"op": "update_vswitch", "args": {
+        "host": "esx01", "name": "vSwitch0", "spec": {
+            "name": "vSwitch0", "num_ports": 128, "mtu": 9000, "nics": ["vmnic0"],
+            "security": dict.fromkeys(SECURITY, None),
+            "teaming": dict.fromkeys(TEAMING, None), "shaping": dict.fromkeys(SHAPING, None)}}}
+    assert ops[0].undo is not None and ops[0].undo["args"]["spec"]["mtu"] == 1500
+
+
+SECURITY = ("allow_promiscuous", "forged_transmits", "mac_changes")
+TEAMING = ("load_balancing", "active_nics", "standby_nics", "notify_switches", "failback",
+           "failure_detection")
+SHAPING = ("enabled", "average_kbps", "peak_kbps", "burst_kb")
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    ({"op": "__init__", "args": {}}, "unknown command '__init__'"),
+    ({"op": "remove_vswitch"}, "or its 'args' is not a mapping"),
+    ({"op": "remove_vswitch", "args": {"host": "esx01", "force": True}},
+     "command 'remove_vswitch' takes host, name: missing name; unknown force"),
+    ({"op": "add_vswitch", "args": {"host": "esx01", "spec": {
+        "name": "v", "num_ports": "many", "mtu": 1500}}},
+     "command 'add_vswitch': argument spec.num_ports: Input should be a valid integer"),
+    ({"op": "move_adapter", "args": {"vm": "sensor01", "adapter": "Network adapter 1",
+                                     "portgroup": ["x"], "distributed": False}},
+     "argument portgroup: Input should be a valid string"),
+])
+def test_a_journal_command_is_checked_before_anything_is_called(
+        command: dict[str, Any], message: str) -> None:
+    fb = sample_backends()
+    step = VSphereNetworkStep()
+    answers = VSphereNetworkAnswers.model_validate(FULL["vsphere_network"])
+    with pytest.raises(StepFailed) as err:
+        step.execute(answers, command, Context(backends=fb))
+    assert message in str(err.value)
+    assert fb.vsphere.calls == []

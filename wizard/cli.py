@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
         sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
 
+    add_doctor_parser(sub)
     sub.add_parser("schema", help="print the answers file's JSON Schema")
     sub.add_parser("answers-template", help="print a commented example answers file")
 
@@ -129,6 +130,37 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("list", help="the runs in this host's journal (id, mode, time, state)")
     add_recovery_parsers(sub, common)
     return p
+
+
+def add_doctor_parser(sub: Any) -> None:
+    """``doctor [--answers FILE] [--json] [--fleet]``."""
+    text = "read-only preflight of this host, one line per check (exit 1 if any fails)"
+    dp = sub.add_parser("doctor", help=text, description=text)
+    dp.add_argument("--answers", type=answers_arg, metavar="FILE|URL",
+                    help="check for these answers (default: each step's defaults)")
+    dp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
+    dp.add_argument("--json", action="store_true", help="a JSON list of {check, status, detail}")
+    dp.add_argument("--fleet", action="store_true", help="also the fleet agent's unit and "
+                    "broker (implied by answers with hosts:)")
+    dp.add_argument("--config", type=Path, default=Path("/etc/hostsetup/agent.conf"),
+                    metavar="FILE", help="fleet: agent.conf (default: %(default)s)")
+    dp.add_argument("--max-skew", type=float, default=60.0, metavar="S",
+                    help="clock difference with the vCenter that fails (default %(default)g s)")
+    dp.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="how long the systems get to answer, all together (default "
+                    "%(default)g s)")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``doctor``: exit 0 when every check passes, 1 when one fails, 3 for bad answers."""
+    from wizard import answers as answers_mod
+    from wizard import doctor
+
+    try:
+        answers = answers_mod.load(args.answers) if args.answers else None
+    except answers_mod.AnswersError as exc:
+        return answers_invalid(args, exc.problems, {"mode": "doctor", "steps": []})
+    return doctor.command(answers, args)
 
 
 def add_fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -650,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command in ("resume", "undo"):
             return cmd_recovery(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
         if args.command == "schema":
             from wizard.answers import json_schema
 

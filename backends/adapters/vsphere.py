@@ -30,6 +30,7 @@ import ssl
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pyVim.connect import SmartConnect
@@ -227,6 +228,16 @@ class VSphereBackend:
             si._stub.DropConnections()
 
     # -- reading ---------------------------------------------------------
+
+    def about(self) -> str:
+        """The server's ``about.fullName`` (read at login)."""
+        return str(self._content.about.fullName)
+
+    def current_time(self) -> datetime:
+        """``ServiceInstance.CurrentTime``: the server's clock (one round trip)."""
+        with self._guard("CurrentTime"):
+            now: datetime = self._si.CurrentTime()
+        return now if now.tzinfo else now.replace(tzinfo=UTC)
 
     def _retrieve(self, specs: list[Any]) -> list[Any]:
         """RetrievePropertiesEx (+ continuations) for the given filter specs."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from typing import Protocol, TypeVar, cast
 
 from backends.interfaces import Backends
@@ -382,6 +383,15 @@ class VSphereAPI(Protocol):
     @property
     def round_trips(self) -> int:
         """SOAP requests sent since login (for benchmarks and tests)."""
+        ...
+
+    def about(self) -> str:
+        """The server's product and version as it names itself (``about.fullName``),
+        read at login: no round trip."""
+        ...
+
+    def current_time(self) -> datetime:
+        """The server's clock (``ServiceInstance.CurrentTime``), time-zone aware."""
         ...
 
     def inventory(self, vms: Collection[str] | None = None) -> Inventory:

@@ -1,6 +1,7 @@
 """The wizard's flow: its pages (declared as data), then apply and the summary.
 
-welcome -> per step: connection, then its questions -> review -> Apply
+welcome -> the host check (``hostsetup doctor``; a window only when a check
+fails) -> per step: connection, then its questions -> review -> Apply
 (confirmed) -> progress -> summary.  Nothing is changed before the operator
 presses Apply on the review and confirms; the exit code is the run's.
 """
@@ -27,6 +28,8 @@ from wizard.tui.widgets import (
     KEYS_APPLY,
     KEYS_FIRST,
     KEYS_SUMMARY,
+    KEYS_TEXT,
+    MESSAGE_ROWS,
     TEXT_ROWS,
     WIDTH,
     Cancelled,
@@ -34,10 +37,12 @@ from wizard.tui.widgets import (
     Ui,
     WaitCancelled,
     Window,
+    hanging,
 )
 
 log = logging.getLogger("hostsetup")
 ASK_WAIT = 600.0  # seconds the next step waits while the operator is asked "Stop?"
+KEYS_CHECK = " Tab/arrows move | Enter press | Esc back | F1 help | ^C quit"
 
 
 def welcome_text(steps: list[Any]) -> str:
@@ -68,6 +73,7 @@ class Flow:
     planned: Any = None  # (answers, prepared, plan run) once the review is confirmed
     commands: dict[str, Any] = field(default_factory=dict)  # early/late/error_commands
     resumes: str = ""  # the interrupted run whose answers these are (wizard/tui/recover.py)
+    checked: tuple[str, ...] | None = None  # the steps the host check last ran for
 
     def step_title(self, step: Any) -> str:
         """The window title: "Step N of M: title", numbered over the selected steps."""
@@ -89,13 +95,14 @@ class Page:
 
 
 def pages(steps: list[Any]) -> list[Page]:
-    """welcome, each step (if selected and to be asked), review."""
+    """welcome, the host check, each step (if selected and to be asked), review."""
     def step_page(step: Any) -> Page:
         return Page(step.name, lambda f: step_pages(f, step),
                     lambda f: step.name in f.selected and (
                         step.name in f.ask_steps or not f.answers_given))
 
-    return [Page("welcome", welcome), *[step_page(s) for s in steps], Page("review", review)]
+    return [Page("welcome", welcome), Page("doctor", host_check),
+            *[step_page(s) for s in steps], Page("review", review)]
 
 
 # ---------------------------------------------------------------- welcome
@@ -148,6 +155,59 @@ def welcome(flow: Flow) -> str:
             flow.ui.message("No step chosen", "Choose at least one step with <Space>.")
 
 
+# ---------------------------------------------------------------- the host check
+
+
+def host_check(flow: Flow) -> str:
+    """``hostsetup doctor`` for the chosen steps (as answered so far, or their
+    defaults), under a 'Please wait' a key stops.  Only when a check fails, a
+    window says which: Continue anyway, or Quit (Escape: back to the welcome).
+    It runs again when the chosen steps change."""
+    from backends.bundle import RealBackends
+    from wizard import doctor
+
+    if flow.came_back:
+        flow.checked = None
+        return "back"
+    if flow.checked == tuple(flow.selected):
+        return "next"
+    flow.checked = tuple(flow.selected)
+    target = doctor.from_values(flow.data, "the wizard's answers", flow.selected)
+    backends = RealBackends()
+    try:
+        results = flow.ui.wait("Checking this host (hostsetup doctor)...",
+                               lambda: doctor.run(target, backends))
+    except WaitCancelled:
+        log.info("host check: stopped by the operator")
+        return "next"
+    finally:
+        backends.close()
+    for result in results:
+        log.info("host check: %s", result.line())
+    failed = [r for r in results if r.status == "fail"]
+    if not failed:
+        return "next"
+    text = (f"{len(failed)} of {len(results)} checks failed:\n\n"
+            + "\n".join(r.line() for r in failed) + "\n\nThe same checks from a shell: "
+            "hostsetup doctor [--answers FILE]. Nothing has been changed.")
+    long = len(hanging(text, WIDTH - 2).splitlines()) > MESSAGE_ROWS  # then it scrolls
+    win = TextWindow("Host check", text, ["Continue anyway", "Quit"],
+                     keys=KEYS_TEXT if long else KEYS_CHECK, rows=MESSAGE_ROWS if long else 0,
+                     help_text="hostsetup doctor checked this host, read-only, for the "
+                     "chosen steps. Continue anyway: the steps' windows follow (a step whose "
+                     "system cannot be reached says so there). Quit: leave, nothing changed.")
+    while True:
+        result = flow.ui.show(win)
+        button = win.pressed(result)
+        if result == "ESC":
+            flow.checked = None
+            return "back"
+        if button == "quit":
+            raise Cancelled
+        if button == "continue anyway":
+            return "next"
+
+
 # ---------------------------------------------------------------- a step
 
 
@@ -167,10 +227,16 @@ def validate_section(step: Any, questions: list[Any], values: dict[str, Any],
 
 def discover(flow: Flow, step: Any, values: dict[str, Any]) -> Any:
     """The step's facts, read in a thread under a 'Please wait' that a key stops."""
-    from steps.base import StepModel
+    from pydantic import ValidationError
 
-    # Transitional (contract v2): a step without a Connection model still reads a dict.
-    connection = dict(values) if step.Connection is StepModel else step.connection(values)
+    try:
+        connection = step.connection(values)
+    except ValidationError:
+        # Its text would quote the values (a typed password): say it as the
+        # connection window does, by label.
+        keys = set(step.Connection.model_fields)
+        raise ValueError("\n".join(model_problems(step.Answers, values,
+                                                   step.connect_questions(), only=keys))) from None
     return flow.ui.wait(f"Reading the host for '{step.title}'...",
                         lambda: step.discover(connection, flow.ctx))
 

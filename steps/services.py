@@ -46,6 +46,24 @@ KNOWN = {
 
 
 UNIT_LISTS = ("enable", "disable", "mask", "stop", "restart")
+# Units that carry the operator's or the control plane's connection to this host,
+# with what they carry: stopping, restarting, disabling or masking one of them is
+# risky (Operation.risky), so the wizard and `apply --confirm-within` keep such a
+# change only when it is confirmed in time (wizard/confirm.py).  Disabling or
+# masking cuts the connection at the next boot; stopping or restarting at once.
+MANAGEMENT_UNITS = {
+    "ssh.service": "the operator's SSH connections",
+    "sshd.service": "the operator's SSH connections",
+    "ssh.socket": "the operator's SSH connections",
+    "NetworkManager.service": "the host's network configuration",
+    "systemd-networkd.service": "the host's network configuration",
+    "networking.service": "the host's network configuration",
+    "openvswitch-switch.service": "Open vSwitch, whose bridges may carry the management port",
+    "ovs-vswitchd.service": "Open vSwitch, whose bridges may carry the management port",
+    "ovsdb-server.service": "Open vSwitch, whose bridges may carry the management port",
+    "hostsetup-agent.service": "the fleet agent's connection to its broker",
+}
+RISKY_ACTIONS = ("stop", "restart", "disable", "mask")
 # What each unit-file action leaves as the unit's UnitFileState.
 ENABLEMENT = {"enable": "enabled", "disable": "disabled", "mask": "masked"}
 SECTION = re.compile(r"^\[[A-Za-z]+\]$", re.M)
@@ -213,7 +231,8 @@ class ServicesStep(Step[ServicesAnswers]):
                         Change(f"unit {name}", action, _state(st),  # type: ignore[arg-type]
                                {**_state(st), "enablement": state}),
                         {"op": "unit_file", "unit": name, "to": state},
-                        {"op": "unit_file", "unit": name, "to": st.enablement, "reload": True}))
+                        {"op": "unit_file", "unit": name, "to": st.enablement, "reload": True},
+                        risky(action, name)))
         configured = bool(ops)
         stale = sorted(n for n in {d.unit for d in answers.dropins}
                        if n in status and status[n].need_reload)
@@ -262,7 +281,8 @@ class ServicesStep(Step[ServicesAnswers]):
         undo = {"start": "stop", "stop": "start"}.get(action)
         command = {"op": "job", "action": action, "unit": unit, "timeout": answers.timeout}
         return Operation(Change(f"unit {unit}", action, before, after, why),  # type: ignore
-                         command, {**command, "action": undo} if undo else None)
+                         command, {**command, "action": undo} if undo else None,
+                         risky(action, unit))
 
     def execute(self, answers: ServicesAnswers, command: Command, ctx: Context) -> None:
         dbus = dbus_api(ctx.backends, answers.bus)
@@ -305,6 +325,14 @@ class ServicesStep(Step[ServicesAnswers]):
             st = dbus.unit_status(command["unit"])
             return st is not None and _enablement_is(st.enablement, command["to"])
         return None
+
+
+def risky(action: str, unit: str) -> str:
+    """Why ``action`` on ``unit`` can cut the connection to the host ("" if it cannot)."""
+    carries = MANAGEMENT_UNITS.get(unit)
+    if action not in RISKY_ACTIONS or carries is None:
+        return ""
+    return f"{unit} carries {carries}"
 
 
 def _read(dbus: DBusAPI, named: list[str]) -> ServicesFacts:

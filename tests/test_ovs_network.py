@@ -235,7 +235,8 @@ def test_bridges_and_ports_created_updated_deleted(switch: Sandbox, tmp_path: Pa
     res = hostsetup("apply", "--answers", write_network(switch, tmp_path / "b.yaml", changed))
     assert res.returncode == 0, res.stdout + res.stderr
     out = " ".join(res.stdout.split())
-    assert "update bridge br-x fail mode: secure -> standalone" in out
+    assert "~ update bridge br-x [needs confirmation: changes existing bridge br-x" in out
+    assert "fail mode: secure -> standalone" in out
     assert "update port br-x/vx0: in place" in out and "key: 5000 -> 6000" in out
     assert vsctl(switch, "get", "Port", "vx0", "_uuid") == uuid
     assert vsctl(switch, "get", "Port", "tr0", "vlan_mode", "tag").split() == [

@@ -70,7 +70,7 @@ def test_enable_disable_mask_stop(host: Sandbox, tmp_path: Path) -> None:
     out = " ".join(res.stdout.split())
     assert "enable unit libvirtd.service" in out and "enablement: disabled -> enabled" in out
     assert "mask unit redis-server.service" in out and "active: active (running)" in out
-    assert "! stop unit ssh.service" in out
+    assert "~ stop unit ssh.service [needs confirmation: ssh.service carries" in out
     assert prop(host, "libvirtd.service", "UnitFileState") == "disabled"
 
     res = hostsetup("apply", "--answers", path)

@@ -26,7 +26,8 @@ from sandbox.manage import write_yaml
 from steps.base import Change, Context, StepFailed
 from steps.vsphere_network import VSphereNetworkAnswers, VSphereNetworkStep, connection
 from wizard.plantext import run_lines
-from wizard.runner import Run, StepResult
+from wizard.reportshow import run_from_dict
+from wizard.runner import Run
 
 STEP = VSphereNetworkStep()
 Start = Callable[..., vcsim.Vcsim]
@@ -489,8 +490,8 @@ def test_plan_prints_the_review_text(vs_start: Start, tmp_path: Path) -> None:
     write_yaml(answers, {"version": 1, "vsphere_network": section})
     res = hostsetup("plan", "--answers", str(answers), "--report", str(report))
     assert res.returncode == 4, res.stdout + res.stderr
-    steps = [StepResult(s["name"], s["status"], [Change(**c) for c in s["changes"]],
-                        s["errors"], s["notes"]) for s in json.loads(report.read_text())["steps"]]
+    # The report's changes with their "risky" reason (run_from_dict, as 'report show').
+    steps = run_from_dict(json.loads(report.read_text())).steps
     assert res.stdout.splitlines() == run_lines(Run("plan", steps=steps), width=1 << 20)
     host = sim.hosts[0]
     assert res.stdout.splitlines() == [

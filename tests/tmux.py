@@ -109,12 +109,15 @@ class Terminal:
 
 def apply_and_finish(t: Terminal, timeout: float = 20.0) -> int:
     """From the questions of the last step (or the welcome window, when nothing is
-    asked): Next, Apply on the review, OK on the summary (within ``timeout``)."""
+    asked): Next, Apply on the review, Keep if asked (changes marked ~), OK on the
+    summary (within ``timeout``)."""
     t.send("F12")
     t.wait_for("Review")
     t.send("Tab", "Enter")  # the Apply button (the text has the focus, to scroll)
     t.wait_for("Apply? ")
     t.send("Left", "Enter")  # No has the focus: move to Yes
+    if "Keep these changes?" in t.wait_any("Summary", "Keep these changes?", timeout=timeout):
+        t.send("Enter")  # changes marked ~ (wizard/confirm.py): Keep has the focus
     t.wait_for("Summary", timeout=timeout)
     t.send("Enter")
     return t.exit_code()

@@ -26,6 +26,8 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    field_validator,
+    model_validator,
 )
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -37,6 +39,7 @@ from ruamel.yaml.scanner import RoundTripScanner
 
 from steps import REGISTRY
 from steps.base import InputRefused, Problem, Step, is_secret, read_regular
+from steps.validators import is_host
 from wizard import commands as commands_mod
 from wizard.interactive import InteractiveEntry
 
@@ -96,6 +99,46 @@ def step_names() -> list[str]:
 
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+CONFIRM_MAX = 3600  # seconds: the longest confirmation window
+
+
+class ConfirmAnswers(BaseModel):
+    """``confirm:``: how long ``apply`` (and the wizard) waits, after applying
+    operations that can cut the connection to the host, for a confirmation
+    (``hostsetup confirm``, or the probe reaching its target) before reverting
+    them (wizard/confirm.py).  At most one probe: ``tcp`` or ``ping``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    within: int = Field(120, ge=1, le=CONFIRM_MAX, description="seconds to wait for the "
+                        "confirmation before the risky operations are reverted")
+    tcp: str | None = Field(None, description="HOST:PORT ([V6ADDR]:PORT) that confirms "
+                            "once a TCP connection to it succeeds, e.g. vcenter.example.net:443")
+    ping: str | None = Field(None, description="HOST or address that confirms once it "
+                             "answers an ICMP echo")
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, value: str | None) -> str | None:
+        host, _, port = (value or "").rpartition(":")
+        if value is not None and not (is_host(host) and port.isdigit()
+                                      and 0 < int(port) < 65536):
+            raise ValueError(f"'{value}' is not HOST:PORT (HOST a name or an address, "
+                             "an IPv6 one in brackets; PORT 1-65535)")
+        return value
+
+    @field_validator("ping")
+    @classmethod
+    def _ping(cls, value: str | None) -> str | None:
+        if value is not None and (not is_host(value) or value.startswith("[")):
+            raise ValueError(f"'{value}' is not a host name or an address")
+        return value
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> ConfirmAnswers:
+        if self.tcp is not None and self.ping is not None:
+            raise ValueError("give one probe: tcp or ping, not both")
+        return self
 
 
 def _host_model() -> type[BaseModel]:
@@ -139,6 +182,9 @@ def _top_model() -> type[BaseModel]:
             Field(default_factory=list, description="what the wizard asks even though "
                   "answered: '*' (everything), a section, or section.key"),
         ),
+        confirm=(ConfirmAnswers | None, Field(
+            None, description="risky operations (they can cut the connection to the host) "
+            "are reverted unless confirmed within 'within' seconds after apply")),
         hosts=(_hosts_type() | None, Field(
             None, description="fleet runs: the hosts, each with optional per-host overrides "
             "of the sections above")),
@@ -462,6 +508,8 @@ class Answers:
     hosts: list[HostAnswers] = field(default_factory=list)
     # early_commands / late_commands / error_commands, when answered.
     commands: dict[str, commands_mod.CommandList] = field(default_factory=dict)
+    # confirm: the confirmation window of risky operations, when answered.
+    confirm: ConfirmAnswers | None = None
 
     def selected(self) -> list[Step]:
         """The registered steps that have a section, in registry order."""
@@ -483,7 +531,8 @@ def validate(raw: Any, path: Path | None = None) -> Answers:
 def _answers(doc: Any, path: Path | None, raw: Any) -> Answers:
     sections = {s.name: getattr(doc, s.name) for s in REGISTRY if getattr(doc, s.name) is not None}
     lists = {n: getattr(doc, n) for n in commands_mod.LISTS if getattr(doc, n) is not None}
-    return Answers(path, raw, sections, list(doc.interactive), commands=lists)
+    return Answers(path, raw, sections, list(doc.interactive), commands=lists,
+                   confirm=doc.confirm)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -644,8 +693,16 @@ def template() -> str:
                 section.yaml_add_eol_comment(info.description, key)
         body[step.name] = section
         body.yaml_set_comment_before_after_key(step.name, before=f"\n{step.title}")
-    return TEMPLATE_HEADER + dump_yaml(body) + commands_mod.TEMPLATE + TEMPLATE_HOSTS
+    return (TEMPLATE_HEADER + dump_yaml(body) + TEMPLATE_CONFIRM + commands_mod.TEMPLATE
+            + TEMPLATE_HOSTS)
 
+
+TEMPLATE_CONFIRM = """
+# Risky operations (those that can cut the connection to the host, marked ~ by plan)
+# are reverted unless confirmed in time: 'hostsetup confirm' from a new connection,
+# or the probe (tcp: HOST:PORT, or ping: ADDRESS) reaching its target.
+# confirm: {within: 120, tcp: "vcenter.example.net:443"}
+"""
 
 TEMPLATE_HOSTS = """
 # Fleet runs (hostsetup fleet plan|apply): the sections above are the base; each

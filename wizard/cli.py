@@ -13,11 +13,18 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wizard import __version__
-from wizard.exits import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_USAGE
+from wizard.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from wizard.session import check_outputs, reported
 
 if TYPE_CHECKING:
@@ -105,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text, parents=[common])
         sp.add_argument("--answers", type=answers_arg, metavar="FILE|URL", required=True)
         sp.add_argument("--answers-ca", type=Path, metavar="FILE", help=ANSWERS_CA_HELP)
+        if name == "apply":
+            sp.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
+                            help="keep risky changes (~) only if confirmed within SECONDS "
+                            "('hostsetup confirm' or the answers' probe); else revert them")
+    cf = sub.add_parser("confirm", help="keep the changes of a run waiting for confirmation",
+                        description="Keep the risky changes of a run that waits for its "
+                        "confirmation (run it from a new connection: it proves the path).")
+    cf.add_argument("run", nargs="?", metavar="RUN", help="the run (default: the one waiting)")
+    cf.add_argument("--revert-expired", action="store_true",
+                    help="instead: revert the runs whose window closed while their process "
+                    "was gone")
+    cf.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)  # the keeper
 
     add_doctor_parser(sub)
     sub.add_parser("schema", help="print the answers file's JSON Schema")
@@ -259,11 +278,99 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_apply(args, answers)
     backends = RealBackends()
     try:
-        run = execute(answers, args.command, backends)
+        run, extra = run_confirmed(args, answers, backends, execute)
     finally:
         backends.close()
-    print_run(run)
-    return reported(args.report, run.as_dict(), run.exit_code)
+    return reported(args.report, {**run.as_dict(), **extra}, run.exit_code)
+
+
+# ---- confirm or revert (wizard/confirm.py): apply --confirm-within, hostsetup confirm
+
+
+def seconds(text: str) -> int:
+    """argparse type of ``--confirm-within``: whole seconds, 1 to 3600."""
+    from wizard.answers import CONFIRM_MAX
+
+    if not text.isdigit() or not 0 < int(text) <= CONFIRM_MAX:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds from 1 to "
+                                         f"{CONFIRM_MAX}")
+    return int(text)
+
+
+def run_confirmed(args: argparse.Namespace, answers: Any, backends: Any, execute: Any,
+                  journal: Any = None,
+                  show: Callable[[Run], None] = lambda run: print_run(run),
+                  ) -> tuple[Run, dict[str, Any]]:
+    """Plan, or apply (journaled in ``journal``) under the confirmation window of
+    ``--confirm-within`` or the answers' ``confirm:``; ``show`` the run before the
+    window opens.  Returns the run and the report's extra keys."""
+    from wizard import confirm
+
+    console = confirm.Console()
+    if args.command == "plan":
+        for data in confirm.expired_pending(confirm.state_dir()):
+            print(f"hostsetup: run {data['run']}: its risky changes were not confirmed; the "
+                  "next apply (or 'hostsetup confirm --revert-expired') reverts them",
+                  file=sys.stderr)
+        run = execute(answers, "plan", backends)
+        print_run(run)
+        return run, {}
+    # One id for the run: its journal's (hostsetup confirm/undo/report show RUN).
+    window = confirm.Window.of(getattr(journal, "id", None) or confirm.new_run_id(),
+                               args.confirm_within, answers.confirm)
+    tracker = confirm.Tracker(inner=journal, window=window, sections=answers.sections)
+    try:
+        if window is not None:
+            confirm.folder(window.state)  # refused before anything is changed
+            confirm.survive_hangup()  # the window must outlive the operator's SSH session
+        settled = confirm.settle(confirm.state_dir(), backends, console.say)
+        run = execute(answers, "apply", backends, journal=tracker)
+        show(run)
+        outcome = confirm.wait_and_decide(tracker, backends, console.say, console.tick)
+    except confirm.ConfirmError as exc:
+        from wizard.runner import Run
+
+        print(f"hostsetup: confirm: {exc}", file=sys.stderr)
+        return Run("apply", exit_code=exc.code), {"errors": [str(exc)]}
+    if tracker.risky and window is None:
+        print(f"hostsetup: {len(tracker.risky)} operation(s) from the first risky one (~) "
+              "applied without a confirmation window (--confirm-within, or confirm: in the "
+              "answers): nothing reverts them if they cut the connection", file=sys.stderr)
+    extra: dict[str, Any] = {}
+    if settled:
+        extra["settled"] = [o.as_dict() for o in settled]
+    if outcome is not None:
+        extra["confirm"] = outcome.as_dict()
+        if not outcome.kept:
+            run.exit_code = EXIT_INTERRUPTED if outcome.how.startswith("interrupted") \
+                else EXIT_FAILED
+    return run, extra
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """``confirm [RUN]`` / ``confirm --revert-expired``."""
+    from wizard import confirm
+
+    try:
+        if not (args.revert_expired or args.watch):
+            print(confirm.confirm(confirm.state_dir(), args.run))
+            return 0
+        from backends.bundle import RealBackends
+
+        backends = RealBackends()
+        try:
+            if args.watch:  # the keeper of an open window (confirm.start_keeper)
+                out = confirm.watch(confirm.state_dir(), args.run or "", backends)
+                return EXIT_FAILED if out is not None and out.errors else 0
+            outcomes = confirm.settle(confirm.state_dir(), backends, print, wait=False)
+        finally:
+            backends.close()
+    except confirm.ConfirmError as exc:
+        print(f"hostsetup: confirm: {exc}", file=sys.stderr)
+        return exc.code
+    if not outcomes:
+        print("nothing to revert")
+    return EXIT_FAILED if any(o.errors for o in outcomes) else 0
 
 
 # ---------------------------------------------------------------- the journal: apply,
@@ -358,19 +465,25 @@ def cmd_apply(args: argparse.Namespace, answers: Any) -> int:
                                               if code == EXIT_INTERRUPTED_RUN else
                                               "dealing with an earlier run failed"]}, code)
         journal = RunJournal.create("apply", answers_document(answers))
-        run = execute(answers, "apply", backends, journal=journal)
+        report: dict[str, Any] = {}
+
+        def show(run: Run) -> None:
+            # What the journal has, before the confirmation window (if any) opens.
+            try:
+                report.update(read_path(journal.path).report())
+            except JournalError as exc:  # the run is reported as it ran
+                say(f"hostsetup: {exc}")
+                report.update(run.as_dict())
+            print_report(report)
+
+        run, extra = run_confirmed(args, answers, backends, execute, journal, show)
     except JournalError as exc:
         say(f"hostsetup: {exc}")
         return EXIT_USAGE
     finally:
         backends.close()
-    try:
-        report = read_path(journal.path).report()
-    except JournalError as exc:  # the run is reported as it ran
-        say(f"hostsetup: {exc}")
-        report = run.as_dict()
-    print_report(report)
-    return reported(args.report, report, run.exit_code)
+    return reported(args.report, {**(report or run.as_dict()), **extra,
+                                  "exit_code": run.exit_code}, run.exit_code)
 
 
 def cmd_recovery(args: argparse.Namespace) -> int:
@@ -680,10 +793,12 @@ def main(argv: list[str] | None = None) -> int:
             return code
         if args.command in ("plan", "apply"):
             return cmd_run(args)
-        if args.command in ("resume", "undo"):
-            return cmd_recovery(args)
+        if args.command == "confirm":
+            return cmd_confirm(args)
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command in ("resume", "undo"):
+            return cmd_recovery(args)
         if args.command == "schema":
             from wizard.answers import json_schema
 

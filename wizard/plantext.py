@@ -5,7 +5,9 @@ change as ``+ ACTION TARGET: DETAIL`` followed by its settings in words,
 ``key: before -> after`` (only the keys that change; a created or deleted
 object lists what it has).  Destructive changes (delete, restart, stop, mask,
 or a change its step marks ``destructive``, e.g. a second device) start with
-``!`` instead of ``+``.  Lines are wrapped to a width with a hanging indent.
+``!`` instead of ``+``; risky ones (the operation's ``risky``: it can cut the
+connection to the host) start with ``~`` and say ``needs confirmation: REASON``
+(wizard/confirm.py).  Lines are wrapped to a width with a hanging indent.
 """
 
 from __future__ import annotations
@@ -94,16 +96,19 @@ def run_change_lines(change: Change, width: int = 78) -> list[str]:
     return wrap(text, 2, width) + [f"      | {line}"[:width] for line in tail]
 
 
-def change_lines(change: Change, width: int = 78) -> list[str]:
-    """One change: its action line (marked ``+`` or ``!``), then its settings."""
+def change_lines(change: Change, width: int = 78, risky: str = "") -> list[str]:
+    """One change: its action line (marked ``~`` when ``risky`` says why it needs
+    confirmation, else ``!`` or ``+``), then its settings."""
     if change.action == "run":
         return run_change_lines(change, width)
-    mark = "!" if is_destructive(change) else "+"
+    mark = "~" if risky else "!" if is_destructive(change) else "+"
     text = f"{mark} {change.action} {change.target}"
     if change.detail:
         text += f": {change.detail}"
     if change.destructive:
         text += f" [{change.destructive}]"
+    if risky:
+        text += f" [needs confirmation: {risky}]"
     lines = wrap(text, 2, width)
     for line in field_lines(change):
         lines += wrap(line, 6, width)
@@ -127,12 +132,15 @@ def step_lines(result: StepResult, width: int = 78, errors: bool = True) -> list
         head = f"{result.name}: {STATUS_TEXT.get(result.status, result.status)}"
         if n:
             head += f" ({count(n)})"
-    destructive = sum(is_destructive(c) for c in result.changes)
+    risky = result.risky()
+    destructive = sum(is_destructive(c) and id(c) not in risky for c in result.changes)
     if destructive:
         head += f", {destructive} destructive (!)"
+    if risky:
+        head += f", {len(risky)} to confirm (~)"
     lines = wrap(head, 0, width)
     for change in result.changes:
-        lines += change_lines(change, width)
+        lines += change_lines(change, width, risky.get(id(change), ""))
     for note in result.notes:
         lines += wrap(f". {note}", 2, width)
     if errors:

@@ -90,7 +90,7 @@ def read_report(path: Path, limit: int = REPORT_LIMIT) -> dict[str, Any]:
 
 def run_from_dict(report: dict[str, Any]) -> Any:
     """The :class:`wizard.runner.Run` a single-host report was made from."""
-    from steps.base import Change
+    from steps.base import Change, Operation
     from wizard.runner import Run, StepResult
 
     run = Run(str(report["mode"]), host=str(report.get("host") or "?"),
@@ -98,8 +98,11 @@ def run_from_dict(report: dict[str, Any]) -> Any:
               started=float(report.get("started") or 0))
     run.finished = run.started + float(report.get("duration") or 0)
     for s in report.get("steps") or []:
+        # "risky" is the operation's, not the change's (shown as '~' by plantext).
+        ops = [Operation(Change(**{k: v for k, v in c.items() if k != "risky"}), {},
+                         risky=str(c.get("risky") or "")) for c in s.get("changes") or []]
         run.steps.append(StepResult(
-            str(s["name"]), s["status"], [Change(**c) for c in s.get("changes") or []],
+            str(s["name"]), s["status"], [op.change for op in ops], ops,
             errors=list(s.get("errors") or []), notes=list(s.get("notes") or []),
             durations=dict(s.get("durations") or {})))
     return run

@@ -71,11 +71,18 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
 
+    def risky(self) -> dict[int, str]:
+        """The risky changes: ``id(change)`` -> why it needs confirmation (its
+        operation's ``risky``: it can cut the connection to the host)."""
+        return {id(op.change): op.risky for op in self.ops if op.risky}
+
     def as_dict(self) -> dict[str, Any]:
+        risky = self.risky()
         return {
             "name": self.name,
             "status": self.status,
-            "changes": [c.as_dict() for c in self.changes],
+            # Each change with "risky": why it needs confirmation ("" if it does not).
+            "changes": [{**c.as_dict(), "risky": risky.get(id(c), "")} for c in self.changes],
             "errors": self.errors,
             "notes": self.notes,
             "durations": {k: round(v, 4) for k, v in self.durations.items()},
@@ -269,10 +276,11 @@ def apply_one(item: Prepared, ctx: Context) -> int | None:
         return None
     log.info("%s: applying %d change(s)", item.step.name, len(result.changes))
     try:
-        if isinstance(ctx.journal, RunJournal):
+        journal = run_journal(ctx.journal)
+        if journal is not None:
             if item.deferred:  # its plan is new: the room for it was not reserved yet
-                ctx.journal.reserve(result.ops)
-            ctx.journal.step(item.step.name, len(result.ops))
+                journal.reserve(result.ops)
+            journal.step(item.step.name, len(result.ops))
         with Timer(result, "apply"):
             item.step.apply(item.answers, result.ops, ctx)
         with Timer(result, "verify"):
@@ -376,21 +384,31 @@ def execute(
                 break
     finally:
         run.finished = time.time()
-        if isinstance(journal, RunJournal):
+        ours = run_journal(journal)
+        if ours is not None:
             try:
-                journal.finish(run)
+                ours.finish(run)
             except JournalError as exc:  # the run is done; its file will read "interrupted"
                 log.error("%s", exc)
     return run
 
 
+def run_journal(journal: Any) -> RunJournal | None:
+    """The run's :class:`RunJournal` behind ``journal``: itself, or the journal a
+    wrapper passes every call on to (``inner``, e.g. the confirmation tracker)."""
+    while journal is not None and not isinstance(journal, RunJournal):
+        journal = getattr(journal, "inner", None)
+    return journal
+
+
 def reserve(prepared: list[Prepared], ctx: Context) -> int | None:
     """Before anything is applied: room in the run journal for every planned
     operation, or the run fails here (exit 1, nothing applied)."""
-    if not isinstance(ctx.journal, RunJournal):
+    journal = run_journal(ctx.journal)
+    if journal is None:
         return None
     try:
-        ctx.journal.reserve([op for p in prepared for op in p.result.ops], len(prepared) + 3)
+        journal.reserve([op for p in prepared for op in p.result.ops], len(prepared) + 3)
     except JournalError as exc:
         log.error("%s", exc)
         first = next((p for p in prepared if p.result.changes), None)

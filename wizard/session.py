@@ -109,7 +109,7 @@ class Loaded:
     sections (shown before the first window), ``unknown`` the keys no step knows
     (the operator may drop them), ``bad_interactive`` the ``interactive:``
     entries that name no step nor a step's key, and ``commands`` the lists of
-    commands around the run (``early_commands`` ...), as in the file.
+    commands around the run (``early_commands`` ...) and ``confirm``, as in the file.
     """
 
     raw: Any = None
@@ -151,7 +151,7 @@ def load_answers(path: Path) -> Loaded:
     if not isinstance(interactive, list):
         interactive = [interactive]
     out = Loaded(raw=raw, selected=[n for n in names if n in plain],
-                 commands={k: plain[k] for k in LISTS if k in plain})
+                 commands={k: plain[k] for k in (*LISTS, "confirm") if k in plain})
     good = []
     for entry in interactive:
         try:

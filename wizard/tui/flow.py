@@ -9,6 +9,7 @@ presses Apply on the review and confirms; the exit code is the run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
@@ -27,6 +28,7 @@ from wizard.tui.questions import ask, defaults, model_problems, problem_text
 from wizard.tui.widgets import (
     KEYS_APPLY,
     KEYS_FIRST,
+    KEYS_KEEP,
     KEYS_SUMMARY,
     KEYS_TEXT,
     MESSAGE_ROWS,
@@ -71,9 +73,10 @@ class Flow:
     log_path: Path | None = None
     came_back: bool = False  # the page is shown after Back on the page after it
     planned: Any = None  # (answers, prepared, plan run) once the review is confirmed
-    commands: dict[str, Any] = field(default_factory=dict)  # early/late/error_commands
-    resumes: str = ""  # the interrupted run whose answers these are (wizard/tui/recover.py)
+    # early/late/error_commands and confirm, as in the answers file
+    commands: dict[str, Any] = field(default_factory=dict)
     checked: tuple[str, ...] | None = None  # the steps the host check last ran for
+    resumes: str = ""  # the interrupted run whose answers these are (wizard/tui/recover.py)
 
     def step_title(self, step: Any) -> str:
         """The window title: "Step N of M: title", numbered over the selected steps."""
@@ -425,7 +428,9 @@ def review(flow: Flow) -> str:
                      ["Apply" if pending else "Finish", "Back", "Cancel"],
                      help_text="Every change that Apply will make, per step, with each "
                      "setting's value before -> after. Lines marked ! delete, restart or add "
-                     "a second device. Nothing has been changed yet. PgUp/PgDn and the "
+                     "a second device; lines marked ~ can cut the connection to the host: "
+                     "after Apply you are asked to keep them, and without an answer in time "
+                     "they are reverted. Nothing has been changed yet. PgUp/PgDn and the "
                      "arrows scroll; Tab reaches the buttons; Apply asks for confirmation.")
     while True:
         result = ui.show(win)
@@ -557,11 +562,120 @@ def apply_with_progress(flow: Flow, prepared: list[Any]) -> int:
     return int(box["code"])
 
 
-def summary(flow: Flow, run_: Any, log_path: Path, report: Path | None) -> None:
+class KeepWindow(Window):
+    """"Keep these changes? Reverting in NN s": the countdown of a confirmation window
+    (wizard/confirm.py), live while the keys work; it closes itself when the window
+    ends otherwise (``hostsetup confirm``, the probe, the deadline)."""
+
+    keys = KEYS_KEEP
+    ctrl_c = "return"
+
+    def __init__(self, waiter: Any, changes: list[str]) -> None:
+        self.waiter, self.changes = waiter, changes
+        self.label: snack.Label | None = None
+        self.bar: snack.ButtonBar | None = None
+
+    def _line(self) -> str:
+        return f"  Reverting in {self.waiter.remaining()} s unless you keep them."
+
+    def build(self, ui: Ui) -> snack.GridFormHelp:
+        text = ("These changes can cut the connection to this host:\n"
+                + "\n".join(f"  ~ {c}" for c in self.changes[:6])
+                + (f"\n  ... and {len(self.changes) - 6} more" if len(self.changes) > 6 else "")
+                + f"\n\nIf you can read this, keep them. Or from a new connection: "
+                f"hostsetup confirm {self.waiter.record.run}")
+        g = ui.form("Keep these changes?", text, 1, 3)
+        g.add(snack.TextboxReflowed(WIDTH - 4, text, maxHeight=MESSAGE_ROWS), 0, 0)
+        self.label = snack.Label(self._line().ljust(WIDTH - 4))
+        g.add(self.label, 0, 1, (0, 1, 0, 0))
+        self.bar = snack.ButtonBar(ui.screen, ["Keep", "Revert now"])
+        g.add(self.bar, 0, 2, (0, 1, 0, 0))
+        return g
+
+    def focus(self) -> Any:
+        return self.bar.list[0][0] if self.bar is not None else None
+
+    def tick(self, ui: Ui, form: snack.GridFormHelp) -> Any:
+        decided = self.waiter.poll()
+        if decided is not None:
+            return decided
+        if self.label is not None:
+            self.label.setText(self._line().ljust(WIDTH - 4))
+            form.draw()
+            ui.screen.refresh()
+        return None
+
+
+def keep_or_revert(flow: Flow, tracker: Any) -> Any:
+    """After Apply, when risky operations were carried out: the :class:`KeepWindow`
+    until Keep (or another confirmation) or the deadline; then revert if not kept.
+    Returns the :class:`wizard.confirm.Outcome`, or None (nothing risky)."""
+    import termios
+
+    from wizard import confirm
+
+    record, window = tracker.record, tracker.window
+    if record is None or window is None or not tracker.risky:
+        return None
+    waiter = confirm.Waiter(record, window.within, window.probe)
+    confirm.start_keeper(record)  # reverts in time even if this terminal goes away
+    with contextlib.suppress(termios.error):
+        termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)  # keys typed before count not
+    win = KeepWindow(waiter, [op.change.describe() for _s, op in tracker.risky])
+    decided = None
+    while decided is None:
+        result = flow.ui.show(win)
+        button = win.bar.buttonPressed(result) if win.bar is not None else None
+        if result in ("kept", "revert"):
+            decided = result
+        elif button == "keep" and waiter.keep("Keep pressed in the wizard"):
+            decided, waiter.how = "kept", "Keep pressed in the wizard"
+        elif button == "revert now" or result == "CTRL-C":
+            decided = waiter.give_up("reverted at the operator's request")
+        # Escape, F12 or a late Keep: the window stays (its next tick tells the end).
+    if decided == "kept":
+        record.release()
+        return confirm.Outcome(record.run, window.within, confirm.probe_text(window.probe),
+                               kept=True, how=waiter.how)
+    busy = snack.GridForm(flow.ui.screen, "Reverting", 1, 1)  # bounded by each step's timeout
+    busy.add(snack.Label(f"{waiter.how}: reverting...".ljust(WIDTH - 4)), 0, 0)
+    busy.draw()
+    flow.ui.screen.refresh()
+    try:
+        return confirm.revert(record, flow.ctx.backends)
+    finally:
+        record.release()
+        flow.ui.screen.popWindow()
+
+
+def revert_expired(flow: Flow) -> None:
+    """At start: revert the risky changes of earlier runs whose confirmation window
+    closed while their process was gone (wizard/confirm.py), and say so."""
+    from wizard import confirm
+
+    state = confirm.state_dir()
+    if not confirm.expired_pending(state):
+        return
+    busy = snack.GridForm(flow.ui.screen, "Reverting", 1, 1)
+    busy.add(snack.Label("Reverting unconfirmed changes of an earlier run...".ljust(WIDTH - 4)),
+             0, 0)
+    busy.draw()
+    flow.ui.screen.refresh()
+    try:
+        outcomes = confirm.settle(state, flow.ctx.backends, log.warning, wait=False)
+    finally:
+        flow.ui.screen.popWindow()
+    flow.ui.message("Unconfirmed changes reverted", "\n".join(
+        f"Run {o.run}: {o.text()}" + "".join(f"\n  ! {e}" for e in o.errors)
+        for o in outcomes))
+
+
+def summary(flow: Flow, run_: Any, log_path: Path, report: Path | None,
+            head: tuple[str, ...] = ()) -> None:
     """What was done, per step; any key closes it (the exit code is the run's)."""
     from wizard.runner import STATUS_TEXT
 
-    lines = []
+    lines = list(head)
     for res in run_.steps:
         lines.append(f"{res.name}: {STATUS_TEXT.get(res.status, res.status)}")
         lines += [f"  {n}" for n in res.notes] + [f"  ! {e}" for e in res.errors]
@@ -668,6 +782,7 @@ def internal_error(ui: Ui, flow: Flow | None, args: argparse.Namespace, exc: Exc
 def _wizard(flow: Flow, args: argparse.Namespace) -> int:
     from backends.bundle import RealBackends
     from steps.base import Context
+    from wizard import confirm
     from wizard.journal import JournalError
     from wizard.reportshow import run_from_dict
     from wizard.runner import reserve
@@ -697,6 +812,7 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
         code = recover.earlier_run(flow, backends)
         if code is not None:
             return code
+        revert_expired(flow)
         index = 0
         while True:
             shown = [p for p in pages(flow.steps) if p.when(flow)]
@@ -720,13 +836,34 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
         except JournalError as exc:
             ui.message("Run journal", f"{exc}\n\nNothing was changed.")
             return EXIT_USAGE
+        # The confirmation window's tracker passes every operation on to the journal.
+        tracker = confirm.Tracker(inner=journal, window=confirm.Window.of(
+            getattr(journal, "id", None) or confirm.new_run_id(), None, answers.confirm,
+            confirm.DEFAULT_WITHIN),
+            sections=answers.sections)
+        if any(r.risky() for r in plan_run.steps):
+            try:
+                confirm.folder(confirm.state_dir())  # refused before anything changes
+            except confirm.ConfirmError as exc:
+                ui.message("Cannot apply", f"Changes marked ~ need hostsetup's state "
+                           f"directory: {exc}\n\nNothing was changed.")
+                return EXIT_FAILED
+        flow.ctx.journal = tracker
         # From here on the exit code is the run's, whatever key closes the summary.
         code = reserve(prepared, flow.ctx)  # room in the journal, or nothing is applied
         plan_run.exit_code = apply_with_progress(flow, prepared) if code is None else code
+        outcome = keep_or_revert(flow, tracker)
         plan_run.finished = time.time()
+        head: tuple[str, ...] = ()
+        if outcome is not None and not outcome.kept:
+            plan_run.exit_code = EXIT_FAILED
         report = recover.report(journal, plan_run)
+        if outcome is not None:
+            report["confirm"] = outcome.as_dict()
+            head = (f"Changes marked ~: {outcome.text()}", *(f"  ! {e}" for e in outcome.errors),
+                    "")
         save_report(args.report, report)
-        summary(flow, run_from_dict(report), log_path, args.report)  # as the journal has it
+        summary(flow, run_from_dict(report), log_path, args.report, head)  # as the journal has it
         return int(plan_run.exit_code)
     finally:
         backends.close()

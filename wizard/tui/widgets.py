@@ -46,6 +46,7 @@ KEYS_LONG_MESSAGE = " PgUp/PgDn/arrows scroll | Enter/Esc close | ^C quit"
 KEYS_CONFIRM = " Tab/arrows move | Enter press | Esc no | ^C quit"
 KEYS_WAIT = " Esc/Enter/^C stop waiting"
 KEYS_APPLY = " Applying: ^C stop after the running step"
+KEYS_KEEP = " Enter keep | Tab move | no key: reverted when the time is up"
 KEYS_SUMMARY = " PgUp/PgDn/arrows scroll | Enter/Esc/^C close"
 KEYS_HELP = " PgUp/PgDn/arrows scroll | Enter/Esc close | ^C quit"
 

@@ -315,10 +315,8 @@ def run_confirmed(args: argparse.Namespace, answers: Any, backends: Any, execute
         run = execute(answers, "plan", backends)
         print_run(run)
         return run, {}
-    # One id for the run: its journal's (hostsetup confirm/undo/report show RUN).
-    window = confirm.Window.of(getattr(journal, "id", None) or confirm.new_run_id(),
-                               args.confirm_within, answers.confirm)
-    tracker = confirm.Tracker(inner=journal, window=window, sections=answers.sections)
+    tracker = confirm.Tracker.of(journal, args.confirm_within, answers)
+    window = tracker.window
     try:
         if window is not None:
             confirm.folder(window.state)  # refused before anything is changed

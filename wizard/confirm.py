@@ -16,8 +16,8 @@ reverted in reverse order (each step's :meth:`~steps.base.Step.revert`, from the
 run exits 1 saying "not confirmed within S s: reverted N operation(s)".
 
 The state is a record per run in ``STATE/confirm/RUN.json`` (``STATE`` is
-``$HOSTSETUP_STATE_DIR``, default ``/var/lib/hostsetup``; the directory is the
-running user's, mode 0700, never through a link), written (and synced) when the
+the journal's state directory, :func:`wizard.journal.state_dir`, checked as the
+journal's is: the running user's, mode 0700, never through a link), written (and synced) when the
 first risky operation begins and after each operation after it, so a process
 killed at any point leaves what must be reverted.  Its ``state``: ``applying``
 (the apply still runs), ``waiting`` (the window is open until ``deadline``, wall
@@ -44,7 +44,6 @@ import re
 import secrets
 import signal
 import socket
-import stat
 import struct
 import sys
 import threading
@@ -56,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from backends.interfaces import BackendError
 from steps.base import Change, Context, Journal, NoJournal, Operation, inverse
+from wizard.journal import STATE_ENV, JournalError, state_dir, state_subdir
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -65,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hostsetup")
 
-STATE_ENV = "HOSTSETUP_STATE_DIR"
-DEFAULT_STATE_DIR = "/var/lib/hostsetup"
 DEFAULT_WITHIN = 120  # seconds, when the wizard applies risky operations and nothing says
 RECORD_LIMIT = 4 * 1024 * 1024  # bytes of a record (a plan of thousands of operations)
 KEEP = 20  # finished records kept (``hostsetup confirm`` can still say what became of them)
@@ -89,41 +87,22 @@ class ConfirmError(BackendError):
         self.code = code
 
 
-def state_dir() -> Path:
-    """Where hostsetup keeps its state: ``$HOSTSETUP_STATE_DIR`` or /var/lib/hostsetup."""
-    return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
-
-
 def new_run_id() -> str:
     """A run's id: its start time and a random part (``20250101-120000-1a2b3c``)."""
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def folder(state: Path, create: bool = True) -> Path:
-    """``STATE/confirm``, checked: a directory (not a link) of this user, mode 0700
-    (``STATE`` itself not writable by others).  Raises :class:`ConfirmError`."""
-    where = state / "confirm"
+    """``STATE/confirm``, checked as the journal's directory is
+    (:func:`wizard.journal.state_subdir`: a directory of this user, not a link, mode
+    0700; ``STATE`` not writable by others); without ``create``, a missing one means
+    nothing waits.  Raises :class:`ConfirmError`."""
+    if not create and not os.path.lexists(state / "confirm"):
+        raise ConfirmError(f"nothing is waiting for a confirmation (no {state / 'confirm'})")
     try:
-        if create:
-            state.mkdir(mode=0o700, parents=True, exist_ok=True)
-            where.mkdir(mode=0o700, exist_ok=True)
-        for path, private in ((state, False), (where, True)):
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise ConfirmError(f"{path} is not a directory (a link?): refusing to use it")
-            if st.st_uid != os.geteuid():
-                raise ConfirmError(f"{path} belongs to uid {st.st_uid}, not to this user "
-                                   f"(uid {os.geteuid()}): run hostsetup as its owner (root)")
-            if st.st_mode & (0o077 if private else 0o022):
-                wanted = "0700" if private else "not writable by group or others"
-                raise ConfirmError(f"{path} is not private (mode {stat.S_IMODE(st.st_mode):04o}"
-                                   f", expected {wanted}): refusing to use it")
-    except FileNotFoundError:
-        raise ConfirmError(f"nothing is waiting for a confirmation (no {where})") from None
-    except OSError as exc:
-        raise ConfirmError(f"{where}: {exc.strerror} (hostsetup keeps its state "
-                           "there as root; HOSTSETUP_STATE_DIR names another place)") from None
-    return where
+        return state_subdir("confirm", state)
+    except JournalError as exc:
+        raise ConfirmError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ the record
@@ -433,6 +412,17 @@ class Tracker:
         self.applied: list[tuple[str, Operation]] = []
         self.start: int | None = None  # where the first risky operation was in applied
         self.record: Record | None = None
+
+    @classmethod
+    def of(cls, journal: Journal | None, within: int | None, answers: Any,
+           default: int | None = None) -> Tracker:
+        """The tracker of a run journaled in ``journal`` (the window takes the
+        journal's id: one id for ``hostsetup confirm``, ``undo`` and ``report show``),
+        with the window of ``within`` / the answers' ``confirm:`` / ``default``
+        (:meth:`Window.of`)."""
+        run = getattr(journal, "id", None) or new_run_id()
+        return cls(inner=journal, window=Window.of(run, within, answers.confirm, default),
+                   sections=answers.sections)
 
     @property
     def risky(self) -> list[tuple[str, Operation]]:

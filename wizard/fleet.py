@@ -338,8 +338,8 @@ def windowed_apply(answers: Answers, payload: dict[str, Any], backends: Any,
     from wizard import confirm, journal
     from wizard.runner import execute
 
-    window = confirm.Window.of(run_journal.id, payload.get("confirm_within"), answers.confirm)
-    tracker = confirm.Tracker(inner=run_journal, window=window, sections=answers.sections)
+    tracker = confirm.Tracker.of(run_journal, payload.get("confirm_within"), answers)
+    window = tracker.window
     notes: list[str] = []
     try:
         if window is not None:

@@ -92,9 +92,13 @@ class RunBusy(JournalError):
 # ---------------------------------------------------------------- the directory
 
 
+STATE_ENV = "HOSTSETUP_STATE_DIR"
+
+
 def state_dir() -> Path:
-    """``$HOSTSETUP_STATE_DIR``, else /var/lib/hostsetup (root) or the user's state dir."""
-    env = os.environ.get("HOSTSETUP_STATE_DIR")
+    """``$HOSTSETUP_STATE_DIR``, else /var/lib/hostsetup (root) or the user's state dir:
+    the journal's and the confirmation records' (wizard/confirm.py) parent."""
+    env = os.environ.get(STATE_ENV)
     if env:
         return Path(env)
     if os.geteuid() == 0:
@@ -102,40 +106,53 @@ def state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "hostsetup"
 
 
-def _safe_dir(path: Path, private: bool) -> None:
+def safe_dir(path: Path, private: bool) -> None:
     """Make ``path`` (0700) if missing; refuse a link, a non-directory, another
-    owner, or a directory others (or, if ``private``, the group) can write to."""
+    owner, or a directory others (or, if ``private``, the group) can write to.
+    Raises :class:`JournalError` naming the directory and what is expected."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError as exc:
         raise JournalError(f"state directory {path}: cannot create it: {exc.strerror} "
-                           "(set HOSTSETUP_STATE_DIR to a directory of yours)") from None
-    st = os.lstat(path)
+                           f"(set {STATE_ENV} to a directory of yours)") from None
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise JournalError(f"state directory {path}: cannot read it: {exc.strerror}") from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise JournalError(f"state directory {path}: refused: it is "
-                           f"{'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a directory'}"
-                           " (expected a real directory)")
+        what = "a symbolic link, not a directory" if stat.S_ISLNK(st.st_mode) \
+            else "not a directory"
+        raise JournalError(f"state directory {path}: refused: it is {what} "
+                           "(expected a real directory)")
     if st.st_uid != os.geteuid():
         raise JournalError(f"state directory {path}: refused: owned by uid {st.st_uid}, "
                            f"expected uid {os.geteuid()} (the user running hostsetup)")
     if st.st_mode & (0o077 if private else 0o022):
         raise JournalError(f"state directory {path}: refused: mode "
-                           f"{stat.S_IMODE(st.st_mode):04o} lets others write or read "
-                           f"(expected {'0700' if private else 'no write for group or others'})")
+                           f"{stat.S_IMODE(st.st_mode):04o} is not private: it lets others "
+                           f"write or read (expected "
+                           f"{'0700' if private else 'no write for group or others'})")
 
 
-def journal_dir(base: Path | None = None) -> Path:
-    """``<state dir>/journal``, made and checked (see the module docstring)."""
+def state_subdir(name: str, base: Path | None = None) -> Path:
+    """``<state dir>/<name>`` (``journal``, ``confirm``), made and checked: the state
+    directory not writable by others, the sub-directory private (see the module
+    docstring)."""
     base = base or state_dir()
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise JournalError(f"state directory {base}: cannot create it: {exc.strerror}") from None
-    _safe_dir(base, private=False)
-    _safe_dir(base / "journal", private=True)
-    return base / "journal"
+    safe_dir(base, private=False)
+    safe_dir(base / name, private=True)
+    return base / name
+
+
+def journal_dir(base: Path | None = None) -> Path:
+    """``<state dir>/journal``, made and checked."""
+    return state_subdir("journal", base)
 
 
 def run_ids(directory: Path) -> list[str]:

@@ -839,10 +839,7 @@ def _wizard(flow: Flow, args: argparse.Namespace) -> int:
             ui.message("Run journal", f"{exc}\n\nNothing was changed.")
             return EXIT_USAGE
         # The confirmation window's tracker passes every operation on to the journal.
-        tracker = confirm.Tracker(inner=journal, window=confirm.Window.of(
-            getattr(journal, "id", None) or confirm.new_run_id(), None, answers.confirm,
-            confirm.DEFAULT_WITHIN),
-            sections=answers.sections)
+        tracker = confirm.Tracker.of(journal, None, answers, confirm.DEFAULT_WITHIN)
         if any(r.risky() for r in plan_run.steps):
             try:
                 confirm.folder(confirm.state_dir())  # refused before anything changes
